@@ -1,0 +1,157 @@
+"""``RewardEnsemble``: k scorers behind one ``score``; role ``proxy`` (trained RMs) or ``gold``.
+
+One class serves both roles -- the role is a name. Gold members are the task's oracle (later also
+large RMs); proxy members are ``GPT2ForSequenceClassification`` models trained with the
+Bradley-Terry loss (soft labels allowed).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from orchestrator.batch import Scores
+from orchestrator.calibration import bradley_terry_loss, ece, pair_accuracy
+from orchestrator.config import ModelConfig
+from orchestrator.models import build_reward_model, encode_pair, load_tokenizer, n_params, pad_right, set_threads
+from orchestrator.tasks.synthetic import PRINCIPLES, oracle
+
+
+class RewardEnsemble:
+    def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0):
+        """members: ``{"name", "kind": "oracle"}`` or ``{"name", "kind": "hf", "size" | "path", "seed"}``."""
+        if role not in ("proxy", "gold"):
+            raise ValueError(f"role {role!r} must be 'proxy' or 'gold'")
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.role = role
+        self.threads = set_threads(num_cpus)
+        self.tok = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        self.names = tuple(m["name"] for m in members)
+        self.members: list = []
+        for m in members:
+            if m["kind"] == "oracle":
+                self.members.append("oracle")
+            elif m["kind"] == "hf":
+                if m.get("path"):
+                    model = AutoModelForSequenceClassification.from_pretrained(m["path"], num_labels=1)
+                else:
+                    model = build_reward_model(ModelConfig(size=m["size"], n_head=m.get("n_head", 4),
+                                                           n_positions=m.get("n_positions", 96)),
+                                               self.tok, m.get("seed", 0))
+                self.members.append(model.eval())
+            else:
+                raise ValueError(f"member {m['name']}: unknown kind {m['kind']!r}")
+
+    def n_params(self) -> dict[str, int]:
+        return {n: (0 if m == "oracle" else n_params(m)) for n, m in zip(self.names, self.members)}
+
+    # ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _rm_scores(self, model, seqs: list[list[int]], batch: int = 1024) -> np.ndarray:
+        out = []
+        order = np.argsort([len(s) for s in seqs])  # similar lengths together: less padding
+        for i in range(0, len(seqs), batch):
+            idx = order[i: i + batch]
+            ids, mask = pad_right([seqs[j] for j in idx], self.tok.pad_token_id)
+            out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float().numpy())
+        res = np.empty(len(seqs), np.float64)
+        res[order] = np.concatenate(out) if out else np.zeros(0)
+        return res
+
+    def score(self, rows: dict[str, list]) -> Scores:
+        """rows: columns ``prompt``, ``response`` (and ``family``, ``meta`` for the oracle).
+        Returns ``Scores`` with values ``[b, k]``; the oracle also fills per-principle scores."""
+        b = len(rows["response"])
+        values = np.zeros((b, len(self.members)))
+        principles: dict[str, np.ndarray] = {}
+        seqs = None
+        for j, m in enumerate(self.members):
+            if m == "oracle":
+                res = [oracle(f, mt, r) for f, mt, r in zip(rows["family"], rows["meta"], rows["response"])]
+                values[:, j] = [x["gold"] for x in res]
+                for p in PRINCIPLES:
+                    principles[p] = np.array([x[p] for x in res])
+            else:
+                if seqs is None:
+                    seqs = [encode_pair(self.tok, p, r) for p, r in zip(rows["prompt"], rows["response"])]
+                values[:, j] = self._rm_scores(m, seqs)
+        return Scores(values=values, members=self.names, principles=principles)
+
+    # ----------------------------------------------------------------------------------------
+    def train(self, data: dict, epochs: int, prompts_per_step: int, lr: float, seed: int) -> dict:
+        """Bradley-Terry training of every HF member on labelled pairs.
+
+        data: ``texts`` [(prompt, response)] unique sequences; ``a``, ``b`` [pairs] indices into
+        texts; ``p_a`` [pairs] soft labels; ``group`` [pairs] prompt id; ``val`` [pairs] bool.
+        A step takes ``prompts_per_step`` prompts and *all* their pairs, so each sequence is
+        encoded once per step however many pairs it is in (4 responses -> 6 pairs, 4 forwards).
+        """
+        seqs = [encode_pair(self.tok, p, r) for p, r in data["texts"]]
+        a, b = np.asarray(data["a"]), np.asarray(data["b"])
+        p_a, val = np.asarray(data["p_a"], float), np.asarray(data["val"], bool)
+        group = np.asarray(data["group"])
+        train_groups = sorted(set(group[~val].tolist()))
+        by_group: dict[int, list[int]] = {}
+        for i in np.flatnonzero(~val):
+            by_group.setdefault(int(group[i]), []).append(int(i))
+        stats = {}
+        for j, (name, m) in enumerate(zip(self.names, self.members)):
+            if m == "oracle":
+                continue
+            t0 = time.perf_counter()
+            torch.manual_seed(seed + j)
+            rng = random.Random(seed + j)
+            steps_per_epoch = math.ceil(len(train_groups) / prompts_per_step)
+            total = steps_per_epoch * epochs
+            opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.01)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * max(0.0, 1 - s / total))
+            m.train()
+            losses = []
+            for _ in range(epochs):
+                order = list(train_groups)
+                rng.shuffle(order)
+                for s in range(steps_per_epoch):
+                    pairs = [i for g in order[s * prompts_per_step:(s + 1) * prompts_per_step] for i in by_group[g]]
+                    uniq = sorted(set(a[pairs].tolist()) | set(b[pairs].tolist()))
+                    where = {u: k for k, u in enumerate(uniq)}
+                    ids, mask = pad_right([seqs[u] for u in uniq], self.tok.pad_token_id)
+                    r = m(input_ids=ids, attention_mask=mask).logits[:, 0]
+                    ia = torch.tensor([where[x] for x in a[pairs].tolist()])
+                    ib = torch.tensor([where[x] for x in b[pairs].tolist()])
+                    loss = bradley_terry_loss(r[ia], r[ib], torch.tensor(p_a[pairs], dtype=r.dtype))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                    opt.step()
+                    sched.step()
+                    losses.append(loss.item())
+            m.eval()
+            st = {"seconds": time.perf_counter() - t0, "loss_last": float(np.mean(losses[-20:])),
+                  "steps": total, "params": n_params(m)}
+            if val.any():
+                r = self._rm_scores(m, seqs)
+                ra, rb, pv = r[a[val]], r[b[val]], p_a[val]
+                st["val_accuracy"] = pair_accuracy(ra, rb, pv)
+                hard = pv != 0.5
+                st["val_ece"] = ece(1 / (1 + np.exp(-(ra - rb)[hard])), (pv[hard] > 0.5).astype(float))
+                st["val_pairs"] = int(val.sum())
+            stats[name] = st
+        return stats
+
+    def save(self, out_dir: str) -> dict[str, str]:
+        paths = {}
+        for name, m in zip(self.names, self.members):
+            if m != "oracle":
+                d = Path(out_dir) / name
+                m.save_pretrained(d)
+                self.tok.save_pretrained(d)
+                paths[name] = str(d)
+        return paths

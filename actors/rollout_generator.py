@@ -1,0 +1,39 @@
+"""``RolloutGenerator``: a copy of the policy plus the frozen reference; batched KV-cache sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+from orchestrator.batch import RolloutBatch
+from orchestrator.models import encode_prompt, load_tokenizer, set_threads
+from orchestrator.sampling import response_logprobs, sample
+
+
+class RolloutGenerator:
+    def __init__(self, policy_dir: str, num_cpus: float = 1.0):
+        """``policy_dir``: a ``save_pretrained`` directory; it is both the starting policy and the
+        frozen reference (the reference is never updated)."""
+        self.threads = set_threads(num_cpus)
+        self.tok = load_tokenizer(policy_dir)
+        self.policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+        self.ref = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+        for p in self.ref.parameters():
+            p.requires_grad_(False)
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.policy.load_state_dict(state)
+
+    def generate(self, prompts: list[str], n: int, seed: int, max_new_tokens: int, temperature: float = 1.0,
+                 with_ref: bool = False) -> RolloutBatch:
+        """``n`` responses for each prompt; rows ordered prompt-major (prompt 0's n first)."""
+        g = torch.Generator().manual_seed(seed)
+        enc = [encode_prompt(self.tok, p) for p in prompts]
+        rows = [e for e in enc for _ in range(n)]
+        ids, mask, lps = sample(self.policy, rows, max_new_tokens, temperature, self.tok.eos_token_id,
+                                self.tok.pad_token_id, g)
+        ref = response_logprobs(self.ref, rows, ids, mask, self.tok.pad_token_id) if with_ref else None
+        texts = self.tok.batch_decode([r[m.bool()].tolist() for r, m in zip(ids, mask)], skip_special_tokens=True)
+        return RolloutBatch(prompt_index=np.repeat(np.arange(len(prompts)), n), response_ids=ids,
+                            response_mask=mask, logprobs=lps, ref_logprobs=ref, texts=texts)

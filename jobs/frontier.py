@@ -1,0 +1,49 @@
+"""``python -m jobs.frontier``: the overoptimization frontier on the embedded default (or any config).
+
+task -> SFT -> response pools -> gold labels -> proxies of several sizes -> best-of-n -> Gao fits ->
+frontier.json, bon.png, report.md / report.html in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from orchestrator.cli import (ConfigError, DataError, init_ray, parser, resolve, save_config, setup_logging,
+                              user_error)
+from orchestrator.config import FrontierConfig, validate_resources
+
+DEFAULT = Path(__file__).parent / "configs" / "default.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser("python -m jobs.frontier", __doc__, DEFAULT).parse_args(argv)
+    cfg, run_dir = resolve("frontier", FrontierConfig, args)
+    import ray
+
+    from orchestrator.pipeline import run_frontier
+
+    resources = init_ray(cfg.cluster)
+    try:
+        validate_resources(cfg, resources)
+    except ConfigError as e:
+        ray.shutdown()
+        user_error(str(e))
+    save_config(cfg, run_dir)
+    setup_logging(run_dir)
+    try:
+        frontier = run_frontier(cfg, run_dir, progress=not args.quiet and sys.stderr.isatty())
+    except (ConfigError, DataError) as e:
+        user_error(str(e))
+    finally:
+        ray.shutdown()
+    c = frontier["checks"]
+    print(json.dumps({"run_dir": str(run_dir), "wall_seconds": frontier["wall_seconds"],
+                      "checks_pass": c["all_pass"], "spearman_size_kl_peak": c.get("spearman_size_kl_peak"),
+                      "report": str(run_dir / "report.html")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

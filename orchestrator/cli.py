@@ -1,0 +1,121 @@
+"""The command line every job shares (DESIGN.md "Contracts"):
+
+``python -m jobs.NAME --config FILE [--run-dir DIR] [--resume] [key.sub=value ...]``
+
+User errors (bad config, bad data, bad run directory) print one line naming the problem and exit
+with code 2, before anything is written to an existing run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from orchestrator.config import ConfigError, digest, load, to_dict
+from orchestrator.data import DataError
+
+EXIT_USER_ERROR = 2
+
+
+def parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="overrides: any config key as key.sub=value, e.g. seed=3 "
+                                       "sft.steps=100 'proxy.sizes=[1x16,2x64]'")
+    p.add_argument("--config", default=str(default_config), help=f"YAML config (default: {default_config})")
+    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<job>-<config hash>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir; its saved config is used, overrides must agree")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return p
+
+
+def user_error(msg: str) -> "NoReturn":  # noqa: F821
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def resolve(job: str, cls, args) -> tuple[object, Path]:
+    """Load the config and pick the run directory, refusing anything that would clobber a run."""
+    try:
+        if args.resume:
+            if not args.run_dir:
+                raise ConfigError("--resume needs --run-dir")
+            saved = Path(args.run_dir) / "config.yaml"
+            if not Path(args.run_dir).is_dir():
+                raise ConfigError(f"--run-dir: {args.run_dir}: no such directory to resume")
+            if not saved.is_file():
+                raise ConfigError(f"--run-dir: {args.run_dir}: no config.yaml, not a run directory")
+            cfg = load(cls, saved, args.overrides)
+        else:
+            cfg = load(cls, args.config, args.overrides)
+    except ConfigError as e:
+        user_error(str(e))
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{job}-{digest(cfg)[:10]}"
+    if run_dir.exists() and not run_dir.is_dir():
+        user_error(f"--run-dir: {run_dir} exists and is not a directory")
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        try:
+            prev = load(cls, saved)
+        except ConfigError as e:
+            user_error(f"--run-dir: {run_dir}/config.yaml is unreadable ({e}); choose another --run-dir")
+        if digest(prev) != digest(cfg):
+            user_error(f"--run-dir: {run_dir} holds a run of another config (hash {digest(prev)[:10]}, "
+                       f"this one {digest(cfg)[:10]}); choose another --run-dir or pass --resume")
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        user_error(f"--run-dir: {run_dir} is not empty and holds no config.yaml; choose another --run-dir")
+    if not run_dir.exists():
+        parent = run_dir.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not os.access(parent, os.W_OK):
+            user_error(f"--run-dir: cannot create {run_dir}: {parent} is not writable")
+    elif not os.access(run_dir, os.W_OK | os.X_OK):
+        user_error(f"--run-dir: {run_dir} is not writable")
+    return cfg, run_dir
+
+
+def save_config(cfg, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        tmp = path.with_name("config.yaml.tmp")
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        tmp.replace(path)
+
+
+def setup_logging(run_dir: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None:
+        handlers.append(logging.FileHandler(run_dir / "job.log"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
+
+
+def init_ray(cluster) -> dict:
+    """Join ``cluster.address`` or start a local Ray (dashboard on ``dashboard_host`` when enabled)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    kwargs: dict = {"include_dashboard": cluster.dashboard, "log_to_driver": True,
+                    "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}
+    if cluster.address:
+        ray.init(address=cluster.address, **kwargs)
+    else:
+        if cluster.dashboard:
+            kwargs["dashboard_host"] = cluster.dashboard_host
+        ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), **kwargs)
+    return ray.cluster_resources()
+
+
+__all__ = ["parser", "resolve", "save_config", "user_error", "init_ray", "setup_logging", "DataError",
+           "ConfigError", "EXIT_USER_ERROR"]

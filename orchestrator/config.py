@@ -1,0 +1,398 @@
+"""Configuration: a frozen dataclass tree per job, loaded from YAML, overridden by ``key.sub=value``.
+
+Every field has a docstring-comment; ``__post_init__`` checks each field and raises ``ConfigError``
+naming the key and the allowed range. Unknown keys are an error (torchtune's parser), never ignored.
+Cluster-dependent checks live in ``validate_resources``. Derived sizes are properties.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: the job exits with code 2 and prints this one line."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _parse_size(spec: str, key: str) -> tuple[int, int]:
+    """``"2x64"`` -> (2 layers, 64 wide)."""
+    try:
+        layers, width = (int(x) for x in spec.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"{key}: {spec!r} is not a size of the form LAYERSxWIDTH, e.g. 2x64") from None
+    _check(1 <= layers <= 48 and 4 <= width <= 8192, key, f"{spec!r}: layers must be 1..48, width 4..8192")
+    return layers, width
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A causal-LM / scoring transformer built from config (GPT-2 architecture) or loaded by path."""
+
+    size: str = "2x128"
+    """LAYERSxWIDTH of a GPT-2 built from config (ignored when ``path`` is set)."""
+    n_head: int = 4
+    """Attention heads; must divide the width."""
+    n_positions: int = 96
+    """Longest prompt + response in tokens."""
+    path: str = ""
+    """A local directory or hub id to load instead of building from config (a cluster run)."""
+
+    def __post_init__(self):
+        layers, width = _parse_size(self.size, "size")
+        _check(self.n_head >= 1 and width % self.n_head == 0, "n_head",
+               f"{self.n_head} must be >= 1 and divide the width {width}")
+        _check(16 <= self.n_positions <= 8192, "n_positions", f"{self.n_positions} must be in 16..8192")
+
+    @property
+    def n_layer(self) -> int:
+        return _parse_size(self.size, "size")[0]
+
+    @property
+    def n_embd(self) -> int:
+        return _parse_size(self.size, "size")[1]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The prompt source (DESIGN.md: the synthetic assistant by default)."""
+
+    name: str = "synthetic"
+    """Task name; ``synthetic`` is the embedded default."""
+    tokenizer_corpus: int = 4000
+    """Prompts with demonstrations the word-level tokenizer is trained on."""
+
+    def __post_init__(self):
+        _check(self.name == "synthetic", "name", f"{self.name!r}: only 'synthetic' is built in")
+        _check(self.tokenizer_corpus >= 100, "tokenizer_corpus", "must be >= 100")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning of the base policy on graded demonstrations."""
+
+    policy: ModelConfig = field(default_factory=ModelConfig)
+    """The policy architecture."""
+    demos: int = 20000
+    """Demonstrations (prompt, graded response) generated for SFT."""
+    steps: int = 600
+    """Optimizer steps."""
+    sequences_per_step: int = 64
+    """Demonstrations per optimizer step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (cosine decay, 5% warm-up)."""
+
+    def __post_init__(self):
+        _check(self.demos >= 10, "demos", f"{self.demos} must be >= 10")
+        _check(self.steps >= 1, "steps", f"{self.steps} must be >= 1")
+        _check(1 <= self.sequences_per_step <= self.demos, "sequences_per_step",
+               f"{self.sequences_per_step} must be in 1..demos ({self.demos})")
+        _check(0 < self.lr < 1, "lr", f"{self.lr} must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Pools of responses from the base policy: one to label, one for best-of-n."""
+
+    label_prompts: int = 5000
+    """Prompts whose responses are labelled to train the proxies."""
+    label_responses_per_prompt: int = 4
+    """Responses per label prompt (all within-prompt pairs are labelled)."""
+    label_demo_fraction: float = 0.5
+    """Share of each label prompt's responses drawn from the demonstration generator with padding k
+    uniform over 0..6 instead of the policy, so the labels cover the exploitable features."""
+    bon_prompts: int = 200
+    """Held-out prompts for best-of-n."""
+    bon_responses_per_prompt: int = 256
+    """N, the pool per best-of-n prompt."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    max_new_tokens: int = 32
+    """Longest response."""
+    sequences_per_batch: int = 512
+    """Sequences a generator samples at once."""
+
+    def __post_init__(self):
+        _check(self.label_prompts >= 2, "label_prompts", f"{self.label_prompts} must be >= 2")
+        _check(self.label_responses_per_prompt >= 2, "label_responses_per_prompt",
+               f"{self.label_responses_per_prompt} must be >= 2 (pairs come from one prompt)")
+        _check(0.0 <= self.label_demo_fraction <= 1.0, "label_demo_fraction", "must be in [0, 1]")
+        _check(self.bon_prompts >= 1, "bon_prompts", f"{self.bon_prompts} must be >= 1")
+        _check(self.bon_responses_per_prompt >= 2, "bon_responses_per_prompt",
+               f"{self.bon_responses_per_prompt} must be >= 2")
+        _check(0.0 < self.temperature <= 10.0, "temperature", f"{self.temperature} must be in (0, 10]")
+        _check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", "must be in 1..4096")
+        _check(self.sequences_per_batch >= 1, "sequences_per_batch", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Who labels the preference pairs."""
+
+    source: str = "gold"
+    """``gold``: the gold ensemble labels (Gao et al.'s synthetic setup)."""
+    noise_rate: float = 0.0
+    """Probability of flipping each label (simulated annotator noise)."""
+
+    def __post_init__(self):
+        _check(self.source == "gold", "source", f"{self.source!r}: must be 'gold'")
+        _check(0.0 <= self.noise_rate < 0.5, "noise_rate", f"{self.noise_rate} must be in [0, 0.5)")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Proxy reward models: GPT-2 scorers of several sizes trained with the Bradley-Terry loss."""
+
+    sizes: tuple[str, ...] = ("1x16", "2x32", "2x64", "2x128")
+    """LAYERSxWIDTH of each proxy; at least one."""
+    n_head: int = 4
+    """Attention heads (must divide every width)."""
+    epochs: int = 2
+    """Passes over the labelled pairs."""
+    prompts_per_step: int = 64
+    """Prompts per optimizer step; every labelled pair of those prompts is in the step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (linear decay)."""
+    val_fraction: float = 0.1
+    """Share of label prompts held out for validation accuracy and calibration."""
+
+    def __post_init__(self):
+        _check(len(self.sizes) >= 1, "sizes", "at least one proxy size is needed")
+        _check(len(set(self.sizes)) == len(self.sizes), "sizes", f"{list(self.sizes)} has duplicates")
+        for i, s in enumerate(self.sizes):
+            _, width = _parse_size(s, f"sizes[{i}]")
+            _check(width % self.n_head == 0, f"sizes[{i}]", f"width {width} is not divisible by n_head {self.n_head}")
+        _check(self.epochs >= 1, "epochs", "must be >= 1")
+        _check(self.prompts_per_step >= 1, "prompts_per_step", "must be >= 1")
+        _check(0 < self.lr < 1, "lr", f"{self.lr} must be in (0, 1)")
+        _check(0.0 < self.val_fraction < 0.5, "val_fraction", f"{self.val_fraction} must be in (0, 0.5)")
+
+
+@dataclass(frozen=True)
+class BonConfig:
+    """Best-of-n with the unbiased estimator over the pool."""
+
+    n_max: int = 0
+    """Largest n evaluated; 0 = the whole pool (``sample.bon_responses_per_prompt``)."""
+    bootstrap: int = 200
+    """Bootstrap resamples of prompts for the interval of the fitted peak KL."""
+
+    def __post_init__(self):
+        _check(self.n_max >= 0, "n_max", f"{self.n_max} must be >= 0 (0 = the pool size)")
+        _check(self.bootstrap >= 0, "bootstrap", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RoleResources:
+    """Resources and replicas of one actor role."""
+
+    replicas: int = 1
+    """Actors of this role."""
+    num_cpus: float = 1.0
+    """CPUs per actor (fractions allowed); torch threads = max(1, floor(num_cpus))."""
+    num_gpus: float = 0.0
+    """GPUs per actor."""
+
+    def __post_init__(self):
+        _check(self.replicas >= 1, "replicas", f"{self.replicas} must be >= 1")
+        _check(self.num_cpus > 0, "num_cpus", f"{self.num_cpus} must be > 0")
+        _check(self.num_gpus >= 0, "num_gpus", f"{self.num_gpus} must be >= 0")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the roles run. Placement lives here, never in algorithm config."""
+
+    address: str = ""
+    """Ray address to join; empty = start a local Ray."""
+    num_cpus: int = 0
+    """CPUs of a local Ray; 0 = all of this machine's."""
+    dashboard: bool = False
+    """Start Ray's dashboard with a local Ray."""
+    dashboard_host: str = "127.0.0.1"
+    """Address the dashboard binds to."""
+    learner: RoleResources = field(default_factory=lambda: RoleResources(1, 2.0))
+    """The PolicyLearner."""
+    generator: RoleResources = field(default_factory=lambda: RoleResources(2, 1.0))
+    """RolloutGenerator replicas."""
+    proxy: RoleResources = field(default_factory=lambda: RoleResources(1, 1.0))
+    """Each proxy RewardEnsemble (one per proxy size); ``replicas`` is ignored."""
+    gold: RoleResources = field(default_factory=lambda: RoleResources(1, 1.0))
+    """The gold RewardEnsemble."""
+
+    def __post_init__(self):
+        _check(self.num_cpus >= 0, "num_cpus", "must be >= 0 (0 = all)")
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    """``python -m jobs.frontier``: task -> SFT -> pools -> gold labels -> proxies -> best-of-n -> fits."""
+
+    seed: int = 0
+    """Seeds every random source (task, SFT, sampling, labels, proxies, bootstrap)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    bon: BonConfig = field(default_factory=BonConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self):
+        _check(0 <= self.seed < 2**31, "seed", f"{self.seed} must be in 0..2^31-1")
+        _check(self.bon.n_max <= self.sample.bon_responses_per_prompt, "bon.n_max",
+               f"{self.bon.n_max} exceeds the pool: sample.bon_responses_per_prompt = "
+               f"{self.sample.bon_responses_per_prompt}")
+        longest = self.sample.max_new_tokens + 40
+        _check(self.sft.policy.n_positions >= longest, "sft.policy.n_positions",
+               f"{self.sft.policy.n_positions} < sample.max_new_tokens + 40 = {longest}")
+
+    @property
+    def n_max(self) -> int:
+        return self.bon.n_max or self.sample.bon_responses_per_prompt
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, prefix=key + ".")
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: unsupported union type")  # no optional fields by design
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def build(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a mapping; unknown keys and bad values raise ``ConfigError``."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; known keys of {prefix or 'the config'}: "
+                          f"{', '.join(sorted(types_))}")
+    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["sft.steps=10", "proxy.sizes=[1x16,2x32]"]`` -> nested dict; values parsed as YAML."""
+    tree: dict = {}
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"{item}: an override must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {e.__class__.__name__}") from None
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: {p}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"--config: {p}:{where} malformed YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {p}: the top level must be a mapping of keys")
+    return data
+
+
+def load(cls, path: str | Path | None, overrides: list[str] = ()):
+    """Load ``cls`` from a YAML file (or defaults) plus ``key.sub=value`` overrides."""
+    data = load_yaml(path) if path else {}
+    return build(cls, _merge(data, parse_overrides(list(overrides))))
+
+
+def to_dict(cfg) -> dict:
+    d = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(d))  # tuples -> lists
+
+
+def digest(obj: Any) -> str:
+    """Stable hash of a config subtree (or anything JSON-able): sha256 of canonical JSON."""
+    if dataclasses.is_dataclass(obj):
+        obj = to_dict(obj)
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def validate_resources(cfg: FrontierConfig, available: dict[str, float]) -> None:
+    """Cluster-dependent checks: every role must fit on the cluster it will run on."""
+    cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    for name in ("learner", "generator", "proxy", "gold"):
+        r: RoleResources = getattr(cfg.cluster, name)
+        _check(r.num_cpus <= cpus, f"cluster.{name}.num_cpus",
+               f"{r.num_cpus} CPUs per actor, but the cluster has {cpus:g}")
+        _check(r.num_gpus <= gpus, f"cluster.{name}.num_gpus",
+               f"{r.num_gpus} GPUs per actor, but the cluster has {gpus:g}")

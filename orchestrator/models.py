@@ -1,0 +1,92 @@
+"""Tiny HF models and the task tokenizer, built from config (or loaded by path on a cluster).
+
+Policies are ``GPT2LMHeadModel``; reward models are ``GPT2ForSequenceClassification`` with one
+label, so any HF tool can load a trained proxy (``save_pretrained`` writes safetensors).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config,
+                          GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast)
+
+from orchestrator.config import ModelConfig
+
+PAD, BOS, SEP, EOS, UNK = "[PAD]", "[BOS]", "[SEP]", "[EOS]", "[UNK]"
+
+
+def train_tokenizer(texts: list[str], out_dir: str | Path) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the task's own corpus (``tokenizers``), saved HF-style."""
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[PAD, BOS, SEP, EOS, UNK]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, sep_token=SEP,
+                                   eos_token=EOS, unk_token=UNK)
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+def _gpt2_config(cfg: ModelConfig, tok: PreTrainedTokenizerFast, **extra) -> GPT2Config:
+    return GPT2Config(vocab_size=len(tok), n_positions=cfg.n_positions, n_embd=cfg.n_embd,
+                      n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      activation_function="gelu_pytorch_tanh", **extra)
+
+
+def build_policy(cfg: ModelConfig, tok: PreTrainedTokenizerFast, seed: int) -> torch.nn.Module:
+    if cfg.path:
+        return AutoModelForCausalLM.from_pretrained(cfg.path)
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(_gpt2_config(cfg, tok))
+
+
+def build_reward_model(cfg: ModelConfig, tok: PreTrainedTokenizerFast, seed: int) -> torch.nn.Module:
+    if cfg.path:
+        return AutoModelForSequenceClassification.from_pretrained(cfg.path, num_labels=1)
+    torch.manual_seed(seed)
+    return GPT2ForSequenceClassification(_gpt2_config(cfg, tok, num_labels=1))
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def encode_prompt(tok: PreTrainedTokenizerFast, prompt: str) -> list[int]:
+    """``[BOS] prompt [SEP]``: the policy continues with a response and ``[EOS]``."""
+    return [tok.bos_token_id] + tok.encode(prompt, add_special_tokens=False) + [tok.sep_token_id]
+
+
+def encode_pair(tok: PreTrainedTokenizerFast, prompt: str, response: str) -> list[int]:
+    """``[BOS] prompt [SEP] response [EOS]`` -- what the policy is trained on and the RMs score."""
+    return encode_prompt(tok, prompt) + tok.encode(response, add_special_tokens=False) + [tok.eos_token_id]
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to ``[b, t]`` ids and a ``[b, t]`` attention mask."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def set_threads(num_cpus: float) -> int:
+    """torch threads matching an actor's CPU share (fractions round down, at least one); also
+    quiets transformers' per-load progress bars, which would flood the driver's log."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    n = max(1, int(num_cpus))
+    torch.set_num_threads(n)
+    return n

@@ -1,0 +1,404 @@
+"""The main job's data flow (DESIGN.md): task -> sft -> sample -> label -> proxies -> best-of-n -> report.
+
+The driver: creates actors per stage from ``cluster`` config, moves data through parquet files in the
+run directory, and ``ray.get``s only at phase boundaries. Each stage is cached by a hash of its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from actors.policy_learner import PolicyLearner
+from actors.reward_ensemble import RewardEnsemble
+from actors.rollout_generator import RolloutGenerator
+from orchestrator import data as D
+from orchestrator.actor_group import ActorGroup
+from orchestrator.bon import bon_curves, kl_bon
+from orchestrator.config import FrontierConfig, RoleResources, to_dict
+from orchestrator.models import train_tokenizer
+from orchestrator.scaling import fit_bon
+from orchestrator.stages import StageResult, run_stage
+from orchestrator.tasks import synthetic as T
+
+log = logging.getLogger("rlhf_frontier")
+
+
+def stream(seed: int, name: str) -> int:
+    """An independent seed per named random stream, derived from the config seed."""
+    return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:8], 16)
+
+
+def _wait(refs: list, desc: str, progress: bool) -> list:
+    """``ray.get`` with a progress bar, results in the order of ``refs``."""
+    pending, done = list(refs), {}
+    index = {r: i for i, r in enumerate(refs)}
+    with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False) as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for r in ready:
+                done[index[r]] = ray.get(r)
+                bar.update(1)
+    return [done[i] for i in range(len(refs))]
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+
+
+def stage_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
+    s = cfg.sample
+    inputs = {"stage": "task", "v": 1, "seed": cfg.seed, "task": to_dict(cfg.task), "sft_demos": cfg.sft.demos,
+              "label_prompts": s.label_prompts, "bon_prompts": s.bon_prompts}
+
+    def fn(out: Path) -> dict:
+        train_tokenizer(T.corpus(stream(cfg.seed, "corpus"), cfg.task.tokenizer_corpus), out / "tokenizer")
+        rows = []
+        for split, n in (("sft", cfg.sft.demos), ("label", s.label_prompts), ("bon", s.bon_prompts)):
+            for r in T.make_prompts(n, stream(cfg.seed, f"prompts/{split}")):
+                rows.append({**r, "split": split, "prompt_id": len(rows)})
+        D.write_table({k: [r[k] for r in rows] for k in D.PROMPTS}, out / "prompts.parquet")
+        rng = random.Random(stream(cfg.seed, "demos"))
+        sft = [r for r in rows if r["split"] == "sft"]
+        demos = [T.make_demonstration(r["family"], r["meta"], rng) for r in sft]
+        D.write_table({"prompt_id": [r["prompt_id"] for r in sft], "prompt": [r["prompt"] for r in sft],
+                       "response": demos}, out / "demos.parquet")
+        return {"prompts": len(rows), "demos": len(demos)}
+
+    return run_stage(run_dir, "task", inputs, fn)
+
+
+def stage_sft(cfg: FrontierConfig, run_dir: Path, task: StageResult, progress: bool) -> StageResult:
+    inputs = {"stage": "sft", "v": 1, "task": task.key, "sft": to_dict(cfg.sft), "seed": cfg.seed}
+
+    def fn(out: Path) -> dict:
+        demos = pq.read_table(task.dir / "demos.parquet").to_pydict()
+        learner = ActorGroup(PolicyLearner, cfg.cluster.learner, str(task.dir / "tokenizer"),
+                             asdict(cfg.sft.policy), stream(cfg.seed, "sft"), replicas=1)
+        try:
+            stats = ray.get(learner.one("sft", list(zip(demos["prompt"], demos["response"])), cfg.sft.steps,
+                                        cfg.sft.sequences_per_step, cfg.sft.lr))
+            ray.get(learner.one("save", str(out / "policy")))
+        finally:
+            learner.shutdown()
+        log.info("sft: loss %.3f -> %.3f, %d params, %.0f tokens/s", stats["loss_first"], stats["loss_last"],
+                 stats["params"], stats["tokens_per_s"])
+        return stats
+
+    return run_stage(run_dir, "sft", inputs, fn)
+
+
+def _sample_pool(gen: ActorGroup, prompts: list[str], n: int, seed: int, cfg: FrontierConfig, desc: str,
+                 progress: bool) -> tuple[list[int], list[str], list[int]]:
+    """``n`` policy responses per prompt, in chunks of about ``sequences_per_batch`` sequences; each
+    chunk's seed depends on its index only, so results do not depend on the replica count."""
+    per_chunk = max(1, cfg.sample.sequences_per_batch // n)
+    refs = [gen.one("generate", prompts[i: i + per_chunk], n, stream(seed, f"chunk{i}"),
+                    cfg.sample.max_new_tokens, cfg.sample.temperature)
+            for i in range(0, len(prompts), per_chunk)]
+    idx, texts, ntok = [], [], []
+    for c, b in enumerate(_wait(refs, desc, progress)):
+        idx += (b.prompt_index + c * per_chunk).tolist()
+        texts += b.texts
+        ntok += b.n_tokens.tolist()
+    return idx, texts, ntok
+
+
+def stage_sample(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult,
+                 progress: bool) -> StageResult:
+    inputs = {"stage": "sample", "v": 1, "sft": sft.key, "sample": to_dict(cfg.sample), "seed": cfg.seed}
+    s = cfg.sample
+
+    def fn(out: Path) -> dict:
+        prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
+        by_split = {sp: [i for i, x in enumerate(prompts["split"]) if x == sp] for sp in ("label", "bon")}
+        gen = ActorGroup(RolloutGenerator, cfg.cluster.generator, str(sft.dir / "policy"))
+        t0 = time.perf_counter()
+        tokens = 0
+        try:
+            n_demo = round(s.label_responses_per_prompt * s.label_demo_fraction)
+            n_pol = s.label_responses_per_prompt - n_demo
+            for split, n in (("label", n_pol), ("bon", s.bon_responses_per_prompt)):
+                rows = by_split[split]
+                cols = {k: [] for k in D.SAMPLES}
+                if n:
+                    idx, texts, ntok = _sample_pool(gen, [prompts["prompt"][i] for i in rows], n,
+                                                    stream(cfg.seed, f"sample/{split}"), cfg, f"sample {split}", progress)
+                    tokens += sum(ntok)
+                    for j, (pi, t, k) in enumerate(zip(idx, texts, ntok)):
+                        cols["prompt_id"].append(prompts["prompt_id"][rows[pi]])
+                        cols["sample_id"].append(j % n)
+                        cols["response"].append(t)
+                        cols["n_tokens"].append(k)
+                        cols["source"].append("policy")
+                if split == "label" and n_demo:
+                    # the demonstration half covers padding k = 0..6 uniformly (DESIGN.md, 2nd prototype)
+                    rng = random.Random(stream(cfg.seed, "label/demos"))
+                    for i in rows:
+                        for j in range(n_demo):
+                            text = T.make_demonstration(prompts["family"][i], prompts["meta"][i], rng,
+                                                        padding_k=rng.randrange(len(T.PADDING_GOLD)))
+                            cols["prompt_id"].append(prompts["prompt_id"][i])
+                            cols["sample_id"].append(n_pol + j)
+                            cols["response"].append(text)
+                            cols["n_tokens"].append(len(text.split()) + 1)
+                            cols["source"].append("demo")
+                D.write_table(cols, out / f"samples_{split}.parquet")
+        finally:
+            gen.shutdown()
+        secs = time.perf_counter() - t0
+        return {"tokens": tokens, "tokens_per_s": tokens / secs}
+
+    return run_stage(run_dir, "sample", inputs, fn)
+
+
+def _join_prompts(samples: dict, prompts: dict) -> dict:
+    pid = {p: i for i, p in enumerate(prompts["prompt_id"])}
+    rows = [pid[p] for p in samples["prompt_id"]]
+    return {"prompt": [prompts["prompt"][i] for i in rows], "family": [prompts["family"][i] for i in rows],
+            "meta": [prompts["meta"][i] for i in rows], "response": samples["response"]}
+
+
+def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult) -> StageResult:
+    inputs = {"stage": "label", "v": 1, "sample": sample.key, "label": to_dict(cfg.label), "seed": cfg.seed}
+
+    def fn(out: Path) -> dict:
+        prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
+        samples = pq.read_table(sample.dir / "samples_label.parquet").to_pydict()
+        rows = _join_prompts(samples, prompts)
+        gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", [{"name": "oracle", "kind": "oracle"}],
+                          replicas=1)
+        try:
+            sc = ray.get(gold.one("score", rows))
+        finally:
+            gold.shutdown()
+        g = sc.values[:, 0]
+        samples["score.gold"] = g.tolist()
+        for p, v in sc.principles.items():
+            samples[f"score.gold.{p}"] = v.tolist()
+        D.write_table(samples, out / "samples_label_scored.parquet")
+        rng = np.random.default_rng(stream(cfg.seed, "label/noise"))
+        by_prompt: dict[int, list[int]] = {}
+        for i, p in enumerate(samples["prompt_id"]):
+            by_prompt.setdefault(p, []).append(i)
+        pairs = {k: [] for k in D.PREFERENCES}
+        ties = 0
+        for p, idx in by_prompt.items():
+            for x in range(len(idx)):
+                for y in range(x + 1, len(idx)):
+                    i, j = idx[x], idx[y]
+                    if g[i] == g[j]:
+                        ties += 1  # equal gold carries no preference (Gao et al.: ties dropped)
+                        continue
+                    p_a = 1.0 if g[i] > g[j] else 0.0
+                    if rng.random() < cfg.label.noise_rate:
+                        p_a = 1.0 - p_a
+                    pairs["pair_id"].append(len(pairs["pair_id"]))
+                    pairs["prompt_id"].append(p)
+                    pairs["prompt"].append(rows["prompt"][i])
+                    pairs["response_a"].append(samples["response"][i])
+                    pairs["response_b"].append(samples["response"][j])
+                    pairs["p_a"].append(p_a)
+                    pairs["labeler"].append("gold")
+                    pairs["principle"].append("gold")
+                    pairs["rationale"].append("")
+        D.write_table(pairs, out / "preferences.parquet")
+        src = np.array(samples["source"])
+        return {"pairs": len(pairs["pair_id"]), "ties_dropped": ties,
+                "gold_mean_policy": float(g[src == "policy"].mean()) if (src == "policy").any() else None,
+                "gold_mean_demo": float(g[src == "demo"].mean()) if (src == "demo").any() else None}
+
+    return run_stage(run_dir, "label", inputs, fn)
+
+
+def preference_arrays(path: Path, val_fraction: float, seed: int) -> dict:
+    """Preferences parquet -> unique texts, pair indices, soft labels and a by-prompt validation split."""
+    tab = D.read_table(path, D.PREFERENCES, "preferences")
+    D.check_labels(tab, path)
+    t = tab.to_pydict()
+    texts: dict[tuple[str, str], int] = {}
+    a = [texts.setdefault((p, r), len(texts)) for p, r in zip(t["prompt"], t["response_a"])]
+    b = [texts.setdefault((p, r), len(texts)) for p, r in zip(t["prompt"], t["response_b"])]
+    groups = sorted(set(t["prompt_id"]))
+    rng = random.Random(seed)
+    val_groups = set(rng.sample(groups, max(1, int(len(groups) * val_fraction))))
+    return {"texts": list(texts), "a": a, "b": b, "p_a": t["p_a"], "group": t["prompt_id"],
+            "val": [g in val_groups for g in t["prompt_id"]]}
+
+
+def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, label: StageResult,
+                  progress: bool) -> list[StageResult]:
+    """One cached stage per proxy size; the missing ones train in parallel, largest first."""
+    pc = to_dict(cfg.proxy)
+    pc.pop("sizes")
+    inputs = {size: {"stage": "proxy", "v": 1, "label": label.key, "size": size, "proxy": pc, "seed": cfg.seed}
+              for size in cfg.proxy.sizes}
+    todo = [s for s in cfg.proxy.sizes if not _done(run_dir, "proxy", inputs[s])]
+    data = preference_arrays(label.dir / "preferences.parquet", cfg.proxy.val_fraction,
+                             stream(cfg.seed, "proxy/val")) if todo else None
+    trained: dict[str, tuple[dict, Path]] = {}
+    if todo:
+        ref = ray.put(data)
+        tok = str(task.dir / "tokenizer")
+        order = sorted(todo, key=lambda s: -_cost(s))
+        actors, refs = {}, {}
+        for s in order:
+            grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy",
+                             [{"name": f"proxy-{s}", "kind": "hf", "size": s, "n_head": cfg.proxy.n_head,
+                               "seed": stream(cfg.seed, f"proxy/{s}/init")}], tok, replicas=1)
+            actors[s] = grp
+            refs[grp.one("train", ref, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
+                         stream(cfg.seed, f"proxy/{s}/train"))] = s
+        pending = list(refs)
+        with tqdm(total=len(pending), desc="train proxies", disable=not progress, leave=False) as bar:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                s = refs[ready[0]]
+                stats = ray.get(ready[0])[f"proxy-{s}"]
+                tmp = run_dir / "stages" / f"proxy-{s}.staging"
+                ray.get(actors[s].one("save", str(tmp)))
+                actors[s].shutdown()  # frees its CPU for the next size
+                trained[s] = (stats, tmp / f"proxy-{s}")
+                log.info("proxy %-6s %7d params  val acc %.3f  (%.0f s)", s, stats["params"],
+                         stats.get("val_accuracy", float("nan")), stats["seconds"])
+                bar.update(1)
+    results = []
+    for s in cfg.proxy.sizes:
+        def fn(out: Path, s=s) -> dict:
+            stats, src = trained[s]
+            src.rename(out / "model")
+            src.parent.rmdir()
+            return {**stats, "size": s}
+        results.append(run_stage(run_dir, "proxy", inputs[s], fn))
+    return results
+
+
+def _done(run_dir: Path, name: str, inputs) -> bool:
+    from orchestrator.stages import stage_dir
+
+    return (stage_dir(run_dir, name, inputs)[1] / "DONE.json").is_file()
+
+
+def _cost(size: str) -> int:
+    layers, width = (int(x) for x in size.split("x"))
+    return layers * width * width
+
+
+def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
+              proxies: list[StageResult], progress: bool) -> StageResult:
+    inputs = {"stage": "bon", "v": 1, "sample": sample.key, "proxies": [p.key for p in proxies],
+              "bon": to_dict(cfg.bon), "n_max": cfg.n_max, "seed": cfg.seed}
+
+    def fn(out: Path) -> dict:
+        prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
+        samples = pq.read_table(sample.dir / "samples_bon.parquet").to_pydict()
+        rows = _join_prompts(samples, prompts)
+        keys = list(zip(rows["prompt"], rows["response"]))
+        first: dict = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        sel = list(first.values())
+        pos = {k: j for j, k in enumerate(first)}
+        back = np.array([pos[k] for k in keys])
+        sub = {c: [v[i] for i in sel] for c, v in rows.items()}
+        gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", [{"name": "oracle", "kind": "oracle"}],
+                          replicas=1)
+        members = [{"name": f"proxy-{p.meta['size']}", "kind": "hf", "path": str(p.dir / "model")}
+                   for p in proxies]
+        prox = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", members,
+                          str(task.dir / "tokenizer"), replicas=1)
+        try:
+            gs, ps = ray.get([gold.one("score", sub), prox.one("score", sub)])
+        finally:
+            gold.shutdown()
+            prox.shutdown()
+        samples["score.gold"] = gs.values[back, 0].tolist()
+        for p, v in gs.principles.items():
+            samples[f"score.gold.{p}"] = v[back].tolist()
+        for j, name in enumerate(ps.members):
+            samples[f"score.{name}"] = ps.values[back, j].tolist()
+        D.write_table(samples, out / "bon_scores.parquet")
+        result = bon_summary(samples, [m["name"] for m in members], cfg.sample.bon_responses_per_prompt,
+                             cfg.n_max, cfg.bon.bootstrap, stream(cfg.seed, "bon/bootstrap"))
+        (out / "bon.json").write_text(json.dumps(result, indent=1))
+        return {"unique_fraction": len(sel) / len(keys), "scored": len(sel)}
+
+    return run_stage(run_dir, "bon", inputs, fn)
+
+
+def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, bootstrap: int, seed: int) -> dict:
+    """Per proxy: mean best-of-n gold and proxy (relative to n = 1) for every n, the fit, and a
+    bootstrap-over-prompts interval of the fitted peak KL."""
+    pid = np.array(samples["prompt_id"])
+    order = np.lexsort((np.array(samples["sample_id"]), pid))
+    P = len(np.unique(pid))
+    gold = np.array(samples["score.gold"])[order].reshape(P, N)
+    n = np.arange(1, n_max + 1)
+    kl = kl_bon(n)
+    out = {}
+    rng = np.random.default_rng(seed)
+    boots = [rng.integers(0, P, P) for _ in range(bootstrap)]
+    for name in proxy_names:
+        proxy = np.array(samples[f"score.{name}"])[order].reshape(P, N)
+        pb, gb = bon_curves(proxy, gold, n_max)  # [P, n_max]
+        g_mean, p_mean = gb.mean(0) - gb[:, 0].mean(), pb.mean(0) - pb[:, 0].mean()
+        fit = fit_bon(kl, g_mean)
+        peaks = []
+        for b in boots:
+            gm = gb[b].mean(0)
+            f = fit_bon(kl, gm - gm[0])
+            peaks.append(np.inf if f.kl_peak is None else f.kl_peak)
+        ci = [float(np.percentile(peaks, 5)), float(np.percentile(peaks, 95))] if boots else None
+        out[name] = {"points": [{"n": int(a), "kl": float(k), "gold": float(g), "proxy": float(p)}
+                                for a, k, g, p in zip(n, kl, g_mean, p_mean)],
+                     "fit": fit.to_dict(),
+                     "kl_peak_ci90": None if ci is None else [c if np.isfinite(c) else None for c in ci]}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the whole job
+
+
+def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> dict:
+    """Run (or resume) every stage and write frontier.json and the report; returns frontier.json."""
+    from orchestrator.config import digest
+    from orchestrator.report import checks, versions, write_report
+
+    t0 = time.perf_counter()
+    task = stage_task(cfg, run_dir)
+    sft = stage_sft(cfg, run_dir, task, progress)
+    sample = stage_sample(cfg, run_dir, task, sft, progress)
+    label = stage_label(cfg, run_dir, task, sample)
+    proxies = stage_proxies(cfg, run_dir, task, label, progress)
+    bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
+    curves = json.loads((bon.dir / "bon.json").read_text())
+    entries = []
+    for p in proxies:
+        name = f"proxy-{p.meta['size']}"
+        entries.append({"proxy": name, "proxy_params": p.meta["params"], "seed": cfg.seed,
+                        "val_accuracy": p.meta.get("val_accuracy"), "val_ece": p.meta.get("val_ece"),
+                        **curves[name]})
+    stages = [task, sft, sample, label, *proxies, bon]
+    timings = {}
+    for s in stages:
+        name = s.name if s.name != "proxy" else f"proxy-{s.meta['size']}"
+        timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
+    frontier = {"config_hash": digest(cfg), "versions": versions(), "seed": cfg.seed,
+                "bon": entries, "rl": [],
+                "label": {k: label.meta.get(k) for k in ("pairs", "ties_dropped", "gold_mean_policy", "gold_mean_demo")},
+                "sft": {k: sft.meta.get(k) for k in ("loss_first", "loss_last", "params")},
+                "timings": timings, "wall_seconds": round(time.perf_counter() - t0, 2)}
+    frontier["checks"] = checks(entries)
+    write_report(run_dir, frontier, {"timings": timings})
+    return frontier

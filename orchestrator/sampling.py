@@ -1,0 +1,83 @@
+"""Batched sampling with a KV cache and per-token log-probabilities (torch only, no Ray)."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+def _cache_kw(model) -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache``; accept either."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad to ``[b, t]`` ids and mask, so every row's next token sits in the last column."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, t - len(s):] = torch.tensor(s)
+        mask[i, t - len(s):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, eos_id: int,
+           pad_id: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample one response per prompt row.
+
+    prompts: b token-id lists. Returns ``(ids [b, t], mask [b, t], logprobs [b, t])``: response tokens
+    right-padded with ``pad_id`` (EOS included and masked in), and log pi(token) under the tempered
+    sampling distribution, 0 where masked.
+    """
+    ids, attn = left_pad(prompts, pad_id)
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    kw = _cache_kw(model)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+    past, logits = _cache_of(out), out.logits[:, -1, :]
+    next_pos = pos[:, -1:] + 1
+    b = len(prompts)
+    done = torch.zeros(b, dtype=torch.bool)
+    toks, lps, alive_cols = [], [], []
+    for _ in range(max_new_tokens):
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        alive = ~done
+        lp = logp.gather(1, tok[:, None]).squeeze(1)
+        tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
+        toks.append(tok)
+        lps.append(torch.where(alive, lp, torch.zeros_like(lp)))
+        alive_cols.append(alive)
+        done = done | (tok == eos_id)
+        if bool(done.all()):
+            break
+        attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
+                    **{kw: past})
+        past, logits = _cache_of(out), out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    return torch.stack(toks, 1), torch.stack(alive_cols, 1).long(), torch.stack(lps, 1)
+
+
+@torch.no_grad()
+def response_logprobs(model, prompts: list[list[int]], response_ids: torch.Tensor,
+                      response_mask: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``[b, t]`` log pi(response token) for given responses (e.g. under the frozen reference)."""
+    seqs = [p + r[m.bool()].tolist() for p, r, m in zip(prompts, response_ids, response_mask)]
+    ids, attn = left_pad(seqs, pad_id)
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float(), -1)
+    tok_lp = logp[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)  # [b, T-1], logprob of token j+1
+    t = response_ids.shape[1]
+    out = torch.zeros(response_ids.shape, dtype=torch.float32)
+    lengths = response_mask.sum(1)
+    for i, n in enumerate(lengths.tolist()):
+        if n:
+            out[i, :n] = tok_lp[i, -n:]
+    return out[:, :t]

@@ -1,0 +1,81 @@
+"""Gao et al. (2022) functional forms, fitted by least squares; d = sqrt(KL) in sqrt-nats.
+
+best-of-n: R_bon(d) = d (alpha - beta d),      peak d* = alpha / (2 beta),   R* = alpha^2 / (4 beta)
+RL:        R_rl(d)  = d (alpha - beta ln d),   peak d* = exp(alpha/beta - 1), R* = beta d*
+Both pass through R(0) = 0 (scores are relative to the initial policy), so the fits have no intercept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Fit:
+    alpha: float
+    beta: float
+    r2: float
+    kl_peak: float | None
+    """KL (nats) at the fitted peak; None when the fitted curve never turns down (beta <= 0)."""
+    gold_peak: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _r2(y: np.ndarray, yhat: np.ndarray) -> float:
+    ss_res = float(np.sum((y - yhat) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+
+
+def _lstsq(cols: list[np.ndarray], y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    X = np.stack(cols, axis=1)
+    if w is not None:
+        sw = np.sqrt(w)
+        X, y = X * sw[:, None], y * sw
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    return coef
+
+
+def fit_bon(kl: np.ndarray, r: np.ndarray, weights: np.ndarray | None = None) -> Fit:
+    """Fit R_bon(d) = d (alpha - beta d) to points (kl [m], r [m]); Gao et al. 2022 eq. (2)."""
+    d = np.sqrt(np.asarray(kl, float))
+    r = np.asarray(r, float)
+    alpha, nbeta = _lstsq([d, d * d], r, weights)
+    beta = -nbeta
+    fit_r = d * (alpha - beta * d)
+    if beta > 0 and alpha > 0:
+        dstar = alpha / (2 * beta)
+        return Fit(float(alpha), float(beta), _r2(r, fit_r), float(dstar**2), float(alpha**2 / (4 * beta)))
+    return Fit(float(alpha), float(beta), _r2(r, fit_r), None, None)
+
+
+def fit_rl(kl: np.ndarray, r: np.ndarray, weights: np.ndarray | None = None) -> Fit:
+    """Fit R_rl(d) = d (alpha - beta ln d) to points with d > 0; Gao et al. 2022 eq. (3)."""
+    kl, r = np.asarray(kl, float), np.asarray(r, float)
+    keep = kl > 0
+    d, r = np.sqrt(kl[keep]), r[keep]
+    w = None if weights is None else np.asarray(weights, float)[keep]
+    alpha, nbeta = _lstsq([d, d * np.log(d)], r, w)
+    beta = -nbeta
+    fit_r = d * (alpha - beta * np.log(d))
+    if beta > 0:
+        dstar = math.exp(alpha / beta - 1.0)
+        if math.isfinite(dstar) and dstar < 1e6:
+            return Fit(float(alpha), float(beta), _r2(r, fit_r), float(dstar**2), float(beta * dstar))
+    return Fit(float(alpha), float(beta), _r2(r, fit_r), None, None)
+
+
+def spearman(x: list[float], y: list[float | None]) -> float:
+    """Spearman rank correlation; ``None`` in y (no peak in sight) ranks above every number."""
+    from scipy.stats import spearmanr
+
+    yy = [math.inf if v is None else v for v in y]
+    finite_max = max([v for v in yy if math.isfinite(v)], default=0.0)
+    yy = [finite_max * 2 + 1 + i if not math.isfinite(v) else v for i, v in enumerate(yy)]
+    rho = spearmanr(x, yy).statistic
+    return float(rho)
