@@ -29,12 +29,17 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, eos_id: int,
-           pad_id: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           pad_id: int, generator: torch.Generator, compact_below: float = 0.75) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one response per prompt row.
 
     prompts: b token-id lists. Returns ``(ids [b, t], mask [b, t], logprobs [b, t])``: response tokens
     right-padded with ``pad_id`` (EOS included and masked in), and log pi(token) under the tempered
     sampling distribution, 0 where masked.
+
+    Rows that have emitted EOS are dropped from the batch (and the KV cache) once fewer than
+    ``compact_below`` of the rows still running are alive: responses are short on average but a
+    batch of hundreds nearly always holds one that runs to ``max_new_tokens``. The random draws do
+    not depend on compaction: each row draws from its own slice of one ``[b, V]`` uniform per step.
     """
     ids, attn = left_pad(prompts, pad_id)
     pos = (attn.cumsum(1) - 1).clamp(min=0)
@@ -43,26 +48,36 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: fl
     past, logits = _cache_of(out), out.logits[:, -1, :]
     next_pos = pos[:, -1:] + 1
     b = len(prompts)
+    toks = torch.full((b, max_new_tokens), pad_id, dtype=torch.long)
+    lps = torch.zeros((b, max_new_tokens), dtype=torch.float32)
+    mask = torch.zeros((b, max_new_tokens), dtype=torch.long)
+    rows = torch.arange(b)  # the original row of each row still in the batch
     done = torch.zeros(b, dtype=torch.bool)
-    toks, lps, alive_cols = [], [], []
-    for _ in range(max_new_tokens):
+    length = 0
+    for t in range(max_new_tokens):
         logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
-        alive = ~done
-        lp = logp.gather(1, tok[:, None]).squeeze(1)
-        tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
-        toks.append(tok)
-        lps.append(torch.where(alive, lp, torch.zeros_like(lp)))
-        alive_cols.append(alive)
+        # Gumbel-max with one uniform per (original row, token) and step: the same samples whether
+        # or not finished rows were compacted away.
+        u = torch.rand((b, logp.shape[1]), generator=generator)[rows]
+        tok = torch.argmax(logp - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1)
+        live = rows[~done]
+        toks[live, t] = tok[~done]
+        lps[live, t] = logp.gather(1, tok[:, None]).squeeze(1)[~done]
+        mask[live, t] = 1
+        length = t + 1
         done = done | (tok == eos_id)
         if bool(done.all()):
             break
-        attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype)], dim=1)
+        if float((~done).float().mean()) < compact_below:
+            keep = torch.nonzero(~done).squeeze(1)
+            past.batch_select_indices(keep)
+            rows, tok, attn, next_pos, done = rows[keep], tok[keep], attn[keep], next_pos[keep], done[keep]
+        attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=attn.dtype)], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
                     **{kw: past})
         past, logits = _cache_of(out), out.logits[:, -1, :]
         next_pos = next_pos + 1
-    return torch.stack(toks, 1), torch.stack(alive_cols, 1).long(), torch.stack(lps, 1)
+    return toks[:, :length], mask[:, :length], lps[:, :length]
 
 
 @torch.no_grad()
