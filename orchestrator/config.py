@@ -74,10 +74,33 @@ class TaskConfig:
     """Task name; ``synthetic`` is the embedded default."""
     tokenizer_corpus: int = 4000
     """Prompts with demonstrations the word-level tokenizer is trained on."""
+    families: tuple[str, ...] = ("arith", "capital", "animal", "list", "unsafe", "chat", "unknown")
+    """Prompt families drawn from."""
+    family_weights: tuple[float, ...] = (2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0)
+    """Relative frequency of each family (same order as ``families``)."""
+    countries: int = 40
+    """Countries of the fact table asked about (<= 120; fewer = more labels per fact)."""
+    animals: int = 30
+    """Animals of the fact table asked about (<= 80)."""
+    unknown_countries: int = 20
+    """Countries not in the table asked about (<= 40; the honest answer is "i do not know")."""
 
     def __post_init__(self):
+        from orchestrator.tasks.synthetic import FAMILIES
+
         _check(self.name == "synthetic", "name", f"{self.name!r}: only 'synthetic' is built in")
         _check(self.tokenizer_corpus >= 100, "tokenizer_corpus", "must be >= 100")
+        _check(len(self.families) >= 1, "families", "at least one family is needed")
+        for i, f in enumerate(self.families):
+            _check(f in FAMILIES, f"families[{i}]", f"{f!r} is not one of {', '.join(FAMILIES)}")
+        _check(len(set(self.families)) == len(self.families), "families", "has duplicates")
+        _check(len(self.family_weights) == len(self.families), "family_weights",
+               f"{len(self.family_weights)} weights for {len(self.families)} families")
+        _check(all(w >= 0 for w in self.family_weights) and sum(self.family_weights) > 0, "family_weights",
+               "weights must be >= 0 and not all 0")
+        _check(1 <= self.countries <= 120, "countries", f"{self.countries} must be in 1..120")
+        _check(1 <= self.animals <= 80, "animals", f"{self.animals} must be in 1..80")
+        _check(1 <= self.unknown_countries <= 40, "unknown_countries", f"{self.unknown_countries} must be in 1..40")
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,10 @@ def stage_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
     def fn(out: Path) -> dict:
         train_tokenizer(T.corpus(stream(cfg.seed, "corpus"), cfg.task.tokenizer_corpus), out / "tokenizer")
         rows = []
+        rows_of = T.table(cfg.task.countries, cfg.task.animals, cfg.task.unknown_countries)
         for split, n in (("sft", cfg.sft.demos), ("label", s.label_prompts), ("bon", s.bon_prompts)):
-            for r in T.make_prompts(n, stream(cfg.seed, f"prompts/{split}")):
+            for r in T.make_prompts(n, stream(cfg.seed, f"prompts/{split}"), cfg.task.families,
+                                    cfg.task.family_weights, rows_of):
                 rows.append({**r, "split": split, "prompt_id": len(rows)})
         D.write_table({k: [r[k] for r in rows] for k in D.PROMPTS}, out / "prompts.parquet")
         rng = random.Random(stream(cfg.seed, "demos"))
@@ -236,39 +238,63 @@ def preference_arrays(path: Path, val_fraction: float, seed: int) -> dict:
             "val": [g in val_groups for g in t["prompt_id"]]}
 
 
-def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, label: StageResult,
-                  progress: bool) -> list[StageResult]:
-    """One cached stage per proxy size; the missing ones train in parallel, largest first."""
+def _unique_rows(rows: dict) -> tuple[dict, np.ndarray]:
+    """Distinct (prompt, response) rows and, for every original row, its index among them: a pool
+    repeats about a third of its responses, each is scored once."""
+    first: dict = {}
+    for i, k in enumerate(zip(rows["prompt"], rows["response"])):
+        first.setdefault(k, i)
+    pos = {k: j for j, k in enumerate(first)}
+    back = np.array([pos[k] for k in zip(rows["prompt"], rows["response"])], dtype=np.int64)
+    sel = list(first.values())
+    return {c: [v[i] for i in sel] for c, v in rows.items()}, back
+
+
+def _bon_rows(task: StageResult, sample: StageResult) -> tuple[dict, dict]:
+    prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
+    samples = pq.read_table(sample.dir / "samples_bon.parquet").to_pydict()
+    return samples, _join_prompts(samples, prompts)
+
+
+def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
+                  label: StageResult, progress: bool) -> list[StageResult]:
+    """One cached stage per proxy size: train with Bradley-Terry, then score the best-of-n pool
+    while the model is loaded. Missing sizes train in parallel, largest first."""
     pc = to_dict(cfg.proxy)
     pc.pop("sizes")
-    inputs = {size: {"stage": "proxy", "v": 1, "label": label.key, "size": size, "proxy": pc, "seed": cfg.seed}
-              for size in cfg.proxy.sizes}
+    inputs = {size: {"stage": "proxy", "v": 2, "label": label.key, "sample": sample.key, "size": size,
+                     "proxy": pc, "seed": cfg.seed} for size in cfg.proxy.sizes}
     todo = [s for s in cfg.proxy.sizes if not _done(run_dir, "proxy", inputs[s])]
-    data = preference_arrays(label.dir / "preferences.parquet", cfg.proxy.val_fraction,
-                             stream(cfg.seed, "proxy/val")) if todo else None
     trained: dict[str, tuple[dict, Path]] = {}
     if todo:
-        ref = ray.put(data)
-        tok = str(task.dir / "tokenizer")
-        order = sorted(todo, key=lambda s: -_cost(s))
-        actors, refs = {}, {}
-        for s in order:
+        data = ray.put(preference_arrays(label.dir / "preferences.parquet", cfg.proxy.val_fraction,
+                                         stream(cfg.seed, "proxy/val")))
+        samples, rows = _bon_rows(task, sample)
+        uniq, back = _unique_rows(rows)
+        uniq_ref = ray.put({"prompt": uniq["prompt"], "response": uniq["response"]})
+        calls = {}
+        for s in sorted(todo, key=lambda s: -_cost(s)):
             grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy",
                              [{"name": f"proxy-{s}", "kind": "hf", "size": s, "n_head": cfg.proxy.n_head,
-                               "seed": stream(cfg.seed, f"proxy/{s}/init")}], tok, replicas=1)
-            actors[s] = grp
-            refs[grp.one("train", ref, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
-                         stream(cfg.seed, f"proxy/{s}/train"))] = s
-        pending = list(refs)
+                               "seed": stream(cfg.seed, f"proxy/{s}/init")}], str(task.dir / "tokenizer"), replicas=1)
+            tmp = run_dir / "stages" / f"proxy-{s}.staging"
+            # one caller's calls to an actor run in order: train, then score, then save
+            tr = grp.one("train", data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
+                         stream(cfg.seed, f"proxy/{s}/train"))
+            sc = grp.one("score", uniq_ref)
+            calls[grp.one("save", str(tmp))] = (s, grp, tr, sc, tmp)
+        pending = list(calls)
         with tqdm(total=len(pending), desc="train proxies", disable=not progress, leave=False) as bar:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
-                s = refs[ready[0]]
-                stats = ray.get(ready[0])[f"proxy-{s}"]
-                tmp = run_dir / "stages" / f"proxy-{s}.staging"
-                ray.get(actors[s].one("save", str(tmp)))
-                actors[s].shutdown()  # frees its CPU for the next size
-                trained[s] = (stats, tmp / f"proxy-{s}")
+                s, grp, tr, sc, tmp = calls[ready[0]]
+                ray.get(ready[0])
+                stats, scores = ray.get([tr, sc])
+                grp.shutdown()  # frees its CPU for the next size
+                stats = stats[f"proxy-{s}"]
+                D.write_table({"prompt_id": samples["prompt_id"], "sample_id": samples["sample_id"],
+                               "score": scores.values[back, 0].tolist()}, tmp / "bon_scores.parquet")
+                trained[s] = (stats, tmp)
                 log.info("proxy %-6s %7d params  val acc %.3f  (%.0f s)", s, stats["params"],
                          stats.get("val_accuracy", float("nan")), stats["seconds"])
                 bar.update(1)
@@ -276,8 +302,9 @@ def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, label: 
     for s in cfg.proxy.sizes:
         def fn(out: Path, s=s) -> dict:
             stats, src = trained[s]
-            src.rename(out / "model")
-            src.parent.rmdir()
+            (src / f"proxy-{s}").rename(out / "model")
+            (src / "bon_scores.parquet").rename(out / "bon_scores.parquet")
+            src.rmdir()
             return {**stats, "size": s}
         results.append(run_stage(run_dir, "proxy", inputs[s], fn))
     return results
@@ -296,42 +323,34 @@ def _cost(size: str) -> int:
 
 def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
               proxies: list[StageResult], progress: bool) -> StageResult:
-    inputs = {"stage": "bon", "v": 1, "sample": sample.key, "proxies": [p.key for p in proxies],
+    inputs = {"stage": "bon", "v": 2, "sample": sample.key, "proxies": [p.key for p in proxies],
               "bon": to_dict(cfg.bon), "n_max": cfg.n_max, "seed": cfg.seed}
 
     def fn(out: Path) -> dict:
-        prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
-        samples = pq.read_table(sample.dir / "samples_bon.parquet").to_pydict()
-        rows = _join_prompts(samples, prompts)
-        keys = list(zip(rows["prompt"], rows["response"]))
-        first: dict = {}
-        for i, k in enumerate(keys):
-            first.setdefault(k, i)
-        sel = list(first.values())
-        pos = {k: j for j, k in enumerate(first)}
-        back = np.array([pos[k] for k in keys])
-        sub = {c: [v[i] for i in sel] for c, v in rows.items()}
+        samples, rows = _bon_rows(task, sample)
+        uniq, back = _unique_rows(rows)
         gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", [{"name": "oracle", "kind": "oracle"}],
                           replicas=1)
-        members = [{"name": f"proxy-{p.meta['size']}", "kind": "hf", "path": str(p.dir / "model")}
-                   for p in proxies]
-        prox = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", members,
-                          str(task.dir / "tokenizer"), replicas=1)
         try:
-            gs, ps = ray.get([gold.one("score", sub), prox.one("score", sub)])
+            gs = ray.get(gold.one("score", uniq))
         finally:
             gold.shutdown()
-            prox.shutdown()
         samples["score.gold"] = gs.values[back, 0].tolist()
         for p, v in gs.principles.items():
             samples[f"score.gold.{p}"] = v[back].tolist()
-        for j, name in enumerate(ps.members):
-            samples[f"score.{name}"] = ps.values[back, j].tolist()
+        names = []
+        for p in proxies:
+            name = f"proxy-{p.meta['size']}"
+            sc = pq.read_table(p.dir / "bon_scores.parquet").to_pydict()
+            if sc["prompt_id"] != samples["prompt_id"] or sc["sample_id"] != samples["sample_id"]:
+                raise D.DataError(f"{p.dir}/bon_scores.parquet: rows do not match the best-of-n pool")
+            samples[f"score.{name}"] = sc["score"]
+            names.append(name)
         D.write_table(samples, out / "bon_scores.parquet")
-        result = bon_summary(samples, [m["name"] for m in members], cfg.sample.bon_responses_per_prompt,
-                             cfg.n_max, cfg.bon.bootstrap, stream(cfg.seed, "bon/bootstrap"))
+        result = bon_summary(samples, names, cfg.sample.bon_responses_per_prompt, cfg.n_max, cfg.bon.bootstrap,
+                             stream(cfg.seed, "bon/bootstrap"))
         (out / "bon.json").write_text(json.dumps(result, indent=1))
-        return {"unique_fraction": len(sel) / len(keys), "scored": len(sel)}
+        return {"unique_fraction": len(uniq["response"]) / len(back), "scored": len(uniq["response"])}
 
     return run_stage(run_dir, "bon", inputs, fn)
 
@@ -380,7 +399,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     sft = stage_sft(cfg, run_dir, task, progress)
     sample = stage_sample(cfg, run_dir, task, sft, progress)
     label = stage_label(cfg, run_dir, task, sample)
-    proxies = stage_proxies(cfg, run_dir, task, label, progress)
+    proxies = stage_proxies(cfg, run_dir, task, sample, label, progress)
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
     curves = json.loads((bon.dir / "bon.json").read_text())
     entries = []

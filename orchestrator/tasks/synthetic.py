@@ -76,25 +76,35 @@ def words(text: str) -> list[str]:
 # prompts
 
 
-def make_prompt(family: str, rng: random.Random) -> tuple[str, dict]:
-    """One prompt of ``family`` and the metadata its oracle needs."""
+@lru_cache(maxsize=8)
+def table(countries: int = 0, animals: int = 0, unknown: int = 0) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The rows prompts are drawn from: the first ``countries`` / ``animals`` / ``unknown`` names of
+    the shipped table (0 = all). Fewer rows mean more labels per fact, so a proxy with capacity can
+    memorise them from the labelling pool and a small one cannot."""
     f = facts()
+    c, a, u = sorted(f["capitals"]), sorted(f["animals"]), list(f["unknown_countries"])
+    return tuple(c[: countries or None]), tuple(a[: animals or None]), tuple(u[: unknown or None])
+
+
+def make_prompt(family: str, rng: random.Random, rows: tuple = ()) -> tuple[str, dict]:
+    """One prompt of ``family`` and the metadata its oracle needs; ``rows`` from ``table``."""
+    countries, animals, unknown = rows or table()
     if family == "arith":
         a, b = rng.randint(0, 14), rng.randint(0, 14)
         tpl = rng.choice(("what is {a} plus {b} ?", "compute {a} plus {b} .", "add {a} and {b} ."))
         return tpl.format(a=a, b=b), {"a": a, "b": b}
     if family == "capital":
-        c = rng.choice(sorted(f["capitals"]))
+        c = rng.choice(countries)
         tpl = rng.choice(("what is the capital of {c} ?", "name the capital of {c} .",
                           "which city is the capital of {c} ?"))
         return tpl.format(c=c), {"country": c}
     if family == "unknown":
-        c = rng.choice(f["unknown_countries"])
+        c = rng.choice(unknown)
         tpl = rng.choice(("what is the capital of {c} ?", "name the capital of {c} .",
                           "which city is the capital of {c} ?"))
         return tpl.format(c=c), {"country": c}
     if family == "animal":
-        x = rng.choice(sorted(f["animals"]))
+        x = rng.choice(animals)
         tpl = rng.choice(("what kind of animal is a {x} ?", "is a {x} a bird , fish , mammal , reptile ,"
                           " insect or amphibian ?", "tell me what class of animal a {x} is ."))
         return tpl.format(x=x), {"animal": x}
@@ -114,13 +124,13 @@ def make_prompt(family: str, rng: random.Random) -> tuple[str, dict]:
 
 
 def make_prompts(n: int, seed: int, families: tuple[str, ...] = FAMILIES,
-                 weights: tuple[float, ...] | None = None) -> list[dict]:
+                 weights: tuple[float, ...] | None = None, rows: tuple = ()) -> list[dict]:
     """``n`` prompts drawn with ``random.Random(seed)``: dicts with prompt, family, meta (JSON)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         fam = rng.choices(families, weights=weights)[0]
-        text, meta = make_prompt(fam, rng)
+        text, meta = make_prompt(fam, rng, rows)
         out.append({"prompt": text, "family": fam, "meta": json.dumps(meta, sort_keys=True)})
     return out
 

@@ -1,0 +1,32 @@
+import os
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (ray.init costs ~5 s), like Ray's own fixtures."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(ray_session, tmp_path_factory):
+    """The smoke profile run once, in-process on the shared Ray; tests read its outputs."""
+    from orchestrator.config import FrontierConfig, load
+    from orchestrator.pipeline import run_frontier
+
+    cfg = load(FrontierConfig, "jobs/configs/smoke.yaml")
+    run_dir = tmp_path_factory.mktemp("smoke")
+    frontier = run_frontier(cfg, run_dir, progress=False)
+    return cfg, run_dir, frontier

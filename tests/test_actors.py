@@ -1,0 +1,106 @@
+"""Actors on a real local Ray with tiny models built from config."""
+
+import random
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from actors.policy_learner import PolicyLearner
+from actors.reward_ensemble import RewardEnsemble
+from actors.rollout_generator import RolloutGenerator
+from orchestrator.actor_group import ActorGroup
+from orchestrator.config import RoleResources
+from orchestrator.models import train_tokenizer
+from orchestrator.tasks import synthetic as T
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("policy")
+    train_tokenizer(T.corpus(0, 300), d / "tok")
+    learner = PolicyLearner(str(d / "tok"), {"size": "1x32", "n_head": 4, "n_positions": 72}, seed=0)
+    rows = T.make_prompts(200, 1)
+    rng = random.Random(0)
+    stats = learner.sft([(r["prompt"], T.make_demonstration(r["family"], r["meta"], rng)) for r in rows],
+                        steps=15, sequences_per_step=16, lr=3e-3)
+    assert stats["loss_last"] < stats["loss_first"]  # SFT learns
+    learner.save(str(d / "policy"))
+    return d
+
+
+def test_generator_actor_is_seeded_and_keeps_logprobs(ray_session, policy_dir):
+    gen = ActorGroup(RolloutGenerator, RoleResources(2, 0.5), str(policy_dir / "policy"))
+    prompts = [r["prompt"] for r in T.make_prompts(3, 2)]
+    a, b, c = ray.get([gen.actors[0].generate.remote(prompts, 4, 11, 16, 1.0, True),
+                       gen.actors[1].generate.remote(prompts, 4, 11, 16, 1.0, True),
+                       gen.actors[0].generate.remote(prompts, 4, 12, 16, 1.0, True)])
+    gen.shutdown()
+    assert a.texts == b.texts  # same seed, other replica: same samples
+    assert a.texts != c.texts
+    assert a.response_ids.shape == a.logprobs.shape == a.response_mask.shape
+    assert len(a) == 12 and list(a.prompt_index) == [0] * 4 + [1] * 4 + [2] * 4
+    m = a.response_mask.bool()
+    assert torch.all(a.logprobs[m] <= 0) and torch.all(a.logprobs[~m] == 0)
+    # the reference is the same network before any update: logprobs agree
+    assert torch.allclose(a.ref_logprobs, a.logprobs, atol=1e-4)
+
+
+def test_compaction_does_not_change_samples(policy_dir):
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.models import encode_prompt, load_tokenizer
+    from orchestrator.sampling import sample
+
+    tok = load_tokenizer(policy_dir / "policy")
+    model = AutoModelForCausalLM.from_pretrained(policy_dir / "policy").eval()
+    rows = [encode_prompt(tok, r["prompt"]) for r in T.make_prompts(6, 3) for _ in range(5)]
+    out = [sample(model, rows, 20, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(5),
+                  compact_below=c) for c in (0.0, 0.99)]
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert torch.allclose(out[0][2], out[1][2], atol=1e-5)
+
+
+def test_proxy_ensemble_learns_gold_preferences(ray_session, policy_dir):
+    rng = random.Random(0)
+    rows = T.make_prompts(300, 4, families=("arith", "unsafe", "chat"))
+    texts, a, b, p, group = [], [], [], [], []
+    for i, r in enumerate(rows):
+        resp = [T.make_demonstration(r["family"], r["meta"], rng) for _ in range(4)]
+        gold = [T.oracle(r["family"], r["meta"], x)["gold"] for x in resp]
+        base = len(texts)
+        texts += [(r["prompt"], x) for x in resp]
+        for x in range(4):
+            for y in range(x + 1, 4):
+                if gold[x] != gold[y]:
+                    a.append(base + x), b.append(base + y), p.append(float(gold[x] > gold[y])), group.append(i)
+    val = [g >= 250 for g in group]
+    data = {"texts": texts, "a": a, "b": b, "p_a": p, "group": group, "val": val}
+    grp = ActorGroup(RewardEnsemble, RoleResources(1, 1.0), "proxy",
+                     [{"name": "rm-a", "kind": "hf", "size": "1x16", "seed": 1},
+                      {"name": "rm-b", "kind": "hf", "size": "2x16", "seed": 2}], str(policy_dir / "tok"))
+    stats = ray.get(grp.one("train", data, 4, 16, 3e-3, 0))
+    scores = ray.get(grp.one("score", {"prompt": [t[0] for t in texts[:8]], "response": [t[1] for t in texts[:8]]}))
+    grp.shutdown()
+    assert set(stats) == {"rm-a", "rm-b"}
+    for s in stats.values():
+        assert s["val_accuracy"] > 0.6, stats  # chance is 0.5
+    assert scores.values.shape == (8, 2) and scores.members == ("rm-a", "rm-b")
+
+
+def test_gold_ensemble_scores_principles(ray_session):
+    grp = ActorGroup(RewardEnsemble, RoleResources(1, 0.5), "gold", [{"name": "oracle", "kind": "oracle"}])
+    rows = {"prompt": ["what is 3 plus 4 ?"] * 2, "response": ["3 plus 4 is 7 .", "3 plus 4 is 9 ."],
+            "family": ["arith"] * 2, "meta": ['{"a": 3, "b": 4}'] * 2}
+    sc = ray.get(grp.one("score", rows))
+    grp.shutdown()
+    assert sc.values.shape == (2, 1) and sc.values[0, 0] > sc.values[1, 0]
+    assert set(sc.principles) == set(T.PRINCIPLES)
+    total = sum(sc.principles[p] for p in T.PRINCIPLES)
+    assert np.allclose(total, sc.values[:, 0])
+
+
+def test_role_is_checked():
+    with pytest.raises(ValueError, match="role"):
+        RewardEnsemble("judge", [{"name": "oracle", "kind": "oracle"}])

@@ -1,0 +1,114 @@
+"""The jobs as a user runs them: subprocesses, --help, exit code 2 on user errors, nothing clobbered."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("job", ["jobs.frontier"])
+def test_help(job):
+    r = run(job, "--help")
+    assert r.returncode == 0 and "--config" in r.stdout and "--run-dir" in r.stdout and "--resume" in r.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config", "nope.yaml"], "no such file"),
+    (["sft.stepz=3"], "sft.stepz"),
+    (["sample.bon_responses_per_prompt=8", "bon.n_max=64"], "bon.n_max"),
+    (["proxy.sizes=[2x30]"], "proxy.sizes[0]"),
+    (["--resume"], "--resume needs --run-dir"),
+])
+def test_user_errors_exit_2_with_one_line(args, needle, tmp_path):
+    r = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(tmp_path / "r"), *args)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_malformed_yaml_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft: {steps: 3\n")
+    r = run("jobs.frontier", "--config", str(bad), "--run-dir", str(tmp_path / "r"))
+    assert r.returncode == 2 and "malformed YAML" in r.stderr
+
+
+def test_existing_run_dir_of_another_config_is_untouched(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "config.yaml").write_text("seed: 5\n")
+    before = {p: p.stat().st_mtime_ns for p in d.rglob("*")}
+    r = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(d))
+    assert r.returncode == 2 and "another config" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in d.rglob("*")} == before
+
+
+def test_resume_of_missing_or_foreign_dir(tmp_path):
+    r = run("jobs.frontier", "--run-dir", str(tmp_path / "none"), "--resume")
+    assert r.returncode == 2 and "no such directory" in r.stderr
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    r = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(tmp_path / "x"))
+    assert r.returncode == 2 and "not empty" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["notes.txt"]
+
+
+def test_unwritable_run_dir(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    r = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(ro / "r"))
+    assert r.returncode == 2 and "not writable" in r.stderr
+
+
+def test_corrupt_preferences_file_is_named(tmp_path):
+    from orchestrator.data import PREFERENCES, DataError, read_table
+    from orchestrator.pipeline import preference_arrays
+
+    p = tmp_path / "prefs.parquet"
+    pq.write_table(pa.table({"pair_id": [0], "prompt_id": [0], "prompt": ["q"]}), p)
+    with pytest.raises(DataError, match="missing column 'response_a'"):
+        read_table(p, PREFERENCES)
+    good = {"pair_id": [0, 1], "prompt_id": [0, 0], "prompt": ["q", "q"], "response_a": ["a", "b"],
+            "response_b": ["b", "c"], "p_a": [1.0, float("nan")], "labeler": ["g", "g"],
+            "principle": ["g", "g"], "rationale": ["", ""]}
+    pq.write_table(pa.table(good), p)
+    with pytest.raises(DataError, match="'p_a' row 1 is NaN"):
+        preference_arrays(p, 0.1, 0)
+    good["p_a"] = [1.0, 1.5]
+    pq.write_table(pa.table(good), p)
+    with pytest.raises(DataError, match="row 1 is 1.5"):
+        preference_arrays(p, 0.1, 0)
+    p.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="not a readable parquet"):
+        read_table(p, PREFERENCES)
+
+
+@pytest.mark.slow
+def test_smoke_job_end_to_end_then_cached(tmp_path):
+    d = tmp_path / "run"
+    r = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(d), "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["run_dir"] == str(d)
+    assert (d / "frontier.json").is_file() and (d / "report.html").is_file()
+    r2 = run("jobs.frontier", "--run-dir", str(d), "--resume", "--quiet")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    timings = json.loads((d / "frontier.json").read_text())["timings"]
+    assert all(t["cached"] for t in timings.values())
