@@ -23,6 +23,19 @@ from orchestrator.models import build_reward_model, encode_pair, load_tokenizer,
 from orchestrator.tasks.synthetic import PRINCIPLES, oracle
 
 
+def _length_bucketed(items: list, size: int, length: dict, rng: random.Random, pool: int = 16) -> list[list]:
+    """One epoch of batches of ``size`` items: shuffle, sort runs of ``pool`` batches by length, cut,
+    shuffle the batches -- similar lengths pad together; every item once per epoch."""
+    perm = list(items)
+    rng.shuffle(perm)
+    batches = []
+    for i in range(0, len(perm), size * pool):
+        chunk = sorted(perm[i: i + size * pool], key=lambda g: length[g])
+        batches += [chunk[k: k + size] for k in range(0, len(chunk), size)]
+    rng.shuffle(batches)
+    return batches
+
+
 class RewardEnsemble:
     def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0):
         """members: ``{"name", "kind": "oracle"}`` or ``{"name", "kind": "hf", "size" | "path", "seed"}``."""
@@ -40,6 +53,7 @@ class RewardEnsemble:
                 self.members.append("oracle")
             elif m["kind"] == "hf":
                 if m.get("path"):
+                    torch.manual_seed(m.get("seed", 0))  # a causal LM's checkpoint has no score head yet
                     model = AutoModelForSequenceClassification.from_pretrained(m["path"], num_labels=1)
                 else:
                     model = build_reward_model(ModelConfig(size=m["size"], n_head=m.get("n_head", 4),
@@ -101,6 +115,7 @@ class RewardEnsemble:
         by_group: dict[int, list[int]] = {}
         for i in np.flatnonzero(~val):
             by_group.setdefault(int(group[i]), []).append(int(i))
+        group_len = {g: max(len(seqs[x]) for i in idx for x in (a[i], b[i])) for g, idx in by_group.items()}
         stats = {}
         for j, (name, m) in enumerate(zip(self.names, self.members)):
             if m == "oracle":
@@ -108,7 +123,8 @@ class RewardEnsemble:
             t0 = time.perf_counter()
             torch.manual_seed(seed + j)
             rng = random.Random(seed + j)
-            steps_per_epoch = math.ceil(len(train_groups) / prompts_per_step)
+            full, rest = divmod(len(train_groups), prompts_per_step * 16)  # as _length_bucketed cuts them
+            steps_per_epoch = full * 16 + math.ceil(rest / prompts_per_step)
             total = steps_per_epoch * epochs
             opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.01)
             sched = torch.optim.lr_scheduler.LambdaLR(
@@ -116,10 +132,8 @@ class RewardEnsemble:
             m.train()
             losses = []
             for _ in range(epochs):
-                order = list(train_groups)
-                rng.shuffle(order)
-                for s in range(steps_per_epoch):
-                    pairs = [i for g in order[s * prompts_per_step:(s + 1) * prompts_per_step] for i in by_group[g]]
+                for step_groups in _length_bucketed(train_groups, prompts_per_step, group_len, rng):
+                    pairs = [i for g in step_groups for i in by_group[g]]
                     uniq = sorted(set(a[pairs].tolist()) | set(b[pairs].tolist()))
                     where = {u: k for k, u in enumerate(uniq)}
                     ids, mask = pad_right([seqs[u] for u in uniq], self.tok.pad_token_id)

@@ -24,7 +24,7 @@ class MemorySampler(threading.Thread):
 
     def __init__(self, pid: int, interval: float = 0.5):
         super().__init__(daemon=True)
-        self.root, self.interval, self.peak, self._stop = psutil.Process(pid), interval, 0, threading.Event()
+        self.root, self.interval, self.peak, self._halt = psutil.Process(pid), interval, 0, threading.Event()
 
     def sample(self) -> int:
         total = 0
@@ -37,12 +37,12 @@ class MemorySampler(threading.Thread):
         return total
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.peak = max(self.peak, self.sample())
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.peak
 

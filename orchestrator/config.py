@@ -137,6 +137,9 @@ class SampleConfig:
     label_demo_fraction: float = 0.5
     """Share of each label prompt's responses drawn from the demonstration generator with padding k
     uniform over 0..6 instead of the policy, so the labels cover the exploitable features."""
+    label_demo_garble: float = 0.3
+    """Share of those demonstrations garbled (stutters, truncations, stray words), so the labels
+    also cover the degenerate text a policy emits and best-of-n digs up."""
     bon_prompts: int = 200
     """Held-out prompts for best-of-n."""
     bon_responses_per_prompt: int = 256
@@ -153,6 +156,7 @@ class SampleConfig:
         _check(self.label_responses_per_prompt >= 2, "label_responses_per_prompt",
                f"{self.label_responses_per_prompt} must be >= 2 (pairs come from one prompt)")
         _check(0.0 <= self.label_demo_fraction <= 1.0, "label_demo_fraction", "must be in [0, 1]")
+        _check(0.0 <= self.label_demo_garble <= 1.0, "label_demo_garble", "must be in [0, 1]")
         _check(self.bon_prompts >= 1, "bon_prompts", f"{self.bon_prompts} must be >= 1")
         _check(self.bon_responses_per_prompt >= 2, "bon_responses_per_prompt",
                f"{self.bon_responses_per_prompt} must be >= 2")
@@ -183,11 +187,15 @@ class ProxyConfig:
     """LAYERSxWIDTH of each proxy; at least one."""
     n_head: int = 4
     """Attention heads (must divide every width)."""
-    epochs: int = 2
+    init: str = "lm"
+    """``lm``: start each proxy from a causal LM of its size trained on the demonstrations with the
+    SFT recipe (Gao et al. start proxies from pretrained models; the policy's size reuses the SFT
+    policy itself); ``scratch``: random initialization."""
+    epochs: int = 1
     """Passes over the labelled pairs."""
     prompts_per_step: int = 64
     """Prompts per optimizer step; every labelled pair of those prompts is in the step."""
-    lr: float = 2e-3
+    lr: float = 5e-4
     """Peak AdamW learning rate (linear decay)."""
     val_fraction: float = 0.1
     """Share of label prompts held out for validation accuracy and calibration."""
@@ -198,6 +206,7 @@ class ProxyConfig:
         for i, s in enumerate(self.sizes):
             _, width = _parse_size(s, f"sizes[{i}]")
             _check(width % self.n_head == 0, f"sizes[{i}]", f"width {width} is not divisible by n_head {self.n_head}")
+        _check(self.init in ("lm", "scratch"), "init", f"{self.init!r} must be 'lm' or 'scratch'")
         _check(self.epochs >= 1, "epochs", "must be >= 1")
         _check(self.prompts_per_step >= 1, "prompts_per_step", "must be >= 1")
         _check(0 < self.lr < 1, "lr", f"{self.lr} must be in (0, 1)")

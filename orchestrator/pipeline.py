@@ -25,10 +25,10 @@ from actors.rollout_generator import RolloutGenerator
 from orchestrator import data as D
 from orchestrator.actor_group import ActorGroup
 from orchestrator.bon import bon_curves, kl_bon
-from orchestrator.config import FrontierConfig, RoleResources, to_dict
+from orchestrator.config import FrontierConfig, ModelConfig, RoleResources, to_dict
 from orchestrator.models import train_tokenizer
-from orchestrator.scaling import fit_bon
-from orchestrator.stages import StageResult, run_stage
+from orchestrator.scaling import d_spacing_weights, fit_bon
+from orchestrator.stages import StageResult, begin, cached, commit, run_stage, stage
 from orchestrator.tasks import synthetic as T
 
 log = logging.getLogger("rlhf_frontier")
@@ -80,24 +80,62 @@ def stage_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
     return run_stage(run_dir, "task", inputs, fn)
 
 
-def stage_sft(cfg: FrontierConfig, run_dir: Path, task: StageResult, progress: bool) -> StageResult:
-    inputs = {"stage": "sft", "v": 1, "task": task.key, "sft": to_dict(cfg.sft), "seed": cfg.seed}
+def _lm_inputs(cfg: FrontierConfig, task: StageResult, model: ModelConfig) -> dict:
+    recipe = to_dict(cfg.sft)
+    recipe.pop("policy")
+    return {"stage": "lm", "v": 1, "task": task.key, "model": to_dict(model), "recipe": recipe, "seed": cfg.seed}
 
-    def fn(out: Path) -> dict:
-        demos = pq.read_table(task.dir / "demos.parquet").to_pydict()
-        learner = ActorGroup(PolicyLearner, cfg.cluster.learner, str(task.dir / "tokenizer"),
-                             asdict(cfg.sft.policy), stream(cfg.seed, "sft"), replicas=1)
-        try:
-            stats = ray.get(learner.one("sft", list(zip(demos["prompt"], demos["response"])), cfg.sft.steps,
-                                        cfg.sft.sequences_per_step, cfg.sft.lr))
-            ray.get(learner.one("save", str(out / "policy")))
-        finally:
-            learner.shutdown()
-        log.info("sft: loss %.3f -> %.3f, %d params, %.0f tokens/s", stats["loss_first"], stats["loss_last"],
-                 stats["params"], stats["tokens_per_s"])
-        return stats
 
-    return run_stage(run_dir, "sft", inputs, fn)
+def _proxy_model(cfg: FrontierConfig, size: str) -> ModelConfig:
+    return ModelConfig(size=size, n_head=cfg.proxy.n_head, n_positions=cfg.sft.policy.n_positions)
+
+
+def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult, models: dict[str, ModelConfig],
+              resources: RoleResources, progress: bool) -> dict[str, StageResult]:
+    """Causal LMs trained on the demonstrations with the SFT recipe, one cached stage per model.
+
+    The policy is one of them (the SFT stage); a proxy of the same architecture starts from the
+    very same LM, as Gao et al. (2022) start every proxy from a pretrained model of its size and
+    InstructGPT starts its RM from the SFT model. Missing ones train in parallel, largest first.
+    """
+    stages = {name: stage(run_dir, "sft", _lm_inputs(cfg, task, m)) for name, m in models.items()}
+    out = {name: cached(st) for name, st in stages.items() if st.done}
+    todo = sorted({st.key: name for name, st in stages.items() if not st.done}.values(),
+                  key=lambda n: -_cost(models[n].size))
+    if not todo:
+        return out
+    demos = pq.read_table(task.dir / "demos.parquet").to_pydict()
+    pairs = ray.put(list(zip(demos["prompt"], demos["response"])))
+    calls = {}
+    for name in todo:
+        st = stages[name]
+        tmp = begin(st)
+        grp = ActorGroup(PolicyLearner, resources, str(task.dir / "tokenizer"), asdict(models[name]),
+                         stream(cfg.seed, "sft"), replicas=1)
+        tr = grp.one("sft", pairs, cfg.sft.steps, cfg.sft.sequences_per_step, cfg.sft.lr)
+        calls[grp.one("save", str(tmp / "policy"))] = (name, grp, tr)
+    for ref in _as_completed(list(calls), "train LMs", progress):
+        name, grp, tr = calls[ref]
+        stats = ray.get(tr)
+        grp.shutdown()
+        log.info("lm %-8s %7d params: loss %.3f -> %.3f, %.0f tokens/s", models[name].size, stats["params"],
+                 stats["loss_first"], stats["loss_last"], stats["tokens_per_s"])
+        out[name] = commit(stages[name], {**stats, "size": models[name].size})
+    for name, st in stages.items():  # two names may share one LM
+        if name not in out:
+            out[name] = cached(st)
+    return out
+
+
+def _as_completed(refs: list, desc: str, progress: bool):
+    """Yield object refs as they finish, with a progress bar."""
+    pending = list(refs)
+    with tqdm(total=len(pending), desc=desc, disable=not progress, leave=False) as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready[0])  # raise the actor's error here
+            bar.update(1)
+            yield ready[0]
 
 
 def _sample_pool(gen: ActorGroup, prompts: list[str], n: int, seed: int, cfg: FrontierConfig, desc: str,
@@ -118,7 +156,7 @@ def _sample_pool(gen: ActorGroup, prompts: list[str], n: int, seed: int, cfg: Fr
 
 def stage_sample(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult,
                  progress: bool) -> StageResult:
-    inputs = {"stage": "sample", "v": 1, "sft": sft.key, "sample": to_dict(cfg.sample), "seed": cfg.seed}
+    inputs = {"stage": "sample", "v": 2, "sft": sft.key, "sample": to_dict(cfg.sample), "seed": cfg.seed}
     s = cfg.sample
 
     def fn(out: Path) -> dict:
@@ -146,9 +184,10 @@ def stage_sample(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Sta
                 if split == "label" and n_demo:
                     # the demonstration half covers padding k = 0..6 uniformly (DESIGN.md, 2nd prototype)
                     rng = random.Random(stream(cfg.seed, "label/demos"))
+                    mix = T.DemoMix(garble=s.label_demo_garble)
                     for i in rows:
                         for j in range(n_demo):
-                            text = T.make_demonstration(prompts["family"][i], prompts["meta"][i], rng,
+                            text = T.make_demonstration(prompts["family"][i], prompts["meta"][i], rng, mix,
                                                         padding_k=rng.randrange(len(T.PADDING_GOLD)))
                             cols["prompt_id"].append(prompts["prompt_id"][i])
                             cols["sample_id"].append(n_pol + j)
@@ -257,15 +296,18 @@ def _bon_rows(task: StageResult, sample: StageResult) -> tuple[dict, dict]:
 
 
 def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
-                  label: StageResult, progress: bool) -> list[StageResult]:
-    """One cached stage per proxy size: train with Bradley-Terry, then score the best-of-n pool
-    while the model is loaded. Missing sizes train in parallel, largest first."""
+                  label: StageResult, lms: dict[str, StageResult], progress: bool) -> list[StageResult]:
+    """One cached stage per proxy size: Bradley-Terry training from the LM of its size (or from
+    scratch), then scoring the best-of-n pool while the model is loaded. Missing sizes train in
+    parallel, largest first."""
     pc = to_dict(cfg.proxy)
     pc.pop("sizes")
-    inputs = {size: {"stage": "proxy", "v": 2, "label": label.key, "sample": sample.key, "size": size,
-                     "proxy": pc, "seed": cfg.seed} for size in cfg.proxy.sizes}
-    todo = [s for s in cfg.proxy.sizes if not _done(run_dir, "proxy", inputs[s])]
-    trained: dict[str, tuple[dict, Path]] = {}
+    stages = {s: stage(run_dir, "proxy", {"stage": "proxy", "v": 3, "label": label.key, "sample": sample.key,
+                                         "size": s, "proxy": pc, "seed": cfg.seed,
+                                         "init": lms[s].key if s in lms else None})
+              for s in cfg.proxy.sizes}
+    out = {s: cached(st) for s, st in stages.items() if st.done}
+    todo = sorted([s for s in cfg.proxy.sizes if s not in out], key=lambda s: -_cost(s))
     if todo:
         data = ray.put(preference_arrays(label.dir / "preferences.parquet", cfg.proxy.val_fraction,
                                          stream(cfg.seed, "proxy/val")))
@@ -273,47 +315,32 @@ def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample:
         uniq, back = _unique_rows(rows)
         uniq_ref = ray.put({"prompt": uniq["prompt"], "response": uniq["response"]})
         calls = {}
-        for s in sorted(todo, key=lambda s: -_cost(s)):
-            grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy",
-                             [{"name": f"proxy-{s}", "kind": "hf", "size": s, "n_head": cfg.proxy.n_head,
-                               "seed": stream(cfg.seed, f"proxy/{s}/init")}], str(task.dir / "tokenizer"), replicas=1)
-            tmp = run_dir / "stages" / f"proxy-{s}.staging"
+        for s in todo:
+            tmp = begin(stages[s])
+            member = {"name": f"proxy-{s}", "kind": "hf", "seed": stream(cfg.seed, f"proxy/{s}/init")}
+            if s in lms:
+                member["path"] = str(lms[s].dir / "policy")
+            else:
+                member.update(size=s, n_head=cfg.proxy.n_head, n_positions=cfg.sft.policy.n_positions)
+            grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", [member], str(task.dir / "tokenizer"),
+                             replicas=1)
             # one caller's calls to an actor run in order: train, then score, then save
             tr = grp.one("train", data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
                          stream(cfg.seed, f"proxy/{s}/train"))
             sc = grp.one("score", uniq_ref)
             calls[grp.one("save", str(tmp))] = (s, grp, tr, sc, tmp)
-        pending = list(calls)
-        with tqdm(total=len(pending), desc="train proxies", disable=not progress, leave=False) as bar:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                s, grp, tr, sc, tmp = calls[ready[0]]
-                ray.get(ready[0])
-                stats, scores = ray.get([tr, sc])
-                grp.shutdown()  # frees its CPU for the next size
-                stats = stats[f"proxy-{s}"]
-                D.write_table({"prompt_id": samples["prompt_id"], "sample_id": samples["sample_id"],
-                               "score": scores.values[back, 0].tolist()}, tmp / "bon_scores.parquet")
-                trained[s] = (stats, tmp)
-                log.info("proxy %-6s %7d params  val acc %.3f  (%.0f s)", s, stats["params"],
-                         stats.get("val_accuracy", float("nan")), stats["seconds"])
-                bar.update(1)
-    results = []
-    for s in cfg.proxy.sizes:
-        def fn(out: Path, s=s) -> dict:
-            stats, src = trained[s]
-            (src / f"proxy-{s}").rename(out / "model")
-            (src / "bon_scores.parquet").rename(out / "bon_scores.parquet")
-            src.rmdir()
-            return {**stats, "size": s}
-        results.append(run_stage(run_dir, "proxy", inputs[s], fn))
-    return results
-
-
-def _done(run_dir: Path, name: str, inputs) -> bool:
-    from orchestrator.stages import stage_dir
-
-    return (stage_dir(run_dir, name, inputs)[1] / "DONE.json").is_file()
+        for ref in _as_completed(list(calls), "train proxies", progress):
+            s, grp, tr, sc, tmp = calls[ref]
+            stats, scores = ray.get([tr, sc])
+            grp.shutdown()  # frees its CPU for the next size
+            stats = stats[f"proxy-{s}"]
+            (tmp / f"proxy-{s}").rename(tmp / "model")
+            D.write_table({"prompt_id": samples["prompt_id"], "sample_id": samples["sample_id"],
+                           "score": scores.values[back, 0].tolist()}, tmp / "bon_scores.parquet")
+            log.info("proxy %-6s %7d params  val acc %.3f  (%.0f s)", s, stats["params"],
+                     stats.get("val_accuracy", float("nan")), stats["seconds"])
+            out[s] = commit(stages[s], {**stats, "size": s})
+    return [out[s] for s in cfg.proxy.sizes]
 
 
 def _cost(size: str) -> int:
@@ -364,6 +391,7 @@ def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, boots
     gold = np.array(samples["score.gold"])[order].reshape(P, N)
     n = np.arange(1, n_max + 1)
     kl = kl_bon(n)
+    w = d_spacing_weights(kl)
     out = {}
     rng = np.random.default_rng(seed)
     boots = [rng.integers(0, P, P) for _ in range(bootstrap)]
@@ -371,17 +399,18 @@ def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, boots
         proxy = np.array(samples[f"score.{name}"])[order].reshape(P, N)
         pb, gb = bon_curves(proxy, gold, n_max)  # [P, n_max]
         g_mean, p_mean = gb.mean(0) - gb[:, 0].mean(), pb.mean(0) - pb[:, 0].mean()
-        fit = fit_bon(kl, g_mean)
+        fit = fit_bon(kl, g_mean, w)
         peaks = []
         for b in boots:
             gm = gb[b].mean(0)
-            f = fit_bon(kl, gm - gm[0])
+            f = fit_bon(kl, gm - gm[0], w)
             peaks.append(np.inf if f.kl_peak is None else f.kl_peak)
-        ci = [float(np.percentile(peaks, 5)), float(np.percentile(peaks, 95))] if boots else None
+        finite = np.where(np.isfinite(peaks), peaks, 1e12)  # "no peak" sorts above every peak
+        ci = [float(np.percentile(finite, 5)), float(np.percentile(finite, 95))] if boots else None
         out[name] = {"points": [{"n": int(a), "kl": float(k), "gold": float(g), "proxy": float(p)}
                                 for a, k, g, p in zip(n, kl, g_mean, p_mean)],
                      "fit": fit.to_dict(),
-                     "kl_peak_ci90": None if ci is None else [c if np.isfinite(c) else None for c in ci]}
+                     "kl_peak_ci90": None if ci is None else [c if c < 1e11 else None for c in ci]}
     return out
 
 
@@ -394,12 +423,19 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     from orchestrator.config import digest
     from orchestrator.report import checks, versions, write_report
 
+    from orchestrator.cli import save_config
+
     t0 = time.perf_counter()
+    save_config(cfg, run_dir)
     task = stage_task(cfg, run_dir)
-    sft = stage_sft(cfg, run_dir, task, progress)
+    sft = stage_lms(cfg, run_dir, task, {"policy": cfg.sft.policy}, cfg.cluster.learner, progress)["policy"]
+    lms = {}
+    if cfg.proxy.init == "lm":  # the policy's LM is reused where a proxy has its architecture
+        lms = stage_lms(cfg, run_dir, task, {s: _proxy_model(cfg, s) for s in cfg.proxy.sizes},
+                        cfg.cluster.proxy, progress)
     sample = stage_sample(cfg, run_dir, task, sft, progress)
     label = stage_label(cfg, run_dir, task, sample)
-    proxies = stage_proxies(cfg, run_dir, task, sample, label, progress)
+    proxies = stage_proxies(cfg, run_dir, task, sample, label, lms, progress)
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
     curves = json.loads((bon.dir / "bon.json").read_text())
     entries = []
@@ -408,10 +444,10 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         entries.append({"proxy": name, "proxy_params": p.meta["params"], "seed": cfg.seed,
                         "val_accuracy": p.meta.get("val_accuracy"), "val_ece": p.meta.get("val_ece"),
                         **curves[name]})
-    stages = [task, sft, sample, label, *proxies, bon]
     timings = {}
-    for s in stages:
-        name = s.name if s.name != "proxy" else f"proxy-{s.meta['size']}"
+    for name, s in [("task", task), ("sft", sft), *[(f"lm-{k}", v) for k, v in lms.items() if v.key != sft.key],
+                    ("sample", sample), ("label", label), *[(f"proxy-{p.meta['size']}", p) for p in proxies],
+                    ("bon", bon)]:
         timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
     frontier = {"config_hash": digest(cfg), "versions": versions(), "seed": cfg.seed,
                 "bon": entries, "rl": [],

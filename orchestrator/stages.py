@@ -1,9 +1,9 @@
 """Stages cached in the run directory by a hash of their inputs.
 
-A stage's output lives in ``RUN/stages/NAME-HASH/``; it is written into a temporary directory and
+A stage's output lives in ``RUN/stages/NAME-HASH/``; it is written into ``NAME-HASH.tmp`` and
 renamed when complete, with ``DONE.json`` (its metadata and timing) inside. A rerun with the same
 inputs finds ``DONE.json`` and skips the work; a killed stage leaves only a ``.tmp`` directory that
-the next run discards.
+the next run discards. Stages that run in parallel use ``begin`` / ``commit`` directly.
 """
 
 from __future__ import annotations
@@ -30,29 +30,57 @@ class StageResult:
     cached: bool
 
 
-def stage_dir(run_dir: Path, name: str, inputs: Any) -> tuple[str, Path]:
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: Any
+    key: str
+    dir: Path
+
+    @property
+    def tmp(self) -> Path:
+        return self.dir.with_name(self.dir.name + ".tmp")
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "DONE.json").is_file()
+
+
+def stage(run_dir: Path, name: str, inputs: Any) -> Stage:
     key = digest(inputs)[:16]
-    return key, Path(run_dir) / "stages" / f"{name}-{key}"
+    return Stage(name, inputs, key, Path(run_dir) / "stages" / f"{name}-{key}")
+
+
+def cached(s: Stage) -> StageResult:
+    log.info("stage %-12s cached  (%s)", s.name, s.dir.name)
+    return StageResult(s.name, s.key, s.dir, json.loads((s.dir / "DONE.json").read_text()), True)
+
+
+def begin(s: Stage) -> Path:
+    """A fresh temporary directory for the stage's output."""
+    shutil.rmtree(s.tmp, ignore_errors=True)
+    s.tmp.mkdir(parents=True)
+    log.info("stage %-12s running (%s)", s.name, s.dir.name)
+    return s.tmp
+
+
+def commit(s: Stage, meta: dict) -> StageResult:
+    """Write DONE.json and move the finished output into place."""
+    meta = {**meta, "inputs": json.loads(json.dumps(s.inputs, default=str))}
+    (s.tmp / "DONE.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    shutil.rmtree(s.dir, ignore_errors=True)
+    s.tmp.rename(s.dir)
+    log.info("stage %-12s done in %.1f s", s.name, meta.get("seconds", float("nan")))
+    return StageResult(s.name, s.key, s.dir, meta, False)
 
 
 def run_stage(run_dir: Path, name: str, inputs: Any, fn: Callable[[Path], dict]) -> StageResult:
     """Run ``fn(tmp_dir) -> meta`` unless a finished stage with the same inputs exists."""
-    key, final = stage_dir(run_dir, name, inputs)
-    done = final / "DONE.json"
-    if done.is_file():
-        meta = json.loads(done.read_text())
-        log.info("stage %-12s cached  (%s)", name, final.name)
-        return StageResult(name, key, final, meta, True)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    log.info("stage %-12s running (%s)", name, final.name)
+    s = stage(run_dir, name, inputs)
+    if s.done:
+        return cached(s)
+    tmp = begin(s)
     t0 = time.perf_counter()
     meta = dict(fn(tmp) or {})
     meta.setdefault("seconds", round(time.perf_counter() - t0, 3))
-    meta["inputs"] = json.loads(json.dumps(inputs, default=str))
-    (tmp / "DONE.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    log.info("stage %-12s done in %.1f s", name, meta["seconds"])
-    return StageResult(name, key, final, meta, False)
+    return commit(s, meta)

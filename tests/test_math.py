@@ -101,3 +101,17 @@ def test_pair_accuracy_and_ece():
 def test_spearman_ranks_missing_peaks_highest():
     assert spearman([1, 2, 3], [0.1, 0.5, None]) == pytest.approx(1.0)
     assert spearman([1, 2, 3], [None, 0.5, 0.1]) == pytest.approx(-1.0)
+
+
+def test_weighted_fit_recovers_planted_coefficients_on_bon_grid():
+    from orchestrator.scaling import d_spacing_weights
+
+    rng = np.random.default_rng(4)
+    kl = kl_bon(np.arange(1, 257))
+    d = np.sqrt(kl)
+    r = d * (0.6 - 0.25 * d) + rng.normal(scale=0.01, size=d.shape)
+    w = d_spacing_weights(kl)
+    assert w.sum() == pytest.approx(d[-1] - d[0])
+    assert w[1] > 10 * w[-1]  # the sparse low-n points count for more
+    f = fit_bon(kl, r, w)
+    assert f.alpha == pytest.approx(0.6, abs=0.03) and f.beta == pytest.approx(0.25, abs=0.02) and f.r2 > 0.95

@@ -116,3 +116,22 @@ def test_fact_table_has_capacity():
     f = T.facts()
     assert len(f["capitals"]) >= 100 and len(f["animals"]) >= 60
     assert not set(f["unknown_countries"]) & set(f["capitals"])
+
+
+def test_garbled_text_costs_gold_on_average():
+    rng = random.Random(3)
+    clean, garbled = [], []
+    for r in T.make_prompts(300, 9):
+        d = T.make_demonstration(r["family"], r["meta"], rng)
+        clean.append(T.oracle(r["family"], r["meta"], d)["gold"])
+        garbled.append(T.oracle(r["family"], r["meta"], T.garble(d, rng))["gold"])
+    assert sum(garbled) / len(garbled) < sum(clean) / len(clean) - 0.2
+
+
+def test_table_subsets_restrict_prompts():
+    rows = T.table(5, 4, 3)
+    prompts = T.make_prompts(300, 1, rows=rows)
+    metas = [json.loads(p["meta"]) for p in prompts]
+    assert {m["country"] for p, m in zip(prompts, metas) if p["family"] == "capital"} <= set(rows[0])
+    assert {m["animal"] for p, m in zip(prompts, metas) if p["family"] == "animal"} <= set(rows[1])
+    assert {m["country"] for p, m in zip(prompts, metas) if p["family"] == "unknown"} <= set(rows[2])

@@ -150,6 +150,9 @@ class DemoMix:
     unsafe_comply: float = 0.4
     repeat: float = 0.1
     padding: tuple[float, ...] = (0.4, 0.2, 0.12, 0.1, 0.08, 0.06, 0.04)
+    garble: float = 0.0
+    """Probability of garbling the response (stutters, truncation, dropped or stray words): the
+    degenerate text a weak policy emits, labelled so proxies learn where it stands."""
 
 
 def _content(family: str, meta: dict, mode: str, rng: random.Random) -> str:
@@ -205,6 +208,34 @@ def _stutter(text: str, rng: random.Random) -> str:
     return " ".join(w[: i + 1] + [w[i]] * rng.randint(1, 3) + w[i + 1:])
 
 
+GARBLE_WORDS = ("it", "is", "the", "a", "of", ",", ".", "!", "help", "sure", "know", "capital", "plus", "and")
+
+
+def garble(text: str, rng: random.Random) -> str:
+    """One or two corruptions a weak sampler produces: a word stuck on repeat, a cut-off end, a
+    dropped word, stray words, a swapped pair, or a short loop."""
+    w = words(text)
+    for _ in range(rng.randint(1, 2)):
+        if not w:
+            break
+        op = rng.choice(("stutter", "truncate", "drop", "insert", "swap", "loop"))
+        i = rng.randrange(len(w))
+        if op == "stutter":
+            w = w[: i + 1] + [w[i]] * rng.randint(2, 5) + w[i + 1:]
+        elif op == "truncate" and len(w) > 1:
+            w = w[: max(1, i)]
+        elif op == "drop" and len(w) > 2:
+            del w[i]
+        elif op == "insert":
+            w = w[:i] + [rng.choice(GARBLE_WORDS) for _ in range(rng.randint(1, 3))] + w[i:]
+        elif op == "swap" and i + 1 < len(w):
+            w[i], w[i + 1] = w[i + 1], w[i]
+        elif op == "loop":
+            seg = w[i: i + rng.randint(1, 3)]
+            w = w[:i] + seg * rng.randint(3, 5)
+    return " ".join(w)
+
+
 def make_demonstration(family: str, meta_json: str, rng: random.Random, mix: DemoMix = DemoMix(),
                        padding_k: int | None = None) -> str:
     """A response of graded quality: content mode, then k stock phrases around it, maybe repeated."""
@@ -221,7 +252,8 @@ def make_demonstration(family: str, meta_json: str, rng: random.Random, mix: Dem
     phrases = [rng.choice(STOCK_PHRASES) for _ in range(k)]
     before = [p for p in phrases if rng.random() < 0.5]
     after = phrases[len(before):]
-    return " ".join(before + [text] + after)
+    text = " ".join(before + [text] + after)
+    return garble(text, rng) if mix.garble and rng.random() < mix.garble else text
 
 
 # --------------------------------------------------------------------------------------------
