@@ -22,7 +22,7 @@ import psutil
 class MemorySampler(threading.Thread):
     """Peak PSS (falls back to RSS) of a process tree, sampled every ``interval`` seconds."""
 
-    def __init__(self, pid: int, interval: float = 0.5):
+    def __init__(self, pid: int, interval: float = 1.0):
         super().__init__(daemon=True)
         self.root, self.interval, self.peak, self._halt = psutil.Process(pid), interval, 0, threading.Event()
 

@@ -10,6 +10,8 @@ import math
 import numpy as np
 from scipy.special import gammaln
 
+from orchestrator.scaling import d_spacing_weights, fit_bon
+
 
 def kl_bon(n: np.ndarray | int) -> np.ndarray | float:
     """KL of best-of-n to the base policy, ``ln n - (n - 1) / n`` nats (Stiennon et al. 2020;
@@ -76,3 +78,35 @@ def bon_brute_force(proxy: np.ndarray, gold: np.ndarray, n: int) -> tuple[float,
         count += 1
     assert count == math.comb(len(proxy), n)
     return tot_p / count, tot_g / count
+
+
+def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, bootstrap: int, seed: int) -> dict:
+    """Per proxy: mean best-of-n gold and proxy (relative to n = 1) for every n, the fit, and a
+    bootstrap-over-prompts interval of the fitted peak KL."""
+    pid = np.array(samples["prompt_id"])
+    order = np.lexsort((np.array(samples["sample_id"]), pid))
+    P = len(np.unique(pid))
+    gold = np.array(samples["score.gold"])[order].reshape(P, N)
+    n = np.arange(1, n_max + 1)
+    kl = kl_bon(n)
+    w = d_spacing_weights(kl)
+    out = {}
+    rng = np.random.default_rng(seed)
+    boots = [rng.integers(0, P, P) for _ in range(bootstrap)]
+    for name in proxy_names:
+        proxy = np.array(samples[f"score.{name}"])[order].reshape(P, N)
+        pb, gb = bon_curves(proxy, gold, n_max)  # [P, n_max]
+        g_mean, p_mean = gb.mean(0) - gb[:, 0].mean(), pb.mean(0) - pb[:, 0].mean()
+        fit = fit_bon(kl, g_mean, w)
+        peaks = []
+        for b in boots:
+            gm = gb[b].mean(0)
+            f = fit_bon(kl, gm - gm[0], w)
+            peaks.append(np.inf if f.kl_peak is None else f.kl_peak)
+        finite = np.where(np.isfinite(peaks), peaks, 1e12)  # "no peak" sorts above every peak
+        ci = [float(np.percentile(finite, 5)), float(np.percentile(finite, 95))] if boots else None
+        out[name] = {"points": [{"n": int(a), "kl": float(k), "gold": float(g), "proxy": float(p)}
+                                for a, k, g, p in zip(n, kl, g_mean, p_mean)],
+                     "fit": fit.to_dict(),
+                     "kl_peak_ci90": None if ci is None else [c if c < 1e11 else None for c in ci]}
+    return out

@@ -24,10 +24,9 @@ from actors.reward_ensemble import RewardEnsemble
 from actors.rollout_generator import RolloutGenerator
 from orchestrator import data as D
 from orchestrator.actor_group import ActorGroup
-from orchestrator.bon import bon_curves, kl_bon
+from orchestrator.bon import bon_summary
 from orchestrator.config import FrontierConfig, ModelConfig, RoleResources, to_dict
 from orchestrator.models import train_tokenizer
-from orchestrator.scaling import d_spacing_weights, fit_bon
 from orchestrator.stages import StageResult, begin, cached, commit, run_stage, stage
 from orchestrator.tasks import synthetic as T
 
@@ -41,15 +40,9 @@ def stream(seed: int, name: str) -> int:
 
 def _wait(refs: list, desc: str, progress: bool) -> list:
     """``ray.get`` with a progress bar, results in the order of ``refs``."""
-    pending, done = list(refs), {}
-    index = {r: i for i, r in enumerate(refs)}
-    with tqdm(total=len(refs), desc=desc, disable=not progress, leave=False) as bar:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for r in ready:
-                done[index[r]] = ray.get(r)
-                bar.update(1)
-    return [done[i] for i in range(len(refs))]
+    for _ in _as_completed(refs, desc, progress):
+        pass
+    return ray.get(refs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,18 +83,22 @@ def _proxy_model(cfg: FrontierConfig, size: str) -> ModelConfig:
     return ModelConfig(size=size, n_head=cfg.proxy.n_head, n_positions=cfg.sft.policy.n_positions)
 
 
-def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult, models: dict[str, ModelConfig],
-              resources: RoleResources, progress: bool) -> dict[str, StageResult]:
+def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
+              models: dict[str, tuple[ModelConfig, RoleResources]], progress: bool) -> dict[str, StageResult]:
     """Causal LMs trained on the demonstrations with the SFT recipe, one cached stage per model.
 
     The policy is one of them (the SFT stage); a proxy of the same architecture starts from the
     very same LM, as Gao et al. (2022) start every proxy from a pretrained model of its size and
-    InstructGPT starts its RM from the SFT model. Missing ones train in parallel, largest first.
+    InstructGPT starts its RM from the SFT model. Missing ones train in parallel, largest first,
+    each on its role's resources (the policy: ``cluster.learner``; proxies' LMs: ``cluster.proxy``).
     """
-    stages = {name: stage(run_dir, "sft", _lm_inputs(cfg, task, m)) for name, m in models.items()}
+    stages = {name: stage(run_dir, "sft", _lm_inputs(cfg, task, m)) for name, (m, _) in models.items()}
     out = {name: cached(st) for name, st in stages.items() if st.done}
-    todo = sorted({st.key: name for name, st in stages.items() if not st.done}.values(),
-                  key=lambda n: -_cost(models[n].size))
+    first: dict[str, str] = {}  # one run per distinct LM; the first name (the policy) picks resources
+    for name, st in stages.items():
+        if not st.done:
+            first.setdefault(st.key, name)
+    todo = sorted(first.values(), key=lambda n: -_cost(models[n][0].size))
     if not todo:
         return out
     demos = pq.read_table(task.dir / "demos.parquet").to_pydict()
@@ -110,7 +107,8 @@ def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult, models: dic
     for name in todo:
         st = stages[name]
         tmp = begin(st)
-        grp = ActorGroup(PolicyLearner, resources, str(task.dir / "tokenizer"), asdict(models[name]),
+        model, resources = models[name]
+        grp = ActorGroup(PolicyLearner, resources, str(task.dir / "tokenizer"), asdict(model),
                          stream(cfg.seed, "sft"), replicas=1)
         tr = grp.one("sft", pairs, cfg.sft.steps, cfg.sft.sequences_per_step, cfg.sft.lr)
         calls[grp.one("save", str(tmp / "policy"))] = (name, grp, tr)
@@ -118,9 +116,9 @@ def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult, models: dic
         name, grp, tr = calls[ref]
         stats = ray.get(tr)
         grp.shutdown()
-        log.info("lm %-8s %7d params: loss %.3f -> %.3f, %.0f tokens/s", models[name].size, stats["params"],
+        log.info("lm %-8s %7d params: loss %.3f -> %.3f, %.0f tokens/s", models[name][0].size, stats["params"],
                  stats["loss_first"], stats["loss_last"], stats["tokens_per_s"])
-        out[name] = commit(stages[name], {**stats, "size": models[name].size})
+        out[name] = commit(stages[name], {**stats, "size": models[name][0].size})
     for name, st in stages.items():  # two names may share one LM
         if name not in out:
             out[name] = cached(st)
@@ -382,38 +380,6 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
     return run_stage(run_dir, "bon", inputs, fn)
 
 
-def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, bootstrap: int, seed: int) -> dict:
-    """Per proxy: mean best-of-n gold and proxy (relative to n = 1) for every n, the fit, and a
-    bootstrap-over-prompts interval of the fitted peak KL."""
-    pid = np.array(samples["prompt_id"])
-    order = np.lexsort((np.array(samples["sample_id"]), pid))
-    P = len(np.unique(pid))
-    gold = np.array(samples["score.gold"])[order].reshape(P, N)
-    n = np.arange(1, n_max + 1)
-    kl = kl_bon(n)
-    w = d_spacing_weights(kl)
-    out = {}
-    rng = np.random.default_rng(seed)
-    boots = [rng.integers(0, P, P) for _ in range(bootstrap)]
-    for name in proxy_names:
-        proxy = np.array(samples[f"score.{name}"])[order].reshape(P, N)
-        pb, gb = bon_curves(proxy, gold, n_max)  # [P, n_max]
-        g_mean, p_mean = gb.mean(0) - gb[:, 0].mean(), pb.mean(0) - pb[:, 0].mean()
-        fit = fit_bon(kl, g_mean, w)
-        peaks = []
-        for b in boots:
-            gm = gb[b].mean(0)
-            f = fit_bon(kl, gm - gm[0], w)
-            peaks.append(np.inf if f.kl_peak is None else f.kl_peak)
-        finite = np.where(np.isfinite(peaks), peaks, 1e12)  # "no peak" sorts above every peak
-        ci = [float(np.percentile(finite, 5)), float(np.percentile(finite, 95))] if boots else None
-        out[name] = {"points": [{"n": int(a), "kl": float(k), "gold": float(g), "proxy": float(p)}
-                                for a, k, g, p in zip(n, kl, g_mean, p_mean)],
-                     "fit": fit.to_dict(),
-                     "kl_peak_ci90": None if ci is None else [c if c < 1e11 else None for c in ci]}
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # the whole job
 
@@ -428,11 +394,12 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     t0 = time.perf_counter()
     save_config(cfg, run_dir)
     task = stage_task(cfg, run_dir)
-    sft = stage_lms(cfg, run_dir, task, {"policy": cfg.sft.policy}, cfg.cluster.learner, progress)["policy"]
-    lms = {}
+    models = {"policy": (cfg.sft.policy, cfg.cluster.learner)}
     if cfg.proxy.init == "lm":  # the policy's LM is reused where a proxy has its architecture
-        lms = stage_lms(cfg, run_dir, task, {s: _proxy_model(cfg, s) for s in cfg.proxy.sizes},
-                        cfg.cluster.proxy, progress)
+        models.update({s: (_proxy_model(cfg, s), cfg.cluster.proxy) for s in cfg.proxy.sizes})
+    lms = stage_lms(cfg, run_dir, task, models, progress)
+    sft = lms.pop("policy")
+    lms = {s: lms[s] for s in cfg.proxy.sizes if s in lms}
     sample = stage_sample(cfg, run_dir, task, sft, progress)
     label = stage_label(cfg, run_dir, task, sample)
     proxies = stage_proxies(cfg, run_dir, task, sample, label, lms, progress)
