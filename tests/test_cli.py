@@ -30,7 +30,7 @@ def test_help(job):
     (["sft.stepz=3"], "sft.stepz"),
     (["sample.bon_responses_per_prompt=8", "bon.n_max=64"], "bon.n_max"),
     (["proxy.sizes=[2x30]"], "proxy.sizes[0]"),
-    (["--resume"], "--resume needs --run-dir"),
+    (["--resume"], "no such directory to resume"),
 ])
 def test_user_errors_exit_2_with_one_line(args, needle, tmp_path):
     r = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(tmp_path / "r"), *args)
@@ -58,6 +58,8 @@ def test_existing_run_dir_of_another_config_is_untouched(tmp_path):
 
 
 def test_resume_of_missing_or_foreign_dir(tmp_path):
+    r = run("jobs.frontier", "--resume")
+    assert r.returncode == 2 and "--resume needs --run-dir" in r.stderr
     r = run("jobs.frontier", "--run-dir", str(tmp_path / "none"), "--resume")
     assert r.returncode == 2 and "no such directory" in r.stderr
     (tmp_path / "x").mkdir()
