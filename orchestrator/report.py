@@ -119,7 +119,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     png = plot_bon(frontier["bon"])
     (run_dir / "bon.png").write_bytes(png)
     c = frontier["checks"]
-    lines = [f"# rlhf-frontier report", "",
+    lines = ["# rlhf-frontier report", "",
              f"config hash `{frontier['config_hash'][:12]}`, seed {frontier['seed']}", "",
              "## Best-of-n", "", "![best-of-n](bon.png)", "",
              "| proxy | params | val acc | alpha | beta | R² | peak KL (fit) | 90% CI | peak gold (fit) | max proxy gain |",

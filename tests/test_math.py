@@ -1,7 +1,6 @@
 """The math as pure functions, against brute force and hand computations."""
 
 import math
-from itertools import combinations
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@
 import json
 import random
 
-import pytest
 
 from orchestrator.tasks import synthetic as T
 
