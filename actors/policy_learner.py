@@ -1,4 +1,10 @@
-"""``PolicyLearner``: owns the policy and its optimizer; supervised fine-tuning (later: RL updates)."""
+"""``PolicyLearner``: owns the policy (+ value head for PPO) and its optimizer; SFT and RL updates.
+
+RL updates come in one method per algorithm family (``update_ppo`` with a critic, ``update_pg`` for
+critic-free RLOO / GRPO); both run ``epochs`` x ``minibatches`` clipped-surrogate steps on one batch.
+Checkpoints are safetensors (weights, value head, RNG) plus the optimizer state loaded with
+``weights_only=True`` -- nothing is unpickled.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,15 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from orchestrator import rl as R
+from orchestrator.batch import RolloutBatch
 from orchestrator.config import ModelConfig
 from orchestrator.models import build_policy, encode_pair, encode_prompt, load_tokenizer, n_params, pad_right, set_threads
+from orchestrator.sampling import response_forward
 
 
 class PolicyLearner:
@@ -19,6 +30,9 @@ class PolicyLearner:
         self.tok = load_tokenizer(tokenizer_dir)
         self.seed = seed
         self.model = build_policy(ModelConfig(**model), self.tok, seed)
+        self.value_head: torch.nn.Linear | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.version = 0  # RL updates applied
 
     def n_params(self) -> int:
         return n_params(self.model)
@@ -81,3 +95,113 @@ class PolicyLearner:
         self.model.save_pretrained(out_dir)
         self.tok.save_pretrained(out_dir)
         return out_dir
+
+    # ------------------------------------------------------------------------------------------
+    # RL
+
+    def init_rl(self, lr: float, value_head: bool, seed: int) -> int:
+        """Prepare RL: a zero-initialized linear value head on the last hidden state (PPO, as TRL's
+        ``AutoModelForCausalLMWithValueHead``) and AdamW over everything trained. Returns params."""
+        torch.manual_seed(seed)
+        if value_head:
+            self.value_head = torch.nn.Linear(self.model.config.n_embd, 1)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+        params = list(self.model.parameters()) + (list(self.value_head.parameters()) if self.value_head else [])
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+        self.model.eval()  # no dropout in the tiny default; eval mode keeps RL deterministic anyway
+        return sum(p.numel() for p in params)
+
+    def _forward(self, batch: RolloutBatch, rows, temperature: float, grad: bool):
+        rows = list(rows)
+        mask = batch.response_mask[rows]
+        t = int(mask.sum(1).max())
+        with torch.set_grad_enabled(grad):
+            logp, logits, h = response_forward(self.model, [batch.prompt_ids[i] for i in rows],
+                                               batch.response_ids[rows, :t], mask[:, :t], self.tok.pad_token_id,
+                                               temperature, hidden=self.value_head is not None)
+            values = self.value_head(h).squeeze(-1) * mask[:, :t] if self.value_head is not None else None
+        return logp, logits, values, mask[:, :t], t
+
+    def evaluate(self, batch: RolloutBatch, temperature: float = 1.0) -> dict:
+        """Log-probs (and values) of the batch under the current policy, no grad: the "old" policy of
+        the clipped objective and the pi of the KL penalty. ``[b, t]`` each, 0 at padding."""
+        logp, _, values, _, t = self._forward(batch, range(len(batch)), temperature, grad=False)
+        pad = batch.response_ids.shape[1] - t
+        out = {"logprobs": torch.nn.functional.pad(logp, (0, pad)), "values": None}
+        if values is not None:
+            out["values"] = torch.nn.functional.pad(values, (0, pad))
+        return out
+
+    def _epochs(self, batch: RolloutBatch, hp: dict, seed: int, loss_fn) -> dict:
+        """``hp["epochs"]`` passes over the batch in ``hp["minibatches"]`` shuffled minibatches (the
+        shuffle is seeded by ``seed`` alone, so a resumed run redraws exactly the same ones)."""
+        g = torch.Generator().manual_seed(seed)
+        b = len(batch)
+        size = b // hp["minibatches"]
+        stats: dict[str, list] = {}
+        for _ in range(hp["epochs"]):
+            perm = torch.randperm(b, generator=g)
+            for m in range(hp["minibatches"]):
+                rows = perm[m * size: (m + 1) * size].tolist()
+                logp, logits, values, mask, t = self._forward(batch, rows, hp["temperature"], grad=True)
+                loss, st = loss_fn(rows, logp, values, mask, t)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for group in self.opt.param_groups for p in group["params"]]
+                st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, hp["max_grad_norm"]))
+                self.opt.step()
+                with torch.no_grad():
+                    st["entropy"] = float(R.masked_mean(R.entropy_from_logits(logits), mask))
+                st["loss"] = float(loss)
+                for k, v in st.items():
+                    stats.setdefault(k, []).append(v)
+        self.version += 1
+        return {f"learner/{k}": float(np.mean(v)) for k, v in stats.items()}
+
+    def update_ppo(self, batch: RolloutBatch, old: dict, advantages: torch.Tensor, returns: torch.Tensor,
+                   hp: dict, seed: int) -> dict:
+        """PPO with a value head (Schulman et al. 2017; Gao et al. 2022's RL setting): clipped policy
+        surrogate + ``vf_coef`` x clipped value loss, advantages from GAE (computed by the caller)."""
+        def loss_fn(rows, logp, values, mask, t):
+            pl, st = R.clipped_policy_loss(logp, old["logprobs"][rows, :t], advantages[rows, :t], mask, hp["clip"])
+            vl = R.clipped_value_loss(values, old["values"][rows, :t], returns[rows, :t], mask, hp["value_clip"])
+            st.update(policy_loss=float(pl), value_loss=float(vl))
+            return pl + hp["vf_coef"] * vl, st
+        return self._epochs(batch, hp, seed, loss_fn)
+
+    def update_pg(self, batch: RolloutBatch, old: dict, advantages: torch.Tensor, hp: dict, seed: int) -> dict:
+        """Critic-free policy gradient (RLOO / GRPO): one advantage per sequence broadcast to its
+        tokens, the same clipped surrogate so several epochs / minibatches stay near the old policy."""
+        adv = advantages[:, None].expand_as(batch.response_mask).contiguous()
+
+        def loss_fn(rows, logp, values, mask, t):
+            pl, st = R.clipped_policy_loss(logp, old["logprobs"][rows, :t], adv[rows, :t], mask, hp["clip"])
+            st["policy_loss"] = float(pl)
+            return pl, st
+        return self._epochs(batch, hp, seed, loss_fn)
+
+    def save_checkpoint(self, out_dir: str) -> list[str]:
+        """Weights (+ value head) and RNG as safetensors, the optimizer as a tensors-only torch file."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"policy.{k}": v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
+        if self.value_head is not None:
+            tensors.update({f"value_head.{k}": v.detach().clone() for k, v in self.value_head.state_dict().items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["version"] = torch.tensor([self.version], dtype=torch.int64)
+        save_file(tensors, str(out / "learner.safetensors"))
+        torch.save(self.opt.state_dict(), out / "optimizer.pt")
+        return ["learner.safetensors", "optimizer.pt"]
+
+    def load_checkpoint(self, in_dir: str) -> int:
+        """Restore what ``save_checkpoint`` wrote (never unpickles: safetensors + weights_only)."""
+        d = Path(in_dir)
+        tensors = load_file(str(d / "learner.safetensors"))
+        self.model.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
+        if self.value_head is not None:
+            self.value_head.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("value_head.")})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.version = int(tensors["version"][0])
+        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+        return self.version

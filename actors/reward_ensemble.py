@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from orchestrator.batch import Scores
+from orchestrator.batch import Scores, seal
 from orchestrator.calibration import bradley_terry_loss, ece, pair_accuracy
 from orchestrator.config import ModelConfig
 from orchestrator.models import build_reward_model, encode_pair, load_tokenizer, n_params, pad_right, set_threads
@@ -79,9 +79,11 @@ class RewardEnsemble:
         res[order] = np.concatenate(out) if out else np.zeros(0)
         return res
 
-    def score(self, rows: dict[str, list]) -> Scores:
+    def score(self, rows: dict[str, list], sealed: bool = False) -> Scores:
         """rows: columns ``prompt``, ``response`` (and ``family``, ``meta`` for the oracle).
-        Returns ``Scores`` with values ``[b, k]``; the oracle also fills per-principle scores."""
+        Returns ``Scores`` with values ``[b, k]``; the oracle also fills per-principle scores.
+        ``sealed``: wrap the numbers so they can only be read inside ``metrics_scope()`` (the RL
+        loop scores gold this way: the information barrier is enforced, not just promised)."""
         b = len(rows["response"])
         values = np.zeros((b, len(self.members)))
         principles: dict[str, np.ndarray] = {}
@@ -96,7 +98,8 @@ class RewardEnsemble:
                 if seqs is None:
                     seqs = [encode_pair(self.tok, p, r) for p, r in zip(rows["prompt"], rows["response"])]
                 values[:, j] = self._rm_scores(m, seqs)
-        return Scores(values=values, members=self.names, principles=principles)
+        out = Scores(values=values, members=self.names, principles=principles)
+        return seal(out) if sealed else out
 
     # ----------------------------------------------------------------------------------------
     def train(self, data: dict, epochs: int, prompts_per_step: int, lr: float, seed: int) -> dict:

@@ -21,19 +21,31 @@ class RolloutGenerator:
         self.ref = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
         for p in self.ref.parameters():
             p.requires_grad_(False)
+        self.version = 0
 
-    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, state: dict[str, torch.Tensor], version: int = 0) -> int:
+        """Replace the policy's weights (the reference never changes); ``version`` counts the
+        learner updates they include and is stamped on every batch sampled with them."""
         self.policy.load_state_dict(state)
+        self.version = version
+        return version
 
     def generate(self, prompts: list[str], n: int, seed: int, max_new_tokens: int, temperature: float = 1.0,
-                 with_ref: bool = False) -> RolloutBatch:
-        """``n`` responses for each prompt; rows ordered prompt-major (prompt 0's n first)."""
+                 with_ref: bool = False, recompute: bool = False) -> RolloutBatch:
+        """``n`` responses for each prompt; rows ordered prompt-major (prompt 0's n first).
+
+        with_ref: also the reference's per-token logprobs. recompute: replace the sampler's logprobs
+        by a full forward pass of the same function the reference uses (exactly 0 KL at step 0)."""
         g = torch.Generator().manual_seed(seed)
         enc = [encode_prompt(self.tok, p) for p in prompts]
         rows = [e for e in enc for _ in range(n)]
         ids, mask, lps = sample(self.policy, rows, max_new_tokens, temperature, self.tok.eos_token_id,
                                 self.tok.pad_token_id, g)
-        ref = response_logprobs(self.ref, rows, ids, mask, self.tok.pad_token_id) if with_ref else None
+        pad = self.tok.pad_token_id
+        ref = response_logprobs(self.ref, rows, ids, mask, pad, temperature) if with_ref else None
+        if recompute:
+            lps = response_logprobs(self.policy, rows, ids, mask, pad, temperature)
         texts = self.tok.batch_decode([r[m.bool()].tolist() for r, m in zip(ids, mask)], skip_special_tokens=True)
         return RolloutBatch(prompt_index=np.repeat(np.arange(len(prompts)), n), response_ids=ids,
-                            response_mask=mask, logprobs=lps, ref_logprobs=ref, texts=texts)
+                            response_mask=mask, logprobs=lps, ref_logprobs=ref, texts=texts,
+                            prompt_ids=rows, policy_version=self.version)

@@ -1,4 +1,8 @@
-"""Creating actors from config: replicas and resources per role, ``ray.get`` only at phase ends."""
+"""Creating actors from config: replicas and resources per role, ``ray.get`` only at phase ends.
+
+``local=True`` builds the same objects in this process and runs calls eagerly -- the baseline the
+benchmark measures actor overhead against, and a debugging aid. ``fetch`` resolves either kind.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +13,77 @@ import ray
 from orchestrator.config import RoleResources
 
 
+class Ready:
+    """The already-computed result of a local call (stands where an ``ObjectRef`` would)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def fetch(x):
+    """``ray.get`` for object refs (and lists of them), identity for local results."""
+    if isinstance(x, Ready):
+        return x.value
+    if isinstance(x, list):
+        if x and all(isinstance(v, Ready) for v in x):
+            return [v.value for v in x]
+        return ray.get(x)
+    return ray.get(x)
+
+
+def put(x, local: bool):
+    return Ready(x) if local else ray.put(x)
+
+
 class ActorGroup:
     """``replicas`` actors of one role, each with the role's CPUs / GPUs and matching torch threads.
 
-    ``cls`` is a plain class (usable in-process in tests); it is wrapped by ``ray.remote`` here and
-    receives ``num_cpus`` so it can set its torch threads to its share.
+    ``cls`` is a plain class; it is wrapped by ``ray.remote`` here and receives ``num_cpus`` so it
+    can set its torch threads to its share. ``placement``: ``(placement_group, [bundle index per
+    replica])`` schedules the replicas into a placement group (one per RL run).
     """
 
     def __init__(self, cls, resources: RoleResources, *args, name: str = "", replicas: int | None = None,
-                 options: dict | None = None, **kwargs):
+                 options: dict | None = None, placement: tuple | None = None, local: bool = False, **kwargs):
         n = resources.replicas if replicas is None else replicas
-        remote = ray.remote(cls).options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
-                                         **(options or {}))
         self.name = name or cls.__name__
-        self.actors = [remote.remote(*args, num_cpus=resources.num_cpus, **kwargs) for _ in range(n)]
+        self.local = local
+        if local:
+            self.actors = [cls(*args, num_cpus=resources.num_cpus, **kwargs) for _ in range(n)]
+        else:
+            self.actors = []
+            for i in range(n):
+                opts = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, **(options or {}))
+                if placement is not None:
+                    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+                    pg, indices = placement
+                    opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                        pg, placement_group_bundle_index=indices[i])
+                self.actors.append(ray.remote(cls).options(**opts).remote(*args, num_cpus=resources.num_cpus,
+                                                                             **kwargs))
         self._rr = itertools.cycle(range(n))
 
     def __len__(self) -> int:
         return len(self.actors)
 
+    def _call(self, actor, method: str, args, kwargs):
+        if self.local:
+            return Ready(getattr(actor, method)(*args, **kwargs))
+        return getattr(actor, method).remote(*args, **kwargs)
+
     def all(self, method: str, *args, **kwargs) -> list:
         """Call ``method`` on every replica; returns object refs."""
-        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+        return [self._call(a, method, args, kwargs) for a in self.actors]
 
     def one(self, method: str, *args, **kwargs):
         """Call ``method`` on the next replica in round-robin order; returns an object ref."""
-        return getattr(self.actors[next(self._rr)], method).remote(*args, **kwargs)
+        return self._call(self.actors[next(self._rr)], method, args, kwargs)
 
     def shutdown(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
+        if not self.local:
+            for a in self.actors:
+                ray.kill(a)
         self.actors = []

@@ -245,6 +245,158 @@ class RoleResources:
 
 
 @dataclass(frozen=True)
+class RLConfig:
+    """The RL loop (DESIGN.md "The RL loop"): one run per proxy size with no KL penalty (Gao et al.'s
+    main sweep) plus proxy-ensemble runs, each optimizing the proxy while gold is measured live."""
+
+    enabled: bool = True
+    """Run the RL stage of ``jobs.frontier``."""
+    algorithm: str = "rloo"
+    """``ppo`` (value head, GAE, clipped objective; Gao et al.'s setting), ``rloo`` (leave-one-out
+    baseline) or ``grpo`` (group-normalized advantages); the critic-free ones need
+    ``responses_per_prompt >= 2``."""
+    steps: int = 100
+    """Policy updates per run."""
+    train_prompts: int = 2048
+    """Fresh prompts the RL runs train on (the same for every run of a seed)."""
+    prompts_per_step: int = 32
+    """Training prompts per step."""
+    responses_per_prompt: int = 4
+    """Rollouts per prompt per step."""
+    max_new_tokens: int = 32
+    """Longest rollout."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probabilities and KL are of the tempered policy)."""
+    lr: float = 3e-5
+    """AdamW learning rate (constant)."""
+    epochs: int = 1
+    """Passes over each step's batch."""
+    minibatches: int = 1
+    """Minibatches per pass; must divide prompts_per_step x responses_per_prompt."""
+    clip: float = 0.2
+    """Clip range of the probability ratio."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    vf_coef: float = 0.1
+    """PPO: weight of the value loss."""
+    value_clip: float = 0.2
+    """PPO: clip range of the value update."""
+    gamma: float = 1.0
+    """PPO: discount."""
+    lam: float = 0.95
+    """PPO: GAE lambda."""
+    whiten_advantages: bool = True
+    """Normalize advantages over the batch."""
+    kl_coef: float = 0.0
+    """beta: weight of the per-token KL to the reference in the reward (0 = Gao et al.'s main sweep)."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimator in the reward: k1, k2 or k3 (reported KL is always the k1 sum)."""
+    kl_target: float = 0.0
+    """> 0: adapt beta toward this per-sequence KL (Ziegler et al.'s controller); 0: fixed beta."""
+    kl_horizon: int = 10000
+    """Adaptive controller horizon, in sequences."""
+    objective: str = "mean"
+    """Aggregate of a single-proxy run's members (with one member every objective is the same)."""
+    uwo_lambda: float = 0.1
+    """lambda of the uncertainty-weighted objective (Coste et al. use 0.1 for PPO)."""
+    sizes: tuple[str, ...] = ()
+    """Proxy sizes that get a single-member run; empty = every ``proxy.sizes``."""
+    ensemble_objectives: tuple[str, ...] = ("wco", "uwo")
+    """One extra run per objective with every proxy size as a member (members differ in size and
+    pretraining, which Coste et al. found beats seed-only ensembles); empty = none."""
+    eval_every: int = 10
+    """Steps between evaluations of the policy on the fixed eval prompts (gold, proxy, KL)."""
+    eval_prompts: int = 200
+    """Fixed eval prompts (the best-of-n prompts, so RL and best-of-n are measured alike)."""
+    checkpoint_every: int = 25
+    """Steps between checkpoints (the last step is always checkpointed)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept per run (older ones are deleted)."""
+    rollout_chunks: int = 1
+    """Each step's prompts are split into this many generate calls, spread over the generator
+    replicas; the seeds depend on the chunk, so results depend on this, not on the replica count."""
+    async_generation: bool = False
+    """Generate step t+1 while the learner updates on step t (one step stale, logged); off = on-policy."""
+
+    def __post_init__(self):
+        _check(self.algorithm in ("ppo", "rloo", "grpo"), "algorithm", f"{self.algorithm!r} must be ppo, rloo or grpo")
+        _check(self.steps >= 1, "steps", f"{self.steps} must be >= 1")
+        _check(self.prompts_per_step >= 1, "prompts_per_step", f"{self.prompts_per_step} must be >= 1")
+        _check(self.train_prompts >= self.prompts_per_step, "train_prompts",
+               f"{self.train_prompts} must be >= prompts_per_step ({self.prompts_per_step})")
+        _check(self.responses_per_prompt >= (1 if self.algorithm == "ppo" else 2), "responses_per_prompt",
+               f"{self.responses_per_prompt}: {self.algorithm} needs >= {1 if self.algorithm == 'ppo' else 2}")
+        _check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", "must be in 1..4096")
+        _check(0.0 < self.temperature <= 10.0, "temperature", f"{self.temperature} must be in (0, 10]")
+        _check(0 < self.lr < 1, "lr", f"{self.lr} must be in (0, 1)")
+        _check(self.epochs >= 1, "epochs", f"{self.epochs} must be >= 1")
+        batch = self.prompts_per_step * self.responses_per_prompt
+        _check(self.minibatches >= 1 and batch % self.minibatches == 0, "minibatches",
+               f"{self.minibatches} must be >= 1 and divide prompts_per_step x responses_per_prompt = {batch}")
+        _check(0 < self.clip < 1, "clip", f"{self.clip} must be in (0, 1)")
+        _check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        _check(self.vf_coef >= 0 and self.value_clip > 0, "vf_coef", "vf_coef must be >= 0, value_clip > 0")
+        _check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma", "gamma must be in (0, 1], lam in [0, 1]")
+        _check(self.kl_coef >= 0, "kl_coef", f"{self.kl_coef} must be >= 0")
+        _check(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", f"{self.kl_estimator!r} must be k1, k2 or k3")
+        _check(self.kl_target >= 0, "kl_target", f"{self.kl_target} must be >= 0 (0 = fixed beta)")
+        _check(self.kl_target == 0 or self.kl_coef > 0, "kl_coef",
+               "the adaptive controller (kl_target > 0) multiplies beta: start it from kl_coef > 0")
+        _check(self.kl_horizon >= 1, "kl_horizon", f"{self.kl_horizon} must be >= 1")
+        _check(self.objective in ("mean", "wco", "uwo"), "objective", f"{self.objective!r} must be mean, wco or uwo")
+        for i, o in enumerate(self.ensemble_objectives):
+            _check(o in ("mean", "wco", "uwo"), f"ensemble_objectives[{i}]", f"{o!r} must be mean, wco or uwo")
+        _check(self.uwo_lambda >= 0, "uwo_lambda", "must be >= 0")
+        _check(self.eval_every >= 1, "eval_every", f"{self.eval_every} must be >= 1")
+        _check(self.eval_prompts >= 1, "eval_prompts", f"{self.eval_prompts} must be >= 1")
+        _check(self.checkpoint_every >= 1, "checkpoint_every", f"{self.checkpoint_every} must be >= 1")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints", f"{self.keep_checkpoints} must be >= 1")
+        _check(1 <= self.rollout_chunks <= self.prompts_per_step, "rollout_chunks",
+               f"{self.rollout_chunks} must be in 1..prompts_per_step ({self.prompts_per_step})")
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """Resources of the actors of one RL run (one Tune trial later): all its roles are reserved
+    together in one placement group, so concurrent runs never deadlock on half-placed actors."""
+
+    learner: RoleResources = field(default_factory=lambda: RoleResources(1, 0.4))
+    """The run's PolicyLearner (``replicas`` must be 1)."""
+    generator: RoleResources = field(default_factory=lambda: RoleResources(1, 0.3))
+    """The run's RolloutGenerator replicas."""
+    proxy: RoleResources = field(default_factory=lambda: RoleResources(1, 0.2))
+    """The run's proxy RewardEnsemble (all members in one actor)."""
+    gold: RoleResources = field(default_factory=lambda: RoleResources(1, 0.1))
+    """The run's gold RewardEnsemble (measurement only)."""
+    strategy: str = "PACK"
+    """Placement-group strategy: PACK (share nodes), SPREAD, STRICT_PACK or STRICT_SPREAD."""
+    max_concurrent: int = 0
+    """RL runs at once; 0 = as many as the cluster's CPUs hold."""
+
+    def __post_init__(self):
+        _check(self.learner.replicas == 1, "learner.replicas", "an RL run has exactly one learner")
+        _check(self.proxy.replicas == 1 and self.gold.replicas == 1, "proxy.replicas",
+               "proxy and gold ensembles have one actor per run")
+        _check(self.strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), "strategy",
+               f"{self.strategy!r} must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+        _check(self.max_concurrent >= 0, "max_concurrent", "must be >= 0 (0 = as many as fit)")
+
+    def bundles(self) -> list[dict]:
+        out = []
+        for role in (self.learner, self.generator, self.proxy, self.gold):
+            for _ in range(role.replicas):
+                b = {"CPU": role.num_cpus}
+                if role.num_gpus:
+                    b["GPU"] = role.num_gpus
+                out.append(b)
+        return out
+
+    @property
+    def num_cpus(self) -> float:
+        return round(sum(b["CPU"] for b in self.bundles()), 6)
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Where the roles run. Placement lives here, never in algorithm config."""
 
@@ -264,6 +416,8 @@ class ClusterConfig:
     """Each proxy RewardEnsemble (one per proxy size); ``replicas`` is ignored."""
     gold: RoleResources = field(default_factory=lambda: RoleResources(1, 1.0))
     """The gold RewardEnsemble."""
+    rl: TrialResources = field(default_factory=TrialResources)
+    """The actors of one RL run (its own placement group)."""
 
     def __post_init__(self):
         _check(self.num_cpus >= 0, "num_cpus", "must be >= 0 (0 = all)")
@@ -281,6 +435,7 @@ class FrontierConfig:
     label: LabelConfig = field(default_factory=LabelConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     bon: BonConfig = field(default_factory=BonConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self):
@@ -288,9 +443,11 @@ class FrontierConfig:
         _check(self.bon.n_max <= self.sample.bon_responses_per_prompt, "bon.n_max",
                f"{self.bon.n_max} exceeds the pool: sample.bon_responses_per_prompt = "
                f"{self.sample.bon_responses_per_prompt}")
-        longest = self.sample.max_new_tokens + 40
+        for i, size in enumerate(self.rl.sizes):
+            _check(size in self.proxy.sizes, f"rl.sizes[{i}]", f"{size!r} is not one of proxy.sizes {list(self.proxy.sizes)}")
+        longest = max(self.sample.max_new_tokens, self.rl.max_new_tokens) + 40
         _check(self.sft.policy.n_positions >= longest, "sft.policy.n_positions",
-               f"{self.sft.policy.n_positions} < sample.max_new_tokens + 40 = {longest}")
+               f"{self.sft.policy.n_positions} < longest response (sample/rl max_new_tokens) + 40 = {longest}")
 
     @property
     def n_max(self) -> int:
@@ -328,6 +485,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -428,3 +590,8 @@ def validate_resources(cfg: FrontierConfig, available: dict[str, float]) -> None
                f"{r.num_cpus} CPUs per actor, but the cluster has {cpus:g}")
         _check(r.num_gpus <= gpus, f"cluster.{name}.num_gpus",
                f"{r.num_gpus} GPUs per actor, but the cluster has {gpus:g}")
+    if cfg.rl.enabled:
+        t = cfg.cluster.rl
+        _check(t.num_cpus <= cpus, "cluster.rl", f"one RL run needs {t.num_cpus:g} CPUs, the cluster has {cpus:g}")
+        need_gpu = sum(b.get("GPU", 0) for b in t.bundles())
+        _check(need_gpu <= gpus, "cluster.rl", f"one RL run needs {need_gpu:g} GPUs, the cluster has {gpus:g}")

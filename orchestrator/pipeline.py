@@ -25,7 +25,7 @@ from actors.rollout_generator import RolloutGenerator
 from orchestrator import data as D
 from orchestrator.actor_group import ActorGroup
 from orchestrator.bon import bon_summary
-from orchestrator.config import FrontierConfig, ModelConfig, RoleResources, to_dict
+from orchestrator.config import FrontierConfig, ModelConfig, RoleResources, digest, to_dict
 from orchestrator.models import train_tokenizer
 from orchestrator.stages import StageResult, begin, cached, commit, run_stage, stage
 from orchestrator.tasks import synthetic as T
@@ -380,13 +380,95 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
     return run_stage(run_dir, "bon", inputs, fn)
 
 
+def rl_rows(cfg: FrontierConfig, task: StageResult) -> tuple[dict, dict]:
+    """RL training prompts (fresh, from their own seed stream) and the fixed eval prompts (the
+    first ``rl.eval_prompts`` best-of-n prompts, so RL and best-of-n are measured on one set)."""
+    rows_of = T.table(cfg.task.countries, cfg.task.animals, cfg.task.unknown_countries)
+    train = T.make_prompts(cfg.rl.train_prompts, stream(cfg.seed, "prompts/rl"), cfg.task.families,
+                           cfg.task.family_weights, rows_of)
+    train_rows = {k: [r[k] for r in train] for k in ("prompt", "family", "meta")}
+    prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
+    ev = [i for i, s in enumerate(prompts["split"]) if s == "bon"][: cfg.rl.eval_prompts]
+    eval_rows = {k: [prompts[k][i] for i in ev] for k in ("prompt", "family", "meta")}
+    return train_rows, eval_rows
+
+
+def rl_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
+    """One no-penalty run per proxy size (Gao et al.'s main sweep) and one run per ensemble
+    objective over every proxy size (Coste et al.)."""
+    from orchestrator.rl_loop import RunSpec
+
+    by_size = {p.meta["size"]: p for p in proxies}
+
+    def member(s: str) -> dict:
+        return {"name": f"proxy-{s}", "kind": "hf", "path": str(by_size[s].dir / "model"), "stage": by_size[s].key}
+
+    specs = [RunSpec(f"proxy-{s}", (member(s),), cfg.rl.objective, cfg.rl.kl_coef, by_size[s].meta["params"])
+             for s in (cfg.rl.sizes or cfg.proxy.sizes)]
+    if len(cfg.proxy.sizes) >= 2:
+        for obj in cfg.rl.ensemble_objectives:
+            specs.append(RunSpec(f"ensemble-{obj}", tuple(member(s) for s in cfg.proxy.sizes), obj, cfg.rl.kl_coef,
+                                 sum(p.meta["params"] for p in proxies)))
+    return specs
+
+
+def concurrent_runs(cfg: FrontierConfig, n_runs: int) -> int:
+    if cfg.cluster.rl.max_concurrent:
+        return min(n_runs, cfg.cluster.rl.max_concurrent)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    return max(1, min(n_runs, int(cpus // cfg.cluster.rl.num_cpus)))
+
+
+def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult, proxies: list[StageResult],
+             progress: bool) -> list[dict]:
+    """Every RL run of the frontier, ``concurrent_runs`` at a time, each in its own placement group.
+    A run's directory is keyed by its inputs; it holds checkpoints while running (a killed job
+    resumes from them) and ``DONE.json`` with its summary when finished."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orchestrator.rl_loop import RLRun, run_rl
+
+    specs = rl_specs(cfg, proxies)
+    rl_cfg = to_dict(cfg.rl)
+    for k in ("sizes", "ensemble_objectives", "enabled"):
+        rl_cfg.pop(k)
+    train_rows, eval_rows = rl_rows(cfg, task)
+
+    def run_one(spec) -> dict:
+        key = digest({"stage": "rl", "v": 1, "task": task.key, "sft": sft.key, "rl": rl_cfg, "seed": cfg.seed,
+                      "name": spec.name, "objective": spec.objective, "kl_coef": spec.kl_coef,
+                      "members": [m["stage"] for m in spec.members]})[:16]
+        out = run_dir / "rl" / f"{spec.name}-{key}"
+        done = out / "DONE.json"
+        if done.is_file():
+            log.info("rl %-14s cached  (%s)", spec.name, out.name)
+            return {**json.loads(done.read_text()), "cached": True}
+        t0 = time.perf_counter()
+        run = RLRun(cfg.rl, spec, cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
+                    train_rows, eval_rows, out, cfg.seed)
+        try:
+            summary = run_rl(run, progress=progress)
+        finally:
+            run.shutdown()
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        tmp = done.with_name("DONE.json.tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(done)
+        ev = summary["points"]
+        log.info("rl %-14s done in %.0f s: final kl %.2f, proxy %+.3f, gold %+.3f", spec.name, summary["seconds"],
+                 ev[-1]["kl"], ev[-1]["proxy"], ev[-1]["gold"])
+        return {**summary, "cached": False}
+
+    with ThreadPoolExecutor(max_workers=concurrent_runs(cfg, len(specs))) as pool:
+        return list(pool.map(run_one, specs))
+
+
 # --------------------------------------------------------------------------------------------
 # the whole job
 
 
 def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> dict:
     """Run (or resume) every stage and write frontier.json and the report; returns frontier.json."""
-    from orchestrator.config import digest
     from orchestrator.report import checks, versions, write_report
 
     from orchestrator.cli import save_config

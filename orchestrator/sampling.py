@@ -80,19 +80,27 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: fl
     return toks[:, :length], mask[:, :length], lps[:, :length]
 
 
+def response_forward(model, prompts: list[list[int]], response_ids: torch.Tensor, response_mask: torch.Tensor,
+                     pad_id: int, temperature: float = 1.0, hidden: bool = False):
+    """One forward pass over ``[left-padded prompt | right-padded response]`` rows, so every row's
+    response sits in the same columns. Returns ``(logprobs [b, t], logits [b, t, V], hidden [b, t, H]
+    or None)`` at the positions that predict each response token (logits divided by ``temperature``).
+    The learner (with grad) and the reference (without) use this same function, so a policy equal to
+    its reference gives exactly zero KL."""
+    p_ids, p_mask = left_pad(prompts, pad_id)
+    ids = torch.cat([p_ids, response_ids], 1)
+    attn = torch.cat([p_mask, response_mask.to(p_mask.dtype)], 1)
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=hidden)
+    p, t = p_ids.shape[1], response_ids.shape[1]
+    logits = out.logits[:, p - 1: p + t - 1].float() / temperature
+    logp = torch.log_softmax(logits, -1).gather(2, response_ids[:, :, None]).squeeze(2) * response_mask
+    h = out.hidden_states[-1][:, p - 1: p + t - 1] if hidden else None
+    return logp, logits, h
+
+
 @torch.no_grad()
 def response_logprobs(model, prompts: list[list[int]], response_ids: torch.Tensor,
-                      response_mask: torch.Tensor, pad_id: int) -> torch.Tensor:
+                      response_mask: torch.Tensor, pad_id: int, temperature: float = 1.0) -> torch.Tensor:
     """``[b, t]`` log pi(response token) for given responses (e.g. under the frozen reference)."""
-    seqs = [p + r[m.bool()].tolist() for p, r, m in zip(prompts, response_ids, response_mask)]
-    ids, attn = left_pad(seqs, pad_id)
-    pos = (attn.cumsum(1) - 1).clamp(min=0)
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float(), -1)
-    tok_lp = logp[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)  # [b, T-1], logprob of token j+1
-    t = response_ids.shape[1]
-    out = torch.zeros(response_ids.shape, dtype=torch.float32)
-    lengths = response_mask.sum(1)
-    for i, n in enumerate(lengths.tolist()):
-        if n:
-            out[i, :n] = tok_lp[i, -n:]
-    return out[:, :t]
+    return response_forward(model, prompts, response_ids, response_mask, pad_id, temperature)[0]

@@ -1,0 +1,477 @@
+"""One RL run (one Tune trial later): actors in a placement group, the linear step, evaluation on
+fixed prompts, checkpoints with checksums, bit-identical resume, TensorBoard metrics.
+
+``rl_step`` is the loop (DESIGN.md "The RL loop"): generate -> score -> shape -> advantages ->
+update -> sync -> metrics -> checkpoint, every phase timed. Algorithms differ only in their
+advantage function and the learner method it names (``ALGORITHMS``).
+
+Gold enters as ``Sealed`` scores (``orchestrator.batch``): readable only inside ``metrics_scope()``,
+so the information barrier is enforced at run time, not just by convention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from actors.policy_learner import PolicyLearner
+from actors.reward_ensemble import RewardEnsemble
+from actors.rollout_generator import RolloutGenerator
+from orchestrator import rl as R
+from orchestrator.actor_group import ActorGroup, fetch, put
+from orchestrator.batch import RolloutBatch, metrics_scope
+from orchestrator.config import ConfigError, RLConfig, TrialResources
+
+log = logging.getLogger("rlhf_frontier")
+
+
+def stream(seed: int, name: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:8], 16)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one RL run optimizes. ``members``: RewardEnsemble member dicts of the proxy ensemble."""
+
+    name: str
+    members: tuple[dict, ...]
+    objective: str = "mean"
+    kl_coef: float = 0.0
+    proxy_params: int = 0
+    labels: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# advantages, one function per algorithm: (score [b], kl_tokens [b, t], beta, old, batch, cfg)
+# -> (learner method, its keyword arguments)
+
+
+def advantages_ppo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig):
+    """GAE over per-token rewards (score at the last token, -beta * KL on every token)."""
+    mask = batch.response_mask.float()
+    rewards = R.token_rewards(score, kl_tok, mask, beta)
+    adv, ret = R.gae(rewards, old["values"], mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        adv = R.whiten(adv, mask)
+    return "update_ppo", {"advantages": adv, "returns": ret}
+
+
+def _sequence_rewards(score, kl_tok, beta):
+    return score - beta * kl_tok.sum(1)
+
+
+def advantages_rloo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig):
+    """Leave-one-out baseline over each prompt's responses; the KL penalty is part of the
+    sequence reward (Ahmadian et al. 2024)."""
+    adv = R.rloo_advantages(_sequence_rewards(score, kl_tok, beta), torch.from_numpy(batch.prompt_index).long())
+    if cfg.whiten_advantages:
+        adv = R.whiten(adv)
+    return "update_pg", {"advantages": adv}
+
+
+def advantages_grpo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig):
+    """Group-normalized advantages (Shao et al. 2024); here the KL penalty sits in the reward."""
+    adv = R.grpo_advantages(_sequence_rewards(score, kl_tok, beta), torch.from_numpy(batch.prompt_index).long())
+    return "update_pg", {"advantages": adv}
+
+
+ALGORITHMS = {"ppo": advantages_ppo, "rloo": advantages_rloo, "grpo": advantages_grpo}
+
+
+class PhaseTimer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# one run
+
+
+class RLRun:
+    """The actors and state of one RL run.
+
+    train_rows / eval_rows: columns ``prompt``, ``family``, ``meta``. ``gold=False`` runs without a
+    gold ensemble (the barrier test compares against it). ``local=True`` builds the roles in this
+    process instead of as Ray actors (the benchmark's overhead baseline).
+    """
+
+    def __init__(self, cfg: RLConfig, spec: RunSpec, resources: TrialResources, policy_dir: str,
+                 tokenizer_dir: str, train_rows: dict, eval_rows: dict, out_dir: Path, seed: int,
+                 gold: bool = True, local: bool = False, reference_id: str = ""):
+        self.cfg, self.spec, self.seed, self.local = cfg, spec, seed, local
+        self.out = Path(out_dir)
+        self.train_rows, self.eval_rows = train_rows, eval_rows
+        self.reference_id = reference_id or sha256_file(Path(policy_dir) / "model.safetensors")
+        self.pg = None
+        placement = {}
+        if not local:
+            from ray.util.placement_group import placement_group
+
+            self.pg = placement_group(resources.bundles(), strategy=resources.strategy, name=f"rl-{spec.name}")
+            import ray
+
+            ray.get(self.pg.ready())
+            g = resources.generator.replicas
+            placement = {"learner": (self.pg, [0]), "generator": (self.pg, list(range(1, 1 + g))),
+                         "proxy": (self.pg, [1 + g]), "gold": (self.pg, [2 + g])}
+        kw = {"local": local}
+        self.learner = ActorGroup(PolicyLearner, resources.learner, tokenizer_dir, {"path": policy_dir},
+                                  stream(seed, "rl/learner"), placement=placement.get("learner"), **kw)
+        self.gen = ActorGroup(RolloutGenerator, resources.generator, policy_dir,
+                              placement=placement.get("generator"), **kw)
+        self.proxy = ActorGroup(RewardEnsemble, resources.proxy, "proxy", list(spec.members), tokenizer_dir,
+                                placement=placement.get("proxy"), **kw)
+        self.gold = (ActorGroup(RewardEnsemble, resources.gold, "gold", [{"name": "oracle", "kind": "oracle"}],
+                                placement=placement.get("gold"), **kw) if gold else None)
+        fetch(self.learner.one("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init")))
+        self.kl = R.KLController(spec.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.step = 0
+        self.history: list[dict] = []
+        self.evals: list[dict] = []
+        self.pending: tuple[int, list, list] | None = None
+        self.hp = {k: getattr(cfg, k) for k in ("epochs", "minibatches", "clip", "vf_coef", "value_clip",
+                                                 "max_grad_norm", "temperature")}
+
+    # ---- data --------------------------------------------------------------------------------
+    def prompt_indices(self, step: int) -> list[int]:
+        """Training prompts of a step: consecutive slices of a per-epoch permutation (seeded by the
+        epoch), so the cursor is just ``step`` and a resumed run draws the same prompts."""
+        n, k = len(self.train_rows["prompt"]), self.cfg.prompts_per_step
+        out = []
+        for pos in range(step * k, step * k + k):
+            epoch, i = divmod(pos, n)
+            perm = np.random.default_rng(stream(self.seed, f"rl/epoch{epoch}")).permutation(n)
+            out.append(int(perm[i]))
+        return out
+
+    def _launch(self, step: int) -> tuple[list[int], list]:
+        idx = self.prompt_indices(step)
+        chunks = np.array_split(np.arange(len(idx)), self.cfg.rollout_chunks)
+        refs = [self.gen.one("generate", [self.train_rows["prompt"][idx[i]] for i in c],
+                             self.cfg.responses_per_prompt, stream(self.seed, f"rl/gen/{step}/{j}"),
+                             self.cfg.max_new_tokens, self.cfg.temperature, with_ref=True)
+                for j, c in enumerate(chunks) if len(c)]
+        return idx, refs
+
+    def prefetch(self, step: int) -> None:
+        """Async mode: start generating ``step`` now, with the weights the generators hold."""
+        if step < self.cfg.steps:
+            self.pending = (step, *self._launch(step))
+
+    def rollouts(self, step: int) -> tuple[dict, RolloutBatch]:
+        if self.pending is not None and self.pending[0] == step:
+            _, idx, refs = self.pending
+            self.pending = None
+        else:
+            idx, refs = self._launch(step)
+        batch = RolloutBatch.concat(fetch(refs))
+        rows = [idx[i] for i in batch.prompt_index]
+        return self._rows(self.train_rows, rows, batch.texts), batch
+
+    @staticmethod
+    def _rows(src: dict, rows: list[int], texts: list[str]) -> dict:
+        return {"prompt": [src["prompt"][i] for i in rows], "family": [src["family"][i] for i in rows],
+                "meta": [src["meta"][i] for i in rows], "response": texts}
+
+    def sync_weights(self) -> None:
+        """Push the learner's weights to every generator (calls to an actor run in order, so the
+        next ``generate`` sees them; nothing waits here)."""
+        w = self.learner.one("weights")
+        self.gen.all("load_weights", w, self.step)
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def evaluate(self, step: int) -> dict:
+        """The policy on the fixed eval prompts, one response each, same seed every time (common
+        random numbers): KL (k1 sum, nats), proxy objective and members, gold and its principles."""
+        ev = self.eval_rows
+        b = fetch(self.gen.one("generate", ev["prompt"], 1, stream(self.seed, "rl/eval"), self.cfg.max_new_tokens,
+                               self.cfg.temperature, with_ref=True, recompute=True))
+        rows = self._rows(ev, list(range(len(ev["prompt"]))), b.texts)
+        p_ref = self.proxy.one("score", rows)
+        g_ref = self.gold.one("score", rows, sealed=True) if self.gold else None
+        mask = b.response_mask.float()
+        ps = fetch(p_ref)
+        pv = torch.from_numpy(ps.values)
+        out = {"step": step,
+               "kl": float(R.sequence_kl(b.logprobs, b.ref_logprobs, mask).mean()),
+               "kl_k3": float(R.sequence_kl(b.logprobs, b.ref_logprobs, mask, "k3").mean()),
+               "proxy": float(R.aggregate(pv, self.spec.objective, self.cfg.uwo_lambda).mean()),
+               "tokens": float(mask.sum(1).mean())}
+        for j, m in enumerate(ps.members):
+            out[f"proxy/{m}"] = float(pv[:, j].mean())
+        if g_ref is not None:
+            gs = fetch(g_ref)
+            with metrics_scope():
+                out["gold"] = float(np.asarray(gs.values).mean())
+                for p, v in gs.principles.items():
+                    out[f"gold/{p}"] = float(np.asarray(v).mean())
+        return out
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoints/step_NNNNNN``: learner weights + value head + RNG (safetensors), optimizer
+        (tensors only), ``state.json`` (step, KL controller, cursor, reference, metric history) and
+        ``manifest.json`` with a sha256 per file; written to a temp dir, then renamed."""
+        final = self.ckpt_root / f"step_{self.step:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        files = fetch(self.learner.one("save_checkpoint", str(tmp)))
+        state = {"step": self.step, "run": self.spec.name, "config": asdict(self.cfg), "seed": self.seed,
+                 "reference": self.reference_id, "kl_controller": self.kl.state_dict(),
+                 "cursor": {"prompt_position": self.step * self.cfg.prompts_per_step},
+                 "rng": {"note": "every draw is seeded by (seed, step); the learner's torch RNG is in "
+                                 "learner.safetensors"},
+                 "history": self.history, "evals": self.evals}
+        (tmp / "state.json").write_text(json.dumps(state, default=_jsonable))
+        manifest = {f: sha256_file(tmp / f) for f in [*files, "state.json"]}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(self.ckpt_root.glob("step_*[0-9]"))[:-self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def restore(self) -> int | None:
+        """Load the newest checkpoint whose checksums verify; a corrupt or torn one is logged and
+        skipped for the one before. A checkpoint of another config or reference is a user error.
+        Returns the restored step, or None when there is none."""
+        for d in sorted(self.ckpt_root.glob("step_*[0-9]"), reverse=True):
+            try:
+                state = verify_checkpoint(d)
+            except CheckpointError as e:
+                log.warning("rl %s: checkpoint %s is unusable (%s); trying the previous one", self.spec.name, d.name, e)
+                continue
+            if state["config"] != json.loads(json.dumps(asdict(self.cfg))) or state["seed"] != self.seed:
+                raise ConfigError(f"--resume: {d} was written with another rl config or seed; "
+                                  "resume with the config it was started with")
+            if state["reference"] != self.reference_id:
+                raise ConfigError(f"--resume: {d} was trained from another reference policy")
+            version = fetch(self.learner.one("load_checkpoint", str(d)))
+            self.step = state["step"]
+            self.kl.load_state_dict(state["kl_controller"])
+            self.history, self.evals = state["history"], state["evals"]
+            assert version == self.step, (version, self.step)
+            self.sync_weights()
+            log.info("rl %s: resumed from %s", self.spec.name, d)
+            return self.step
+        return None
+
+    def shutdown(self) -> None:
+        for g in (self.learner, self.gen, self.proxy, self.gold):
+            if g is not None:
+                g.shutdown()
+        if self.pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.pg)
+            self.pg = None
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(type(x))
+
+
+def verify_checkpoint(d: Path) -> dict:
+    """Check every file against ``manifest.json``; return ``state.json``. Raises CheckpointError."""
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"manifest.json unreadable: {e.__class__.__name__}") from None
+    for f, want in manifest.items():
+        p = d / f
+        if not p.is_file():
+            raise CheckpointError(f"{f} missing")
+        if sha256_file(p) != want:
+            raise CheckpointError(f"{f} fails its sha256 checksum")
+    return json.loads((d / "state.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# the step
+
+
+def rl_step(run: RLRun) -> dict:
+    """One RL step, phases in order, each timed. Gold is only ever read in ``metrics``."""
+    cfg, T, step = run.cfg, PhaseTimer(), run.step
+    t_start = time.perf_counter()
+    with T("eval"):
+        if step % cfg.eval_every == 0 and (not run.evals or run.evals[-1]["step"] < step):
+            run.evals.append(run.evaluate(step))
+    with T("generate"):
+        rows, batch = run.rollouts(step)
+    with T("score"):
+        batch_ref = put(batch, run.local)
+        p_ref = run.proxy.one("score", {"prompt": rows["prompt"], "response": rows["response"]})
+        g_ref = run.gold.one("score", rows, sealed=True) if run.gold else None
+        old = fetch(run.learner.one("evaluate", batch_ref, cfg.temperature))
+        proxy = fetch(p_ref)
+    with T("shape"):
+        members = torch.from_numpy(proxy.values).float()
+        score = R.aggregate(members, run.spec.objective, cfg.uwo_lambda)
+        mask = batch.response_mask.float()
+        kl_tok = R.KL_ESTIMATORS[cfg.kl_estimator](old["logprobs"], batch.ref_logprobs) * mask
+        beta = run.kl.beta
+    with T("advantages"):
+        method, adv = ALGORITHMS[cfg.algorithm](score, kl_tok, beta, old, batch, cfg)
+    staleness = step - batch.policy_version
+    if cfg.async_generation:
+        run.prefetch(step + 1)  # generation of step t+1 overlaps the update of step t
+    with T("update"):
+        stats = fetch(run.learner.one(method, batch_ref, old, **adv, hp=run.hp,
+                                      seed=stream(run.seed, f"rl/update/{step}")))
+    run.step = step + 1
+    with T("sync"):
+        run.sync_weights()
+    with T("metrics"):
+        kl_seq = R.sequence_kl(old["logprobs"], batch.ref_logprobs, mask)
+        run.kl.update(float(kl_seq.mean()), len(batch))
+        m = {"step": step, "kl": float(kl_seq.mean()),
+             "kl_k3": float(R.sequence_kl(old["logprobs"], batch.ref_logprobs, mask, "k3").mean()),
+             "kl_coef": beta, "proxy/objective": float(score.mean()), "proxy/mean": float(members.mean()),
+             "proxy/std_members": float(members.std(1, unbiased=False).mean()),
+             "reward/shaped": float((score - beta * kl_tok.sum(1)).mean()),
+             "response/tokens": float(mask.sum(1).mean()), "async/staleness": staleness, **stats}
+        for j, name in enumerate(proxy.members):
+            m[f"proxy/{name}"] = float(members[:, j].mean())
+        if cfg.async_generation:
+            m["async/behavior_kl"] = float(R.sequence_kl(batch.logprobs, old["logprobs"], mask).mean())
+        if g_ref is not None:
+            gold = fetch(g_ref)
+            with metrics_scope():
+                g = np.asarray(gold.values)
+                m["gold/mean"] = float(g.mean())
+                for j, name in enumerate(gold.members):
+                    m[f"gold/{name}"] = float(g[:, j].mean())
+                for p, v in gold.principles.items():
+                    m[f"gold/{p}"] = float(np.asarray(v).mean())
+        run.history.append(m)
+    with T("checkpoint"):
+        if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+            run.save_checkpoint()
+    total = time.perf_counter() - t_start
+    m.update({f"timing/{k}_s": v for k, v in T.seconds.items()})
+    m["timing/step_s"] = total
+    m["throughput/samples_per_s"] = len(batch) / total
+    m["throughput/tokens_per_s"] = float(mask.sum()) / total
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def run_rl(run: RLRun, progress: bool = False, tensorboard: bool = True, stop_after: int | None = None) -> dict:
+    """Run (or resume) until ``cfg.steps``; eval at the end; returns the run's summary.
+
+    ``metrics.jsonl`` and TensorBoard event files (``tb/``) get every step; on resume both are cut
+    back to the checkpoint, so no step is recorded twice. ``stop_after``: return after that many
+    steps of this call (tests and benchmarks)."""
+    from tqdm import tqdm
+
+    cfg = run.cfg
+    run.out.mkdir(parents=True, exist_ok=True)
+    start = run.restore() or 0
+    if start == 0:
+        run.sync_weights()  # version 0 everywhere (a no-op for the weights themselves)
+    metrics_path = run.out / "metrics.jsonl"
+    with open(metrics_path, "w") as f:  # rewritten from the checkpoint's history
+        for m in run.history:
+            f.write(json.dumps(m) + "\n")
+    writer = None
+    if tensorboard:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(run.out / "tb"), purge_step=start, flush_secs=10)
+    done_here = 0
+    try:
+        with tqdm(total=cfg.steps, initial=start, desc=f"rl {run.spec.name}", disable=not progress,
+                  leave=False) as bar, open(metrics_path, "a") as f:
+            while run.step < cfg.steps and (stop_after is None or done_here < stop_after):
+                m = rl_step(run)
+                done_here += 1
+                f.write(json.dumps({k: v for k, v in m.items()}) + "\n")
+                f.flush()
+                if writer is not None:
+                    for k, v in m.items():
+                        if k != "step" and isinstance(v, (int, float)):
+                            writer.add_scalar(k, v, m["step"])
+                    if run.evals and run.evals[-1]["step"] == m["step"]:
+                        for k, v in run.evals[-1].items():
+                            if k != "step":
+                                writer.add_scalar(f"eval/{k}", v, m["step"])
+                bar.update(1)
+                bar.set_postfix(kl=f"{m['kl']:.2f}", proxy=f"{m['proxy/objective']:.3f}",
+                                gold=f"{m.get('gold/mean', float('nan')):.3f}")
+        if run.step >= cfg.steps and (not run.evals or run.evals[-1]["step"] < run.step):
+            run.evals.append(run.evaluate(run.step))
+            if writer is not None:
+                for k, v in run.evals[-1].items():
+                    if k != "step":
+                        writer.add_scalar(f"eval/{k}", v, run.step)
+    finally:
+        if writer is not None:
+            writer.close()
+    return summarize(run)
+
+
+def summarize(run: RLRun) -> dict:
+    """The run's contract entry (frontier.json "rl"): eval points relative to the initial policy."""
+    from orchestrator.scaling import fit_bon, fit_rl
+
+    ev = run.evals
+    base = ev[0] if ev else {}
+    points = [{"step": e["step"], "kl": max(e["kl"], 0.0), "gold": e.get("gold", float("nan")) - base.get("gold", 0.0),
+               "proxy": e["proxy"] - base["proxy"]} for e in ev]
+    out = {"proxy": run.spec.name, "proxy_params": run.spec.proxy_params, "kl_coef": run.spec.kl_coef,
+           "seed": run.seed, "objective": run.spec.objective, "algorithm": run.cfg.algorithm,
+           "members": [m["name"] for m in run.spec.members], "steps": run.step, "points": points,
+           **run.spec.labels}
+    fit_pts = [p for p in points if p["kl"] > 0]
+    if len(fit_pts) >= 3 and all(np.isfinite(p["gold"]) for p in fit_pts):
+        kl = np.array([p["kl"] for p in fit_pts])
+        g = np.array([p["gold"] for p in fit_pts])
+        out["fit"] = fit_rl(kl, g).to_dict()
+        out["fit_bon_form"] = fit_bon(kl, g).to_dict()
+        gold = np.array([p["gold"] for p in points])
+        peak = int(np.argmax(gold))
+        out["gold_peak_empirical"] = {"step": points[peak]["step"], "kl": points[peak]["kl"], "gold": float(gold[peak])}
+        out["gold_drop_after_peak"] = float(gold[peak] - gold[-1])
+    return out
