@@ -23,10 +23,20 @@ class RolloutGenerator:
             p.requires_grad_(False)
         self.version = 0
 
-    def load_weights(self, state: dict[str, torch.Tensor], version: int = 0) -> int:
-        """Replace the policy's weights (the reference never changes); ``version`` counts the
-        learner updates they include and is stamped on every batch sampled with them."""
-        self.policy.load_state_dict(state)
+    @torch.no_grad()
+    def load_weights(self, flat, version: int = 0) -> int:
+        """Replace the policy's weights by ``PolicyLearner.weights()`` (one flat buffer in
+        ``parameters()`` order; the reference never changes). ``version`` counts the learner
+        updates they include and is stamped on every batch sampled with them."""
+        flat = torch.from_numpy(np.array(flat, dtype=np.float32))  # a copy: Ray hands out read-only buffers
+        params = list(self.policy.parameters())
+        n = sum(p.numel() for p in params)
+        if flat.numel() != n:
+            raise ValueError(f"weights of {flat.numel()} values for a policy of {n} parameters")
+        i = 0
+        for p in params:
+            p.copy_(flat[i: i + p.numel()].view_as(p))
+            i += p.numel()
         self.version = version
         return version
 

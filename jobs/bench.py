@@ -1,9 +1,13 @@
-"""``python -m jobs.bench frontier``: wall time, phase breakdown and peak memory of the main job.
+"""Benchmarks; the last line of output is one JSON object.
 
-Runs ``jobs.frontier`` in this process on a fresh run directory (no cached stage) while a thread
-samples the proportional set size (PSS) of this process and every descendant (the local Ray's
-GCS, raylet and workers), so shared memory is not counted twice. The last line of output is one
-JSON object.
+``python -m jobs.bench frontier``: wall time, phase breakdown and peak memory of the main job. Runs
+``jobs.frontier`` in this process on a fresh run directory (no cached stage) while a thread samples
+the proportional set size (PSS) of this process and every descendant (the local Ray's GCS, raylet
+and workers), so shared memory is not counted twice.
+
+``python -m jobs.bench rl``: samples/s and tokens/s of the RL loop, time per phase, the overhead of
+the Ray-actor version against the same loop with every role in this process, and -- when ``trl`` is
+installed -- TRL's RLOO trainer on the same model, reward model, prompts and batch, side by side.
 """
 
 from __future__ import annotations
@@ -74,6 +78,115 @@ def bench_frontier(args) -> dict:
             "run_dir": str(run_dir)}
 
 
+def _bench_inputs(work: Path, seed: int, policy: str, sft_steps: int) -> tuple:
+    """The default tiny policy (GPT-2 ``policy``) SFT'd briefly on the synthetic task so it ends
+    its responses, and a tiny untrained reward model (1x32); cached under ``work``."""
+    from orchestrator.cli import save_config
+    from orchestrator.config import FrontierConfig, load
+    from orchestrator.models import build_reward_model, load_tokenizer
+    from orchestrator.config import ModelConfig
+    from orchestrator.pipeline import rl_rows, stage_lms, stage_task
+
+    cfg = load(FrontierConfig, None, [f"seed={seed}", f"sft.steps={sft_steps}", f"sft.policy.size={policy}",
+                                      "sft.demos=4000", "sample.label_prompts=16", "sample.bon_prompts=64",
+                                      "task.tokenizer_corpus=2000", "rl.eval_prompts=64"])
+    save_config(cfg, work)
+    task = stage_task(cfg, work)
+    sft = stage_lms(cfg, work, task, {"policy": (cfg.sft.policy, cfg.cluster.learner)}, progress=False)["policy"]
+    rm_dir = work / "reward-1x32"
+    if not (rm_dir / "model.safetensors").is_file():
+        tok = load_tokenizer(task.dir / "tokenizer")
+        build_reward_model(ModelConfig(size="1x32", n_positions=cfg.sft.policy.n_positions), tok, seed).save_pretrained(rm_dir)
+        tok.save_pretrained(rm_dir)
+    train_rows, eval_rows = rl_rows(cfg, task)
+    return cfg, task, sft, rm_dir, train_rows, eval_rows
+
+
+def _rl_rate(cfg, spec, resources, sft, task, train_rows, eval_rows, out: Path, local: bool, steps: int,
+             warmup: int) -> dict:
+    from orchestrator.rl_loop import RLRun, rl_step
+
+    run = RLRun(cfg, spec, resources, str(sft.dir / "policy"), str(task.dir / "tokenizer"), train_rows,
+                eval_rows, out, seed=0, gold=False, local=local)
+    try:
+        run.sync_weights()
+        hist = [rl_step(run) for _ in range(warmup + steps)][warmup:]
+    finally:
+        run.shutdown()
+    loop = sum(m["timing/step_s"] - m.get("timing/eval_s", 0) - m.get("timing/checkpoint_s", 0) for m in hist)
+    samples = sum(m["throughput/samples_per_s"] * m["timing/step_s"] for m in hist)
+    tokens = sum(m["throughput/tokens_per_s"] * m["timing/step_s"] for m in hist)
+    phases = {}
+    for k in hist[0]:
+        if k.startswith("timing/") and k not in ("timing/step_s", "timing/eval_s", "timing/checkpoint_s"):
+            phases[k[7:-2]] = sum(m.get(k, 0) for m in hist) / len(hist)
+    return {"samples_per_s": samples / loop, "tokens_per_s": tokens / loop, "step_s": loop / len(hist),
+            "phases_s": phases, "mean_tokens": sum(m["response/tokens"] for m in hist) / len(hist)}
+
+
+def bench_rl(args) -> dict:
+    """Our RLOO loop in Ray actors vs in one process vs TRL's RLOOTrainer, same setting."""
+    import contextlib
+
+    import ray
+    import torch
+
+    from orchestrator.config import RLConfig, RoleResources, TrialResources
+    from orchestrator.rl_loop import RunSpec
+
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    with contextlib.redirect_stdout(sys.stderr):
+        cfg, task, sft, rm_dir, train_rows, eval_rows = _bench_inputs(work, args.seed, args.policy, args.sft_steps)
+    rl = RLConfig(algorithm="rloo", steps=10**6, prompts_per_step=args.prompts, responses_per_prompt=args.responses,
+                  max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef, lr=1e-5, eval_every=10**6,
+                  checkpoint_every=10**6, train_prompts=max(2048, args.prompts))
+    one_thread = TrialResources(learner=RoleResources(1, 1.0), generator=RoleResources(1, 0.5),
+                                proxy=RoleResources(1, 0.25), gold=RoleResources(1, 0.25))
+    spec = RunSpec("bench", ({"name": "rm-1x32", "kind": "hf", "path": str(rm_dir)},), kl_coef=args.kl_coef)
+    out: dict = {"bench": "rl", "algorithm": "rloo", "setting": {
+        "policy": args.policy, "prompts_per_step": args.prompts, "responses_per_prompt": args.responses,
+        "max_new_tokens": args.max_new_tokens, "kl_coef": args.kl_coef, "steps_timed": args.steps}}
+    res = {}
+    for mode in ("local", "actors"):
+        if mode == "actors" and not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        res[mode] = _rl_rate(rl, spec, one_thread, sft, task, train_rows, eval_rows, work / f"rl-{mode}",
+                             mode == "local", args.steps, args.warmup)
+        torch.set_num_threads(1)
+    if ray.is_initialized():
+        ray.shutdown()
+    out["ours_actors"], out["ours_local"] = res["actors"], res["local"]
+    out["samples_per_s"] = res["actors"]["samples_per_s"]
+    out["tokens_per_s"] = res["actors"]["tokens_per_s"]
+    out["actor_overhead_frac"] = res["actors"]["step_s"] / res["local"]["step_s"] - 1
+    try:
+        import trl  # noqa: F401
+        have_trl = not args.no_trl
+    except ImportError:
+        have_trl = False
+    if have_trl:
+        from jobs.trl_baseline import trl_samples_per_s
+
+        with contextlib.redirect_stdout(sys.stderr):
+            t = trl_samples_per_s(str(sft.dir / "policy"), str(rm_dir), train_rows["prompt"], "rloo",
+                                  steps=args.steps + 1, prompts_per_step=args.prompts,
+                                  responses_per_prompt=args.responses, max_new_tokens=args.max_new_tokens,
+                                  beta=args.kl_coef, lr=1e-5, threads=1, seed=args.seed)
+        out["trl_samples_per_s"] = t["samples_per_s"]
+        out["trl"] = {k: t[k] for k in ("trl_version", "steps", "seconds", "mean_completion_len")}
+        out["speedup_vs_trl"] = out["samples_per_s"] / t["samples_per_s"]
+    print(f"{'':<22}{'samples/s':>10}{'tokens/s':>10}{'step ms':>9}")
+    for name, r in (("ours, Ray actors", res["actors"]), ("ours, one process", res["local"])):
+        print(f"{name:<22}{r['samples_per_s']:>10.0f}{r['tokens_per_s']:>10.0f}{1000 * r['step_s']:>9.1f}")
+    if have_trl:
+        print(f"{'TRL RLOOTrainer':<22}{out['trl_samples_per_s']:>10.0f}")
+    print("phases (ms/step, actors):", {k: round(1000 * v, 1) for k, v in res["actors"]["phases_s"].items()})
+    print(f"actor overhead: {100 * out['actor_overhead_frac']:+.1f}%")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,10 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--config", default=str(Path(__file__).parent / "configs" / "default.yaml"))
     f.add_argument("--run-dir", default=None, help="default: a fresh temporary directory")
     f.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    r = sub.add_parser("rl", help="RL-loop throughput: Ray actors vs one process vs TRL (when installed)")
+    r.add_argument("--work-dir", default="runs/bench-rl", help="cached inputs (task, short SFT, reward model)")
+    r.add_argument("--policy", default="2x128", help="policy size LAYERSxWIDTH (default: the default policy)")
+    r.add_argument("--sft-steps", type=int, default=300, help="SFT steps for the bench policy")
+    r.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    r.add_argument("--responses", type=int, default=2, help="responses per prompt")
+    r.add_argument("--max-new-tokens", type=int, default=16)
+    r.add_argument("--kl-coef", type=float, default=0.05)
+    r.add_argument("--steps", type=int, default=40, help="timed steps")
+    r.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
     args = p.parse_args(argv)
-    result = bench_frontier(args)
+    result = bench_frontier(args) if args.what == "frontier" else bench_rl(args)
     print(json.dumps(result))
-    return 0 if result["rc"] == 0 else 1
+    return 0 if result.get("rc", 0) == 0 else 1
 
 
 if __name__ == "__main__":

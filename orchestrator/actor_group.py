@@ -70,7 +70,9 @@ class ActorGroup:
         return len(self.actors)
 
     def _call(self, actor, method: str, args, kwargs):
-        if self.local:
+        if self.local:  # results passed on as arguments resolve, as Ray resolves top-level refs
+            args = [a.value if isinstance(a, Ready) else a for a in args]
+            kwargs = {k: v.value if isinstance(v, Ready) else v for k, v in kwargs.items()}
             return Ready(getattr(actor, method)(*args, **kwargs))
         return getattr(actor, method).remote(*args, **kwargs)
 

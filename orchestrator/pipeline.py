@@ -428,6 +428,9 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
 
     from orchestrator.rl_loop import RLRun, run_rl
 
+    import torch
+
+    torch.set_num_threads(1)  # the driver only shapes rewards and computes advantages
     specs = rl_specs(cfg, proxies)
     rl_cfg = to_dict(cfg.rl)
     for k in ("sizes", "ensemble_objectives", "enabled"):
@@ -469,7 +472,7 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
 
 def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> dict:
     """Run (or resume) every stage and write frontier.json and the report; returns frontier.json."""
-    from orchestrator.report import checks, versions, write_report
+    from orchestrator.report import checks, rl_checks, versions, write_report
 
     from orchestrator.cli import save_config
 
@@ -486,6 +489,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     label = stage_label(cfg, run_dir, task, sample)
     proxies = stage_proxies(cfg, run_dir, task, sample, label, lms, progress)
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
+    rl = stage_rl(cfg, run_dir, task, sft, proxies, progress) if cfg.rl.enabled else []
     curves = json.loads((bon.dir / "bon.json").read_text())
     entries = []
     for p in proxies:
@@ -498,11 +502,17 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
                     ("sample", sample), ("label", label), *[(f"proxy-{p.meta['size']}", p) for p in proxies],
                     ("bon", bon)]:
         timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
+    for e in rl:
+        timings[f"rl-{e['proxy']}"] = {"seconds": e["seconds"], "cached": e.pop("cached")}
     frontier = {"config_hash": digest(cfg), "versions": versions(), "seed": cfg.seed,
-                "bon": entries, "rl": [],
+                "bon": entries, "rl": rl,
                 "label": {k: label.meta.get(k) for k in ("pairs", "ties_dropped", "gold_mean_policy", "gold_mean_demo")},
                 "sft": {k: sft.meta.get(k) for k in ("loss_first", "loss_last", "params")},
                 "timings": timings, "wall_seconds": round(time.perf_counter() - t0, 2)}
     frontier["checks"] = checks(entries)
+    if rl:
+        frontier["checks"]["bon_all_pass"] = frontier["checks"]["all_pass"]
+        frontier["checks"]["rl"] = rl_checks(entries, rl)
+        frontier["checks"]["all_pass"] = bool(frontier["checks"]["all_pass"] and frontier["checks"]["rl"]["all_pass"])
     write_report(run_dir, frontier, {"timings": timings})
     return frontier

@@ -60,6 +60,121 @@ def checks(bon: list[dict]) -> dict:
     return out
 
 
+def _first_d_reaching(fit: dict, form: str, g: float, d_max: float) -> float | None:
+    """Smallest d = sqrt(KL) in (0, d_max] where the fitted form reaches gold ``g`` (None if never)."""
+    d = np.linspace(1e-4, d_max, 4000)
+    r = d * (fit["alpha"] - fit["beta"] * (d if form == "bon" else np.log(d)))
+    hit = np.flatnonzero(r >= g)
+    return float(d[hit[0]]) if len(hit) else None
+
+
+def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
+    """SCIENCE.md's RL findings on the measured RL curves (issue: the RL loop)."""
+    from scipy.stats import spearmanr
+
+    out: dict = {}
+    single = sorted([e for e in rl if len(e["members"]) == 1 and e["kl_coef"] == 0], key=lambda e: e["proxy_params"])
+    ens = [e for e in rl if len(e["members"]) >= 4 and e["objective"] in ("wco", "uwo")]
+    rises = {}
+    for e in rl:
+        kl, pr = [p["kl"] for p in e["points"]], [p["proxy"] for p in e["points"]]
+        varied = len(kl) > 2 and len(set(kl)) > 1 and len(set(pr)) > 1
+        rises[e["proxy"]] = float(spearmanr(kl, pr).statistic) if varied else float("nan")
+    out["proxy_spearman_with_kl"] = rises
+    out["proxy_rises_every_run"] = bool(all(v > 0.8 for v in rises.values()))
+    if single:
+        small = single[0]
+        g = np.array([p["gold"] for p in small["points"]])
+        se = small.get("gold_se", 0.0)
+        peak = int(np.argmax(g))
+        out["smallest"] = small["proxy"]
+        out["smallest_gold_peak"] = {"gold": float(g[peak]), "kl": small["points"][peak]["kl"],
+                                     "step": small["points"][peak]["step"]}
+        out["smallest_gold_drop_after_peak"] = float(g[peak] - g[-1])
+        out["smallest_rises_then_falls"] = bool(g[peak] > 2 * se and g[peak] - g[-1] > 2 * se and peak < len(g) - 1)
+    fitted = [e for e in rl if "fit" in e]
+    out["r2_rl_form"] = {e["proxy"]: e["fit"]["r2"] for e in fitted}
+    out["r2_bon_form"] = {e["proxy"]: e["fit_bon_form"]["r2"] for e in fitted}
+    better = [e["fit"]["r2"] > e["fit_bon_form"]["r2"] for e in fitted]
+    out["rl_form_fits_better_runs"] = f"{sum(better)}/{len(better)}"
+    out["rl_form_fits_better"] = bool(fitted) and sum(better) > len(better) / 2 and float(
+        np.mean([e["fit"]["r2"] for e in fitted])) > float(np.mean([e["fit_bon_form"]["r2"] for e in fitted]))
+    # KL spent for the same gold: half the lower of the two fitted peaks, on the rising side
+    bon_by = {e["proxy"]: e for e in bon}
+    ratios = {}
+    for e in single:
+        b = bon_by.get(e["proxy"])
+        if b is None or "fit" not in e:
+            continue
+        g_rl = e["fit"]["gold_peak"] if e["fit"]["gold_peak"] is not None else max(p["gold"] for p in e["points"])
+        g_bon = b["fit"]["gold_peak"] if b["fit"]["gold_peak"] is not None else max(p["gold"] for p in b["points"])
+        level = 0.5 * min(g_rl, g_bon)
+        if level <= 0:
+            continue
+        d_rl = _first_d_reaching(e["fit"], "rl", level, math.sqrt(max(p["kl"] for p in e["points"])))
+        d_bon = _first_d_reaching(b["fit"], "bon", level, math.sqrt(max(p["kl"] for p in b["points"])))
+        if d_rl and d_bon:
+            ratios[e["proxy"]] = {"gold": level, "kl_rl": d_rl ** 2, "kl_bon": d_bon ** 2, "ratio": (d_rl / d_bon) ** 2}
+    out["kl_for_same_gold"] = ratios
+    out["rl_spends_more_kl_than_bon"] = bool(ratios) and all(r["ratio"] > 1 for r in ratios.values())
+    if single and ens:
+        drops = {e["proxy"]: e.get("gold_drop_after_peak", float("nan")) for e in single}
+        out["gold_drop_single"] = drops
+        out["gold_drop_ensemble"] = {e["proxy"]: e.get("gold_drop_after_peak", float("nan")) for e in ens}
+        out["ensemble_loses_less"] = bool(min(out["gold_drop_ensemble"].values()) < float(np.mean(list(drops.values()))))
+    keys = ["proxy_rises_every_run", "smallest_rises_then_falls", "rl_form_fits_better", "rl_spends_more_kl_than_bon"]
+    if "ensemble_loses_less" in out:
+        keys.append("ensemble_loses_less")
+    out["all_pass"] = bool(all(out.get(k) for k in keys))
+    return out
+
+
+def plot_rl(bon: list[dict], rl: list[dict]) -> bytes:
+    """Per proxy size: RL gold and proxy vs sqrt(KL) beside best-of-n gold, with the RL fit; a last
+    panel compares ensemble objectives with the single-member runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    single = sorted([e for e in rl if len(e["members"]) == 1], key=lambda e: e["proxy_params"])
+    ens = [e for e in rl if len(e["members"]) > 1]
+    bon_by = {e["proxy"]: e for e in bon}
+    k = len(single)
+    fig, axes = plt.subplots(1, k + 1, figsize=(3.6 * (k + 1), 3.4), squeeze=False)
+    for i, e in enumerate(single):
+        ax = axes[0, i]
+        d = np.sqrt([p["kl"] for p in e["points"]])
+        ax.plot(d, [p["proxy"] for p in e["points"]], "--", color="tab:blue", label="RL proxy")
+        ax.plot(d, [p["gold"] for p in e["points"]], "-o", ms=2, color="tab:red", label="RL gold")
+        if "fit" in e:
+            f = e["fit"]
+            dd = np.linspace(1e-3, d.max(), 100)
+            ax.plot(dd, dd * (f["alpha"] - f["beta"] * np.log(dd)), ":", color="black", label=f"RL fit R²={f['r2']:.2f}")
+        b = bon_by.get(e["proxy"])
+        if b is not None:
+            ax.plot(np.sqrt([p["kl"] for p in b["points"]]), [p["gold"] for p in b["points"]], "-",
+                    color="tab:orange", label="BoN gold")
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_title(f"{e['proxy']} (beta={e['kl_coef']:g})")
+        ax.set_xlabel("sqrt(KL) (sqrt nats)")
+        if i == 0:
+            ax.set_ylabel("score relative to the initial policy")
+        ax.legend(fontsize=7)
+    ax = axes[0, k]
+    for e in single[:1] + ens:
+        ax.plot(np.sqrt([p["kl"] for p in e["points"]]), [p["gold"] for p in e["points"]], "-o", ms=2,
+                label=f"{e['proxy']} ({e['objective']})")
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set_title("gold: ensembles vs one member")
+    ax.set_xlabel("sqrt(KL) (sqrt nats)")
+    ax.legend(fontsize=7)
+    fig.suptitle("RL (no KL penalty) vs best-of-n: gold and proxy against KL (Gao et al. 2022)")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -116,8 +231,11 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     """frontier.json, bon.png, report.md and a self-contained report.html (PNG inlined)."""
     run_dir = Path(run_dir)
     (run_dir / "frontier.json").write_text(json.dumps(frontier, indent=1))
-    png = plot_bon(frontier["bon"])
-    (run_dir / "bon.png").write_bytes(png)
+    images = {"bon.png": plot_bon(frontier["bon"])}
+    if frontier.get("rl"):
+        images["rl.png"] = plot_rl(frontier["bon"], frontier["rl"])
+    for name, png in images.items():
+        (run_dir / name).write_bytes(png)
     c = frontier["checks"]
     lines = ["# rlhf-frontier report", "",
              f"config hash `{frontier['config_hash'][:12]}`, seed {frontier['seed']}", "",
@@ -139,16 +257,44 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
               f"- BoN fit R² >= 0.9 for every size: {c['r2_all_ge_0.9']}",
               f"- Spearman(size, fitted peak KL) = {_fmt(c.get('spearman_size_kl_peak'), 2)}; "
               f"Spearman(size, peak gold) = {_fmt(c.get('spearman_size_gold_peak'), 2)}",
-              "", "## Timings", "", "| stage | seconds | cached |", "|---|---|---|"]
+              ""]
+    if frontier.get("rl"):
+        rc = c.get("rl", {})
+        ratios = ", ".join(f"{k} {v['ratio']:.1f}x at gold {v['gold']:.3f}" for k, v in rc.get("kl_for_same_gold", {}).items())
+        lines += ["## RL", "", "![rl](rl.png)", "",
+                  "| run | objective | beta | steps | final KL | peak gold (at KL) | final gold | final proxy | "
+                  "R² RL form | R² BoN form | RL-fit peak KL |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in frontier["rl"]:
+            pts = e["points"]
+            pk = e.get("gold_peak_empirical", {})
+            lines.append(f"| {e['proxy']} | {e['objective']} | {e['kl_coef']:g} | {e['steps']} | {pts[-1]['kl']:.2f} | "
+                         f"{_fmt(pk.get('gold'))} ({_fmt(pk.get('kl'), 2)}) | {pts[-1]['gold']:.3f} | "
+                         f"{pts[-1]['proxy']:.3f} | {_fmt(e.get('fit', {}).get('r2'))} | "
+                         f"{_fmt(e.get('fit_bon_form', {}).get('r2'))} | {_fmt(e.get('fit', {}).get('kl_peak'), 2)} |")
+        lines += ["", "### RL checks (SCIENCE.md)", "",
+                  f"- proxy rises with KL in every run (Spearman > 0.8): {rc.get('proxy_rises_every_run')}",
+                  f"- smallest proxy: gold rises then falls: {rc.get('smallest_rises_then_falls')} "
+                  f"(peak {rc.get('smallest_gold_peak')}, drop {_fmt(rc.get('smallest_gold_drop_after_peak'))})",
+                  f"- RL form fits the RL curves better than the BoN form: {rc.get('rl_form_fits_better')} "
+                  f"({rc.get('rl_form_fits_better_runs')} runs)",
+                  f"- RL spends more KL than BoN for the same gold: {rc.get('rl_spends_more_kl_than_bon')} "
+                  f"(KL ratio RL/BoN: {ratios})",
+                  f"- ensembles (WCO/UWO) lose less gold past the peak than single members: "
+                  f"{rc.get('ensemble_loses_less')} (drops: ensemble {rc.get('gold_drop_ensemble')}, "
+                  f"single {rc.get('gold_drop_single')})", ""]
+    lines += ["## Timings", "", "| stage | seconds | cached |", "|---|---|---|"]
     for name, t in extra.get("timings", {}).items():
         lines.append(f"| {name} | {t['seconds']:.1f} | {t['cached']} |")
     md = "\n".join(lines) + "\n"
     (run_dir / "report.md").write_text(md)
-    b64 = base64.b64encode(png).decode()
     body = []
     for line in md.splitlines():
-        if line.startswith("![best-of-n]"):
-            body.append(f'<img alt="best-of-n" src="data:image/png;base64,{b64}" style="max-width:100%">')
+        if line.startswith("![") and line.endswith(".png)"):
+            name = line[line.index("(") + 1:-1]
+            b64 = base64.b64encode(images[name]).decode()
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{b64}" style="max-width:100%">')
+        elif line.startswith("### "):
+            body.append(f"<h3>{html.escape(line[4:])}</h3>")
         elif line.startswith("# "):
             body.append(f"<h1>{html.escape(line[2:])}</h1>")
         elif line.startswith("## "):

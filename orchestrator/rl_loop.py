@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -84,7 +85,7 @@ def _sequence_rewards(score, kl_tok, beta):
 def advantages_rloo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig):
     """Leave-one-out baseline over each prompt's responses; the KL penalty is part of the
     sequence reward (Ahmadian et al. 2024)."""
-    adv = R.rloo_advantages(_sequence_rewards(score, kl_tok, beta), torch.from_numpy(batch.prompt_index).long())
+    adv = R.rloo_advantages(_sequence_rewards(score, kl_tok, beta), torch.tensor(batch.prompt_index, dtype=torch.long))
     if cfg.whiten_advantages:
         adv = R.whiten(adv)
     return "update_pg", {"advantages": adv}
@@ -92,7 +93,7 @@ def advantages_rloo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig
 
 def advantages_grpo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig):
     """Group-normalized advantages (Shao et al. 2024); here the KL penalty sits in the reward."""
-    adv = R.grpo_advantages(_sequence_rewards(score, kl_tok, beta), torch.from_numpy(batch.prompt_index).long())
+    adv = R.grpo_advantages(_sequence_rewards(score, kl_tok, beta), torch.tensor(batch.prompt_index, dtype=torch.long))
     return "update_pg", {"advantages": adv}
 
 
@@ -136,7 +137,8 @@ class RLRun:
         if not local:
             from ray.util.placement_group import placement_group
 
-            self.pg = placement_group(resources.bundles(), strategy=resources.strategy, name=f"rl-{spec.name}")
+            self.pg = placement_group(resources.bundles(), strategy=resources.strategy,
+                                      name=f"rl-{spec.name}-{os.urandom(4).hex()}")
             import ray
 
             ray.get(self.pg.ready())
@@ -220,7 +222,7 @@ class RLRun:
         g_ref = self.gold.one("score", rows, sealed=True) if self.gold else None
         mask = b.response_mask.float()
         ps = fetch(p_ref)
-        pv = torch.from_numpy(ps.values)
+        pv = torch.tensor(ps.values)
         out = {"step": step,
                "kl": float(R.sequence_kl(b.logprobs, b.ref_logprobs, mask).mean()),
                "kl_k3": float(R.sequence_kl(b.logprobs, b.ref_logprobs, mask, "k3").mean()),
@@ -231,7 +233,9 @@ class RLRun:
         if g_ref is not None:
             gs = fetch(g_ref)
             with metrics_scope():
-                out["gold"] = float(np.asarray(gs.values).mean())
+                g = np.asarray(gs.values).mean(axis=1)
+                out["gold"] = float(g.mean())
+                out["gold_se"] = float(g.std() / np.sqrt(len(g)))
                 for p, v in gs.principles.items():
                     out[f"gold/{p}"] = float(np.asarray(v).mean())
         return out
@@ -341,10 +345,13 @@ def rl_step(run: RLRun) -> dict:
         batch_ref = put(batch, run.local)
         p_ref = run.proxy.one("score", {"prompt": rows["prompt"], "response": rows["response"]})
         g_ref = run.gold.one("score", rows, sealed=True) if run.gold else None
-        old = fetch(run.learner.one("evaluate", batch_ref, cfg.temperature))
+        # PPO needs the value head's estimates; critic-free algorithms take the sampler's own
+        # log-probs as the old policy (the exact behaviour policy, also in async mode)
+        old = (fetch(run.learner.one("evaluate", batch_ref, cfg.temperature)) if cfg.algorithm == "ppo"
+               else {"logprobs": batch.logprobs})
         proxy = fetch(p_ref)
     with T("shape"):
-        members = torch.from_numpy(proxy.values).float()
+        members = torch.tensor(proxy.values, dtype=torch.float32)
         score = R.aggregate(members, run.spec.objective, cfg.uwo_lambda)
         mask = batch.response_mask.float()
         kl_tok = R.KL_ESTIMATORS[cfg.kl_estimator](old["logprobs"], batch.ref_logprobs) * mask
@@ -371,7 +378,7 @@ def rl_step(run: RLRun) -> dict:
              "response/tokens": float(mask.sum(1).mean()), "async/staleness": staleness, **stats}
         for j, name in enumerate(proxy.members):
             m[f"proxy/{name}"] = float(members[:, j].mean())
-        if cfg.async_generation:
+        if cfg.async_generation and cfg.algorithm == "ppo":
             m["async/behavior_kl"] = float(R.sequence_kl(batch.logprobs, old["logprobs"], mask).mean())
         if g_ref is not None:
             gold = fetch(g_ref)
@@ -463,6 +470,7 @@ def summarize(run: RLRun) -> dict:
     out = {"proxy": run.spec.name, "proxy_params": run.spec.proxy_params, "kl_coef": run.spec.kl_coef,
            "seed": run.seed, "objective": run.spec.objective, "algorithm": run.cfg.algorithm,
            "members": [m["name"] for m in run.spec.members], "steps": run.step, "points": points,
+           "gold_se": float(np.mean([e.get("gold_se", 0.0) for e in ev])) if ev else None,
            **run.spec.labels}
     fit_pts = [p for p in points if p["kl"] > 0]
     if len(fit_pts) >= 3 and all(np.isfinite(p["gold"]) for p in fit_pts):

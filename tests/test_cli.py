@@ -110,7 +110,11 @@ def test_smoke_job_end_to_end_then_cached(tmp_path):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["run_dir"] == str(d)
     assert (d / "frontier.json").is_file() and (d / "report.html").is_file()
-    r2 = run("jobs.frontier", "--run-dir", str(d), "--resume", "--quiet")
+    r2 = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(d), "--quiet")
     assert r2.returncode == 0, r2.stderr[-3000:]
     timings = json.loads((d / "frontier.json").read_text())["timings"]
     assert all(t["cached"] for t in timings.values())
+    r3 = run("jobs.frontier", "--run-dir", str(d), "--resume", "--quiet")
+    assert r3.returncode == 2 and "nothing to resume" in r3.stderr
+    r4 = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(d), "--quiet", "rl.lr=0.001")
+    assert r4.returncode == 2 and "another config" in r4.stderr

@@ -1,0 +1,225 @@
+"""The RL loop on real Ray actors with the smoke run's real models: the gold barrier, determinism,
+checkpoints (corruption, SIGKILL + resume), async mode, every algorithm."""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from orchestrator import pipeline as P
+from orchestrator.actor_group import fetch
+from orchestrator.batch import BarrierError
+from orchestrator.rl_loop import ALGORITHMS, RLRun, rl_step, run_rl
+from orchestrator.stages import StageResult
+
+ROOT = Path(__file__).resolve().parents[1]
+VOLATILE = ("timing/", "throughput/")
+
+
+def _stage(run_dir: Path, name: str, size: str | None = None) -> StageResult:
+    for d in sorted(run_dir.glob(f"stages/{name}-*")):
+        if d.name.endswith(".tmp"):
+            continue
+        meta = json.loads((d / "DONE.json").read_text())
+        if size is None or meta.get("size") == size:
+            return StageResult(name, d.name.rsplit("-", 1)[1], d, meta, True)
+    raise FileNotFoundError(name)
+
+
+@pytest.fixture(scope="module")
+def rl_inputs(smoke_run):
+    cfg, run_dir, _ = smoke_run
+    task = _stage(run_dir, "task")
+    sft = _stage(run_dir, "sft", cfg.sft.policy.size)
+    proxies = [_stage(run_dir, "proxy", s) for s in cfg.proxy.sizes]
+    train_rows, eval_rows = P.rl_rows(cfg, task)
+    specs = {s.name: s for s in P.rl_specs(cfg, proxies)}
+    return cfg, task, sft, specs, train_rows, eval_rows
+
+
+def make_run(rl_inputs, out: Path, spec: str = "proxy-1x8", gold: bool = True, **rl_over) -> RLRun:
+    cfg, task, sft, specs, train_rows, eval_rows = rl_inputs
+    rl = dataclasses.replace(cfg.rl, **rl_over)
+    run_spec = dataclasses.replace(specs[spec], kl_coef=rl.kl_coef)  # a run's beta lives on its spec
+    return RLRun(rl, run_spec, cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
+                 train_rows, eval_rows, out, cfg.seed, gold=gold)
+
+
+def _stable(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if not k.startswith(VOLATILE)} for m in history]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _learner_file(out: Path) -> Path:
+    return sorted((out / "checkpoints").glob("step_*[0-9]"))[-1] / "learner.safetensors"
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gold_barrier_update_identical_without_gold(rl_inputs, tmp_path):
+    """Gold is sealed inside RL: a run with gold completes and its policy updates are bit-identical
+    to a run with no gold ensemble at all; feeding the sealed scores to shaping, advantages or the
+    learner raises."""
+    with_gold = make_run(rl_inputs, tmp_path / "gold", steps=4)
+    without = make_run(rl_inputs, tmp_path / "none", gold=False, steps=4)
+    try:
+        s1 = run_rl(with_gold, tensorboard=False)
+        s2 = run_rl(without, tensorboard=False)
+        assert "gold/mean" in with_gold.history[-1] and "gold/mean" not in without.history[-1]
+        assert _sha(_learner_file(tmp_path / "gold")) == _sha(_learner_file(tmp_path / "none"))
+        strip = [{k: v for k, v in m.items() if not k.startswith("gold")} for m in _stable(with_gold.history)]
+        assert strip == _stable(without.history)
+        assert [p["kl"] for p in s1["points"]] == [p["kl"] for p in s2["points"]]
+        # the tripwire is live: sealed gold fed where the proxy belongs fails on every path
+        rows, batch = with_gold.rollouts(0)
+        sealed = fetch(with_gold.gold.one("score", rows, sealed=True))
+        with pytest.raises(BarrierError):
+            torch.tensor(np.asarray(sealed.values)[:, 0])  # reward shaping
+        with pytest.raises(BarrierError):
+            ALGORITHMS["rloo"](sealed.values[:, 0], torch.zeros(len(batch), 1), 0.0, {}, batch, with_gold.cfg)
+        with pytest.raises(ray.exceptions.RayTaskError, match="BarrierError"):
+            ray.get(with_gold.learner.one("update_pg", batch, {"logprobs": batch.logprobs}, sealed.values,
+                                          hp=with_gold.hp, seed=0))
+    finally:
+        with_gold.shutdown()
+        without.shutdown()
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_falls_back_to_previous(rl_inputs, tmp_path, caplog):
+    run = make_run(rl_inputs, tmp_path / "r", steps=4, checkpoint_every=2)
+    try:
+        run_rl(run, tensorboard=False)
+    finally:
+        run.shutdown()
+    ckpts = sorted((tmp_path / "r" / "checkpoints").glob("step_*[0-9]"))
+    assert [c.name for c in ckpts] == ["step_000002", "step_000004"]
+    data = bytearray((ckpts[-1] / "learner.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    (ckpts[-1] / "learner.safetensors").write_bytes(bytes(data))
+    again = make_run(rl_inputs, tmp_path / "r", steps=4, checkpoint_every=2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="rlhf_frontier"):
+            assert again.restore() == 2
+        assert "step_000004 is unusable" in caplog.text and "checksum" in caplog.text
+        assert len(again.history) == 2
+    finally:
+        again.shutdown()
+
+
+@pytest.mark.slow
+def test_resume_with_other_rl_config_is_refused(rl_inputs, tmp_path):
+    from orchestrator.config import ConfigError
+
+    run = make_run(rl_inputs, tmp_path / "r", steps=2, checkpoint_every=2)
+    try:
+        run_rl(run, tensorboard=False)
+    finally:
+        run.shutdown()
+    other = make_run(rl_inputs, tmp_path / "r", steps=2, checkpoint_every=2, lr=1e-3)
+    try:
+        with pytest.raises(ConfigError, match="another rl config"):
+            other.restore()
+    finally:
+        other.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_other_algorithms_run_and_learn(rl_inputs, tmp_path, algorithm):
+    run = make_run(rl_inputs, tmp_path / algorithm, steps=3, algorithm=algorithm, epochs=2, minibatches=2,
+                   kl_coef=0.05, kl_target=1.0, kl_horizon=100)
+    try:
+        run_rl(run, tensorboard=False)
+        h = run.history
+        assert len(h) == 3 and all(np.isfinite(m["learner/loss"]) for m in h)
+        if algorithm == "ppo":
+            assert all("learner/value_loss" in m for m in h)
+        assert h[-1]["kl_coef"] != h[0]["kl_coef"]  # the adaptive controller moved beta
+        assert h[-1]["learner/approx_kl"] > 0  # the second epoch saw a changed policy
+    finally:
+        run.shutdown()
+
+
+@pytest.mark.slow
+def test_async_mode_overlaps_and_reports_staleness(rl_inputs, tmp_path):
+    run = make_run(rl_inputs, tmp_path / "a", steps=4, async_generation=True)
+    try:
+        run_rl(run, tensorboard=False)
+        assert [m["async/staleness"] for m in run.history] == [0, 1, 1, 1]
+    finally:
+        run.shutdown()
+
+
+def test_metrics_vocabulary_in_tensorboard_and_jsonl(smoke_run):
+    from orchestrator.tb import read_scalars
+
+    cfg, run_dir, frontier = smoke_run
+    runs = sorted(run_dir.glob("rl/proxy-1x8-*"))
+    assert len(runs) == 1
+    tags = read_scalars(runs[0] / "tb")
+    for tag in ("kl", "proxy/mean", "proxy/std_members", "gold/mean", "gold/helpful", "gold/harmless", "gold/honest",
+                "gold/format", "response/tokens", "timing/generate_s", "timing/update_s", "throughput/samples_per_s",
+                "eval/gold", "eval/kl", "eval/proxy"):
+        assert tag in tags, tag
+    assert [s for s, _ in tags["kl"]] == list(range(cfg.rl.steps))
+    lines = (runs[0] / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(cfg.rl.steps))
+    entry = [e for e in frontier["rl"] if e["proxy"] == "proxy-1x8"][0]
+    assert [p["step"] for p in entry["points"]] == list(range(0, cfg.rl.steps + 1, cfg.rl.eval_every))
+    assert entry["points"][0] == {"step": 0, "kl": 0.0, "gold": 0.0, "proxy": 0.0}  # relative to the start
+
+
+def _run_job(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "jobs.frontier", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_rl_then_resume_matches_uninterrupted(smoke_run, tmp_path):
+    """Kill the whole job (driver and its Ray) with SIGKILL once an RL run has checkpointed, resume
+    with --resume: final weights and metric history equal the uninterrupted in-process run."""
+    _, ref_dir, _ = smoke_run
+    d = tmp_path / "run"
+    p = _run_job("--config", "jobs/configs/smoke.yaml", "--run-dir", str(d), "--quiet")
+    deadline = time.time() + 600
+    while time.time() < deadline and p.poll() is None:
+        if list(d.glob("rl/proxy-1x8-*/checkpoints/step_000002")):
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, p.communicate()[1][-3000:]
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not list(d.glob("rl/proxy-1x8-*/DONE.json"))  # it really was cut off mid-RL
+    r = _run_job("--run-dir", str(d), "--resume", "--quiet")
+    out, err = r.communicate(timeout=600)
+    assert r.returncode == 0, err[-3000:]
+    assert "resumed from" in err
+    for ref_run in ref_dir.glob("rl/*-*"):
+        got = d / "rl" / ref_run.name
+        assert _sha(_learner_file(got)) == _sha(_learner_file(ref_run)), ref_run.name
+        hist = lambda x: _stable([json.loads(l) for l in (x / "metrics.jsonl").read_text().splitlines()])  # noqa: E731
+        assert hist(got) == hist(ref_run)
+        assert json.loads((got / "DONE.json").read_text())["points"] == json.loads(
+            (ref_run / "DONE.json").read_text())["points"]
+    # a resume with nothing left to do is a user error, not a silent success
+    r = _run_job("--run-dir", str(d), "--resume", "--quiet")
+    out, err = r.communicate(timeout=300)
+    assert r.returncode == 2 and "nothing to resume" in err
