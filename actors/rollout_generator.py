@@ -41,16 +41,17 @@ class RolloutGenerator:
         return version
 
     def generate(self, prompts: list[str], n: int, seed: int, max_new_tokens: int, temperature: float = 1.0,
-                 with_ref: bool = False, recompute: bool = False) -> RolloutBatch:
+                 with_ref: bool = False, recompute: bool = False, fast: bool = False) -> RolloutBatch:
         """``n`` responses for each prompt; rows ordered prompt-major (prompt 0's n first).
 
         with_ref: also the reference's per-token logprobs. recompute: replace the sampler's logprobs
-        by a full forward pass of the same function the reference uses (exactly 0 KL at step 0)."""
+        by a full forward pass of the same function the reference uses (exactly 0 KL at step 0).
+        fast: decode GPT-2 policies with ``sampling.GPT2Decoder`` (the RL loop; pools keep the HF path)."""
         g = torch.Generator().manual_seed(seed)
         enc = [encode_prompt(self.tok, p) for p in prompts]
         rows = [e for e in enc for _ in range(n)]
         ids, mask, lps = sample(self.policy, rows, max_new_tokens, temperature, self.tok.eos_token_id,
-                                self.tok.pad_token_id, g)
+                                self.tok.pad_token_id, g, fast=fast)
         pad = self.tok.pad_token_id
         ref = response_logprobs(self.ref, rows, ids, mask, pad, temperature) if with_ref else None
         if recompute:

@@ -180,7 +180,7 @@ class RLRun:
         chunks = np.array_split(np.arange(len(idx)), self.cfg.rollout_chunks)
         refs = [self.gen.one("generate", [self.train_rows["prompt"][idx[i]] for i in c],
                              self.cfg.responses_per_prompt, stream(self.seed, f"rl/gen/{step}/{j}"),
-                             self.cfg.max_new_tokens, self.cfg.temperature, with_ref=True)
+                             self.cfg.max_new_tokens, self.cfg.temperature, with_ref=True, fast=True)
                 for j, c in enumerate(chunks) if len(c)]
         return idx, refs
 
@@ -216,7 +216,7 @@ class RLRun:
         random numbers): KL (k1 sum, nats), proxy objective and members, gold and its principles."""
         ev = self.eval_rows
         b = fetch(self.gen.one("generate", ev["prompt"], 1, stream(self.seed, "rl/eval"), self.cfg.max_new_tokens,
-                               self.cfg.temperature, with_ref=True, recompute=True))
+                               self.cfg.temperature, with_ref=True, recompute=True, fast=True))
         rows = self._rows(ev, list(range(len(ev["prompt"]))), b.texts)
         p_ref = self.proxy.one("score", rows)
         g_ref = self.gold.one("score", rows, sealed=True) if self.gold else None

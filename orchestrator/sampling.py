@@ -27,14 +27,113 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+class HFDecoder:
+    """Incremental decoding through any HF causal LM and its KV cache (the general path)."""
+
+    def __init__(self, model):
+        self.model, self.kw = model, _cache_kw(model)
+
+    def prefill(self, ids, attn, pos):
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :], _cache_of(out)
+
+    def step(self, tok, attn, pos, past):
+        out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, use_cache=True,
+                         **{self.kw: past})
+        return out.logits[:, -1, :], _cache_of(out)
+
+    @staticmethod
+    def select(past, keep):
+        past.batch_select_indices(keep)
+        return past
+
+
+class GPT2Decoder:
+    """GPT-2 decoding as a dozen plain torch ops per layer over a preallocated KV cache.
+
+    Same weights as the HF model (it reads the module's parameters, so in-place weight loads are
+    seen) and the same math; it skips the per-call machinery of ``transformers`` (output classes,
+    cache objects, mask builders), which dominates a 2-layer model: ~3-4x faster sampling on CPU.
+    Logits agree with the HF forward to float rounding (tested). Used only for ``gpt2`` models with
+    a tanh/erf GELU; anything else takes ``HFDecoder``.
+    """
+
+    def __init__(self, model, max_len: int):
+        import torch.nn.functional as F
+
+        self.F, self.model, self.max_len = F, model, max_len
+        c = model.config
+        self.h, self.d = c.n_head, c.n_embd // c.n_head
+        self.eps = c.layer_norm_epsilon
+        self.approx = "tanh" if c.activation_function in ("gelu_new", "gelu_pytorch_tanh") else "none"
+
+    @staticmethod
+    def supports(model) -> bool:
+        c = model.config
+        return (c.model_type == "gpt2" and c.activation_function in ("gelu_new", "gelu_pytorch_tanh", "gelu")
+                and not c.scale_attn_by_inverse_layer_idx and not c.reorder_and_upcast_attn and c.scale_attn_weights)
+
+    def _layers(self, x, q_pos, kv_len, mask, cache):
+        F, tr = self.F, self.model.transformer
+        b, t, e = x.shape
+        for i, blk in enumerate(tr.h):
+            a = F.layer_norm(x, (e,), blk.ln_1.weight, blk.ln_1.bias, self.eps)
+            qkv = torch.addmm(blk.attn.c_attn.bias, a.reshape(b * t, e), blk.attn.c_attn.weight).view(b, t, 3, self.h, self.d)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [b, h, t, d]
+            kc, vc = cache[i]
+            kc[:, :, q_pos: q_pos + t] = k
+            vc[:, :, q_pos: q_pos + t] = v
+            o = F.scaled_dot_product_attention(q, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask)
+            o = o.transpose(1, 2).reshape(b * t, e)
+            x = x + torch.addmm(blk.attn.c_proj.bias, o, blk.attn.c_proj.weight).view(b, t, e)
+            m = F.layer_norm(x, (e,), blk.ln_2.weight, blk.ln_2.bias, self.eps).reshape(b * t, e)
+            m = F.gelu(torch.addmm(blk.mlp.c_fc.bias, m, blk.mlp.c_fc.weight), approximate=self.approx)
+            x = x + torch.addmm(blk.mlp.c_proj.bias, m, blk.mlp.c_proj.weight).view(b, t, e)
+        x = F.layer_norm(x[:, -1], (e,), tr.ln_f.weight, tr.ln_f.bias, self.eps)
+        return x @ self.model.lm_head.weight.T
+
+    def prefill(self, ids, attn, pos):
+        tr = self.model.transformer
+        b, p = ids.shape
+        n = len(tr.h)
+        cache = [(torch.zeros(b, self.h, self.max_len, self.d), torch.zeros(b, self.h, self.max_len, self.d))
+                 for _ in range(n)]
+        valid = attn.bool()
+        causal = torch.ones(p, p, dtype=torch.bool).tril()
+        mask = (causal[None] & valid[:, None, :]) | torch.eye(p, dtype=torch.bool)[None]  # pads see themselves
+        x = tr.wte(ids) + tr.wpe(pos)
+        logits = self._layers(x, 0, p, mask[:, None], cache)
+        return logits, {"cache": cache, "len": p, "valid": valid}
+
+    def step(self, tok, attn, pos, state):
+        tr = self.model.transformer
+        t = state["len"]
+        x = tr.wte(tok)[:, None] + tr.wpe(pos)
+        valid = attn.bool()[:, None, None, : t + 1]
+        logits = self._layers(x, t, t + 1, valid, state["cache"])
+        state["len"] = t + 1
+        return logits, state
+
+    @staticmethod
+    def select(state, keep):
+        state["cache"] = [(k[keep], v[keep]) for k, v in state["cache"]]
+        return state
+
+
+def decoder_for(model, max_len: int):
+    """The fast GPT-2 path where it applies, the generic HF path otherwise."""
+    return GPT2Decoder(model, max_len) if GPT2Decoder.supports(model) else HFDecoder(model)
+
+
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, eos_id: int,
-           pad_id: int, generator: torch.Generator, compact_below: float = 0.75) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           pad_id: int, generator: torch.Generator, compact_below: float = 0.75,
+           fast: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one response per prompt row.
 
     prompts: b token-id lists. Returns ``(ids [b, t], mask [b, t], logprobs [b, t])``: response tokens
     right-padded with ``pad_id`` (EOS included and masked in), and log pi(token) under the tempered
-    sampling distribution, 0 where masked.
+    sampling distribution, 0 where masked. ``fast``: decode GPT-2 with ``GPT2Decoder``.
 
     Rows that have emitted EOS are dropped from the batch (and the KV cache) once fewer than
     ``compact_below`` of the rows still running are alive: responses are short on average but a
@@ -43,9 +142,8 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: fl
     """
     ids, attn = left_pad(prompts, pad_id)
     pos = (attn.cumsum(1) - 1).clamp(min=0)
-    kw = _cache_kw(model)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-    past, logits = _cache_of(out), out.logits[:, -1, :]
+    dec = decoder_for(model, ids.shape[1] + max_new_tokens) if fast else HFDecoder(model)
+    logits, past = dec.prefill(ids, attn, pos)
     next_pos = pos[:, -1:] + 1
     b = len(prompts)
     toks = torch.full((b, max_new_tokens), pad_id, dtype=torch.long)
@@ -70,12 +168,10 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: fl
             break
         if float((~done).float().mean()) < compact_below:
             keep = torch.nonzero(~done).squeeze(1)
-            past.batch_select_indices(keep)
+            past = dec.select(past, keep)
             rows, tok, attn, next_pos, done = rows[keep], tok[keep], attn[keep], next_pos[keep], done[keep]
         attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=attn.dtype)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
-                    **{kw: past})
-        past, logits = _cache_of(out), out.logits[:, -1, :]
+        logits, past = dec.step(tok, attn, next_pos, past)
         next_pos = next_pos + 1
     return toks[:, :length], mask[:, :length], lps[:, :length]
 

@@ -104,3 +104,35 @@ def test_gold_ensemble_scores_principles(ray_session):
 def test_role_is_checked():
     with pytest.raises(ValueError, match="role"):
         RewardEnsemble("judge", [{"name": "oracle", "kind": "oracle"}])
+
+
+def test_fast_gpt2_decoder_matches_transformers(policy_dir):
+    """The plain-torch GPT-2 decoder gives the HF model's logits (prefill and cached steps, with
+    left padding and compaction) and therefore the same samples."""
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.models import encode_prompt, load_tokenizer
+    from orchestrator.sampling import GPT2Decoder, HFDecoder, left_pad, sample
+
+    tok = load_tokenizer(policy_dir / "policy")
+    model = AutoModelForCausalLM.from_pretrained(policy_dir / "policy").eval()
+    assert GPT2Decoder.supports(model)
+    rows = [encode_prompt(tok, r["prompt"]) for r in T.make_prompts(6, 4)]
+    ids, attn = left_pad(rows, tok.pad_token_id)
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        hf, fast = HFDecoder(model), GPT2Decoder(model, ids.shape[1] + 4)
+        (a, pa), (b, pb) = hf.prefill(ids, attn, pos), fast.prefill(ids, attn, pos)
+        assert torch.allclose(a, b, atol=1e-4)
+        tok_ = a.argmax(-1)
+        for _ in range(3):
+            attn = torch.cat([attn, torch.ones(len(rows), 1, dtype=attn.dtype)], 1)
+            pos = pos[:, -1:] + 1
+            (a, pa), (b, pb) = hf.step(tok_, attn, pos, pa), fast.step(tok_, attn, pos, pb)
+            assert torch.allclose(a, b, atol=1e-4)
+            tok_ = a.argmax(-1)
+    many = rows * 8
+    outs = [sample(model, many, 20, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(3),
+                   fast=f) for f in (False, True)]
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert torch.allclose(outs[0][2], outs[1][2], atol=1e-4)
