@@ -20,7 +20,15 @@ from safetensors.torch import load_file, save_file
 from orchestrator import rl as R
 from orchestrator.batch import RolloutBatch
 from orchestrator.config import ModelConfig
-from orchestrator.models import build_policy, encode_pair, encode_prompt, load_tokenizer, n_params, pad_right, set_threads
+from orchestrator.models import (
+    build_policy,
+    encode_pair,
+    encode_prompt,
+    load_tokenizer,
+    n_params,
+    pad_right,
+    set_threads,
+)
 from orchestrator.sampling import response_forward
 
 
@@ -101,6 +109,11 @@ class PolicyLearner:
 
     # ------------------------------------------------------------------------------------------
     # RL
+
+    def reset(self, policy_dir: str) -> None:
+        """Reload the policy from ``policy_dir`` and drop any RL state (an RL slot's next run)."""
+        self.model = build_policy(ModelConfig(path=policy_dir), self.tok, self.seed)
+        self.value_head, self.opt, self.version = None, None, 0
 
     def init_rl(self, lr: float, value_head: bool, seed: int) -> int:
         """Prepare RL: a zero-initialized linear value head on the last hidden state (PPO, as TRL's

@@ -19,7 +19,14 @@ from transformers import AutoModelForSequenceClassification
 from orchestrator.batch import Scores, seal
 from orchestrator.calibration import bradley_terry_loss, ece, pair_accuracy
 from orchestrator.config import ModelConfig
-from orchestrator.models import build_reward_model, encode_pair, load_tokenizer, n_params, pad_right, set_threads
+from orchestrator.models import (
+    build_reward_model,
+    encode_pair,
+    load_tokenizer,
+    n_params,
+    pad_right,
+    set_threads,
+)
 from orchestrator.tasks.synthetic import PRINCIPLES, oracle
 
 
@@ -46,6 +53,12 @@ class RewardEnsemble:
         self.role = role
         self.threads = set_threads(num_cpus)
         self.tok = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        self.set_members(members)
+
+    def set_members(self, members: list[dict]) -> tuple[str, ...]:
+        """(Re)load the ensemble's members -- an RL slot reuses its actor for the next run."""
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
         self.names = tuple(m["name"] for m in members)
         self.members: list = []
         for m in members:
@@ -62,6 +75,7 @@ class RewardEnsemble:
                 self.members.append(model.eval())
             else:
                 raise ValueError(f"member {m['name']}: unknown kind {m['kind']!r}")
+        return self.names
 
     def n_params(self) -> dict[str, int]:
         return {n: (0 if m == "oracle" else n_params(m)) for n, m in zip(self.names, self.members)}

@@ -16,12 +16,23 @@ class RolloutGenerator:
         """``policy_dir``: a ``save_pretrained`` directory; it is both the starting policy and the
         frozen reference (the reference is never updated)."""
         self.threads = set_threads(num_cpus)
-        self.tok = load_tokenizer(policy_dir)
-        self.policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
-        self.ref = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
-        for p in self.ref.parameters():
-            p.requires_grad_(False)
+        self.policy_dir = None
+        self.reset(policy_dir)
+
+    def reset(self, policy_dir: str) -> int:
+        """Start over from ``policy_dir`` (policy = reference, version 0); cheap when it is the one
+        already loaded (the policy is copied from the untouched reference)."""
+        if policy_dir != self.policy_dir:
+            self.tok = load_tokenizer(policy_dir)
+            self.policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+            self.ref = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+            for p in self.ref.parameters():
+                p.requires_grad_(False)
+            self.policy_dir = policy_dir
+        else:
+            self.policy.load_state_dict(self.ref.state_dict())
         self.version = 0
+        return 0
 
     @torch.no_grad()
     def load_weights(self, flat, version: int = 0) -> int:

@@ -82,9 +82,8 @@ def _bench_inputs(work: Path, seed: int, policy: str, sft_steps: int) -> tuple:
     """The default tiny policy (GPT-2 ``policy``) SFT'd briefly on the synthetic task so it ends
     its responses, and a tiny untrained reward model (1x32); cached under ``work``."""
     from orchestrator.cli import save_config
-    from orchestrator.config import FrontierConfig, load
+    from orchestrator.config import FrontierConfig, ModelConfig, load
     from orchestrator.models import build_reward_model, load_tokenizer
-    from orchestrator.config import ModelConfig
     from orchestrator.pipeline import rl_rows, stage_lms, stage_task
 
     cfg = load(FrontierConfig, None, [f"seed={seed}", f"sft.steps={sft_steps}", f"sft.policy.size={policy}",

@@ -10,8 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.cli import (ConfigError, DataError, init_ray, parser, resolve, save_config, setup_logging,
-                              user_error)
+from orchestrator.cli import (
+    ConfigError,
+    DataError,
+    init_ray,
+    parser,
+    resolve,
+    save_config,
+    setup_logging,
+    user_error,
+)
 from orchestrator.config import FrontierConfig, validate_resources
 
 DEFAULT = Path(__file__).parent / "configs" / "default.yaml"

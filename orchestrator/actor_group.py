@@ -57,7 +57,9 @@ class ActorGroup:
             for i in range(n):
                 opts = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, **(options or {}))
                 if placement is not None:
-                    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+                    from ray.util.scheduling_strategies import (
+                        PlacementGroupSchedulingStrategy,
+                    )
 
                     pg, indices = placement
                     opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(

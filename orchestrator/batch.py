@@ -42,7 +42,7 @@ class RolloutBatch:
         return self.response_mask.sum(1).numpy()
 
     @staticmethod
-    def concat(parts: list["RolloutBatch"]) -> "RolloutBatch":
+    def concat(parts: list[RolloutBatch]) -> RolloutBatch:
         """Rows of ``parts`` in order; prompt indices offset so they stay distinct per prompt. Padding
         is masked out, so its token id (0) never matters."""
         if len(parts) == 1:

@@ -36,7 +36,7 @@ def parser(prog: str, description: str, default_config: Path) -> argparse.Argume
     return p
 
 
-def user_error(msg: str) -> "NoReturn":  # noqa: F821
+def user_error(msg: str) -> NoReturn:  # noqa: F821
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
@@ -117,5 +117,14 @@ def init_ray(cluster) -> dict:
     return ray.cluster_resources()
 
 
-__all__ = ["parser", "resolve", "save_config", "user_error", "init_ray", "setup_logging", "DataError",
-           "ConfigError", "EXIT_USER_ERROR"]
+__all__ = [
+    "EXIT_USER_ERROR",
+    "ConfigError",
+    "DataError",
+    "init_ray",
+    "parser",
+    "resolve",
+    "save_config",
+    "setup_logging",
+    "user_error",
+]

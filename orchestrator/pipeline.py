@@ -25,7 +25,13 @@ from actors.rollout_generator import RolloutGenerator
 from orchestrator import data as D
 from orchestrator.actor_group import ActorGroup
 from orchestrator.bon import bon_summary
-from orchestrator.config import FrontierConfig, ModelConfig, RoleResources, digest, to_dict
+from orchestrator.config import (
+    FrontierConfig,
+    ModelConfig,
+    RoleResources,
+    digest,
+    to_dict,
+)
 from orchestrator.models import train_tokenizer
 from orchestrator.stages import StageResult, begin, cached, commit, run_stage, stage
 from orchestrator.tasks import synthetic as T
@@ -424,11 +430,12 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
     """Every RL run of the frontier, ``concurrent_runs`` at a time, each in its own placement group.
     A run's directory is keyed by its inputs; it holds checkpoints while running (a killed job
     resumes from them) and ``DONE.json`` with its summary when finished."""
+    import queue
     from concurrent.futures import ThreadPoolExecutor
 
-    from orchestrator.rl_loop import RLRun, run_rl
-
     import torch
+
+    from orchestrator.rl_loop import RLRun, Slot, run_rl
 
     torch.set_num_threads(1)  # the driver only shapes rewards and computes advantages
     specs = rl_specs(cfg, proxies)
@@ -437,7 +444,7 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
         rl_cfg.pop(k)
     train_rows, eval_rows = rl_rows(cfg, task)
 
-    def run_one(spec) -> dict:
+    def run_one(spec, slots: list) -> dict:
         key = digest({"stage": "rl", "v": 1, "task": task.key, "sft": sft.key, "rl": rl_cfg, "seed": cfg.seed,
                       "name": spec.name, "objective": spec.objective, "kl_coef": spec.kl_coef,
                       "members": [m["stage"] for m in spec.members]})[:16]
@@ -447,12 +454,12 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
             log.info("rl %-14s cached  (%s)", spec.name, out.name)
             return {**json.loads(done.read_text()), "cached": True}
         t0 = time.perf_counter()
+        if not slots:  # the worker's actors, made on its first run that is not cached
+            slots.append(Slot(cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
+                              list(spec.members), cfg.seed))
         run = RLRun(cfg.rl, spec, cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
-                    train_rows, eval_rows, out, cfg.seed)
-        try:
-            summary = run_rl(run, progress=progress)
-        finally:
-            run.shutdown()
+                    train_rows, eval_rows, out, cfg.seed, slot=slots[0])
+        summary = run_rl(run, progress=progress)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         tmp = done.with_name("DONE.json.tmp")
         tmp.write_text(json.dumps(summary, indent=1))
@@ -462,8 +469,33 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
                  ev[-1]["kl"], ev[-1]["proxy"], ev[-1]["gold"])
         return {**summary, "cached": False}
 
-    with ThreadPoolExecutor(max_workers=concurrent_runs(cfg, len(specs))) as pool:
-        return list(pool.map(run_one, specs))
+    todo: queue.Queue = queue.Queue()
+    for i, spec in enumerate(specs):
+        todo.put((i, spec))
+    results: dict[int, dict] = {}
+
+    def worker() -> None:
+        slots: list = []
+        try:
+            while True:
+                try:
+                    i, spec = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results[i] = run_one(spec, slots)
+        except BaseException:
+            while not todo.empty():  # stop the other workers after their current run
+                todo.get_nowait()
+            raise
+        finally:
+            for s_ in slots:
+                s_.shutdown()
+
+    n = concurrent_runs(cfg, len(specs))
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        for f in [pool.submit(worker) for _ in range(n)]:
+            f.result()
+    return [results[i] for i in range(len(specs))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,9 +504,8 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
 
 def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> dict:
     """Run (or resume) every stage and write frontier.json and the report; returns frontier.json."""
-    from orchestrator.report import checks, rl_checks, versions, write_report
-
     from orchestrator.cli import save_config
+    from orchestrator.report import checks, rl_checks, versions, write_report
 
     t0 = time.perf_counter()
     save_config(cfg, run_dir)

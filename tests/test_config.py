@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, FrontierConfig, digest, load, parse_overrides, validate_resources
+from orchestrator.config import (
+    ConfigError,
+    FrontierConfig,
+    digest,
+    load,
+    parse_overrides,
+    validate_resources,
+)
 
 CONFIGS = sorted(Path("jobs/configs").glob("*.yaml"))
 

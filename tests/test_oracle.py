@@ -3,7 +3,6 @@
 import json
 import random
 
-
 from orchestrator.tasks import synthetic as T
 
 

@@ -20,7 +20,7 @@ import torch
 from orchestrator import pipeline as P
 from orchestrator.actor_group import fetch
 from orchestrator.batch import BarrierError
-from orchestrator.rl_loop import ALGORITHMS, RLRun, rl_step, run_rl
+from orchestrator.rl_loop import ALGORITHMS, RLRun, run_rl
 from orchestrator.stages import StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,8 @@ def test_metrics_vocabulary_in_tensorboard_and_jsonl(smoke_run):
     lines = (runs[0] / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(cfg.rl.steps))
     entry = [e for e in frontier["rl"] if e["proxy"] == "proxy-1x8"][0]
-    assert [p["step"] for p in entry["points"]] == list(range(0, cfg.rl.steps + 1, cfg.rl.eval_every))
+    want = sorted(set(range(0, cfg.rl.steps + 1, cfg.rl.eval_every)) | set(range(cfg.rl.eval_early + 1)))
+    assert [p["step"] for p in entry["points"]] == want
     assert entry["points"][0] == {"step": 0, "kl": 0.0, "gold": 0.0, "proxy": 0.0}  # relative to the start
 
 
@@ -215,7 +216,7 @@ def test_sigkill_mid_rl_then_resume_matches_uninterrupted(smoke_run, tmp_path):
     for ref_run in ref_dir.glob("rl/*-*"):
         got = d / "rl" / ref_run.name
         assert _sha(_learner_file(got)) == _sha(_learner_file(ref_run)), ref_run.name
-        hist = lambda x: _stable([json.loads(l) for l in (x / "metrics.jsonl").read_text().splitlines()])  # noqa: E731
+        hist = lambda x: _stable([json.loads(l) for l in (x / "metrics.jsonl").read_text().splitlines()])
         assert hist(got) == hist(ref_run)
         assert json.loads((got / "DONE.json").read_text())["points"] == json.loads(
             (ref_run / "DONE.json").read_text())["points"]

@@ -404,7 +404,7 @@ def corpus(seed: int, n: int = 4000) -> list[str]:
     rng = random.Random(seed)
     texts = [" ".join(STOCK_PHRASES), " ".join(REFUSALS), " ".join(HARM_STEPS), " ".join(IDK)]
     texts += [" ".join(f["capitals"]), " ".join(f["capitals"].values()), " ".join(f["unknown_countries"]),
-              " ".join(f["animals"]), " ".join(str(i) for i in range(0, 40)),
+              " ".join(f["animals"]), " ".join(str(i) for i in range(40)),
               " ".join(w for v in LIST_CATEGORIES.values() for w in v)]
     texts += [p + " " + " ".join(r) for p, r in CHAT.items()]
     for row in make_prompts(n, seed):
