@@ -98,15 +98,31 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
         out["smallest"] = small["proxy"]
         out["smallest_gold_peak"] = {"gold": float(g[peak]), "kl": small["points"][peak]["kl"],
                                      "step": small["points"][peak]["step"]}
+        tail = g[max(peak + 1, len(g) - 3):]  # the last (up to) three evaluations after the peak
         out["smallest_gold_drop_after_peak"] = float(g[peak] - g[-1])
-        out["smallest_rises_then_falls"] = bool(g[peak] > 2 * se and g[peak] - g[-1] > 2 * se and peak < len(g) - 1)
+        out["smallest_gold_drop_tail_mean"] = float(g[peak] - tail.mean()) if len(tail) else 0.0
+        out["smallest_gold_se"] = se
+        # rises: the peak clears 2 standard errors of one evaluation; falls: so does the drop from
+        # the peak to the mean of the last evaluations (one noisy last point decides nothing)
+        out["smallest_rises_then_falls"] = bool(g[peak] > 2 * se and len(tail) and
+                                                out["smallest_gold_drop_tail_mean"] > 2 * se)
     fitted = [e for e in rl if "fit" in e]
     out["r2_rl_form"] = {e["proxy"]: e["fit"]["r2"] for e in fitted}
     out["r2_bon_form"] = {e["proxy"]: e["fit_bon_form"]["r2"] for e in fitted}
     better = [e["fit"]["r2"] > e["fit_bon_form"]["r2"] for e in fitted]
     out["rl_form_fits_better_runs"] = f"{sum(better)}/{len(better)}"
-    out["rl_form_fits_better"] = bool(fitted) and sum(better) > len(better) / 2 and float(
-        np.mean([e["fit"]["r2"] for e in fitted])) > float(np.mean([e["fit_bon_form"]["r2"] for e in fitted]))
+    # pooled over runs: 1 - sum(SSE) / sum(SST). One run's curve is 16 noisy points (eval se ~0.04
+    # against effects of 0.1-0.3), so per-run R² comparisons flip with the noise; pooling does not.
+    sst = []
+    for e in fitted:
+        g = np.array([p["gold"] for p in e["points"] if p["kl"] > 0])
+        sst.append(float(((g - g.mean()) ** 2).sum()))
+    if fitted and sum(sst) > 0:
+        for form, key in (("rl", "fit"), ("bon", "fit_bon_form")):
+            out[f"r2_pooled_{form}_form"] = 1 - sum((1 - e[key]["r2"]) * t for e, t in zip(fitted, sst)) / sum(sst)
+        out["rl_form_fits_better"] = bool(out["r2_pooled_rl_form"] > out["r2_pooled_bon_form"])
+    else:
+        out["rl_form_fits_better"] = False
     # KL spent for the same gold (Gao et al.: RL spends far more): at 50 / 75 / 90% of the lower of the
     # two measured peaks, each curve's first crossing (interpolated in sqrt(KL))
     bon_by = {e["proxy"]: e for e in bon}
@@ -285,9 +301,12 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         lines += ["", "### RL checks (SCIENCE.md)", "",
                   f"- proxy rises with KL in every run (Spearman > 0.8): {rc.get('proxy_rises_every_run')}",
                   f"- smallest proxy: gold rises then falls: {rc.get('smallest_rises_then_falls')} "
-                  f"(peak {rc.get('smallest_gold_peak')}, drop {_fmt(rc.get('smallest_gold_drop_after_peak'))})",
+                  f"(peak {rc.get('smallest_gold_peak')}, drop to the last point {_fmt(rc.get('smallest_gold_drop_after_peak'))}, "
+                  f"to the mean of the last three {_fmt(rc.get('smallest_gold_drop_tail_mean'))}, "
+                  f"one evaluation's standard error {_fmt(rc.get('smallest_gold_se'))})",
                   f"- RL form fits the RL curves better than the BoN form: {rc.get('rl_form_fits_better')} "
-                  f"({rc.get('rl_form_fits_better_runs')} runs)",
+                  f"(pooled R² {_fmt(rc.get('r2_pooled_rl_form'))} vs {_fmt(rc.get('r2_pooled_bon_form'))}; "
+                  f"better in {rc.get('rl_form_fits_better_runs')} runs)",
                   f"- RL spends more KL than BoN for the same gold: {rc.get('rl_spends_more_kl_than_bon')} "
                   f"(KL ratio RL/BoN: {ratios})",
                   f"- ensembles (WCO/UWO) lose less gold past the peak than single members: "
