@@ -126,6 +126,7 @@ def _rl_rate(cfg, spec, resources, sft, task, train_rows, eval_rows, out: Path, 
 def bench_rl(args) -> dict:
     """Our RLOO loop in Ray actors vs in one process vs TRL's RLOOTrainer, same setting."""
     import contextlib
+    import dataclasses
 
     import ray
     import torch
@@ -148,16 +149,18 @@ def bench_rl(args) -> dict:
         "policy": args.policy, "prompts_per_step": args.prompts, "responses_per_prompt": args.responses,
         "max_new_tokens": args.max_new_tokens, "kl_coef": args.kl_coef, "steps_timed": args.steps}}
     res = {}
-    for mode in ("local", "actors"):
-        if mode == "actors" and not ray.is_initialized():
+    for mode in ("local", "actors", "actors_async"):
+        if mode != "local" and not ray.is_initialized():
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        res[mode] = _rl_rate(rl, spec, one_thread, sft, task, train_rows, eval_rows, work / f"rl-{mode}",
+        cfg_m = dataclasses.replace(rl, async_generation=mode == "actors_async")
+        res[mode] = _rl_rate(cfg_m, spec, one_thread, sft, task, train_rows, eval_rows, work / f"rl-{mode}",
                              mode == "local", args.steps, args.warmup)
         torch.set_num_threads(1)
     if ray.is_initialized():
         ray.shutdown()
-    out["ours_actors"], out["ours_local"] = res["actors"], res["local"]
+    out["ours_actors"], out["ours_local"], out["ours_actors_async"] = res["actors"], res["local"], res["actors_async"]
     out["samples_per_s"] = res["actors"]["samples_per_s"]
+    out["samples_per_s_async"] = res["actors_async"]["samples_per_s"]
     out["tokens_per_s"] = res["actors"]["tokens_per_s"]
     out["actor_overhead_frac"] = res["actors"]["step_s"] / res["local"]["step_s"] - 1
     try:
@@ -176,8 +179,10 @@ def bench_rl(args) -> dict:
         out["trl_samples_per_s"] = t["samples_per_s"]
         out["trl"] = {k: t[k] for k in ("trl_version", "steps", "seconds", "mean_completion_len")}
         out["speedup_vs_trl"] = out["samples_per_s"] / t["samples_per_s"]
+        out["speedup_vs_trl_async"] = out["samples_per_s_async"] / t["samples_per_s"]
     print(f"{'':<22}{'samples/s':>10}{'tokens/s':>10}{'step ms':>9}")
-    for name, r in (("ours, Ray actors", res["actors"]), ("ours, one process", res["local"])):
+    for name, r in (("ours, Ray actors", res["actors"]), ("ours, one process", res["local"]),
+                    ("ours, actors, async", res["actors_async"])):
         print(f"{name:<22}{r['samples_per_s']:>10.0f}{r['tokens_per_s']:>10.0f}{1000 * r['step_s']:>9.1f}")
     if have_trl:
         print(f"{'TRL RLOOTrainer':<22}{out['trl_samples_per_s']:>10.0f}")

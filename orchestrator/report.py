@@ -76,6 +76,28 @@ def kl_to_reach(points: list[dict], g: float) -> float | None:
     return None
 
 
+def gold_at_kl(points: list[dict], kl: float) -> float | None:
+    """Gold of a measured RL curve where its KL first reaches ``kl`` (interpolated in sqrt(KL))."""
+    prev = (0.0, 0.0)
+    for p in points:
+        d, g = math.sqrt(max(p["kl"], 0.0)), p["gold"]
+        if d >= math.sqrt(kl):
+            if d == prev[0]:
+                return g
+            return prev[1] + (g - prev[1]) * (math.sqrt(kl) - prev[0]) / (d - prev[0])
+        prev = (d, g)
+    return None
+
+
+def drop_by_kl(points: list[dict], kl: float) -> float | None:
+    """Peak gold among the points up to ``kl`` minus the gold at ``kl``: how much gold a run has
+    lost past its peak by the time it has spent ``kl`` nats."""
+    at = gold_at_kl(points, kl)
+    if at is None:
+        return None
+    return max([p["gold"] for p in points if p["kl"] <= kl] + [at]) - at
+
+
 def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
     """SCIENCE.md's RL findings on the measured RL curves (issue: the RL loop)."""
     from scipy.stats import spearmanr
@@ -145,10 +167,16 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
     out["kl_for_same_gold"] = ratios
     out["rl_spends_more_kl_than_bon"] = bool(ratios) and all(r["ratio"] > 1 for r in ratios.values())
     if single and ens:
-        drops = {e["proxy"]: e.get("gold_drop_after_peak", float("nan")) for e in single}
-        out["gold_drop_single"] = drops
-        out["gold_drop_ensemble"] = {e["proxy"]: e.get("gold_drop_after_peak", float("nan")) for e in ens}
-        out["ensemble_loses_less"] = bool(min(out["gold_drop_ensemble"].values()) < float(np.mean(list(drops.values()))))
+        # at matched KL: runs that optimize further lose more gold whatever their reward, so compare
+        # every run at the largest KL all of them reached (Gao et al. plot gold against KL too)
+        k = min(max(p["kl"] for p in e["points"]) for e in single + ens)
+        out["gold_drop_at_kl"] = k
+        out["gold_drop_single"] = {e["proxy"]: drop_by_kl(e["points"], k) for e in single}
+        out["gold_drop_ensemble"] = {e["proxy"]: drop_by_kl(e["points"], k) for e in ens}
+        out["gold_drop_single_end"] = {e["proxy"]: e.get("gold_drop_after_peak") for e in single}
+        out["gold_drop_ensemble_end"] = {e["proxy"]: e.get("gold_drop_after_peak") for e in ens}
+        out["ensemble_loses_less"] = bool(min(out["gold_drop_ensemble"].values())
+                                          < float(np.mean(list(out["gold_drop_single"].values()))))
     keys = ["proxy_rises_every_run", "smallest_rises_then_falls", "rl_form_fits_better", "rl_spends_more_kl_than_bon"]
     if "ensemble_loses_less" in out:
         keys.append("ensemble_loses_less")
@@ -254,6 +282,10 @@ def _fmt(x, nd=3) -> str:
     return str(x)
 
 
+def _fmtd(d: dict | None) -> str:
+    return "-" if not d else ", ".join(f"{k} {_fmt(v)}" for k, v in d.items())
+
+
 def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     """frontier.json, bon.png, report.md and a self-contained report.html (PNG inlined)."""
     run_dir = Path(run_dir)
@@ -309,9 +341,11 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
                   f"better in {rc.get('rl_form_fits_better_runs')} runs)",
                   f"- RL spends more KL than BoN for the same gold: {rc.get('rl_spends_more_kl_than_bon')} "
                   f"(KL ratio RL/BoN: {ratios})",
-                  f"- ensembles (WCO/UWO) lose less gold past the peak than single members: "
-                  f"{rc.get('ensemble_loses_less')} (drops: ensemble {rc.get('gold_drop_ensemble')}, "
-                  f"single {rc.get('gold_drop_single')})", ""]
+                  f"- ensembles (WCO/UWO) lose less gold past the peak than single members, at the KL all runs "
+                  f"reached ({_fmt(rc.get('gold_drop_at_kl'), 2)} nats): {rc.get('ensemble_loses_less')} "
+                  f"(drops: ensemble {_fmtd(rc.get('gold_drop_ensemble'))}, single {_fmtd(rc.get('gold_drop_single'))}; "
+                  f"at the end of the runs: ensemble {_fmtd(rc.get('gold_drop_ensemble_end'))}, "
+                  f"single {_fmtd(rc.get('gold_drop_single_end'))})", ""]
     lines += ["## Timings", "", "| stage | seconds | cached |", "|---|---|---|"]
     for name, t in extra.get("timings", {}).items():
         lines.append(f"| {name} | {t['seconds']:.1f} | {t['cached']} |")

@@ -1,4 +1,5 @@
 """The checks and the report on hand-made curves (no Ray)."""
+import pytest
 
 import json
 
@@ -57,3 +58,13 @@ def test_bon_summary_on_a_planted_pool():
     noise = [p["gold"] for p in out["noise"]["points"]]
     assert perfect[0] == 0.0 and all(b > a for a, b in zip(perfect, perfect[1:]))  # gold = proxy: rises
     assert abs(noise[-1]) < 0.5 < perfect[-1]  # an uninformative proxy gains nothing
+
+
+def test_rl_curve_helpers_interpolate_in_sqrt_kl():
+    from orchestrator.report import drop_by_kl, gold_at_kl, kl_to_reach
+
+    pts = [{"kl": 0.0, "gold": 0.0}, {"kl": 1.0, "gold": 0.2}, {"kl": 4.0, "gold": -0.1}, {"kl": 9.0, "gold": -0.3}]
+    assert kl_to_reach(pts, 0.1) == pytest.approx(0.25)  # halfway in d = sqrt(KL): d = 0.5
+    assert kl_to_reach(pts, 0.5) is None
+    assert gold_at_kl(pts, 2.25) == pytest.approx(0.05)  # d = 1.5, halfway from 0.2 to -0.1
+    assert drop_by_kl(pts, 4.0) == pytest.approx(0.3) and drop_by_kl(pts, 16.0) is None
