@@ -151,26 +151,40 @@ class PolicyLearner:
 
     def _epochs(self, batch: RolloutBatch, hp: dict, seed: int, loss_fn) -> dict:
         """``hp["epochs"]`` passes over the batch in ``hp["minibatches"]`` shuffled minibatches (the
-        shuffle is seeded by ``seed`` alone, so a resumed run redraws exactly the same ones)."""
+        shuffle is seeded by ``seed`` alone, so a resumed run redraws exactly the same ones).
+
+        A minibatch is run as chunks of ~``hp["chunk_rows"]`` rows of similar length (gradients
+        accumulated, each chunk's token-mean loss weighted by its share of the minibatch's tokens):
+        the same objective as one padded forward, with far less padding -- one long collapsed
+        response no longer pads a whole batch of short ones."""
         g = torch.Generator().manual_seed(seed)
         b = len(batch)
         size = b // hp["minibatches"]
+        lengths = [len(p) + int(n) for p, n in zip(batch.prompt_ids, batch.response_mask.sum(1))]
+        params = [p for group in self.opt.param_groups for p in group["params"]]
         stats: dict[str, list] = {}
         for _ in range(hp["epochs"]):
             perm = torch.randperm(b, generator=g)
             for m in range(hp["minibatches"]):
-                rows = perm[m * size: (m + 1) * size].tolist()
-                logp, logits, values, mask, t = self._forward(batch, rows, hp["temperature"], grad=True)
-                loss, st = loss_fn(rows, logp, values, mask, t)
+                rows = sorted(perm[m * size: (m + 1) * size].tolist(), key=lambda i: (lengths[i], i))
+                n_chunks = max(1, round(len(rows) / hp.get("chunk_rows", 32)))
+                chunks = [c.tolist() for c in np.array_split(np.array(rows), n_chunks)]
+                total = float(batch.response_mask[rows].sum())
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for group in self.opt.param_groups for p in group["params"]]
-                st["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, hp["max_grad_norm"]))
+                acc: dict[str, float] = {}
+                for chunk in chunks:
+                    logp, logits, values, mask, t = self._forward(batch, chunk, hp["temperature"], grad=True)
+                    loss, st = loss_fn(chunk, logp, values, mask, t)
+                    w = float(mask.sum()) / total
+                    (loss * w).backward()
+                    with torch.no_grad():
+                        st["entropy"] = float(R.masked_mean(R.entropy_from_logits(logits), mask))
+                    st["loss"] = float(loss.detach())
+                    for k, v in st.items():
+                        acc[k] = acc.get(k, 0.0) + w * v
+                acc["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, hp["max_grad_norm"]))
                 self.opt.step()
-                with torch.no_grad():
-                    st["entropy"] = float(R.masked_mean(R.entropy_from_logits(logits), mask))
-                st["loss"] = float(loss.detach())
-                for k, v in st.items():
+                for k, v in acc.items():
                     stats.setdefault(k, []).append(v)
         self.version += 1
         return {f"learner/{k}": float(np.mean(v)) for k, v in stats.items()}

@@ -308,6 +308,8 @@ class RLConfig:
     """Steps between evaluations of the policy on the fixed eval prompts (gold, proxy, KL)."""
     eval_early: int = 3
     """Also evaluate after each of the first this many steps (the rise to the gold peak is fast)."""
+    eval_responses_per_prompt: int = 1
+    """Responses sampled per eval prompt (more: a less noisy gold curve)."""
     eval_prompts: int = 200
     """Fixed eval prompts (the best-of-n prompts, so RL and best-of-n are measured alike)."""
     checkpoint_every: int = 25
@@ -351,6 +353,7 @@ class RLConfig:
         _check(self.uwo_lambda >= 0, "uwo_lambda", "must be >= 0")
         _check(self.eval_every >= 1, "eval_every", f"{self.eval_every} must be >= 1")
         _check(self.eval_early >= 0, "eval_early", f"{self.eval_early} must be >= 0")
+        _check(self.eval_responses_per_prompt >= 1, "eval_responses_per_prompt", "must be >= 1")
         _check(self.eval_prompts >= 1, "eval_prompts", f"{self.eval_prompts} must be >= 1")
         _check(self.checkpoint_every >= 1, "checkpoint_every", f"{self.checkpoint_every} must be >= 1")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints", f"{self.keep_checkpoints} must be >= 1")

@@ -249,12 +249,13 @@ class RLRun:
 
     # ---- evaluation --------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict:
-        """The policy on the fixed eval prompts, one response each, same seed every time (common
-        random numbers): KL (k1 sum, nats), proxy objective and members, gold and its principles."""
-        ev = self.eval_rows
-        b = fetch(self.gen.one("generate", ev["prompt"], 1, stream(self.seed, "rl/eval"), self.cfg.max_new_tokens,
+        """The policy on the fixed eval prompts, ``eval_responses_per_prompt`` responses each, the
+        same seed every time (common random numbers): KL (k1 sum, nats), proxy objective and
+        members, gold and its principles, and gold's standard error over prompts."""
+        ev, k = self.eval_rows, self.cfg.eval_responses_per_prompt
+        b = fetch(self.gen.one("generate", ev["prompt"], k, stream(self.seed, "rl/eval"), self.cfg.max_new_tokens,
                                self.cfg.temperature, with_ref=True, recompute=True, fast=True))
-        rows = self._rows(ev, list(range(len(ev["prompt"]))), b.texts)
+        rows = self._rows(ev, [int(i) for i in b.prompt_index], b.texts)
         p_ref = self.proxy.one("score", rows)
         g_ref = self.gold.one("score", rows, sealed=True) if self.gold else None
         mask = b.response_mask.float()
@@ -272,7 +273,8 @@ class RLRun:
             with metrics_scope():
                 g = np.asarray(gs.values).mean(axis=1)
                 out["gold"] = float(g.mean())
-                out["gold_se"] = float(g.std() / np.sqrt(len(g)))
+                per_prompt = g.reshape(-1, k).mean(axis=1)  # rows are prompt-major
+                out["gold_se"] = float(per_prompt.std() / np.sqrt(len(per_prompt)))
                 for p, v in gs.principles.items():
                     out[f"gold/{p}"] = float(np.asarray(v).mean())
         return out

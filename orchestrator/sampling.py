@@ -197,6 +197,18 @@ def response_forward(model, prompts: list[list[int]], response_ids: torch.Tensor
 
 @torch.no_grad()
 def response_logprobs(model, prompts: list[list[int]], response_ids: torch.Tensor,
-                      response_mask: torch.Tensor, pad_id: int, temperature: float = 1.0) -> torch.Tensor:
-    """``[b, t]`` log pi(response token) for given responses (e.g. under the frozen reference)."""
-    return response_forward(model, prompts, response_ids, response_mask, pad_id, temperature)[0]
+                      response_mask: torch.Tensor, pad_id: int, temperature: float = 1.0,
+                      chunk_rows: int = 32) -> torch.Tensor:
+    """``[b, t]`` log pi(response token) for given responses (e.g. under the frozen reference),
+    computed in chunks of rows of similar length (far less padding than one padded batch)."""
+    lengths = [len(p) + int(n) for p, n in zip(prompts, response_mask.sum(1))]
+    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    out = torch.zeros(response_ids.shape, dtype=torch.float32)
+    for c in range(0, len(order), chunk_rows):
+        rows = order[c: c + chunk_rows]
+        mask = response_mask[rows]
+        t = max(1, int(mask.sum(1).max()))
+        lp = response_forward(model, [prompts[i] for i in rows], response_ids[rows, :t], mask[:, :t], pad_id,
+                              temperature)[0]
+        out[rows, :t] = lp
+    return out
