@@ -1,4 +1,5 @@
-"""Best-of-n from one pool: the unbiased estimator and the analytic KL (Gao et al. 2022, sec. 2.2).
+"""Best-of-n from one pool: the unbiased estimator, the analytic KL bound (Gao et al. 2022, sec. 2.2)
+and the exact KL on the pool's own support.
 
 Pure numpy; shapes in the docstrings.
 """
@@ -61,6 +62,37 @@ def bon_curves(proxy: np.ndarray, gold: np.ndarray, n_max: int | None = None) ->
     return ps @ w.T, gs @ w.T
 
 
+def bon_kl_exact(proxy: np.ndarray, gold: np.ndarray, text_ids: np.ndarray, n_max: int | None = None) -> np.ndarray:
+    """``[n_max]`` exact KL(best-of-n || base) in nats, averaged over prompts, with the pool as the
+    base distribution: a response sampled m times of N has probability m/N, identical texts are
+    one outcome, and best-of-n takes the proxy-best of n independent draws (ties broken by gold
+    ascending, as ``bon_curves`` does). With responses sorted by proxy, P(best = position i) =
+    (i/N)^n - ((i-1)/N)^n, summed over the positions of each text.
+
+    ``ln n - (n-1)/n`` (``kl_bon``) is the same quantity for a continuous, duplicate-free base and
+    an upper bound on it (Gao et al. 2022; Beirami et al. 2024); a real policy repeats itself (a
+    third of the default pool are duplicates), so the bound overstates best-of-n's KL most at small
+    n. SCIENCE.md: on an enumerable support compute the exact one. text_ids: ``[P, N]`` ints, equal
+    for equal responses of a prompt."""
+    proxy, gold, text_ids = np.asarray(proxy, float), np.asarray(gold, float), np.asarray(text_ids)
+    P, N = proxy.shape
+    n = np.arange(1, (n_max or N) + 1, dtype=float)[:, None]
+    i = np.arange(0, N + 1, dtype=float)[None, :] / N
+    w = np.diff(i ** n, axis=1)  # [n_max, N]: P(best of n draws sits at sorted position i)
+    out = np.zeros(w.shape[0])
+    for p in range(P):
+        order = np.lexsort((gold[p], proxy[p]))
+        _, group = np.unique(text_ids[p][order], return_inverse=True)
+        onehot = np.zeros((N, group.max() + 1))
+        onehot[np.arange(N), group] = 1.0
+        prob = w @ onehot                    # [n_max, texts]
+        q = onehot.sum(0) / N                # [texts]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(prob > 0, prob * np.log(prob / q), 0.0)
+        out += terms.sum(1)
+    return np.maximum(out / P, 0.0)
+
+
 def bon_brute_force(proxy: np.ndarray, gold: np.ndarray, n: int) -> tuple[float, float]:
     """The same expectation by enumerating every n-subset of one pool (``[N]`` each); for tests."""
     from itertools import combinations
@@ -93,9 +125,15 @@ def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, boots
     out = {}
     rng = np.random.default_rng(seed)
     boots = [rng.integers(0, P, P) for _ in range(bootstrap)]
+    responses = np.array(samples["response"], dtype=object)[order].reshape(P, N)
+    text_ids = np.zeros((P, N), dtype=np.int64)
+    for p in range(P):
+        ids: dict = {}
+        text_ids[p] = [ids.setdefault(r, len(ids)) for r in responses[p]]
     for name in proxy_names:
         proxy = np.array(samples[f"score.{name}"])[order].reshape(P, N)
         pb, gb = bon_curves(proxy, gold, n_max)  # [P, n_max]
+        kl_exact = bon_kl_exact(proxy, gold, text_ids, n_max)
         g_mean, p_mean = gb.mean(0) - gb[:, 0].mean(), pb.mean(0) - pb[:, 0].mean()
         fit = fit_bon(kl, g_mean, w)
         peaks = []
@@ -105,8 +143,8 @@ def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, boots
             peaks.append(np.inf if f.kl_peak is None else f.kl_peak)
         finite = np.where(np.isfinite(peaks), peaks, 1e12)  # "no peak" sorts above every peak
         ci = [float(np.percentile(finite, 5)), float(np.percentile(finite, 95))] if boots else None
-        out[name] = {"points": [{"n": int(a), "kl": float(k), "gold": float(g), "proxy": float(p)}
-                                for a, k, g, p in zip(n, kl, g_mean, p_mean)],
+        out[name] = {"points": [{"n": int(a), "kl": float(k), "gold": float(g), "proxy": float(p), "kl_exact": float(e)}
+                                for a, k, g, p, e in zip(n, kl, g_mean, p_mean, kl_exact)],
                      "fit": fit.to_dict(),
                      "kl_peak_ci90": None if ci is None else [c if c < 1e11 else None for c in ci]}
     return out

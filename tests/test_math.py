@@ -114,3 +114,30 @@ def test_weighted_fit_recovers_planted_coefficients_on_bon_grid():
     assert w[1] > 10 * w[-1]  # the sparse low-n points count for more
     f = fit_bon(kl, r, w)
     assert f.alpha == pytest.approx(0.6, abs=0.03) and f.beta == pytest.approx(0.25, abs=0.02) and f.r2 > 0.95
+
+
+def test_exact_bon_kl_by_enumeration_and_below_the_bound():
+    """Exact KL of best-of-n with the pool as base equals enumerating every sequence of n draws
+    (duplicates as one outcome), and stays below ln n - (n-1)/n (which it approaches for a large
+    duplicate-free pool)."""
+    from itertools import product
+    from math import log
+
+    from orchestrator.bon import bon_kl_exact
+
+    rng = np.random.default_rng(0)
+    texts = np.array([0, 1, 1, 2, 2, 2])  # duplicates share a score, as real ones do
+    N = len(texts)
+    score = rng.normal(size=3)[texts]
+    gold = np.zeros(N)
+    exact = bon_kl_exact(score[None], gold[None], texts[None])
+    q = np.bincount(texts) / N
+    for n in range(1, 5):
+        p = np.zeros(3)
+        for draw in product(range(N), repeat=n):
+            p[texts[max(draw, key=lambda j: (score[j], j))]] += N ** -n
+        want = sum(pi * log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+        assert abs(exact[n - 1] - want) < 1e-9
+    distinct = bon_kl_exact(rng.normal(size=(2, 4096)), np.zeros((2, 4096)), np.tile(np.arange(4096), (2, 1)), 64)
+    bound = kl_bon(np.arange(1, 65))
+    assert distinct[0] == 0 and np.all(distinct <= bound + 1e-12) and np.allclose(distinct, bound, atol=0.02)
