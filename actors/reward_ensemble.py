@@ -14,20 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from orchestrator.batch import Scores, seal
 from orchestrator.calibration import bradley_terry_loss, ece, pair_accuracy
 from orchestrator.config import ModelConfig
-from orchestrator.models import (
-    build_reward_model,
-    encode_pair,
-    load_tokenizer,
-    n_params,
-    pad_right,
-    set_threads,
-)
 from orchestrator.tasks.synthetic import PRINCIPLES, oracle
+
+
+def _hf():
+    """``transformers`` and the model helpers, imported on first use: an oracle-only (gold)
+    ensemble never loads them, so its actor starts in ~1 s instead of ~4 s."""
+    from orchestrator import models
+
+    return models
 
 
 def _length_bucketed(items: list, size: int, length: dict, rng: random.Random, pool: int = 16) -> list[list]:
@@ -51,8 +50,12 @@ class RewardEnsemble:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.role = role
-        self.threads = set_threads(num_cpus)
-        self.tok = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        if tokenizer_dir or any(m["kind"] != "oracle" for m in members):
+            self.threads = _hf().set_threads(num_cpus)
+        else:
+            self.threads = max(1, int(num_cpus))
+            torch.set_num_threads(self.threads)
+        self.tok = _hf().load_tokenizer(tokenizer_dir) if tokenizer_dir else None
         self.set_members(members)
 
     def set_members(self, members: list[dict]) -> tuple[str, ...]:
@@ -67,9 +70,11 @@ class RewardEnsemble:
             elif m["kind"] == "hf":
                 if m.get("path"):
                     torch.manual_seed(m.get("seed", 0))  # a causal LM's checkpoint has no score head yet
+                    from transformers import AutoModelForSequenceClassification
+
                     model = AutoModelForSequenceClassification.from_pretrained(m["path"], num_labels=1)
                 else:
-                    model = build_reward_model(ModelConfig(size=m["size"], n_head=m.get("n_head", 4),
+                    model = _hf().build_reward_model(ModelConfig(size=m["size"], n_head=m.get("n_head", 4),
                                                            n_positions=m.get("n_positions", 96)),
                                                self.tok, m.get("seed", 0))
                 self.members.append(model.eval())
@@ -78,7 +83,7 @@ class RewardEnsemble:
         return self.names
 
     def n_params(self) -> dict[str, int]:
-        return {n: (0 if m == "oracle" else n_params(m)) for n, m in zip(self.names, self.members)}
+        return {n: (0 if m == "oracle" else _hf().n_params(m)) for n, m in zip(self.names, self.members)}
 
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -87,7 +92,7 @@ class RewardEnsemble:
         order = np.argsort([len(s) for s in seqs])  # similar lengths together: less padding
         for i in range(0, len(seqs), batch):
             idx = order[i: i + batch]
-            ids, mask = pad_right([seqs[j] for j in idx], self.tok.pad_token_id)
+            ids, mask = _hf().pad_right([seqs[j] for j in idx], self.tok.pad_token_id)
             out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float().numpy())
         res = np.empty(len(seqs), np.float64)
         res[order] = np.concatenate(out) if out else np.zeros(0)
@@ -110,7 +115,7 @@ class RewardEnsemble:
                     principles[p] = np.array([x[p] for x in res])
             else:
                 if seqs is None:
-                    seqs = [encode_pair(self.tok, p, r) for p, r in zip(rows["prompt"], rows["response"])]
+                    seqs = [_hf().encode_pair(self.tok, p, r) for p, r in zip(rows["prompt"], rows["response"])]
                 values[:, j] = self._rm_scores(m, seqs)
         out = Scores(values=values, members=self.names, principles=principles)
         return seal(out) if sealed else out
@@ -124,7 +129,7 @@ class RewardEnsemble:
         A step takes ``prompts_per_step`` prompts and *all* their pairs, so each sequence is
         encoded once per step however many pairs it is in (4 responses -> 6 pairs, 4 forwards).
         """
-        seqs = [encode_pair(self.tok, p, r) for p, r in data["texts"]]
+        seqs = [_hf().encode_pair(self.tok, p, r) for p, r in data["texts"]]
         a, b = np.asarray(data["a"]), np.asarray(data["b"])
         p_a, val = np.asarray(data["p_a"], float), np.asarray(data["val"], bool)
         group = np.asarray(data["group"])
@@ -153,7 +158,7 @@ class RewardEnsemble:
                     pairs = [i for g in step_groups for i in by_group[g]]
                     uniq = sorted(set(a[pairs].tolist()) | set(b[pairs].tolist()))
                     where = {u: k for k, u in enumerate(uniq)}
-                    ids, mask = pad_right([seqs[u] for u in uniq], self.tok.pad_token_id)
+                    ids, mask = _hf().pad_right([seqs[u] for u in uniq], self.tok.pad_token_id)
                     r = m(input_ids=ids, attention_mask=mask).logits[:, 0]
                     ia = torch.tensor([where[x] for x in a[pairs].tolist()])
                     ib = torch.tensor([where[x] for x in b[pairs].tolist()])
@@ -166,7 +171,7 @@ class RewardEnsemble:
                     losses.append(loss.item())
             m.eval()
             st = {"seconds": time.perf_counter() - t0, "loss_last": float(np.mean(losses[-20:])),
-                  "steps": total, "params": n_params(m)}
+                  "steps": total, "params": _hf().n_params(m)}
             if val.any():
                 r = self._rm_scores(m, seqs)
                 ra, rb, pv = r[a[val]], r[b[val]], p_a[val]
