@@ -2,12 +2,13 @@
 
 RL updates come in one method per algorithm family (``update_ppo`` with a critic, ``update_pg`` for
 critic-free RLOO / GRPO); both run ``epochs`` x ``minibatches`` clipped-surrogate steps on one batch.
-Checkpoints are safetensors (weights, value head, RNG) plus the optimizer state loaded with
-``weights_only=True`` -- nothing is unpickled.
+Checkpoints are safetensors (weights, value head, RNG, optimizer moments) plus JSON (optimizer
+hyperparameters) -- nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -212,7 +213,8 @@ class PolicyLearner:
         return self._epochs(batch, hp, seed, loss_fn)
 
     def save_checkpoint(self, out_dir: str) -> list[str]:
-        """Weights (+ value head) and RNG as safetensors, the optimizer as a tensors-only torch file."""
+        """Weights (+ value head), RNG and optimizer moments as safetensors; optimizer
+        hyperparameters as JSON."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {f"policy.{k}": v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
@@ -221,11 +223,14 @@ class PolicyLearner:
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["version"] = torch.tensor([self.version], dtype=torch.int64)
         save_file(tensors, str(out / "learner.safetensors"))
-        torch.save(self.opt.state_dict(), out / "optimizer.pt")
-        return ["learner.safetensors", "optimizer.pt"]
+        sd = self.opt.state_dict()  # tensors -> safetensors, hyperparameters -> JSON: nothing pickled
+        save_file({f"{i}.{k}": v.detach().clone().contiguous() for i, st in sd["state"].items() for k, v in st.items()},
+                  str(out / "optimizer.safetensors"))
+        (out / "optimizer.json").write_text(json.dumps(sd["param_groups"]))
+        return ["learner.safetensors", "optimizer.safetensors", "optimizer.json"]
 
     def load_checkpoint(self, in_dir: str) -> int:
-        """Restore what ``save_checkpoint`` wrote (never unpickles: safetensors + weights_only)."""
+        """Restore what ``save_checkpoint`` wrote (safetensors and JSON: nothing is unpickled)."""
         d = Path(in_dir)
         tensors = load_file(str(d / "learner.safetensors"))
         self.model.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
@@ -233,5 +238,9 @@ class PolicyLearner:
             self.value_head.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("value_head.")})
         torch.set_rng_state(tensors["rng.torch"])
         self.version = int(tensors["version"][0])
-        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+        state: dict[int, dict] = {}
+        for key, v in load_file(str(d / "optimizer.safetensors")).items():
+            i, k = key.split(".", 1)
+            state.setdefault(int(i), {})[k] = v
+        self.opt.load_state_dict({"state": state, "param_groups": json.loads((d / "optimizer.json").read_text())})
         return self.version
