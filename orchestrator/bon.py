@@ -125,11 +125,14 @@ def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, boots
     out = {}
     rng = np.random.default_rng(seed)
     boots = [rng.integers(0, P, P) for _ in range(bootstrap)]
-    responses = np.array(samples["response"], dtype=object)[order].reshape(P, N)
-    text_ids = np.zeros((P, N), dtype=np.int64)
-    for p in range(P):
-        ids: dict = {}
-        text_ids[p] = [ids.setdefault(r, len(ids)) for r in responses[p]]
+    if "response" in samples:  # identical texts are one outcome of the base distribution
+        responses = np.array(samples["response"], dtype=object)[order].reshape(P, N)
+        text_ids = np.zeros((P, N), dtype=np.int64)
+        for p in range(P):
+            ids: dict = {}
+            text_ids[p] = [ids.setdefault(r, len(ids)) for r in responses[p]]
+    else:  # no texts: every sample is its own outcome
+        text_ids = np.tile(np.arange(N), (P, 1))
     for name in proxy_names:
         proxy = np.array(samples[f"score.{name}"])[order].reshape(P, N)
         pb, gb = bon_curves(proxy, gold, n_max)  # [P, n_max]
