@@ -14,7 +14,7 @@ it to exactly ``orchestrator.models.encode_prompt``. TRL's built-in RM path woul
 trained to see), so the RM is wrapped as a reward function that scores the exact ids
 ``[BOS] prompt [SEP] completion_ids`` (generated ``[EOS]`` kept), same cost: one RM forward per batch.
 
-    python -m jobs.trl_baseline          # rloo, 6 steps on the /tmp/final0 test stages, prints JSON
+    python -m jobs.trl_baseline [rloo|grpo]   # 6 steps on the bench inputs of `jobs.bench rl`, prints JSON
 """
 
 from __future__ import annotations
@@ -117,16 +117,15 @@ if __name__ == "__main__":
     import contextlib
     import os
     import sys
+    from pathlib import Path
 
     for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
                  "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(k, v)
-    from orchestrator.tasks import synthetic as T
+    from jobs.bench import _bench_inputs
 
-    rows = T.make_prompts(64, 0, ("arith", "capital", "animal", "list", "unsafe", "chat", "unknown"),
-                          (2, 2, 2, 1, 1, 1, 1), T.table(40, 30, 20))
     with contextlib.redirect_stdout(sys.stderr):  # transformers/deepspeed print banners to stdout on import
-        res = trl_samples_per_s("/tmp/final0/stages/sft-09e3413d2b84f769/policy",
-                                "/tmp/final0/stages/proxy-c189e7118d6d436a/model", [r["prompt"] for r in rows],
+        _, _, sft, rm_dir, train_rows, _ = _bench_inputs(Path("runs/bench-rl"), 0, "2x128", 300)
+        res = trl_samples_per_s(str(sft.dir / "policy"), str(rm_dir), train_rows["prompt"],
                                 algorithm=sys.argv[1] if len(sys.argv) > 1 else "rloo", steps=6)
     print(json.dumps(res, indent=1))
