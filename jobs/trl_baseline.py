@@ -114,10 +114,17 @@ def trl_samples_per_s(policy_dir: str, reward_dir: str, prompts: list[str], algo
 
 
 if __name__ == "__main__":
+    import argparse
     import contextlib
     import os
     import sys
     from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m jobs.trl_baseline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("algorithm", nargs="?", default="rloo", choices=["rloo", "grpo"])
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps (the first is warm-up)")
+    args = ap.parse_args()
 
     for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
                  "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -127,5 +134,5 @@ if __name__ == "__main__":
     with contextlib.redirect_stdout(sys.stderr):  # transformers/deepspeed print banners to stdout on import
         _, _, sft, rm_dir, train_rows, _ = _bench_inputs(Path("runs/bench-rl"), 0, "2x128", 300)
         res = trl_samples_per_s(str(sft.dir / "policy"), str(rm_dir), train_rows["prompt"],
-                                algorithm=sys.argv[1] if len(sys.argv) > 1 else "rloo", steps=6)
+                                algorithm=args.algorithm, steps=args.steps)
     print(json.dumps(res, indent=1))
