@@ -84,7 +84,8 @@ def _bench_inputs(work: Path, seed: int, policy: str, sft_steps: int) -> tuple:
     from orchestrator.cli import save_config
     from orchestrator.config import FrontierConfig, ModelConfig, load
     from orchestrator.models import build_reward_model, load_tokenizer
-    from orchestrator.pipeline import rl_rows, stage_lms, stage_task
+    from orchestrator.pipeline import stage_lms, stage_task
+    from orchestrator.rl_stage import rl_rows
 
     cfg = load(FrontierConfig, None, [f"seed={seed}", f"sft.steps={sft_steps}", f"sft.policy.size={policy}",
                                       "sft.demos=4000", "sample.label_prompts=16", "sample.bon_prompts=64",

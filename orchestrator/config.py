@@ -1,4 +1,4 @@
-"""Configuration: a frozen dataclass tree per job, loaded from YAML, overridden by ``key.sub=value``.
+"""Configuration: a frozen dataclass tree per job (loading and overrides: ``orchestrator.configio``).
 
 Every field has a docstring-comment; ``__post_init__`` checks each field and raises ``ConfigError``
 naming the key and the allowed range. Unknown keys are an error (torchtune's parser), never ignored.
@@ -7,25 +7,18 @@ Cluster-dependent checks live in ``validate_resources``. Derived sizes are prope
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A user error in the configuration: the job exits with code 2 and prints this one line."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
+from orchestrator.configio import (  # noqa: F401  (re-exported: the config API lives here)
+    ConfigError,
+    _check,
+    build,
+    digest,
+    load,
+    load_yaml,
+    parse_overrides,
+    to_dict,
+)
 
 
 def _parse_size(spec: str, key: str) -> tuple[int, int]:
@@ -458,133 +451,6 @@ class FrontierConfig:
     @property
     def n_max(self) -> int:
         return self.bon.n_max or self.sample.bon_responses_per_prompt
-
-
-# --------------------------------------------------------------------------------------------
-# loading
-
-
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return build(tp, value, prefix=key + ".")
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_tp, _) = typing.get_args(tp)
-        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: unsupported union type")  # no optional fields by design
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {tp}")
-
-
-def build(cls, data: dict, prefix: str = ""):
-    """Build dataclass ``cls`` from a mapping; unknown keys and bad values raise ``ConfigError``."""
-    types_ = _field_types(cls)
-    unknown = sorted(set(data) - set(types_))
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; known keys of {prefix or 'the config'}: "
-                          f"{', '.join(sorted(types_))}")
-    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{prefix}{e}") from None
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{dotted}: {p} is not a section")
-    node[parts[-1]] = value
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["sft.steps=10", "proxy.sizes=[1x16,2x32]"]`` -> nested dict; values parsed as YAML."""
-    tree: dict = {}
-    for item in items:
-        if "=" not in item or item.startswith("="):
-            raise ConfigError(f"{item}: an override must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{key}: cannot parse value {raw!r}: {e.__class__.__name__}") from None
-        _set_dotted(tree, key, value)
-    return tree
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: {p}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"--config: {p}:{where} malformed YAML") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config: {p}: the top level must be a mapping of keys")
-    return data
-
-
-def load(cls, path: str | Path | None, overrides: list[str] = ()):
-    """Load ``cls`` from a YAML file (or defaults) plus ``key.sub=value`` overrides."""
-    data = load_yaml(path) if path else {}
-    return build(cls, _merge(data, parse_overrides(list(overrides))))
-
-
-def to_dict(cfg) -> dict:
-    d = dataclasses.asdict(cfg)
-    return json.loads(json.dumps(d))  # tuples -> lists
-
-
-def digest(obj: Any) -> str:
-    """Stable hash of a config subtree (or anything JSON-able): sha256 of canonical JSON."""
-    if dataclasses.is_dataclass(obj):
-        obj = to_dict(obj)
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def validate_resources(cfg: FrontierConfig, available: dict[str, float]) -> None:

@@ -11,7 +11,6 @@ so the information barrier is enforced at run time, not just by convention.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,25 +29,15 @@ from actors.rollout_generator import RolloutGenerator
 from orchestrator import rl as R
 from orchestrator.actor_group import ActorGroup, fetch, put
 from orchestrator.batch import RolloutBatch, metrics_scope
+from orchestrator.checkpoint import (
+    CheckpointError,
+    sha256_file,
+    stream,
+    verify_checkpoint,
+)
 from orchestrator.config import ConfigError, RLConfig, TrialResources
 
 log = logging.getLogger("rlhf_frontier")
-
-
-def stream(seed: int, name: str) -> int:
-    return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:8], 16)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -197,6 +186,7 @@ class RLRun:
         self.history: list[dict] = []
         self.evals: list[dict] = []
         self.pending: tuple[int, list, list] | None = None
+        self._perm: tuple[int, np.ndarray | None] = (-1, None)
         self.hp = {k: getattr(cfg, k) for k in ("epochs", "minibatches", "clip", "vf_coef", "value_clip",
                                                  "max_grad_norm", "temperature")}
 
@@ -208,9 +198,14 @@ class RLRun:
         out = []
         for pos in range(step * k, step * k + k):
             epoch, i = divmod(pos, n)
-            perm = np.random.default_rng(stream(self.seed, f"rl/epoch{epoch}")).permutation(n)
-            out.append(int(perm[i]))
+            out.append(int(self._epoch_perm(epoch)[i]))
         return out
+
+    def _epoch_perm(self, epoch: int) -> np.ndarray:
+        if self._perm[0] != epoch:
+            n = len(self.train_rows["prompt"])
+            self._perm = (epoch, np.random.default_rng(stream(self.seed, f"rl/epoch{epoch}")).permutation(n))
+        return self._perm[1]
 
     def _launch(self, step: int) -> tuple[list[int], list]:
         idx = self.prompt_indices(step)
@@ -345,21 +340,6 @@ def _jsonable(x):
     if isinstance(x, tuple):
         return list(x)
     raise TypeError(type(x))
-
-
-def verify_checkpoint(d: Path) -> dict:
-    """Check every file against ``manifest.json``; return ``state.json``. Raises CheckpointError."""
-    try:
-        manifest = json.loads((d / "manifest.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"manifest.json unreadable: {e.__class__.__name__}") from None
-    for f, want in manifest.items():
-        p = d / f
-        if not p.is_file():
-            raise CheckpointError(f"{f} missing")
-        if sha256_file(p) != want:
-            raise CheckpointError(f"{f} fails its sha256 checksum")
-    return json.loads((d / "state.json").read_text())
 
 
 # --------------------------------------------------------------------------------------------

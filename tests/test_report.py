@@ -1,9 +1,8 @@
 """The checks and the report on hand-made curves (no Ray)."""
-import pytest
-
 import json
 
 import numpy as np
+import pytest
 
 from orchestrator.bon import bon_summary, kl_bon
 from orchestrator.report import checks, write_report

@@ -17,7 +17,7 @@ import pytest
 import ray
 import torch
 
-from orchestrator import pipeline as P
+from orchestrator import rl_stage as P
 from orchestrator.actor_group import fetch
 from orchestrator.batch import BarrierError
 from orchestrator.rl_loop import ALGORITHMS, RLRun, run_rl
