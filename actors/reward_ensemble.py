@@ -120,6 +120,16 @@ class RewardEnsemble:
         out = Scores(values=values, members=self.names, principles=principles)
         return seal(out) if sealed else out
 
+    def score_rollouts(self, batch, src: dict[str, list], sealed: bool = False) -> Scores:
+        """``score`` of a ``RolloutBatch`` straight from a generator (Ray hands the batch over
+        without the driver): row i is prompt ``src[...][batch.prompt_index[i]]`` and response
+        ``batch.texts[i]``. The RL loop chains this onto each generation chunk, so scoring chunk j
+        overlaps generating chunk j+1."""
+        idx = [int(i) for i in batch.prompt_index]
+        rows = {k: [src[k][i] for i in idx] for k in src}
+        rows["response"] = batch.texts
+        return self.score(rows, sealed)
+
     # ----------------------------------------------------------------------------------------
     def train(self, data: dict, epochs: int, prompts_per_step: int, lr: float, seed: int) -> dict:
         """Bradley-Terry training of every HF member on labelled pairs.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -102,17 +103,25 @@ def _bench_inputs(work: Path, seed: int, policy: str, sft_steps: int) -> tuple:
     return cfg, task, sft, rm_dir, train_rows, eval_rows
 
 
-def _rl_rate(cfg, spec, resources, sft, task, train_rows, eval_rows, out: Path, local: bool, steps: int,
-             warmup: int) -> dict:
-    from orchestrator.rl_loop import RLRun, rl_step
+def _rl_stepper(cfg, spec, resources, sft, task, train_rows, eval_rows, out: Path, mode: str):
+    """(``steps(n)`` -> the metrics of ``n`` more RL steps, ``close()``) for one placement: local
+    (one process, no Ray), actors (one Ray actor per role), colocated (every role in one actor)."""
+    import ray
 
-    run = RLRun(cfg, spec, resources, str(sft.dir / "policy"), str(task.dir / "tokenizer"), train_rows,
-                eval_rows, out, seed=0, gold=False, local=local)
-    try:
-        run.sync_weights()
-        hist = [rl_step(run) for _ in range(warmup + steps)][warmup:]
-    finally:
-        run.shutdown()
+    from orchestrator.rl_loop import RLRun, make_slot, rl_step
+
+    policy, tok = str(sft.dir / "policy"), str(task.dir / "tokenizer")
+    if mode == "colocated":
+        slot = make_slot(resources, policy, tok, list(spec.members), 0, gold=False)
+        ray.get(slot.worker.start.remote(cfg, spec, policy, tok, train_rows, eval_rows, str(out), 0))
+        return (lambda n: ray.get(slot.worker.steps.remote(n))), slot.shutdown
+    run = RLRun(cfg, spec, resources, policy, tok, train_rows, eval_rows, out, seed=0, gold=False,
+                local=mode == "local")
+    run.sync_weights()
+    return (lambda n: [rl_step(run) for _ in range(n)]), run.shutdown
+
+
+def _rate(hist: list[dict]) -> dict:
     loop = sum(m["timing/step_s"] - m.get("timing/eval_s", 0) - m.get("timing/checkpoint_s", 0) for m in hist)
     samples = sum(m["throughput/samples_per_s"] * m["timing/step_s"] for m in hist)
     tokens = sum(m["throughput/tokens_per_s"] * m["timing/step_s"] for m in hist)
@@ -129,6 +138,7 @@ def bench_rl(args) -> dict:
     import contextlib
     import dataclasses
 
+    import numpy as np
     import ray
     import torch
 
@@ -145,25 +155,55 @@ def bench_rl(args) -> dict:
                   checkpoint_every=10**6, train_prompts=max(2048, args.prompts))
     one_thread = TrialResources(learner=RoleResources(1, 1.0), generator=RoleResources(1, 0.5),
                                 proxy=RoleResources(1, 0.25), gold=RoleResources(1, 0.25))
+    # colocated: the same roles in one process with one CPU in all (one torch thread, as local)
+    one_cpu = TrialResources(learner=RoleResources(1, 0.5), generator=RoleResources(1, 0.25),
+                             proxy=RoleResources(1, 0.125), gold=RoleResources(1, 0.125), colocate=True)
     spec = RunSpec("bench", ({"name": "rm-1x32", "kind": "hf", "path": str(rm_dir)},), kl_coef=args.kl_coef)
     out: dict = {"bench": "rl", "algorithm": "rloo", "setting": {
         "policy": args.policy, "prompts_per_step": args.prompts, "responses_per_prompt": args.responses,
         "max_new_tokens": args.max_new_tokens, "kl_coef": args.kl_coef, "steps_timed": args.steps}}
-    res = {}
-    for mode in ("local", "actors", "actors_async"):
-        if mode != "local" and not ray.is_initialized():
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        cfg_m = dataclasses.replace(rl, async_generation=mode == "actors_async")
-        res[mode] = _rl_rate(cfg_m, spec, one_thread, sft, task, train_rows, eval_rows, work / f"rl-{mode}",
-                             mode == "local", args.steps, args.warmup)
-        torch.set_num_threads(1)
+    # every placement keeps its run; rounds of ``steps / rounds`` steps alternate between them, so
+    # a slow spell of the machine hits all alike and the overhead is a paired (per-round) ratio
+    modes = {"local": one_thread, "colocated": one_cpu, "actors": one_thread, "actors_async": one_thread}
+    # all placements stay up between rounds but only one computes at a time: logical CPUs for all
+    ray.init(num_cpus=2 * len(modes), include_dashboard=False, log_to_driver=False)
+    steppers, hists, rounds = {}, {m: [] for m in modes}, []
+    try:
+        for mode, resources in modes.items():
+            out_m = work / f"rl-{mode}"
+            shutil.rmtree(out_m, ignore_errors=True)
+            cfg_m = dataclasses.replace(rl, async_generation=mode.endswith("_async"))
+            steppers[mode] = _rl_stepper(cfg_m, spec, resources, sft, task, train_rows, eval_rows, out_m,
+                                         mode.removesuffix("_async"))
+            torch.set_num_threads(1)
+            steppers[mode][0](args.warmup)
+        per_round = max(1, args.steps // args.rounds)
+        for _ in range(args.rounds):
+            r = {}
+            for mode in modes:
+                h = steppers[mode][0](per_round)
+                hists[mode] += h
+                r[mode] = _rate(h)["step_s"]
+            rounds.append(r)
+    finally:
+        for st in steppers.values():
+            st[1]()
+    res = {m: _rate(h) for m, h in hists.items()}
+
+    def overhead(mode: str) -> float:
+        return float(np.median([r[mode] / r["local"] for r in rounds]) - 1)
+
     if ray.is_initialized():
         ray.shutdown()
-    out["ours_actors"], out["ours_local"], out["ours_actors_async"] = res["actors"], res["local"], res["actors_async"]
-    out["samples_per_s"] = res["actors"]["samples_per_s"]
+    out.update({f"ours_{m}": r for m, r in res.items()})
+    # the Ray placement the default config uses (cluster.rl.colocate: true), synchronous
+    out["samples_per_s"] = res["colocated"]["samples_per_s"]
+    out["tokens_per_s"] = res["colocated"]["tokens_per_s"]
+    out["samples_per_s_actors"] = res["actors"]["samples_per_s"]
     out["samples_per_s_async"] = res["actors_async"]["samples_per_s"]
-    out["tokens_per_s"] = res["actors"]["tokens_per_s"]
-    out["actor_overhead_frac"] = res["actors"]["step_s"] / res["local"]["step_s"] - 1
+    out["actor_overhead_frac"] = overhead("colocated")
+    out["actor_overhead_frac_per_role_actors"] = overhead("actors")
+    out["rounds_step_s"] = rounds
     try:
         import trl  # noqa: F401
         have_trl = not args.no_trl
@@ -180,15 +220,18 @@ def bench_rl(args) -> dict:
         out["trl_samples_per_s"] = t["samples_per_s"]
         out["trl"] = {k: t[k] for k in ("trl_version", "steps", "seconds", "mean_completion_len")}
         out["speedup_vs_trl"] = out["samples_per_s"] / t["samples_per_s"]
+        out["speedup_vs_trl_actors"] = out["samples_per_s_actors"] / t["samples_per_s"]
         out["speedup_vs_trl_async"] = out["samples_per_s_async"] / t["samples_per_s"]
     print(f"{'':<22}{'samples/s':>10}{'tokens/s':>10}{'step ms':>9}")
-    for name, r in (("ours, Ray actors", res["actors"]), ("ours, one process", res["local"]),
-                    ("ours, actors, async", res["actors_async"])):
+    for name, r in (("ours, one process", res["local"]), ("ours, colocated actor", res["colocated"]),
+                    ("ours, actor per role", res["actors"]), ("ours, per role, async", res["actors_async"])):
         print(f"{name:<22}{r['samples_per_s']:>10.0f}{r['tokens_per_s']:>10.0f}{1000 * r['step_s']:>9.1f}")
     if have_trl:
         print(f"{'TRL RLOOTrainer':<22}{out['trl_samples_per_s']:>10.0f}")
-    print("phases (ms/step, actors):", {k: round(1000 * v, 1) for k, v in res["actors"]["phases_s"].items()})
-    print(f"actor overhead: {100 * out['actor_overhead_frac']:+.1f}%")
+    for m in ("local", "colocated", "actors"):
+        print(f"phases (ms/step, {m}):", {k: round(1000 * v, 1) for k, v in res[m]["phases_s"].items()})
+    print(f"Ray overhead vs one process: colocated {100 * out['actor_overhead_frac']:+.1f}%, "
+          f"actor per role {100 * out['actor_overhead_frac_per_role_actors']:+.1f}%")
     return out
 
 
@@ -210,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--kl-coef", type=float, default=0.05)
     r.add_argument("--steps", type=int, default=40, help="timed steps")
     r.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    r.add_argument("--rounds", type=int, default=4, help="timed steps alternate between placements in this many rounds")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
     args = p.parse_args(argv)

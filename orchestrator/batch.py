@@ -81,6 +81,15 @@ class Scores:
         """``[b]`` mean over members."""
         return self.values.mean(axis=1)
 
+    @staticmethod
+    def concat(parts: list[Scores]) -> Scores:
+        """Rows of ``parts`` in order (sealed parts only inside ``metrics_scope()``)."""
+        if len(parts) == 1:
+            return parts[0]
+        return Scores(values=np.concatenate([np.asarray(p.values) for p in parts]), members=parts[0].members,
+                      principles={k: np.concatenate([np.asarray(p.principles[k]) for p in parts])
+                                  for k in parts[0].principles})
+
 
 # --------------------------------------------------------------------------------------------
 # the gold information barrier (DESIGN.md "Roles")

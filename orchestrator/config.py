@@ -371,6 +371,11 @@ class TrialResources:
     """Placement-group strategy: PACK (share nodes), SPREAD, STRICT_PACK or STRICT_SPREAD."""
     max_concurrent: int = 0
     """RL runs at once; 0 = as many as the cluster's CPUs hold."""
+    colocate: bool = False
+    """All roles of a run in one process (one actor, one bundle with the sum of the roles'
+    resources) instead of one actor per role. Same results bit for bit; on a small CPU machine it
+    removes the ~35-50% cost of processes taking turns on a core. Keep False on a GPU cluster
+    where each role has its own device."""
 
     def __post_init__(self):
         _check(self.learner.replicas == 1, "learner.replicas", "an RL run has exactly one learner")
@@ -381,6 +386,7 @@ class TrialResources:
         _check(self.max_concurrent >= 0, "max_concurrent", "must be >= 0 (0 = as many as fit)")
 
     def bundles(self) -> list[dict]:
+        """One bundle per actor (learner, generator replicas, proxy, gold), or their sum when colocated."""
         out = []
         for role in (self.learner, self.generator, self.proxy, self.gold):
             for _ in range(role.replicas):
@@ -388,6 +394,12 @@ class TrialResources:
                 if role.num_gpus:
                     b["GPU"] = role.num_gpus
                 out.append(b)
+        if self.colocate:
+            total = {"CPU": round(sum(b["CPU"] for b in out), 6)}
+            gpus = round(sum(b.get("GPU", 0) for b in out), 6)
+            if gpus:
+                total["GPU"] = gpus
+            out = [total]
         return out
 
     @property

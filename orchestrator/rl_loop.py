@@ -28,7 +28,7 @@ from actors.reward_ensemble import RewardEnsemble
 from actors.rollout_generator import RolloutGenerator
 from orchestrator import rl as R
 from orchestrator.actor_group import ActorGroup, fetch, put
-from orchestrator.batch import RolloutBatch, metrics_scope
+from orchestrator.batch import RolloutBatch, Scores, metrics_scope
 from orchestrator.checkpoint import (
     CheckpointError,
     sha256_file,
@@ -157,6 +157,113 @@ class Slot:
             self.pg = None
 
 
+def make_slot(resources: TrialResources, policy_dir: str, tokenizer_dir: str, members: list[dict], seed: int,
+              gold: bool = True, name: str = "rl"):
+    """The slot ``resources`` ask for: roles as separate actors (``Slot``) or all in one
+    (``ColocatedSlot``, ``cluster.rl.colocate``)."""
+    cls = ColocatedSlot if resources.colocate else Slot
+    return cls(resources, policy_dir, tokenizer_dir, members, seed, gold, name=name)
+
+
+def execute(slot, cfg: RLConfig, spec: RunSpec, resources: TrialResources, policy_dir: str, tokenizer_dir: str,
+            train_rows: dict, eval_rows: dict, out_dir: Path, seed: int, progress: bool = False,
+            stop_after: int | None = None) -> dict:
+    """Run (or resume) one RL run on ``slot`` to its end; returns ``summarize``'s entry."""
+    if isinstance(slot, ColocatedSlot):
+        return slot.execute(cfg, spec, policy_dir, tokenizer_dir, train_rows, eval_rows, out_dir, seed,
+                            progress, stop_after)
+    run = RLRun(cfg, spec, resources, policy_dir, tokenizer_dir, train_rows, eval_rows, out_dir, seed, slot=slot)
+    return run_rl(run, progress=progress, stop_after=stop_after)
+
+
+class TrialWorker:
+    """Every role of an RL run in one process (``cluster.rl.colocate``): the learner, generator,
+    proxy and gold objects are the same classes the separate actors run, called in-process
+    (``Slot(local=True)``), so results are bit-identical to the separate-actor placement while
+    the per-call hand-offs between processes disappear. On a small machine those hand-offs cost
+    ~35-50% of a step (processes that take turns on a core run each other's caches and TLBs cold;
+    ``python -m jobs.bench rl`` measures it); on a cluster where each role has its own GPU, keep
+    the roles apart. Colocation as in verl's colocated worker groups / OpenRLHF's colocate mode.
+
+    A threaded actor (two threads): ``run`` works while ``status`` answers progress polls."""
+
+    def __init__(self, resources: TrialResources, policy_dir: str, tokenizer_dir: str, members: list[dict],
+                 seed: int, gold: bool = True):
+        from orchestrator.models import set_threads
+
+        self.threads = set_threads(resources.num_cpus)
+        self.resources = resources
+        self.slot = Slot(resources, policy_dir, tokenizer_dir, members, seed, gold, local=True)
+        self.run_: RLRun | None = None
+
+    def start(self, cfg: RLConfig, spec: RunSpec, policy_dir: str, tokenizer_dir: str, train_rows: dict,
+              eval_rows: dict, out_dir: str, seed: int) -> None:
+        torch.set_num_threads(self.threads)  # per calling thread under OpenMP
+        self.run_ = RLRun(cfg, spec, self.resources, policy_dir, tokenizer_dir, train_rows, eval_rows,
+                          Path(out_dir), seed, slot=self.slot)
+
+    def run(self, cfg: RLConfig, spec: RunSpec, policy_dir: str, tokenizer_dir: str, train_rows: dict,
+            eval_rows: dict, out_dir: str, seed: int, stop_after: int | None = None) -> dict:
+        """Run (or resume) a run to its end (or ``stop_after`` steps); returns its summary."""
+        self.start(cfg, spec, policy_dir, tokenizer_dir, train_rows, eval_rows, out_dir, seed)
+        return run_rl(self.run_, tensorboard=True, stop_after=stop_after)
+
+    def steps(self, n: int) -> list[dict]:
+        """``n`` bare ``rl_step``s of the started run (the benchmark), their metrics."""
+        torch.set_num_threads(self.threads)
+        return [rl_step(self.run_) for _ in range(n)]
+
+    def status(self) -> tuple[int, dict]:
+        """(steps done, the last step's kl / proxy / gold means) of the current run."""
+        r = self.run_
+        if r is None:
+            return 0, {}
+        last = r.history[-1] if r.history else {}
+        return r.step, {k: last[k] for k in ("kl", "proxy/objective", "gold/mean") if k in last}
+
+
+class ColocatedSlot:
+    """A ``TrialWorker`` in its own placement group of one bundle (all the roles' CPUs and GPUs)."""
+
+    def __init__(self, resources: TrialResources, policy_dir: str, tokenizer_dir: str, members: list[dict],
+                 seed: int, gold: bool = True, name: str = "rl"):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.pg = placement_group(resources.bundles(), strategy="STRICT_PACK", name=f"{name}-{os.urandom(4).hex()}")
+        ray.get(self.pg.ready())
+        b = resources.bundles()[0]
+        self.worker = ray.remote(TrialWorker).options(
+            num_cpus=b["CPU"], num_gpus=b.get("GPU", 0), max_concurrency=2,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0),
+        ).remote(resources, policy_dir, tokenizer_dir, list(members), seed, gold)
+
+    def execute(self, cfg: RLConfig, spec: RunSpec, policy_dir: str, tokenizer_dir: str, train_rows: dict,
+                eval_rows: dict, out_dir: Path, seed: int, progress: bool = False,
+                stop_after: int | None = None) -> dict:
+        import ray
+        from tqdm import tqdm
+
+        ref = self.worker.run.remote(cfg, spec, policy_dir, tokenizer_dir, train_rows, eval_rows, str(out_dir),
+                                     seed, stop_after)
+        with tqdm(total=cfg.steps, desc=f"rl {spec.name}", disable=not progress, leave=False) as bar:
+            while not ray.wait([ref], timeout=1.0)[0]:
+                step, last = ray.get(self.worker.status.remote())
+                bar.n = step
+                bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in last.items()}, refresh=True)
+        return ray.get(ref)
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        ray.kill(self.worker)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
+
+
 class RLRun:
     """The state of one RL run on a ``Slot`` of actors.
 
@@ -207,34 +314,46 @@ class RLRun:
             self._perm = (epoch, np.random.default_rng(stream(self.seed, f"rl/epoch{epoch}")).permutation(n))
         return self._perm[1]
 
-    def _launch(self, step: int) -> tuple[list[int], list]:
+    def _launch(self, step: int) -> tuple:
+        """Generation of ``step`` in ``rollout_chunks`` chunks, each chunk's proxy (and sealed gold)
+        scoring chained onto it actor-to-actor: nothing waits here."""
         idx = self.prompt_indices(step)
-        chunks = np.array_split(np.arange(len(idx)), self.cfg.rollout_chunks)
-        refs = [self.gen.one("generate", [self.train_rows["prompt"][idx[i]] for i in c],
-                             self.cfg.responses_per_prompt, stream(self.seed, f"rl/gen/{step}/{j}"),
-                             self.cfg.max_new_tokens, self.cfg.temperature, with_ref=True, fast=True)
-                for j, c in enumerate(chunks) if len(c)]
-        return idx, refs
+        launched = []
+        for j, c in enumerate(np.array_split(np.arange(len(idx)), self.cfg.rollout_chunks)):
+            if not len(c):
+                continue
+            src = self._rows(self.train_rows, [idx[i] for i in c], None)
+            b = self.gen.one("generate", src["prompt"], self.cfg.responses_per_prompt,
+                             stream(self.seed, f"rl/gen/{step}/{j}"), self.cfg.max_new_tokens,
+                             self.cfg.temperature, with_ref=True, fast=True)
+            p = self.proxy.one("score_rollouts", b, src)
+            g = self.gold.one("score_rollouts", b, src, sealed=True) if self.gold else None
+            launched.append((b, p, g))
+        return step, launched
 
     def prefetch(self, step: int) -> None:
-        """Async mode: start generating ``step`` now, with the weights the generators hold."""
+        """Async mode: start generating (and scoring) ``step`` now, with the weights the generators hold."""
         if step < self.cfg.steps:
-            self.pending = (step, *self._launch(step))
+            self.pending = self._launch(step)
 
-    def rollouts(self, step: int) -> tuple[dict, RolloutBatch]:
+    def rollouts(self, step: int) -> tuple[RolloutBatch, Scores, list]:
+        """The step's batch and proxy scores, and the (sealed, unread) gold score refs."""
         if self.pending is not None and self.pending[0] == step:
-            _, idx, refs = self.pending
+            _, launched = self.pending
             self.pending = None
         else:
-            idx, refs = self._launch(step)
-        batch = RolloutBatch.concat(fetch(refs))
-        rows = [idx[i] for i in batch.prompt_index]
-        return self._rows(self.train_rows, rows, batch.texts), batch
+            _, launched = self._launch(step)
+        batch = RolloutBatch.concat(fetch([b for b, _, _ in launched]))
+        proxy = Scores.concat(fetch([p for _, p, _ in launched]))
+        return batch, proxy, [g for _, _, g in launched if g is not None]
 
     @staticmethod
-    def _rows(src: dict, rows: list[int], texts: list[str]) -> dict:
-        return {"prompt": [src["prompt"][i] for i in rows], "family": [src["family"][i] for i in rows],
-                "meta": [src["meta"][i] for i in rows], "response": texts}
+    def _rows(src: dict, rows: list[int], texts: list[str] | None) -> dict:
+        out = {"prompt": [src["prompt"][i] for i in rows], "family": [src["family"][i] for i in rows],
+               "meta": [src["meta"][i] for i in rows]}
+        if texts is not None:
+            out["response"] = texts
+        return out
 
     def sync_weights(self) -> None:
         """Push the learner's weights to every generator (calls to an actor run in order, so the
@@ -354,17 +473,14 @@ def rl_step(run: RLRun) -> dict:
         due = step % cfg.eval_every == 0 or step <= cfg.eval_early
         if due and (not run.evals or run.evals[-1]["step"] < step):
             run.evals.append(run.evaluate(step))
-    with T("generate"):
-        rows, batch = run.rollouts(step)
+    with T("generate"):  # generation, with each chunk's proxy/gold scoring chained onto it
+        batch, proxy, g_refs = run.rollouts(step)
     with T("score"):
         batch_ref = put(batch, run.local)
-        p_ref = run.proxy.one("score", {"prompt": rows["prompt"], "response": rows["response"]})
-        g_ref = run.gold.one("score", rows, sealed=True) if run.gold else None
         # PPO needs the value head's estimates; critic-free algorithms take the sampler's own
         # log-probs as the old policy (the exact behaviour policy, also in async mode)
         old = (fetch(run.learner.one("evaluate", batch_ref, cfg.temperature)) if cfg.algorithm == "ppo"
                else {"logprobs": batch.logprobs})
-        proxy = fetch(p_ref)
     with T("shape"):
         members = torch.tensor(proxy.values, dtype=torch.float32)
         score = R.aggregate(members, run.spec.objective, cfg.uwo_lambda)
@@ -395,9 +511,10 @@ def rl_step(run: RLRun) -> dict:
             m[f"proxy/{name}"] = float(members[:, j].mean())
         if cfg.async_generation and cfg.algorithm == "ppo":
             m["async/behavior_kl"] = float(R.sequence_kl(batch.logprobs, old["logprobs"], mask).mean())
-        if g_ref is not None:
-            gold = fetch(g_ref)
+        if g_refs:
+            gold_parts = fetch(g_refs)
             with metrics_scope():
+                gold = Scores.concat(gold_parts)
                 g = np.asarray(gold.values)
                 m["gold/mean"] = float(g.mean())
                 for j, name in enumerate(gold.members):

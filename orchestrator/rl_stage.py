@@ -68,7 +68,7 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
 
     import torch
 
-    from orchestrator.rl_loop import RLRun, Slot, run_rl
+    from orchestrator.rl_loop import execute, make_slot
 
     torch.set_num_threads(1)  # the driver only shapes rewards and computes advantages
     specs = rl_specs(cfg, proxies)
@@ -78,7 +78,7 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
     train_rows, eval_rows = rl_rows(cfg, task)
 
     def run_one(spec, slots: list) -> dict:
-        key = digest({"stage": "rl", "v": 1, "task": task.key, "sft": sft.key, "rl": rl_cfg, "seed": cfg.seed,
+        key = digest({"stage": "rl", "v": 2, "task": task.key, "sft": sft.key, "rl": rl_cfg, "seed": cfg.seed,
                       "name": spec.name, "objective": spec.objective, "kl_coef": spec.kl_coef,
                       "members": [m["stage"] for m in spec.members]})[:16]
         out = run_dir / "rl" / f"{spec.name}-{key}"
@@ -88,11 +88,10 @@ def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageRe
             return {**json.loads(done.read_text()), "cached": True}
         t0 = time.perf_counter()
         if not slots:  # the worker's actors, made on its first run that is not cached
-            slots.append(Slot(cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
-                              list(spec.members), cfg.seed))
-        run = RLRun(cfg.rl, spec, cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
-                    train_rows, eval_rows, out, cfg.seed, slot=slots[0])
-        summary = run_rl(run, progress=progress)
+            slots.append(make_slot(cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
+                                   list(spec.members), cfg.seed))
+        summary = execute(slots[0], cfg.rl, spec, cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
+                          train_rows, eval_rows, out, cfg.seed, progress=progress)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         tmp = done.with_name("DONE.json.tmp")
         tmp.write_text(json.dumps(summary, indent=1))

@@ -73,24 +73,41 @@ class GPT2Decoder:
         return (c.model_type == "gpt2" and c.activation_function in ("gelu_new", "gelu_pytorch_tanh", "gelu")
                 and not c.scale_attn_by_inverse_layer_idx and not c.reorder_and_upcast_attn and c.scale_attn_weights)
 
-    def _layers(self, x, q_pos, kv_len, mask, cache):
+    def _layers(self, x, q_pos, kv_len, mask, cache, last_only: bool = True, hidden: bool = False, keep=None):
         F, tr = self.F, self.model.transformer
         b, t, e = x.shape
         for i, blk in enumerate(tr.h):
             a = F.layer_norm(x, (e,), blk.ln_1.weight, blk.ln_1.bias, self.eps)
             qkv = torch.addmm(blk.attn.c_attn.bias, a.reshape(b * t, e), blk.attn.c_attn.weight).view(b, t, 3, self.h, self.d)
             q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [b, h, t, d]
-            kc, vc = cache[i]
-            kc[:, :, q_pos: q_pos + t] = k
-            vc[:, :, q_pos: q_pos + t] = v
+            if cache is None:  # one pass over whole sequences (differentiable)
+                kc, vc = k, v
+            else:
+                kc, vc = cache[i]
+                kc[:, :, q_pos: q_pos + t] = k
+                vc[:, :, q_pos: q_pos + t] = v
             o = F.scaled_dot_product_attention(q, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask)
             o = o.transpose(1, 2).reshape(b * t, e)
             x = x + torch.addmm(blk.attn.c_proj.bias, o, blk.attn.c_proj.weight).view(b, t, e)
             m = F.layer_norm(x, (e,), blk.ln_2.weight, blk.ln_2.bias, self.eps).reshape(b * t, e)
             m = F.gelu(torch.addmm(blk.mlp.c_fc.bias, m, blk.mlp.c_fc.weight), approximate=self.approx)
             x = x + torch.addmm(blk.mlp.c_proj.bias, m, blk.mlp.c_proj.weight).view(b, t, e)
-        x = F.layer_norm(x[:, -1], (e,), tr.ln_f.weight, tr.ln_f.bias, self.eps)
-        return x @ self.model.lm_head.weight.T
+        x = x[:, -1] if last_only else (x if keep is None else x[:, keep])
+        x = F.layer_norm(x, (e,), tr.ln_f.weight, tr.ln_f.bias, self.eps)
+        logits = x @ self.model.lm_head.weight.T
+        return (logits, x) if hidden else logits
+
+    def forward(self, ids, attn, pos, hidden: bool = False, keep: slice | None = None):
+        """Logits ``[b, p, V]`` (and the final hidden states after ``ln_f``) at the positions
+        ``keep`` (default all) of whole sequences: the HF forward's math without its per-call
+        machinery; differentiable (the learner's update runs through it). Padded query rows attend
+        to themselves only."""
+        tr = self.model.transformer
+        p = ids.shape[1]
+        valid = attn.bool()
+        mask = (torch.ones(p, p, dtype=torch.bool).tril()[None] & valid[:, None, :]) | torch.eye(p, dtype=torch.bool)[None]
+        x = tr.wte(ids) + tr.wpe(pos)
+        return self._layers(x, 0, p, mask[:, None], None, last_only=False, hidden=hidden, keep=keep)
 
     def prefill(self, ids, attn, pos):
         tr = self.model.transformer
@@ -187,12 +204,23 @@ def response_forward(model, prompts: list[list[int]], response_ids: torch.Tensor
     ids = torch.cat([p_ids, response_ids], 1)
     attn = torch.cat([p_mask, response_mask.to(p_mask.dtype)], 1)
     pos = (attn.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=hidden)
     p, t = p_ids.shape[1], response_ids.shape[1]
-    logits = out.logits[:, p - 1: p + t - 1].float() / temperature
+    keep = slice(p - 1, p + t - 1)  # the positions that predict response tokens
+    if _plain_ok(model):  # GPT-2 without dropout: the same math in plain ops, LM head on `keep` only
+        out = GPT2Decoder(model, ids.shape[1]).forward(ids, attn, pos, hidden=hidden, keep=keep)
+        logits, h = out if hidden else (out, None)
+    else:
+        o = model(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=hidden)
+        logits, h = o.logits[:, keep], (o.hidden_states[-1][:, keep] if hidden else None)
+    logits = logits.float() / temperature
     logp = torch.log_softmax(logits, -1).gather(2, response_ids[:, :, None]).squeeze(2) * response_mask
-    h = out.hidden_states[-1][:, p - 1: p + t - 1] if hidden else None
     return logp, logits, h
+
+
+def _plain_ok(model) -> bool:
+    c = model.config
+    no_dropout = not model.training or (c.resid_pdrop == 0 and c.embd_pdrop == 0 and c.attn_pdrop == 0)
+    return GPT2Decoder.supports(model) and no_dropout
 
 
 @torch.no_grad()

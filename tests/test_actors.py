@@ -136,3 +136,43 @@ def test_fast_gpt2_decoder_matches_transformers(policy_dir):
                    fast=f) for f in (False, True)]
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     assert torch.allclose(outs[0][2], outs[1][2], atol=1e-4)
+
+
+def test_plain_gpt2_forward_matches_transformers(policy_dir):
+    """``response_forward``'s plain-op GPT-2 pass (learner and reference) equals the HF forward:
+    log-probs, logits and final hidden states to float rounding, and the same gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.models import encode_prompt, load_tokenizer
+    from orchestrator.sampling import left_pad, response_forward, sample
+
+    tok = load_tokenizer(policy_dir / "policy")
+    model = AutoModelForCausalLM.from_pretrained(policy_dir / "policy").train()
+    rows = [encode_prompt(tok, r["prompt"]) for r in T.make_prompts(8, 5)]
+    ids, mask, _ = sample(model, rows, 12, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(1))
+    for i, n in enumerate([12, 3, 7, 1, 12, 5, 9, 2]):  # right padding of different lengths
+        mask[i, n:] = 0
+        ids[i, n:] = tok.pad_token_id
+
+    def hf_forward():
+        p_ids, p_mask = left_pad(rows, tok.pad_token_id)
+        all_ids, attn = torch.cat([p_ids, ids], 1), torch.cat([p_mask, mask.to(p_mask.dtype)], 1)
+        out = model(input_ids=all_ids, attention_mask=attn, position_ids=(attn.cumsum(1) - 1).clamp(min=0),
+                    output_hidden_states=True)
+        p, t = p_ids.shape[1], ids.shape[1]
+        logits = out.logits[:, p - 1: p + t - 1].float()
+        lp = torch.log_softmax(logits, -1).gather(2, ids[:, :, None]).squeeze(2) * mask
+        return lp, logits, out.hidden_states[-1][:, p - 1: p + t - 1]
+
+    results = []
+    for fn in (hf_forward, lambda: response_forward(model, rows, ids, mask, tok.pad_token_id, hidden=True)):
+        model.zero_grad()
+        lp, logits, h = fn()
+        (lp.sum() + h[mask.bool()].square().mean()).backward()
+        results.append((lp.detach(), logits.detach(), h.detach(),
+                        [q.grad.clone() for q in model.parameters() if q.grad is not None]))
+    (a_lp, a_lg, a_h, a_g), (b_lp, b_lg, b_h, b_g) = results
+    m = mask.bool()
+    assert torch.allclose(a_lp, b_lp, atol=1e-4)
+    assert torch.allclose(a_lg[m], b_lg[m], atol=1e-4) and torch.allclose(a_h[m], b_h[m], atol=1e-4)
+    assert len(a_g) == len(b_g) and all(torch.allclose(x, y, atol=1e-4, rtol=1e-3) for x, y in zip(a_g, b_g))

@@ -20,7 +20,7 @@ import torch
 from orchestrator import rl_stage as P
 from orchestrator.actor_group import fetch
 from orchestrator.batch import BarrierError
-from orchestrator.rl_loop import ALGORITHMS, RLRun, run_rl
+from orchestrator.rl_loop import ALGORITHMS, RLRun, execute, make_slot, run_rl
 from orchestrator.stages import StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +72,31 @@ def _learner_file(out: Path) -> Path:
 
 
 @pytest.mark.slow
+def test_colocated_equals_actor_per_role(rl_inputs, tmp_path):
+    """``cluster.rl.colocate`` moves every role into one process; the numbers must not move: the
+    final weights are byte-identical and the metric histories equal to one actor per role."""
+    cfg, task, sft, specs, train_rows, eval_rows = rl_inputs
+    rl = dataclasses.replace(cfg.rl, steps=4, checkpoint_every=4)
+    spec = specs["ensemble-wco"] if "ensemble-wco" in specs else specs["proxy-1x8"]
+    results = {}
+    for colocate in (False, True):
+        res = dataclasses.replace(cfg.cluster.rl, colocate=colocate)
+        out = tmp_path / f"colocate-{colocate}"
+        slot = make_slot(res, str(sft.dir / "policy"), str(task.dir / "tokenizer"), list(spec.members), cfg.seed)
+        try:
+            summary = execute(slot, rl, spec, res, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
+                              train_rows, eval_rows, out, cfg.seed)
+        finally:
+            slot.shutdown()
+        hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        results[colocate] = (summary, _stable(hist), _sha(_learner_file(out)))
+    assert len(results[True][1]) == 4 and "gold/mean" in results[True][1][-1]
+    assert results[True][2] == results[False][2]
+    assert results[True][1] == results[False][1]
+    assert results[True][0]["points"] == results[False][0]["points"]
+
+
+@pytest.mark.slow
 def test_gold_barrier_update_identical_without_gold(rl_inputs, tmp_path):
     """Gold is sealed inside RL: a run with gold completes and its policy updates are bit-identical
     to a run with no gold ensemble at all; feeding the sealed scores to shaping, advantages or the
@@ -87,8 +112,8 @@ def test_gold_barrier_update_identical_without_gold(rl_inputs, tmp_path):
         assert strip == _stable(without.history)
         assert [p["kl"] for p in s1["points"]] == [p["kl"] for p in s2["points"]]
         # the tripwire is live: sealed gold fed where the proxy belongs fails on every path
-        rows, batch = with_gold.rollouts(0)
-        sealed = fetch(with_gold.gold.one("score", rows, sealed=True))
+        batch, _, gold_refs = with_gold.rollouts(0)
+        sealed = fetch(gold_refs[0])
         with pytest.raises(BarrierError):
             torch.tensor(np.asarray(sealed.values)[:, 0])  # reward shaping
         with pytest.raises(BarrierError):
