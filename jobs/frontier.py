@@ -27,7 +27,12 @@ DEFAULT = Path(__file__).parent / "configs" / "default.yaml"
 
 def main(argv: list[str] | None = None) -> int:
     args = parser("python -m jobs.frontier", __doc__, DEFAULT).parse_args(argv)
-    cfg, run_dir = resolve("frontier", FrontierConfig, args)
+    return run(args, "frontier")
+
+
+def run(args, job: str) -> int:
+    """The pipeline for ``jobs.frontier`` and ``jobs.sweep`` (the same stages, shared by cache)."""
+    cfg, run_dir = resolve(job, FrontierConfig, args)
     if args.resume and (run_dir / "frontier.json").is_file():
         user_error(f"--resume: nothing to resume: {run_dir} is a finished run (frontier.json written); "
                    "rerun without --resume to rebuild the report from its cached stages")

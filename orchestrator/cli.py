@@ -22,15 +22,20 @@ from orchestrator.data import DataError
 EXIT_USER_ERROR = 2
 
 
-def parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
+def parser(prog: str, description: str, default_config: Path, resume_dir: bool = False) -> argparse.ArgumentParser:
+    """The shared options. ``resume_dir``: ``--resume RUN_DIR`` (also accepted: ``--run-dir DIR --resume``)."""
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="overrides: any config key as key.sub=value, e.g. seed=3 "
                                        "sft.steps=100 'proxy.sizes=[1x16,2x64]'")
     p.add_argument("--config", default=str(default_config), help=f"YAML config (default: {default_config})")
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/<job>-<config hash>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir; its saved config is used, overrides must agree")
+    if resume_dir:
+        p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR (or --run-dir); its saved config is used, overrides must agree")
+    else:
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in --run-dir; its saved config is used, overrides must agree")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return p
@@ -43,6 +48,10 @@ def user_error(msg: str) -> NoReturn:  # noqa: F821
 
 def resolve(job: str, cls, args) -> tuple[object, Path]:
     """Load the config and pick the run directory, refusing anything that would clobber a run."""
+    if isinstance(args.resume, str):  # --resume RUN_DIR
+        if args.run_dir and Path(args.run_dir) != Path(args.resume):
+            user_error(f"--resume {args.resume} and --run-dir {args.run_dir} name different directories")
+        args.run_dir, args.resume = args.resume, True
     try:
         if args.resume:
             if not args.run_dir:

@@ -293,7 +293,7 @@ class RLConfig:
     uwo_lambda: float = 0.1
     """lambda of the uncertainty-weighted objective (Coste et al. use 0.1 for PPO)."""
     sizes: tuple[str, ...] = ()
-    """Proxy sizes that get a single-member run; empty = every ``proxy.sizes``."""
+    """Proxy sizes that get single-member runs (one per ``sweep.kl_coefs``); empty = every ``proxy.sizes``."""
     ensemble_objectives: tuple[str, ...] = ("wco", "uwo")
     """One extra run per objective with every proxy size as a member (members differ in size and
     pretraining, which Coste et al. found beats seed-only ensembles); empty = none."""
@@ -435,6 +435,59 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class StopperConfig:
+    """Early stop of a sweep trial past its gold peak (never on the proxy: that is what overoptimizes)."""
+
+    enabled: bool = False
+    """Stop trials whose gold stays below their running peak (saves the compute past the peak)."""
+    metric: str = "eval/gold"
+    """The metric watched; must be a gold metric (``eval/gold...``): a proxy-keyed stopper is refused."""
+    margin: float = 0.05
+    """Gold this far below the trial's running peak counts as fallen."""
+    patience: int = 3
+    """Consecutive evaluations fallen before the trial stops."""
+
+    def __post_init__(self):
+        _check(self.metric.startswith("eval/gold"), "metric",
+               f"{self.metric!r}: trials may only be stopped on gold (eval/gold...), never on the proxy "
+               "(selecting on the proxy is exactly what overoptimizes)")
+        _check(self.margin >= 0, "margin", f"{self.margin} must be >= 0")
+        _check(self.patience >= 1, "patience", f"{self.patience} must be >= 1")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The Tune sweep over KL coefficient x proxy size x seed (Gao et al. 2022, section 3)."""
+
+    kl_coefs: tuple[float, ...] = (0.0, 0.02, 0.1)
+    """KL penalty coefficients (beta) swept for every proxy size; 0 = no penalty."""
+    seeds: tuple[int, ...] = ()
+    """RL seeds (sampling, prompts, init); empty = the config's ``seed``. Proxies come from ``seed``."""
+    stopper: StopperConfig = field(default_factory=StopperConfig)
+    """Early stop on gold past the peak."""
+    select_by: str = "eval/gold"
+    """Metric that ranks a trial's checkpoints ("best" checkpoint); must be gold."""
+    keep_checkpoints: int = 2
+    """Checkpoints Tune keeps per trial (the best by ``select_by`` and the latest are always kept)."""
+    max_failures: int = 2
+    """Retries of a failing trial, each from its last checkpoint."""
+    wandb: bool = True
+    """Log every trial to Weights & Biases (offline unless ``WANDB_MODE`` says otherwise)."""
+    wandb_project: str = "rlhf-frontier"
+    """wandb project name."""
+
+    def __post_init__(self):
+        _check(len(self.kl_coefs) >= 1 and all(k >= 0 for k in self.kl_coefs), "kl_coefs",
+               f"{list(self.kl_coefs)}: at least one coefficient, all >= 0")
+        _check(len(set(self.kl_coefs)) == len(self.kl_coefs), "kl_coefs", f"{list(self.kl_coefs)} has duplicates")
+        _check(all(0 <= s < 2**31 for s in self.seeds), "seeds", f"{list(self.seeds)}: each in 0..2^31-1")
+        _check(self.select_by.startswith("eval/gold"), "select_by",
+               f"{self.select_by!r}: checkpoints may only be selected on gold (eval/gold...), never on the proxy")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints", f"{self.keep_checkpoints} must be >= 1")
+        _check(self.max_failures >= 0, "max_failures", f"{self.max_failures} must be >= 0")
+
+
+@dataclass(frozen=True)
 class FrontierConfig:
     """``python -m jobs.frontier``: task -> SFT -> pools -> gold labels -> proxies -> best-of-n -> fits."""
 
@@ -447,6 +500,7 @@ class FrontierConfig:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     bon: BonConfig = field(default_factory=BonConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self):
@@ -456,6 +510,7 @@ class FrontierConfig:
                f"{self.sample.bon_responses_per_prompt}")
         for i, size in enumerate(self.rl.sizes):
             _check(size in self.proxy.sizes, f"rl.sizes[{i}]", f"{size!r} is not one of proxy.sizes {list(self.proxy.sizes)}")
+
         longest = max(self.sample.max_new_tokens, self.rl.max_new_tokens) + 40
         _check(self.sft.policy.n_positions >= longest, "sft.policy.n_positions",
                f"{self.sft.policy.n_positions} < longest response (sample/rl max_new_tokens) + 40 = {longest}")

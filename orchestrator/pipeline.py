@@ -391,7 +391,8 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     """Run (or resume) every stage and write frontier.json and the report; returns frontier.json."""
     from orchestrator.cli import save_config
     from orchestrator.report import checks, rl_checks, versions, write_report
-    from orchestrator.rl_stage import stage_rl
+    from orchestrator.frontier_map import sweep_checks
+    from orchestrator.sweep import stage_sweep
 
     t0 = time.perf_counter()
     save_config(cfg, run_dir)
@@ -406,7 +407,8 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     label = stage_label(cfg, run_dir, task, sample)
     proxies = stage_proxies(cfg, run_dir, task, sample, label, lms, progress)
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
-    rl = stage_rl(cfg, run_dir, task, sft, proxies, progress) if cfg.rl.enabled else []
+    t_rl = time.perf_counter()
+    rl = stage_sweep(cfg, run_dir, task, sft, proxies, progress) if cfg.rl.enabled else []
     curves = json.loads((bon.dir / "bon.json").read_text())
     entries = []
     for p in proxies:
@@ -419,8 +421,9 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
                     ("sample", sample), ("label", label), *[(f"proxy-{p.meta['size']}", p) for p in proxies],
                     ("bon", bon)]:
         timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
-    for e in rl:
-        timings[f"rl-{e['proxy']}"] = {"seconds": e["seconds"], "cached": e.pop("cached")}
+    if rl:
+        timings["rl-sweep"] = {"seconds": round(time.perf_counter() - t_rl, 2), "cached": False,
+                               "trials": len(rl), "trial_seconds": round(sum(e.get("seconds") or 0 for e in rl), 1)}
     frontier = {"config_hash": digest(cfg), "versions": versions(), "seed": cfg.seed,
                 "bon": entries, "rl": rl,
                 "label": {k: label.meta.get(k) for k in ("pairs", "ties_dropped", "gold_mean_policy", "gold_mean_demo")},
@@ -430,6 +433,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     if rl:
         frontier["checks"]["bon_all_pass"] = frontier["checks"]["all_pass"]
         frontier["checks"]["rl"] = rl_checks(entries, rl)
+        frontier["checks"]["sweep"] = sweep_checks(entries, rl)
         frontier["checks"]["all_pass"] = bool(frontier["checks"]["all_pass"] and frontier["checks"]["rl"]["all_pass"])
     write_report(run_dir, frontier, {"timings": timings})
     return frontier

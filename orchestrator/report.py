@@ -109,7 +109,7 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
     for e in rl:
         kl, pr = [p["kl"] for p in e["points"]], [p["proxy"] for p in e["points"]]
         varied = len(kl) > 2 and len(set(kl)) > 1 and len(set(pr)) > 1
-        rises[e["proxy"]] = float(spearmanr(kl, pr).statistic) if varied else float("nan")
+        rises[e.get("trial", e["proxy"])] = float(spearmanr(kl, pr).statistic) if varied else float("nan")
     out["proxy_spearman_with_kl"] = rises
     out["proxy_rises_every_run"] = bool(all(v > 0.8 for v in rises.values()))
     if single:
@@ -198,7 +198,7 @@ def plot_rl(bon: list[dict], rl: list[dict]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    single = sorted([e for e in rl if len(e["members"]) == 1], key=lambda e: e["proxy_params"])
+    single = sorted([e for e in rl if len(e["members"]) == 1 and e["kl_coef"] == 0], key=lambda e: e["proxy_params"])
     ens = [e for e in rl if len(e["members"]) > 1]
     bon_by = {e["proxy"]: e for e in bon}
     k = len(single)
@@ -298,7 +298,14 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     (run_dir / "frontier.json").write_text(json.dumps(frontier, indent=1))
     images = {"bon.png": plot_bon(frontier["bon"])}
     if frontier.get("rl"):
+        from orchestrator import frontier_map as FM
+
         images["rl.png"] = plot_rl(frontier["bon"], frontier["rl"])
+        images["sweep_cells.png"] = FM.plot_cells(frontier["rl"])
+        images["sweep_heatmap.png"] = FM.plot_heatmaps(frontier["rl"])
+        images["sweep_penalty.png"] = FM.plot_penalty(frontier["rl"])
+        if frontier["checks"].get("sweep", {}).get("coefficients"):
+            images["sweep_coefficients.png"] = FM.plot_coefficients(frontier["checks"]["sweep"])
     for name, png in images.items():
         (run_dir / name).write_bytes(png)
     c = frontier["checks"]
@@ -333,7 +340,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         for e in frontier["rl"]:
             pts = e["points"]
             pk = e.get("gold_peak_empirical", {})
-            lines.append(f"| {e['proxy']} | {e['objective']} | {e['kl_coef']:g} | {e['steps']} | {pts[-1]['kl']:.2f} | "
+            lines.append(f"| {e.get('trial', e['proxy'])} | {e['objective']} | {e['kl_coef']:g} | {e['steps']} | {pts[-1]['kl']:.2f} | "
                          f"{_fmt(pk.get('gold'))} ({_fmt(pk.get('kl'), 2)}) | {pts[-1]['gold']:.3f} | "
                          f"{pts[-1]['proxy']:.3f} | {_fmt(e.get('fit', {}).get('r2'))} | "
                          f"{_fmt(e.get('fit_bon_form', {}).get('r2'))} | {_fmt(e.get('fit', {}).get('kl_peak'), 2)} |")
@@ -353,6 +360,36 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
                   f"(drops: ensemble {_fmtd(rc.get('gold_drop_ensemble'))}, single {_fmtd(rc.get('gold_drop_single'))}; "
                   f"at the end of the runs: ensemble {_fmtd(rc.get('gold_drop_ensemble_end'))}, "
                   f"single {_fmtd(rc.get('gold_drop_single_end'))})", ""]
+    sw = c.get("sweep")
+    if sw:
+        lines += ["## Frontier map (the Tune sweep)", "",
+                  "Gold (red) and proxy (blue, dashed) against sqrt(KL) for every (proxy size, KL coefficient) cell:",
+                  "", "![cells](sweep_cells.png)", "",
+                  "Peak gold and the KL at the peak (empirical, mean over seeds) per cell:", "",
+                  "![heat maps](sweep_heatmap.png)", "",
+                  "Penalty runs against the no-penalty frontier (Gao et al.: the penalty acts like early stopping):",
+                  "", "![penalty](sweep_penalty.png)", ""]
+        if "sweep_coefficients.png" in images:
+            lines += ["Fitted alpha and beta against proxy size, best-of-n and RL (no penalty):", "",
+                      "![coefficients](sweep_coefficients.png)", ""]
+        lines += ["| proxy | params | RL peak KL (fit) | RL peak gold (fit) | peak gold (empirical) |", "|---|---|---|---|---|"]
+        for p, v in sw.get("no_penalty_peaks", {}).items():
+            lines.append(f"| {p} | {v['params']} | {_fmt(v['kl_peak_fit'], 2)} | {_fmt(v['gold_peak_fit'])} | "
+                         f"{_fmt(v['gold_peak_empirical'])} |")
+        lines += ["", "| cell | final KL | no-penalty final KL | mean abs gold gap to the no-penalty curve | mean gap |",
+                  "|---|---|---|---|---|"]
+        for cell, v in sw.get("penalty", {}).items():
+            lines.append(f"| {cell} | {v['final_kl']:.2f} | {v['final_kl_no_penalty']:.2f} | {_fmt(v['gap_mean_abs'])} | "
+                         f"{_fmt(v['gap_mean'])} |")
+        lines += ["", "### Sweep checks", "",
+                  f"- RL gold-peak KL (fitted) grows with proxy size: {sw.get('peak_kl_grows_with_size')} "
+                  f"(Spearman {_fmt(sw.get('spearman_size_kl_peak'), 2)})",
+                  f"- RL peak gold (fitted) grows with proxy size: {sw.get('peak_gold_grows_with_size')} "
+                  f"(Spearman {_fmt(sw.get('spearman_size_gold_peak'), 2)})",
+                  f"- penalty runs end at lower KL than the no-penalty run: {sw.get('penalty_lower_final_kl')}",
+                  f"- penalty runs lie near the no-penalty gold-vs-KL curve: {sw.get('penalty_near_frontier')} "
+                  f"(mean abs gap {_fmt(sw.get('penalty_gap_mean_abs'))}, one evaluation's gold se "
+                  f"{_fmt(sw.get('gold_se_mean'))})", ""]
     lines += ["## Timings", "", "| stage | seconds | cached |", "|---|---|---|"]
     for name, t in extra.get("timings", {}).items():
         lines.append(f"| {name} | {t['seconds']:.1f} | {t['cached']} |")

@@ -114,19 +114,25 @@ class Slot:
     ``local=True`` builds the roles in this process instead (the benchmark's overhead baseline)."""
 
     def __init__(self, resources: TrialResources, policy_dir: str, tokenizer_dir: str, members: list[dict],
-                 seed: int, gold: bool = True, local: bool = False, name: str = "rl"):
+                 seed: int, gold: bool = True, local: bool = False, name: str = "rl", pg: tuple | None = None):
+        """pg: ``(placement_group, first bundle index)`` to place the role actors into an existing
+        group (a Tune trial's own) instead of creating one."""
         self.local, self.pg = local, None
         placement: dict = {}
         if not local:
             import ray
             from ray.util.placement_group import placement_group
 
-            self.pg = placement_group(resources.bundles(), strategy=resources.strategy,
-                                      name=f"{name}-{os.urandom(4).hex()}")
-            ray.get(self.pg.ready())
+            if pg is None:
+                group, o = placement_group(resources.bundles(), strategy=resources.strategy,
+                                           name=f"{name}-{os.urandom(4).hex()}"), 0
+                ray.get(group.ready())
+                self.pg = group  # ours to remove
+            else:
+                group, o = pg
             g = resources.generator.replicas
-            placement = {"learner": (self.pg, [0]), "generator": (self.pg, list(range(1, 1 + g))),
-                         "proxy": (self.pg, [1 + g]), "gold": (self.pg, [2 + g])}
+            placement = {"learner": (group, [o]), "generator": (group, list(range(o + 1, o + 1 + g))),
+                         "proxy": (group, [o + 1 + g]), "gold": (group, [o + 2 + g])}
         self.policy_dir = policy_dir
         self.learner = ActorGroup(PolicyLearner, resources.learner, tokenizer_dir, {"path": policy_dir},
                                   stream(seed, "rl/learner"), placement=placement.get("learner"), local=local)
@@ -292,7 +298,8 @@ class RLRun:
         self.step = 0
         self.history: list[dict] = []
         self.evals: list[dict] = []
-        self.pending: tuple[int, list, list] | None = None
+        self.pending: tuple | None = None
+        self.last_checkpoint: Path | None = None  # saved by the latest step (run_rl's on_step sees it)
         self._perm: tuple[int, np.ndarray | None] = (-1, None)
         self.hp = {k: getattr(cfg, k) for k in ("epochs", "minibatches", "clip", "vf_coef", "value_clip",
                                                  "max_grad_norm", "temperature")}
@@ -524,7 +531,7 @@ def rl_step(run: RLRun) -> dict:
         run.history.append(m)
     with T("checkpoint"):
         if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
-            run.save_checkpoint()
+            run.last_checkpoint = run.save_checkpoint()
     total = time.perf_counter() - t_start
     m.update({f"timing/{k}_s": v for k, v in T.seconds.items()})
     m["timing/step_s"] = total
@@ -537,12 +544,14 @@ def rl_step(run: RLRun) -> dict:
 # the loop
 
 
-def run_rl(run: RLRun, progress: bool = False, tensorboard: bool = True, stop_after: int | None = None) -> dict:
+def run_rl(run: RLRun, progress: bool = False, tensorboard: bool = True, stop_after: int | None = None,
+           on_step=None) -> dict:
     """Run (or resume) until ``cfg.steps``; eval at the end; returns the run's summary.
 
     ``metrics.jsonl`` and TensorBoard event files (``tb/``) get every step; on resume both are cut
     back to the checkpoint, so no step is recorded twice. ``stop_after``: return after that many
-    steps of this call (tests and benchmarks)."""
+    steps of this call (tests and benchmarks). ``on_step(metrics, evaluation or None, checkpoint
+    dir or None)`` after every step and after the final evaluation (a Tune trial reports there)."""
     from tqdm import tqdm
 
     cfg = run.cfg
@@ -578,12 +587,19 @@ def run_rl(run: RLRun, progress: bool = False, tensorboard: bool = True, stop_af
                 bar.update(1)
                 bar.set_postfix(kl=f"{m['kl']:.2f}", proxy=f"{m['proxy/objective']:.3f}",
                                 gold=f"{m.get('gold/mean', float('nan')):.3f}")
+                if on_step is not None:
+                    ev = run.evals[-1] if run.evals and run.evals[-1]["step"] == m["step"] else None
+                    ck, run.last_checkpoint = run.last_checkpoint, None
+                    on_step(m, ev, ck)
         if run.step >= cfg.steps and (not run.evals or run.evals[-1]["step"] < run.step):
             run.evals.append(run.evaluate(run.step))
             if writer is not None:
                 for k, v in run.evals[-1].items():
                     if k != "step":
                         writer.add_scalar(f"eval/{k}", v, run.step)
+            if on_step is not None:
+                ck, run.last_checkpoint = run.last_checkpoint, None
+                on_step({"step": run.step}, run.evals[-1], ck)
     finally:
         if writer is not None:
             writer.close()

@@ -1,0 +1,304 @@
+"""The Tune controller: the RL sweep of KL coefficient x proxy size x seed (x ensemble objective)
+that turns single RL runs into the frontier map (DESIGN.md data flow, step 7; Gao et al. 2022,
+section 3: RL against every proxy size with and without a KL penalty).
+
+One Tune trial is one RL run (``orchestrator.rl_loop``). Its placement-group bundles cover every
+role (``cluster.rl``): one bundle with all of them when ``cluster.rl.colocate`` (the trial's own
+process hosts the roles), otherwise a small head bundle for the trial plus one per role actor.
+Trials report every step (TensorBoard / CSV / JSON through Tune's loggers, wandb offline by
+default), checkpoint with the RL loop's own checksummed checkpoints, and write their summary to
+``RUN/rl/<trial>-<key>/DONE.json``: a finished trial is never run again, by Tune's restore or by a
+rerun of the job. Scheduling decisions look at gold only (``GoldStopper``); config validation
+refuses a stopper or a checkpoint selection keyed to the proxy (``SweepConfig``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import ray
+
+from orchestrator.checkpoint import stream
+from orchestrator.config import FrontierConfig, digest, to_dict
+from orchestrator.stages import StageResult
+
+log = logging.getLogger("rlhf_frontier")
+
+GOLD_METRIC = "eval/gold"  # the held-out gold of the latest evaluation: what stoppers and selection see
+
+
+# --------------------------------------------------------------------------------------------
+# the grid
+
+
+def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
+    """Every trial of the sweep as ``RunSpec``s: each proxy size (``rl.sizes``, default all)
+    x each KL coefficient x each seed, then each ensemble objective over all sizes at each seed
+    (no penalty, as the single-proxy reference runs). Names are unique and stable."""
+    from orchestrator.rl_loop import RunSpec
+
+    sw = cfg.sweep
+    by_size = {p.meta["size"]: p for p in proxies}
+    seeds = list(sw.seeds) or [cfg.seed]
+
+    def member(s: str) -> dict:
+        return {"name": f"proxy-{s}", "kind": "hf", "path": str(by_size[s].dir / "model"), "stage": by_size[s].key}
+
+    specs = []
+    for seed in seeds:
+        for s in (cfg.rl.sizes or cfg.proxy.sizes):
+            for kl in sw.kl_coefs:
+                name = f"proxy-{s}-kl{kl:g}" + (f"-s{seed}" if len(seeds) > 1 else "")
+                specs.append(RunSpec(name, (member(s),), cfg.rl.objective, float(kl), by_size[s].meta["params"],
+                                     labels={"size": s, "seed": seed}))
+        if len(cfg.proxy.sizes) >= 2:
+            for obj in cfg.rl.ensemble_objectives:
+                name = f"ensemble-{obj}" + (f"-s{seed}" if len(seeds) > 1 else "")
+                specs.append(RunSpec(name, tuple(member(s) for s in cfg.proxy.sizes), obj, 0.0,
+                                     sum(p.meta["params"] for p in proxies), labels={"size": "ensemble", "seed": seed}))
+    return specs
+
+
+def trial_dir(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult, spec) -> Path:
+    """A trial's directory, keyed by everything its result depends on (so a changed config never
+    picks up another run's checkpoints, and an unchanged one never recomputes)."""
+    rl_cfg = to_dict(cfg.rl)
+    for k in ("sizes", "ensemble_objectives", "enabled"):
+        rl_cfg.pop(k)
+    key = digest({"stage": "rl", "v": 2, "task": task.key, "sft": sft.key, "rl": rl_cfg,
+                  "seed": spec.labels.get("seed", cfg.seed), "objective": spec.objective, "kl_coef": spec.kl_coef,
+                  "members": [m["stage"] for m in spec.members]})[:16]
+    return run_dir / "rl" / f"{spec.name}-{key}"
+
+
+def trial_resources(cfg: FrontierConfig):
+    """The trial's ``PlacementGroupFactory``: all roles in one bundle when colocated, else a head
+    bundle for the trial's own process plus one bundle per role actor (``Slot`` fills them)."""
+    from ray.tune import PlacementGroupFactory
+
+    r = cfg.cluster.rl
+    if r.colocate:
+        return PlacementGroupFactory(r.bundles(), strategy="STRICT_PACK")
+    return PlacementGroupFactory([{"CPU": 0.01}, *r.bundles()], strategy=r.strategy)
+
+
+# --------------------------------------------------------------------------------------------
+# scheduling on gold
+
+
+class GoldStopper:
+    """Ends a trial once its held-out gold has stayed more than ``margin`` below its running peak
+    for ``patience`` consecutive evaluations: the run is past its peak, the rest is overoptimization
+    we have already measured. Keyed to gold by construction (``GOLD_METRIC``); a proxy-keyed stopper
+    is refused by config validation, since selecting on the proxy is exactly what overoptimizes."""
+
+    def __init__(self, margin: float, patience: int, metric: str = GOLD_METRIC):
+        from ray.tune.stopper import Stopper
+
+        if not metric.startswith("eval/gold"):
+            raise ValueError(f"stopper metric {metric!r}: only gold may stop a trial")
+        self.margin, self.patience, self.metric = margin, patience, metric
+        self._state: dict[str, tuple[float, int, int]] = {}  # trial -> (peak, evals below, last eval step)
+        self._base = Stopper
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if self.metric not in result or result.get("eval/step") is None:
+            return False
+        peak, below, last = self._state.get(trial_id, (float("-inf"), 0, -1))
+        if result["eval/step"] == last:  # the same evaluation reported again with later steps
+            return below >= self.patience
+        g = float(result[self.metric])
+        peak = max(peak, g)
+        below = below + 1 if g < peak - self.margin else 0
+        self._state[trial_id] = (peak, below, result["eval/step"])
+        return below >= self.patience
+
+    def stop_all(self) -> bool:
+        return False
+
+
+def _stopper(cfg: FrontierConfig):
+    from ray.tune.stopper import Stopper
+
+    st = cfg.sweep.stopper
+    if not st.enabled:
+        return None
+
+    class _S(GoldStopper, Stopper):
+        pass
+
+    return _S(st.margin, st.patience, st.metric)
+
+
+# --------------------------------------------------------------------------------------------
+# the trial
+
+
+def rl_trial(config: dict, ctx: dict) -> None:
+    """One Tune trial = one RL run (function trainable). Restores from the trial directory's own
+    checkpoints, or from Tune's checkpoint when the directory lacks it (another node); reports
+    every step; attaches each checkpoint to the report of the evaluation of the same weights, so
+    Tune's best-checkpoint selection by ``eval/gold`` picks real policies."""
+    import ray.tune as tune
+
+    from orchestrator.cli import setup_logging
+    from orchestrator.models import set_threads
+    from orchestrator.rl_loop import RLRun, Slot, run_rl, summarize
+
+    setup_logging()  # this process's INFO lines reach the driver's log (Ray forwards worker output)
+
+    spec = ctx["specs"][config["trial"]]
+    out = Path(ctx["dirs"][config["trial"]])
+    done = out / "DONE.json"
+    cfg_rl, res = ctx["rl"], ctx["resources"]
+    if done.is_file():  # finished before (a rerun of the job, or a restored sweep)
+        s = json.loads(done.read_text())
+        tune.report({"done_before": 1, "step": s["steps"], **_final(s)})
+        return
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        with ck.as_directory() as d:
+            target = out / "checkpoints" / Path(d).name
+            if Path(d).name.startswith("step_") and not target.exists():
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.copytree(d, tmp, dirs_exist_ok=True)
+                tmp.replace(target)
+    t0 = time.perf_counter()
+    seed = spec.labels.get("seed", ctx["seed"])
+    if res.colocate:
+        set_threads(res.num_cpus)
+        slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, local=True)
+    else:
+        pg = ray.util.get_current_placement_group()
+        slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, pg=(pg, 1))
+    pending: list = []  # checkpoints waiting for the evaluation of their weights
+
+    fault = os.environ.get("RLHF_FRONTIER_FAIL_ONCE", "")  # "trial-name:step", fault-injection tests
+
+    def on_step(m: dict, ev: dict | None, ckpt: Path | None) -> None:
+        if fault and fault.rsplit(":", 1) == [spec.name, str(m["step"])] and not (out / "FAULT_INJECTED").exists():
+            (out / "FAULT_INJECTED").write_text(str(m["step"]))
+            raise RuntimeError(f"injected fault in trial {spec.name} after step {m['step']}")
+        if ckpt is not None:
+            pending.append(ckpt)
+        rep = {k: v for k, v in m.items() if isinstance(v, (int, float))}
+        if ev is not None:
+            rep.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
+        attach = None
+        if ev is not None:  # a stopped trial ends without returning: its summary so far is on disk
+            _write_json(out / "SUMMARY.json", summarize(run))
+        if ev is not None and pending and int(pending[-1].name.split("_")[1]) == ev["step"]:
+            attach = pending.pop()
+            pending.clear()
+        tune.report(rep, checkpoint=tune.Checkpoint.from_directory(str(attach)) if attach else None)
+
+    try:
+        run = RLRun(cfg_rl, spec, res, ctx["policy"], ctx["tokenizer"], ctx["train_rows"], ctx["eval_rows"], out,
+                    seed, slot=slot)
+        summary = run_rl(run, tensorboard=True, on_step=on_step)
+    finally:
+        slot.shutdown()
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["stopped_early"] = False
+    _write_json(done, summary)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def _final(summary: dict) -> dict:
+    p = summary["points"][-1] if summary.get("points") else {}
+    return {"eval/kl": p.get("kl", 0.0), "eval/gold_rel": p.get("gold", 0.0), "eval/proxy_rel": p.get("proxy", 0.0)}
+
+
+# --------------------------------------------------------------------------------------------
+# the sweep
+
+
+def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult,
+                proxies: list[StageResult], progress: bool) -> list[dict]:
+    """Run (or restore and finish) the sweep; returns every trial's summary (frontier.json "rl")."""
+    from ray import tune
+
+    from orchestrator.rl_stage import rl_rows
+
+    specs = trial_specs(cfg, proxies)
+    dirs = [trial_dir(cfg, run_dir, task, sft, s) for s in specs]
+    todo = [i for i, d in enumerate(dirs) if not (d / "DONE.json").is_file()]
+    for i in range(len(specs)):
+        if i not in todo:
+            log.info("rl %-22s cached  (%s)", specs[i].name, dirs[i].name)
+    if todo:
+        train_rows, eval_rows = rl_rows(cfg, task)
+        ctx = {"specs": specs, "dirs": [str(d) for d in dirs], "rl": cfg.rl, "resources": cfg.cluster.rl,
+               "policy": str(sft.dir / "policy"), "tokenizer": str(task.dir / "tokenizer"),
+               "train_rows": train_rows, "eval_rows": eval_rows, "seed": cfg.seed}
+        trainable = tune.with_resources(tune.with_parameters(rl_trial, ctx=ctx), trial_resources(cfg))
+        storage = (run_dir / "tune").resolve()
+        path = storage / "sweep"
+        if tune.Tuner.can_restore(str(path)):
+            log.info("sweep: restoring the Tune experiment in %s", path)
+            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search(todo)},
+                tune_config=tune.TuneConfig(max_concurrent_trials=_concurrent(cfg, len(todo))),
+                run_config=tune.RunConfig(
+                    name="sweep", storage_path=str(storage), stop=_stopper(cfg),
+                    failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.sweep.keep_checkpoints,
+                                                            checkpoint_score_attribute=GOLD_METRIC,
+                                                            checkpoint_score_order="max"),
+                    callbacks=_callbacks(cfg, run_dir), verbose=1 if progress else 0,
+                    log_to_file=True))
+        grid = tuner.fit()
+        errors = [r for r in grid if r.error is not None]
+        if errors:
+            raise RuntimeError(f"{len(errors)} sweep trial(s) failed after {cfg.sweep.max_failures} retries; "
+                               f"first: {errors[0].error}")
+        for d in dirs:  # trials the gold stopper ended: their last summary is their result
+            if not (d / "DONE.json").is_file() and (d / "SUMMARY.json").is_file():
+                summary = json.loads((d / "SUMMARY.json").read_text())
+                summary["stopped_early"] = True
+                _write_json(d / "DONE.json", summary)
+                log.info("rl %-22s stopped on gold at step %d", d.name, summary["steps"])
+    out = []
+    for s, d in zip(specs, dirs):
+        summary = json.loads((d / "DONE.json").read_text())
+        summary.update(s.labels)
+        summary["trial"] = s.name
+        if len(s.members) == 1:  # the contract's "proxy" names the reward model, the trial its cell
+            summary["proxy"] = s.members[0]["name"]
+        out.append(summary)
+    return out
+
+
+def _concurrent(cfg: FrontierConfig, n: int) -> int:
+    if cfg.cluster.rl.max_concurrent:
+        return min(n, cfg.cluster.rl.max_concurrent)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    per = cfg.cluster.rl.num_cpus + (0 if cfg.cluster.rl.colocate else 0.01)
+    return max(1, min(n, int(cpus // per)))
+
+
+def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
+    """wandb when enabled: offline unless the user set ``WANDB_MODE``; the API key only ever comes
+    from the environment (``WANDB_API_KEY``), never from config or logs."""
+    if not cfg.sweep.wandb:
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_DIR", str((run_dir / "wandb").resolve()))
+    (run_dir / "wandb").mkdir(exist_ok=True)
+    return [WandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}",
+                                log_config=True, save_checkpoints=False)]

@@ -1,0 +1,135 @@
+"""The Tune sweep: gold-only scheduling (config validation and the stopper), the frontier map on
+the smoke sweep, killing the sweep driver and restoring it, and a failing trial retried from its
+checkpoint -- real Ray Tune on the smoke profile's real models."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import ConfigError, FrontierConfig, load
+from orchestrator.sweep import GoldStopper
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = "jobs/configs/smoke.yaml"
+
+
+@pytest.mark.parametrize("key", ["sweep.stopper.metric=proxy/objective", "sweep.select_by=proxy/mean",
+                                 "sweep.stopper.metric=eval/proxy"])
+def test_proxy_keyed_stopper_or_selection_refused(key):
+    with pytest.raises(ConfigError, match=key.split("=")[0].replace(".", r"\.")):
+        load(FrontierConfig, SMOKE, [key])
+    r = subprocess.run([sys.executable, "-m", "jobs.sweep", "--list", key], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "never on the proxy" in r.stderr, r.stderr
+
+
+def test_gold_stopper_waits_for_patience_below_peak():
+    st = GoldStopper(margin=0.05, patience=2)
+    seq = [(0, 0.10), (5, 0.20), (5, 0.20), (10, 0.16), (15, 0.14), (20, 0.13)]
+    decisions = [st("t", {"eval/step": s, "eval/gold": g}) for s, g in seq]
+    # 0.16 is within the margin of the 0.20 peak; 0.14 and 0.13 are below it twice in a row
+    assert decisions == [False, False, False, False, False, True]
+    assert not st("u", {"eval/step": 0, "proxy/objective": 9.0})  # no gold, no decision
+    st2 = GoldStopper(margin=0.05, patience=2)
+    assert [st2("t", {"eval/step": s, "eval/gold": g}) for s, g in [(0, .2), (5, .1), (10, .3), (15, .2)]] == \
+        [False, False, False, False]  # a recovery resets the count
+    with pytest.raises(ValueError, match="only gold"):
+        GoldStopper(0.05, 2, metric="proxy/objective")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _job(*args: str, env: dict | None = None) -> subprocess.Popen:
+    e = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+         **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "jobs.sweep", *args], cwd=ROOT, env=e, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _seed_stages(smoke_dir: Path, d: Path, overrides: list[str]) -> None:
+    """A run dir holding the smoke run's finished stages (the sweep must not redo them)."""
+    from orchestrator.cli import save_config
+
+    d.mkdir(parents=True)
+    shutil.copytree(smoke_dir / "stages", d / "stages")
+    save_config(load(FrontierConfig, SMOKE, overrides), d)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_map_and_report(smoke_run):
+    """The smoke job's sweep: every (size, beta) cell and the ensemble ran as Tune trials with
+    per-step results, the frontier map is in frontier.json and the report embeds its plots."""
+    cfg, run_dir, frontier = smoke_run
+    rl = frontier["rl"]
+    assert {(e["members"][0], e["kl_coef"]) for e in rl if len(e["members"]) == 1} == {
+        (f"proxy-{s}", k) for s in cfg.rl.sizes for k in cfg.sweep.kl_coefs}
+    assert any(len(e["members"]) == len(cfg.proxy.sizes) for e in rl)
+    sw = frontier["checks"]["sweep"]
+    assert set(sw["penalty"]) == {f"proxy-{s}@{k:g}" for s in cfg.rl.sizes for k in cfg.sweep.kl_coefs if k}
+    html = (run_dir / "report.html").read_text()
+    for name in ("sweep_cells.png", "sweep_heatmap.png", "sweep_penalty.png"):
+        assert (run_dir / name).stat().st_size > 1000 and f'alt="{name}"' in html
+    # Tune's own per-trial results: one row per step (and the final evaluation) for every trial
+    trials = [p for p in (run_dir / "tune" / "sweep").iterdir() if p.is_dir() and (p / "result.json").exists()]
+    assert len(trials) == len(rl)
+    for t in trials:
+        rows = [json.loads(x) for x in (t / "result.json").read_text().splitlines()]
+        assert len(rows) == cfg.rl.steps + 1 and "eval/gold" in rows[-1] and "kl" in rows[0]
+        assert list(t.glob("events.out.tfevents*"))  # TensorBoard
+
+
+@pytest.mark.slow
+def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
+    """SIGKILL the sweep driver (and its Ray) once one trial finished and another checkpointed;
+    ``--resume RUN_DIR`` restores the Tune experiment: the finished trial is not run again, the
+    cut one continues from its checkpoint, and every trial ends with the uninterrupted results."""
+    _, smoke_dir, _ = smoke_run
+    d = tmp_path / "run"
+    _seed_stages(smoke_dir, d, [])
+    p = _job("--run-dir", str(d), "--quiet")
+    deadline, done_first = time.time() + 900, None
+    while time.time() < deadline and p.poll() is None:
+        done = list(d.glob("rl/*/DONE.json"))
+        ck = [c for c in d.glob("rl/*/checkpoints/step_*[0-9]") if not (c.parents[1] / "DONE.json").exists()]
+        if done and ck:
+            done_first = {x: x.stat().st_mtime_ns for x in done}
+            break
+        time.sleep(0.2)
+    assert p.poll() is None and done_first, p.communicate()[1][-3000:]
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    r = _job("--resume", str(d), "--quiet")
+    _, err = r.communicate(timeout=900)
+    assert r.returncode == 0, err[-3000:]
+    assert "restoring the Tune experiment" in err and "resumed from step" in err
+    for x, mtime in done_first.items():
+        assert x.stat().st_mtime_ns == mtime, f"{x.parent.name} ran again"
+    for ref in smoke_dir.glob("rl/*-*"):
+        got = json.loads((d / "rl" / ref.name / "DONE.json").read_text())
+        assert got["points"] == json.loads((ref / "DONE.json").read_text())["points"], ref.name
+
+
+@pytest.mark.slow
+def test_failing_trial_retried_from_checkpoint(smoke_run, tmp_path):
+    """A trial that raises mid-run is retried by Tune (FailureConfig) from its last checkpoint and
+    ends with the same results as a trial that never failed."""
+    _, smoke_dir, _ = smoke_run
+    d = tmp_path / "run"
+    _seed_stages(smoke_dir, d, [])
+    r = _job("--run-dir", str(d), "--quiet", env={"RLHF_FRONTIER_FAIL_ONCE": "proxy-1x8-kl0:3"})
+    _, err = r.communicate(timeout=900)
+    assert r.returncode == 0, err[-3000:]
+    fired = list(d.glob("rl/proxy-1x8-kl0-*/FAULT_INJECTED"))
+    assert fired, "the fault never fired"
+    assert "injected fault" in err and "resumed from step" in err
+    for ref in smoke_dir.glob("rl/*-*"):
+        got = json.loads((d / "rl" / ref.name / "DONE.json").read_text())
+        assert got["points"] == json.loads((ref / "DONE.json").read_text())["points"], ref.name
