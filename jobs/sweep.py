@@ -17,7 +17,6 @@ not run again, unfinished ones continue from their last checkpoint.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from jobs.frontier import DEFAULT, run
 from orchestrator.cli import parser

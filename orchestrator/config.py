@@ -349,7 +349,6 @@ class RLConfig:
         _check(self.eval_responses_per_prompt >= 1, "eval_responses_per_prompt", "must be >= 1")
         _check(self.eval_prompts >= 1, "eval_prompts", f"{self.eval_prompts} must be >= 1")
         _check(self.checkpoint_every >= 1, "checkpoint_every", f"{self.checkpoint_every} must be >= 1")
-        _check(self.keep_checkpoints >= 1, "keep_checkpoints", f"{self.keep_checkpoints} must be >= 1")
         _check(1 <= self.rollout_chunks <= self.prompts_per_step, "rollout_chunks",
                f"{self.rollout_chunks} must be in 1..prompts_per_step ({self.prompts_per_step})")
 
@@ -467,8 +466,6 @@ class SweepConfig:
     """Early stop on gold past the peak."""
     select_by: str = "eval/gold"
     """Metric that ranks a trial's checkpoints ("best" checkpoint); must be gold."""
-    keep_checkpoints: int = 2
-    """Checkpoints Tune keeps per trial (the best by ``select_by`` and the latest are always kept)."""
     max_failures: int = 2
     """Retries of a failing trial, each from its last checkpoint."""
     wandb: bool = True
@@ -483,7 +480,6 @@ class SweepConfig:
         _check(all(0 <= s < 2**31 for s in self.seeds), "seeds", f"{list(self.seeds)}: each in 0..2^31-1")
         _check(self.select_by.startswith("eval/gold"), "select_by",
                f"{self.select_by!r}: checkpoints may only be selected on gold (eval/gold...), never on the proxy")
-        _check(self.keep_checkpoints >= 1, "keep_checkpoints", f"{self.keep_checkpoints} must be >= 1")
         _check(self.max_failures >= 0, "max_failures", f"{self.max_failures} must be >= 0")
 
 

@@ -60,8 +60,8 @@ def sweep_checks(bon: list[dict], rl: list[dict]) -> dict:
             peaks[p] = {"params": runs[0]["proxy_params"] if runs else None,
                         "kl_peak_fit": float(np.mean(kl_pk)) if kl_pk and None not in kl_pk else None,
                         "gold_peak_fit": float(np.mean(g_pk)) if g_pk and None not in g_pk else None,
-                        "gold_peak_empirical": float(np.mean([r["gold_peak_empirical"]["gold"] for r in runs
-                                                              if r.get("gold_peak_empirical")] or [np.nan]))}
+                        "gold_peak_empirical": _mean([r["gold_peak_empirical"]["gold"] for r in runs
+                                                      if r.get("gold_peak_empirical")])}
         out["no_penalty_peaks"] = peaks
         sizes = [peaks[p]["params"] for p in proxies]
         if len(proxies) >= 3:
@@ -106,6 +106,10 @@ def sweep_checks(bon: list[dict], rl: list[dict]) -> dict:
                                "bon": {k: bon_by[p]["fit"][k] for k in ("alpha", "beta")} if p in bon_by else None,
                                "rl": _mean_fit(c.get((p, 0.0), []))} for p in proxies}
     return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
 
 
 def _mean_fit(runs: list[dict]) -> dict | None:

@@ -1,18 +1,15 @@
-"""The RL stage of the main job: which RL runs the frontier needs, their prompts, and running them
-``concurrent_runs`` at a time on reusable actor slots (DESIGN.md data flow, step 7)."""
+"""The RL runs' inputs: training and eval prompts, and the single runs of issue 3's comparison (one
+per proxy size with no penalty, one per ensemble objective). The main job runs them -- and every
+KL coefficient -- as Tune trials (``orchestrator.sweep``)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
-import ray
 
 from orchestrator.checkpoint import stream
-from orchestrator.config import FrontierConfig, digest, to_dict
+from orchestrator.config import FrontierConfig
 from orchestrator.stages import StageResult
 from orchestrator.tasks import synthetic as T
 
@@ -49,82 +46,3 @@ def rl_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
             specs.append(RunSpec(f"ensemble-{obj}", tuple(member(s) for s in cfg.proxy.sizes), obj, cfg.rl.kl_coef,
                                  sum(p.meta["params"] for p in proxies)))
     return specs
-
-
-def concurrent_runs(cfg: FrontierConfig, n_runs: int) -> int:
-    if cfg.cluster.rl.max_concurrent:
-        return min(n_runs, cfg.cluster.rl.max_concurrent)
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    return max(1, min(n_runs, int(cpus // cfg.cluster.rl.num_cpus)))
-
-
-def stage_rl(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult, proxies: list[StageResult],
-             progress: bool) -> list[dict]:
-    """Every RL run of the frontier, ``concurrent_runs`` at a time, each in its own placement group.
-    A run's directory is keyed by its inputs; it holds checkpoints while running (a killed job
-    resumes from them) and ``DONE.json`` with its summary when finished."""
-    import queue
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    from orchestrator.rl_loop import execute, make_slot
-
-    torch.set_num_threads(1)  # the driver only shapes rewards and computes advantages
-    specs = rl_specs(cfg, proxies)
-    rl_cfg = to_dict(cfg.rl)
-    for k in ("sizes", "ensemble_objectives", "enabled"):
-        rl_cfg.pop(k)
-    train_rows, eval_rows = rl_rows(cfg, task)
-
-    def run_one(spec, slots: list) -> dict:
-        key = digest({"stage": "rl", "v": 2, "task": task.key, "sft": sft.key, "rl": rl_cfg, "seed": cfg.seed,
-                      "name": spec.name, "objective": spec.objective, "kl_coef": spec.kl_coef,
-                      "members": [m["stage"] for m in spec.members]})[:16]
-        out = run_dir / "rl" / f"{spec.name}-{key}"
-        done = out / "DONE.json"
-        if done.is_file():
-            log.info("rl %-14s cached  (%s)", spec.name, out.name)
-            return {**json.loads(done.read_text()), "cached": True}
-        t0 = time.perf_counter()
-        if not slots:  # the worker's actors, made on its first run that is not cached
-            slots.append(make_slot(cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
-                                   list(spec.members), cfg.seed))
-        summary = execute(slots[0], cfg.rl, spec, cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
-                          train_rows, eval_rows, out, cfg.seed, progress=progress)
-        summary["seconds"] = round(time.perf_counter() - t0, 2)
-        tmp = done.with_name("DONE.json.tmp")
-        tmp.write_text(json.dumps(summary, indent=1))
-        tmp.replace(done)
-        ev = summary["points"]
-        log.info("rl %-14s done in %.0f s: final kl %.2f, proxy %+.3f, gold %+.3f", spec.name, summary["seconds"],
-                 ev[-1]["kl"], ev[-1]["proxy"], ev[-1]["gold"])
-        return {**summary, "cached": False}
-
-    todo: queue.Queue = queue.Queue()
-    for i, spec in enumerate(specs):
-        todo.put((i, spec))
-    results: dict[int, dict] = {}
-
-    def worker() -> None:
-        slots: list = []
-        try:
-            while True:
-                try:
-                    i, spec = todo.get_nowait()
-                except queue.Empty:
-                    return
-                results[i] = run_one(spec, slots)
-        except BaseException:
-            while not todo.empty():  # stop the other workers after their current run
-                todo.get_nowait()
-            raise
-        finally:
-            for s_ in slots:
-                s_.shutdown()
-
-    n = concurrent_runs(cfg, len(specs))
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        for f in [pool.submit(worker) for _ in range(n)]:
-            f.result()
-    return [results[i] for i in range(len(specs))]

@@ -4,7 +4,7 @@ section 3: RL against every proxy size with and without a KL penalty).
 
 One Tune trial is one RL run (``orchestrator.rl_loop``). Its placement-group bundles cover every
 role (``cluster.rl``): one bundle with all of them when ``cluster.rl.colocate`` (the trial's own
-process hosts the roles), otherwise a small head bundle for the trial plus one per role actor.
+process hosts the roles), otherwise an empty head bundle for the trial plus one per role actor.
 Trials report every step (TensorBoard / CSV / JSON through Tune's loggers, wandb offline by
 default), checkpoint with the RL loop's own checksummed checkpoints, and write their summary to
 ``RUN/rl/<trial>-<key>/DONE.json``: a finished trial is never run again, by Tune's restore or by a
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import ray
 
-from orchestrator.checkpoint import stream
 from orchestrator.config import FrontierConfig, digest, to_dict
 from orchestrator.stages import StageResult
 
@@ -78,13 +77,13 @@ def trial_dir(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageR
 
 def trial_resources(cfg: FrontierConfig):
     """The trial's ``PlacementGroupFactory``: all roles in one bundle when colocated, else a head
-    bundle for the trial's own process plus one bundle per role actor (``Slot`` fills them)."""
+    bundle for the trial (it only waits) plus one bundle per role actor (``Slot`` fills them)."""
     from ray.tune import PlacementGroupFactory
 
     r = cfg.cluster.rl
     if r.colocate:
         return PlacementGroupFactory(r.bundles(), strategy="STRICT_PACK")
-    return PlacementGroupFactory([{"CPU": 0.01}, *r.bundles()], strategy=r.strategy)
+    return PlacementGroupFactory([{}, *r.bundles()], strategy=r.strategy)  # {}: the trial itself only waits
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +174,7 @@ def rl_trial(config: dict, ctx: dict) -> None:
         slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, local=True)
     else:
         pg = ray.util.get_current_placement_group()
-        slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, pg=(pg, 1))
+        slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, pg=(pg, 0))  # empty head: not in the group
     pending: list = []  # checkpoints waiting for the evaluation of their weights
 
     fault = os.environ.get("RLHF_FRONTIER_FAIL_ONCE", "")  # "trial-name:step", fault-injection tests
@@ -242,6 +241,10 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
                "policy": str(sft.dir / "policy"), "tokenizer": str(task.dir / "tokenizer"),
                "train_rows": train_rows, "eval_rows": eval_rows, "seed": cfg.seed}
         trainable = tune.with_resources(tune.with_parameters(rl_trial, ctx=ctx), trial_resources(cfg))
+        # the experiment's state is tiny: snapshot it every 2 s (Tune's default starts at 10 s), so a
+        # driver killed early still leaves a restorable experiment
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         storage = (run_dir / "tune").resolve()
         path = storage / "sweep"
         if tune.Tuner.can_restore(str(path)):
@@ -255,8 +258,9 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
                 run_config=tune.RunConfig(
                     name="sweep", storage_path=str(storage), stop=_stopper(cfg),
                     failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.sweep.keep_checkpoints,
-                                                            checkpoint_score_attribute=GOLD_METRIC,
+                    # every checkpoint is kept: with num_to_keep, a driver killed between Tune's state
+                    # snapshot and its pruning leaves a restore pointing at a deleted checkpoint
+                    checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=cfg.sweep.select_by,
                                                             checkpoint_score_order="max"),
                     callbacks=_callbacks(cfg, run_dir), verbose=1 if progress else 0,
                     log_to_file=True))
@@ -274,6 +278,11 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
     out = []
     for s, d in zip(specs, dirs):
         summary = json.loads((d / "DONE.json").read_text())
+        if todo and specs.index(s) in todo:
+            ev = summary["points"][-1]
+            log.info("rl %-22s %s in %s s: %d steps, final kl %.2f, proxy %+.3f, gold %+.3f", s.name,
+                     "stopped on gold" if summary.get("stopped_early") else "done", summary.get("seconds"),
+                     summary["steps"], ev["kl"], ev["proxy"], ev["gold"])
         summary.update(s.labels)
         summary["trial"] = s.name
         if len(s.members) == 1:  # the contract's "proxy" names the reward model, the trial its cell
@@ -286,8 +295,7 @@ def _concurrent(cfg: FrontierConfig, n: int) -> int:
     if cfg.cluster.rl.max_concurrent:
         return min(n, cfg.cluster.rl.max_concurrent)
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    per = cfg.cluster.rl.num_cpus + (0 if cfg.cluster.rl.colocate else 0.01)
-    return max(1, min(n, int(cpus // per)))
+    return max(1, min(n, int(cpus // cfg.cluster.rl.num_cpus)))
 
 
 def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
@@ -297,8 +305,9 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_DIR", str((run_dir / "wandb").resolve()))
+    import wandb
+
     (run_dir / "wandb").mkdir(exist_ok=True)
-    return [WandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}",
-                                log_config=True, save_checkpoints=False)]
+    return [WandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}", log_config=True,
+                                save_checkpoints=False, mode=os.environ.get("WANDB_MODE", "offline"),
+                                dir=str((run_dir / "wandb").resolve()), settings=wandb.Settings(silent=True))]

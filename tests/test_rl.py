@@ -196,7 +196,7 @@ def test_metrics_vocabulary_in_tensorboard_and_jsonl(smoke_run):
     from orchestrator.tb import read_scalars
 
     cfg, run_dir, frontier = smoke_run
-    runs = sorted(run_dir.glob("rl/proxy-1x8-*"))
+    runs = sorted(run_dir.glob("rl/proxy-1x8-kl0-*"))
     assert len(runs) == 1
     tags = read_scalars(runs[0] / "tb")
     for tag in ("kl", "proxy/mean", "proxy/std_members", "gold/mean", "gold/helpful", "gold/harmless", "gold/honest",
@@ -206,7 +206,7 @@ def test_metrics_vocabulary_in_tensorboard_and_jsonl(smoke_run):
     assert [s for s, _ in tags["kl"]] == list(range(cfg.rl.steps))
     lines = (runs[0] / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(cfg.rl.steps))
-    entry = [e for e in frontier["rl"] if e["proxy"] == "proxy-1x8"][0]
+    entry = [e for e in frontier["rl"] if e["trial"] == "proxy-1x8-kl0"][0]
     want = sorted(set(range(0, cfg.rl.steps + 1, cfg.rl.eval_every)) | set(range(cfg.rl.eval_early + 1)))
     assert [p["step"] for p in entry["points"]] == want
     assert entry["points"][0] == {"step": 0, "kl": 0.0, "gold": 0.0, "proxy": 0.0}  # relative to the start

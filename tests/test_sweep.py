@@ -4,6 +4,7 @@ checkpoint -- real Ray Tune on the smoke profile's real models."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,7 +95,7 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     _, smoke_dir, _ = smoke_run
     d = tmp_path / "run"
     _seed_stages(smoke_dir, d, [])
-    p = _job("--run-dir", str(d), "--quiet")
+    p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet")
     deadline, done_first = time.time() + 900, None
     while time.time() < deadline and p.poll() is None:
         done = list(d.glob("rl/*/DONE.json"))
@@ -109,7 +110,8 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     r = _job("--resume", str(d), "--quiet")
     _, err = r.communicate(timeout=900)
     assert r.returncode == 0, err[-3000:]
-    assert "restoring the Tune experiment" in err and "resumed from step" in err
+    assert "restoring the Tune experiment" in err, err[-3000:]
+    assert re.search(r"resumed from \S*step_0", err), err[-3000:]
     for x, mtime in done_first.items():
         assert x.stat().st_mtime_ns == mtime, f"{x.parent.name} ran again"
     for ref in smoke_dir.glob("rl/*-*"):
@@ -124,12 +126,12 @@ def test_failing_trial_retried_from_checkpoint(smoke_run, tmp_path):
     _, smoke_dir, _ = smoke_run
     d = tmp_path / "run"
     _seed_stages(smoke_dir, d, [])
-    r = _job("--run-dir", str(d), "--quiet", env={"RLHF_FRONTIER_FAIL_ONCE": "proxy-1x8-kl0:3"})
+    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", env={"RLHF_FRONTIER_FAIL_ONCE": "proxy-1x8-kl0:3"})
     _, err = r.communicate(timeout=900)
     assert r.returncode == 0, err[-3000:]
     fired = list(d.glob("rl/proxy-1x8-kl0-*/FAULT_INJECTED"))
     assert fired, "the fault never fired"
-    assert "injected fault" in err and "resumed from step" in err
+    assert "injected fault" in err and re.search(r"resumed from \S*step_0", err), err[-3000:]
     for ref in smoke_dir.glob("rl/*-*"):
         got = json.loads((d / "rl" / ref.name / "DONE.json").read_text())
         assert got["points"] == json.loads((ref / "DONE.json").read_text())["points"], ref.name
