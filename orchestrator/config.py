@@ -301,6 +301,11 @@ class RLConfig:
     """Steps between evaluations of the policy on the fixed eval prompts (gold, proxy, KL)."""
     eval_early: int = 3
     """Also evaluate after each of the first this many steps (the rise to the gold peak is fast)."""
+    eval_every_late: int = 0
+    """From step ``eval_late_from`` on, evaluate every this many steps instead (0 = ``eval_every``
+    throughout): the gold peak comes early, the tail needs fewer points."""
+    eval_late_from: int = 0
+    """The step where ``eval_every_late`` takes over."""
     eval_responses_per_prompt: int = 1
     """Responses sampled per eval prompt (more: a less noisy gold curve)."""
     eval_prompts: int = 200
@@ -346,6 +351,8 @@ class RLConfig:
         _check(self.uwo_lambda >= 0, "uwo_lambda", "must be >= 0")
         _check(self.eval_every >= 1, "eval_every", f"{self.eval_every} must be >= 1")
         _check(self.eval_early >= 0, "eval_early", f"{self.eval_early} must be >= 0")
+        _check(self.eval_every_late >= 0, "eval_every_late", f"{self.eval_every_late} must be >= 0 (0 = eval_every)")
+        _check(self.eval_late_from >= 0, "eval_late_from", f"{self.eval_late_from} must be >= 0")
         _check(self.eval_responses_per_prompt >= 1, "eval_responses_per_prompt", "must be >= 1")
         _check(self.eval_prompts >= 1, "eval_prompts", f"{self.eval_prompts} must be >= 1")
         _check(self.checkpoint_every >= 1, "checkpoint_every", f"{self.checkpoint_every} must be >= 1")

@@ -106,7 +106,7 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
     single = sorted([e for e in rl if len(e["members"]) == 1 and e["kl_coef"] == 0], key=lambda e: e["proxy_params"])
     ens = [e for e in rl if len(e["members"]) >= 4 and e["objective"] in ("wco", "uwo")]
     rises = {}
-    for e in rl:
+    for e in [x for x in rl if x["kl_coef"] == 0]:  # the no-penalty runs (SCIENCE.md's RL findings)
         kl, pr = [p["kl"] for p in e["points"]], [p["proxy"] for p in e["points"]]
         varied = len(kl) > 2 and len(set(kl)) > 1 and len(set(pr)) > 1
         rises[e.get("trial", e["proxy"])] = float(spearmanr(kl, pr).statistic) if varied else float("nan")

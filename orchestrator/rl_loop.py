@@ -477,7 +477,8 @@ def rl_step(run: RLRun) -> dict:
     cfg, T, step = run.cfg, PhaseTimer(), run.step
     t_start = time.perf_counter()
     with T("eval"):
-        due = step % cfg.eval_every == 0 or step <= cfg.eval_early
+        every = cfg.eval_every_late if cfg.eval_every_late and step >= cfg.eval_late_from else cfg.eval_every
+        due = step % every == 0 or step <= cfg.eval_early
         if due and (not run.evals or run.evals[-1]["step"] < step):
             run.evals.append(run.evaluate(step))
     with T("generate"):  # generation, with each chunk's proxy/gold scoring chained onto it

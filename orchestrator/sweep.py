@@ -50,16 +50,16 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
 
     specs = []
     for seed in seeds:
-        for s in (cfg.rl.sizes or cfg.proxy.sizes):
-            for kl in sw.kl_coefs:
-                name = f"proxy-{s}-kl{kl:g}" + (f"-s{seed}" if len(seeds) > 1 else "")
-                specs.append(RunSpec(name, (member(s),), cfg.rl.objective, float(kl), by_size[s].meta["params"],
-                                     labels={"size": s, "seed": seed}))
-        if len(cfg.proxy.sizes) >= 2:
+        if len(cfg.proxy.sizes) >= 2:  # first: the costliest trials, so no straggler runs alone at the end
             for obj in cfg.rl.ensemble_objectives:
                 name = f"ensemble-{obj}" + (f"-s{seed}" if len(seeds) > 1 else "")
                 specs.append(RunSpec(name, tuple(member(s) for s in cfg.proxy.sizes), obj, 0.0,
                                      sum(p.meta["params"] for p in proxies), labels={"size": "ensemble", "seed": seed}))
+        for s in reversed(cfg.rl.sizes or cfg.proxy.sizes):
+            for kl in sw.kl_coefs:
+                name = f"proxy-{s}-kl{kl:g}" + (f"-s{seed}" if len(seeds) > 1 else "")
+                specs.append(RunSpec(name, (member(s),), cfg.rl.objective, float(kl), by_size[s].meta["params"],
+                                     labels={"size": s, "seed": seed}))
     return specs
 
 
@@ -307,6 +307,7 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
 
     import wandb
 
+    os.environ.setdefault("WANDB_MODE", "offline")  # Ray's callback asks for a key unless offline
     (run_dir / "wandb").mkdir(exist_ok=True)
     return [WandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}", log_config=True,
                                 save_checkpoints=False, mode=os.environ.get("WANDB_MODE", "offline"),

@@ -85,6 +85,14 @@ def test_smoke_sweep_map_and_report(smoke_run):
         rows = [json.loads(x) for x in (t / "result.json").read_text().splitlines()]
         assert len(rows) == cfg.rl.steps + 1 and "eval/gold" in rows[-1] and "kl" in rows[0]
         assert list(t.glob("events.out.tfevents*"))  # TensorBoard
+    # the best checkpoint of every trial, selected by gold, holds a complete RL checkpoint
+    from ray.tune import ExperimentAnalysis
+
+    ea = ExperimentAnalysis(str(run_dir / "tune" / "sweep"))
+    for t in ea.trials:
+        best = ea.get_best_checkpoint(t, metric="eval/gold", mode="max")
+        assert best is not None and (Path(best.path) / "manifest.json").is_file()
+    assert list((run_dir / "wandb").rglob("offline-run-*"))  # wandb, offline by default
 
 
 @pytest.mark.slow
