@@ -422,7 +422,8 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
                     ("bon", bon)]:
         timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
     if rl:
-        timings["rl-sweep"] = {"seconds": round(time.perf_counter() - t_rl, 2), "cached": False,
+        all_cached = all([e.pop("cached") for e in rl])
+        timings["rl-sweep"] = {"seconds": round(time.perf_counter() - t_rl, 2), "cached": all_cached,
                                "trials": len(rl), "trial_seconds": round(sum(e.get("seconds") or 0 for e in rl), 1)}
     frontier = {"config_hash": digest(cfg), "versions": versions(), "seed": cfg.seed,
                 "bon": entries, "rl": rl,
@@ -434,6 +435,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         frontier["checks"]["bon_all_pass"] = frontier["checks"]["all_pass"]
         frontier["checks"]["rl"] = rl_checks(entries, rl)
         frontier["checks"]["sweep"] = sweep_checks(entries, rl)
-        frontier["checks"]["all_pass"] = bool(frontier["checks"]["all_pass"] and frontier["checks"]["rl"]["all_pass"])
+        frontier["checks"]["all_pass"] = bool(frontier["checks"]["all_pass"] and frontier["checks"]["rl"]["all_pass"]
+                                              and frontier["checks"]["sweep"]["all_pass"])
     write_report(run_dir, frontier, {"timings": timings})
     return frontier
