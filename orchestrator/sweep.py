@@ -160,13 +160,16 @@ def rl_trial(config: dict, ctx: dict) -> None:
         tune.report({"done_before": 1, "step": s["steps"], **_final(s)})
         return
     ck = tune.get_checkpoint()
-    if ck is not None:
+    if ck is not None:  # Tune's copy of our checkpoint: the trial dir may lack it (another node, lost disk)
         with ck.as_directory() as d:
-            target = out / "checkpoints" / Path(d).name
-            if Path(d).name.startswith("step_") and not target.exists():
+            step = json.loads((Path(d) / "state.json").read_text())["step"]
+            target = out / "checkpoints" / f"step_{step:06d}"
+            if not target.exists():
                 tmp = target.with_name(target.name + ".tmp")
-                shutil.copytree(d, tmp, dirs_exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(d, tmp)
                 tmp.replace(target)
+                log.info("rl %s: checkpoint step %d taken from Tune's storage", spec.name, step)
     t0 = time.perf_counter()
     seed = spec.labels.get("seed", ctx["seed"])
     if res.colocate:
@@ -186,6 +189,7 @@ def rl_trial(config: dict, ctx: dict) -> None:
         if ckpt is not None:
             pending.append(ckpt)
         rep = {k: v for k, v in m.items() if isinstance(v, (int, float))}
+        rep["trial_name"] = spec.name
         if ev is not None:
             rep.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
         attach = None

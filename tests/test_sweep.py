@@ -95,6 +95,21 @@ def test_smoke_sweep_map_and_report(smoke_run):
     assert list((run_dir / "wandb").rglob("offline-run-*"))  # wandb, offline by default
 
 
+def _cut_trial_with_tune_checkpoint(d: Path) -> Path | None:
+    """An unfinished trial's directory whose Tune trial already holds a checkpoint."""
+    for t in d.glob("tune/sweep/rl_trial*"):
+        if not list(t.glob("checkpoint_*")) or not (t / "result.json").is_file():
+            continue
+        try:
+            name = json.loads((t / "result.json").read_text().splitlines()[0])["trial_name"]
+        except (IndexError, KeyError, json.JSONDecodeError):
+            continue
+        for x in d.glob(f"rl/{name}-*"):
+            if not (x / "DONE.json").exists() and x.name.rsplit("-", 1)[0] == name:
+                return x
+    return None
+
+
 @pytest.mark.slow
 def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     """SIGKILL the sweep driver (and its Ray) once one trial finished and another checkpointed;
@@ -104,22 +119,25 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     d = tmp_path / "run"
     _seed_stages(smoke_dir, d, [])
     p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet")
-    deadline, done_first = time.time() + 900, None
+    deadline, done_first, cut = time.time() + 900, None, None
     while time.time() < deadline and p.poll() is None:
         done = list(d.glob("rl/*/DONE.json"))
-        ck = [c for c in d.glob("rl/*/checkpoints/step_*[0-9]") if not (c.parents[1] / "DONE.json").exists()]
-        if done and ck:
+        cut = _cut_trial_with_tune_checkpoint(d)
+        if done and cut:
             done_first = {x: x.stat().st_mtime_ns for x in done}
             break
         time.sleep(0.2)
     assert p.poll() is None and done_first, p.communicate()[1][-3000:]
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
+    # the cut trial loses its own checkpoints (as if it ran on a lost node): Tune's copy must do
+    shutil.rmtree(cut / "checkpoints")
     r = _job("--resume", str(d), "--quiet")
     _, err = r.communicate(timeout=900)
     assert r.returncode == 0, err[-3000:]
     assert "restoring the Tune experiment" in err, err[-3000:]
     assert re.search(r"resumed from \S*step_0", err), err[-3000:]
+    assert f"{cut.name.rsplit('-', 1)[0]}: checkpoint step" in err, err[-3000:]
     for x, mtime in done_first.items():
         assert x.stat().st_mtime_ns == mtime, f"{x.parent.name} ran again"
     for ref in smoke_dir.glob("rl/*-*"):
