@@ -124,7 +124,10 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
         done = list(d.glob("rl/*/DONE.json"))
         cut = _cut_trial_with_tune_checkpoint(d)
         if done and cut:
-            done_first = {x: x.stat().st_mtime_ns for x in done}
+            time.sleep(2.5)  # Tune's experiment state (snapshotted every 2 s) must know the checkpoint
+            if (cut / "DONE.json").exists():
+                continue
+            done_first = {x: x.stat().st_mtime_ns for x in d.glob("rl/*/DONE.json")}
             break
         time.sleep(0.2)
     assert p.poll() is None and done_first, p.communicate()[1][-3000:]
