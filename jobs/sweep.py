@@ -34,23 +34,15 @@ def main(argv: list[str] | None = None) -> int:
 def _list(args) -> int:
     from orchestrator.cli import resolve
     from orchestrator.config import FrontierConfig
+    from orchestrator.sweep import grid
 
     cfg, run_dir = resolve("sweep", FrontierConfig, args)
-    seeds = list(cfg.sweep.seeds) or [cfg.seed]
-    sizes = list(cfg.rl.sizes or cfg.proxy.sizes)
-    n = 0
-    for seed in seeds:
-        for s in sizes:
-            for k in cfg.sweep.kl_coefs:
-                print(f"seed {seed}  proxy {s:<7} beta {k:g}")
-                n += 1
-        if len(cfg.proxy.sizes) >= 2:
-            for obj in cfg.rl.ensemble_objectives:
-                print(f"seed {seed}  ensemble of {len(cfg.proxy.sizes)} ({obj}) beta 0")
-                n += 1
-    print(f"{n} trials, {cfg.rl.steps} steps each, {cfg.cluster.rl.num_cpus:g} CPU per trial; run dir {run_dir}")
+    trials = grid(cfg)
+    for t in trials:
+        what = f"proxy {t['sizes'][0]:<7}" if len(t["sizes"]) == 1 else f"ensemble of {len(t['sizes'])} ({t['objective']})"
+        print(f"seed {t['seed']}  {what} beta {t['kl_coef']:g}   {t['name']}")
+    print(f"{len(trials)} trials, {cfg.rl.steps} steps each, {cfg.cluster.rl.num_cpus:g} CPU per trial; run dir {run_dir}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

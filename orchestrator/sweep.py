@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import ray
+from ray.tune.stopper import Stopper
 
 from orchestrator.config import FrontierConfig, digest, to_dict
 from orchestrator.stages import StageResult
@@ -35,32 +36,37 @@ GOLD_METRIC = "eval/gold"  # the held-out gold of the latest evaluation: what st
 # the grid
 
 
+def grid(cfg: FrontierConfig) -> list[dict]:
+    """The sweep's trials in launch order, needing no trained proxy (``jobs.sweep --list`` prints
+    this): per seed, each ensemble objective over all sizes (no penalty; the costliest trials first,
+    so no straggler runs alone at the end), then each proxy size (``rl.sizes``, default all; largest
+    first) x each KL coefficient. Names are unique and stable."""
+    seeds = list(cfg.sweep.seeds) or [cfg.seed]
+    tag = lambda seed: f"-s{seed}" if len(seeds) > 1 else ""  # noqa: E731
+    out = []
+    for seed in seeds:
+        if len(cfg.proxy.sizes) >= 2:
+            out += [{"name": f"ensemble-{obj}{tag(seed)}", "sizes": list(cfg.proxy.sizes), "objective": obj,
+                     "kl_coef": 0.0, "seed": seed} for obj in cfg.rl.ensemble_objectives]
+        out += [{"name": f"proxy-{s}-kl{kl:g}{tag(seed)}", "sizes": [s], "objective": cfg.rl.objective,
+                 "kl_coef": float(kl), "seed": seed}
+                for s in reversed(cfg.rl.sizes or cfg.proxy.sizes) for kl in cfg.sweep.kl_coefs]
+    return out
+
+
 def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
-    """Every trial of the sweep as ``RunSpec``s: each proxy size (``rl.sizes``, default all)
-    x each KL coefficient x each seed, then each ensemble objective over all sizes at each seed
-    (no penalty, as the single-proxy reference runs). Names are unique and stable."""
+    """``grid`` as ``RunSpec``s with the trained proxies as members."""
     from orchestrator.rl_loop import RunSpec
 
-    sw = cfg.sweep
     by_size = {p.meta["size"]: p for p in proxies}
-    seeds = list(sw.seeds) or [cfg.seed]
 
     def member(s: str) -> dict:
         return {"name": f"proxy-{s}", "kind": "hf", "path": str(by_size[s].dir / "model"), "stage": by_size[s].key}
 
-    specs = []
-    for seed in seeds:
-        if len(cfg.proxy.sizes) >= 2:  # first: the costliest trials, so no straggler runs alone at the end
-            for obj in cfg.rl.ensemble_objectives:
-                name = f"ensemble-{obj}" + (f"-s{seed}" if len(seeds) > 1 else "")
-                specs.append(RunSpec(name, tuple(member(s) for s in cfg.proxy.sizes), obj, 0.0,
-                                     sum(p.meta["params"] for p in proxies), labels={"size": "ensemble", "seed": seed}))
-        for s in reversed(cfg.rl.sizes or cfg.proxy.sizes):
-            for kl in sw.kl_coefs:
-                name = f"proxy-{s}-kl{kl:g}" + (f"-s{seed}" if len(seeds) > 1 else "")
-                specs.append(RunSpec(name, (member(s),), cfg.rl.objective, float(kl), by_size[s].meta["params"],
-                                     labels={"size": s, "seed": seed}))
-    return specs
+    return [RunSpec(t["name"], tuple(member(s) for s in t["sizes"]), t["objective"], t["kl_coef"],
+                    sum(by_size[s].meta["params"] for s in t["sizes"]),
+                    labels={"size": t["sizes"][0] if len(t["sizes"]) == 1 else "ensemble", "seed": t["seed"]})
+            for t in grid(cfg)]
 
 
 def trial_dir(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult, spec) -> Path:
@@ -90,20 +96,17 @@ def trial_resources(cfg: FrontierConfig):
 # scheduling on gold
 
 
-class GoldStopper:
+class GoldStopper(Stopper):
     """Ends a trial once its held-out gold has stayed more than ``margin`` below its running peak
     for ``patience`` consecutive evaluations: the run is past its peak, the rest is overoptimization
     we have already measured. Keyed to gold by construction (``GOLD_METRIC``); a proxy-keyed stopper
     is refused by config validation, since selecting on the proxy is exactly what overoptimizes."""
 
     def __init__(self, margin: float, patience: int, metric: str = GOLD_METRIC):
-        from ray.tune.stopper import Stopper
-
         if not metric.startswith("eval/gold"):
             raise ValueError(f"stopper metric {metric!r}: only gold may stop a trial")
         self.margin, self.patience, self.metric = margin, patience, metric
         self._state: dict[str, tuple[float, int, int]] = {}  # trial -> (peak, evals below, last eval step)
-        self._base = Stopper
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         if self.metric not in result or result.get("eval/step") is None:
@@ -121,17 +124,9 @@ class GoldStopper:
         return False
 
 
-def _stopper(cfg: FrontierConfig):
-    from ray.tune.stopper import Stopper
-
+def _stopper(cfg: FrontierConfig) -> GoldStopper | None:
     st = cfg.sweep.stopper
-    if not st.enabled:
-        return None
-
-    class _S(GoldStopper, Stopper):
-        pass
-
-    return _S(st.margin, st.patience, st.metric)
+    return GoldStopper(st.margin, st.patience, st.metric) if st.enabled else None
 
 
 # --------------------------------------------------------------------------------------------
