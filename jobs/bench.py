@@ -108,7 +108,8 @@ def _rl_stepper(cfg, spec, resources, sft, task, train_rows, eval_rows, out: Pat
     (one process, no Ray), actors (one Ray actor per role), colocated (every role in one actor)."""
     import ray
 
-    from orchestrator.rl_loop import RLRun, make_slot, rl_step
+    from orchestrator.rl_loop import RLRun, rl_step
+    from orchestrator.slots import make_slot
 
     policy, tok = str(sft.dir / "policy"), str(task.dir / "tokenizer")
     if mode == "colocated":

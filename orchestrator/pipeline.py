@@ -390,8 +390,8 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
 def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> dict:
     """Run (or resume) every stage and write frontier.json and the report; returns frontier.json."""
     from orchestrator.cli import save_config
-    from orchestrator.report import checks, rl_checks, versions, write_report
     from orchestrator.frontier_map import sweep_checks
+    from orchestrator.report import checks, rl_checks, versions, write_report
     from orchestrator.sweep import stage_sweep
 
     t0 = time.perf_counter()

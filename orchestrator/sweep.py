@@ -142,7 +142,8 @@ def rl_trial(config: dict, ctx: dict) -> None:
 
     from orchestrator.cli import setup_logging
     from orchestrator.models import set_threads
-    from orchestrator.rl_loop import RLRun, Slot, run_rl, summarize
+    from orchestrator.rl_loop import RLRun, run_rl, summarize
+    from orchestrator.slots import Slot
 
     setup_logging()  # this process's INFO lines reach the driver's log (Ray forwards worker output)
 
@@ -305,9 +306,8 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
     from the environment (``WANDB_API_KEY``), never from config or logs."""
     if not cfg.sweep.wandb:
         return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
     import wandb
+    from ray.air.integrations.wandb import WandbLoggerCallback
 
     os.environ.setdefault("WANDB_MODE", "offline")  # Ray's callback asks for a key unless offline
     (run_dir / "wandb").mkdir(exist_ok=True)

@@ -20,7 +20,8 @@ import torch
 from orchestrator import rl_stage as P
 from orchestrator.actor_group import fetch
 from orchestrator.batch import BarrierError
-from orchestrator.rl_loop import ALGORITHMS, RLRun, execute, make_slot, run_rl
+from orchestrator.rl_loop import ALGORITHMS, RLRun, run_rl
+from orchestrator.slots import execute, make_slot
 from orchestrator.stages import StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
