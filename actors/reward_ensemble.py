@@ -44,7 +44,8 @@ def _length_bucketed(items: list, size: int, length: dict, rng: random.Random, p
 
 class RewardEnsemble:
     def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0):
-        """members: ``{"name", "kind": "oracle"}`` or ``{"name", "kind": "hf", "size" | "path", "seed"}``."""
+        """members: ``{"name", "kind": "oracle"}`` or ``{"name", "kind": "hf", "size" | "path", "seed",
+        "norm": (shift, scale) (optional)}``."""
         if role not in ("proxy", "gold"):
             raise ValueError(f"role {role!r} must be 'proxy' or 'gold'")
         if not members:
@@ -63,6 +64,9 @@ class RewardEnsemble:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.names = tuple(m["name"] for m in members)
+        # (shift, scale) per member: scores are reported as (raw - shift) / scale (``norm`` of an RL
+        # run's proxy member: its mean and std on the SFT policy's samples)
+        self.norms = [tuple(m.get("norm", (0.0, 1.0))) for m in members]
         self.members: list = []
         for m in members:
             if m["kind"] == "oracle":
@@ -116,7 +120,8 @@ class RewardEnsemble:
             else:
                 if seqs is None:
                     seqs = [_hf().encode_pair(self.tok, p, r) for p, r in zip(rows["prompt"], rows["response"])]
-                values[:, j] = self._rm_scores(m, seqs)
+                shift, scale = self.norms[j]
+                values[:, j] = (self._rm_scores(m, seqs) - shift) / scale
         out = Scores(values=values, members=self.names, principles=principles)
         return seal(out) if sealed else out
 

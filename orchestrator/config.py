@@ -292,6 +292,11 @@ class RLConfig:
     """Aggregate of a single-proxy run's members (with one member every objective is the same)."""
     uwo_lambda: float = 0.1
     """lambda of the uncertainty-weighted objective (Coste et al. use 0.1 for PPO)."""
+    normalize_proxies: bool = True
+    """Standardize every proxy member to mean 0, std 1 on the SFT policy's samples (its scores of the
+    best-of-n pool) before aggregating, as Ziegler et al. (2019, section 2) normalize the reward model on
+    the initial policy. Without it WCO's minimum is decided by the members' arbitrary Bradley-Terry
+    offsets, UWO's variance by their scales, and one beta means a different penalty for every proxy."""
     sizes: tuple[str, ...] = ()
     """Proxy sizes that get single-member runs (one per ``sweep.kl_coefs``); empty = every ``proxy.sizes``."""
     ensemble_objectives: tuple[str, ...] = ("wco", "uwo")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from orchestrator.checkpoint import stream
@@ -29,15 +30,24 @@ def rl_rows(cfg: FrontierConfig, task: StageResult) -> tuple[dict, dict]:
     return train_rows, eval_rows
 
 
+def proxy_member(cfg: FrontierConfig, proxy: StageResult) -> dict:
+    """A trained proxy as a ``RewardEnsemble`` member of an RL run. With ``rl.normalize_proxies`` it
+    carries ``norm`` = (mean, std) of its scores over the best-of-n pool -- samples of the SFT
+    policy, where every RL run starts (Ziegler et al. 2019 normalize the RM on the initial policy)."""
+    m = {"name": f"proxy-{proxy.meta['size']}", "kind": "hf", "path": str(proxy.dir / "model"), "stage": proxy.key}
+    if cfg.rl.normalize_proxies:
+        s = np.asarray(pq.read_table(proxy.dir / "bon_scores.parquet", columns=["score"])["score"], np.float64)
+        m["norm"] = [float(s.mean()), float(max(s.std(), 1e-6))]
+    return m
+
+
 def rl_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
     """One no-penalty run per proxy size (Gao et al.'s main sweep) and one run per ensemble
     objective over every proxy size (Coste et al.)."""
     from orchestrator.rl_loop import RunSpec
 
     by_size = {p.meta["size"]: p for p in proxies}
-
-    def member(s: str) -> dict:
-        return {"name": f"proxy-{s}", "kind": "hf", "path": str(by_size[s].dir / "model"), "stage": by_size[s].key}
+    member = lambda s: proxy_member(cfg, by_size[s])  # noqa: E731
 
     specs = [RunSpec(f"proxy-{s}", (member(s),), cfg.rl.objective, cfg.rl.kl_coef, by_size[s].meta["params"])
              for s in (cfg.rl.sizes or cfg.proxy.sizes)]

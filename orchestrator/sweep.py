@@ -57,11 +57,11 @@ def grid(cfg: FrontierConfig) -> list[dict]:
 def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
     """``grid`` as ``RunSpec``s with the trained proxies as members."""
     from orchestrator.rl_loop import RunSpec
+    from orchestrator.rl_stage import proxy_member
 
     by_size = {p.meta["size"]: p for p in proxies}
-
-    def member(s: str) -> dict:
-        return {"name": f"proxy-{s}", "kind": "hf", "path": str(by_size[s].dir / "model"), "stage": by_size[s].key}
+    members = {s: proxy_member(cfg, p) for s, p in by_size.items()}
+    member = members.__getitem__
 
     return [RunSpec(t["name"], tuple(member(s) for s in t["sizes"]), t["objective"], t["kl_coef"],
                     sum(by_size[s].meta["params"] for s in t["sizes"]),

@@ -250,3 +250,37 @@ def test_sigkill_mid_rl_then_resume_matches_uninterrupted(smoke_run, tmp_path):
     r = _run_job("--run-dir", str(d), "--resume", "--quiet")
     out, err = r.communicate(timeout=300)
     assert r.returncode == 2 and "nothing to resume" in err
+
+
+
+@pytest.mark.slow
+def test_proxy_members_normalized_on_the_sft_policy(rl_inputs, smoke_run):
+    """rl.normalize_proxies: every RL proxy member scores the SFT policy's best-of-n pool with mean 0
+    and std 1 (Ziegler et al. 2019), so WCO's minimum and one beta mean the same for every member."""
+    import pyarrow.parquet as pq
+
+    from actors.reward_ensemble import RewardEnsemble
+    from orchestrator.pipeline import _bon_rows
+
+    cfg, task, sft, specs, _, _ = rl_inputs
+    run_dir = smoke_run[1]
+    ens = specs[next(n for n in specs if n.startswith("ensemble"))]
+    assert len(ens.members) >= 2 and all("norm" in m for m in ens.members)
+    shift = np.array([m["norm"][0] for m in ens.members])
+    scale = np.array([m["norm"][1] for m in ens.members])
+    assert np.ptp(shift) > 0  # the members' raw offsets differ: unnormalized, WCO would compare offsets
+    # the stored pool scores, standardized, have mean 0 and std 1 per member
+    pool = np.array([pq.read_table(Path(m["path"]).parent / "bon_scores.parquet")["score"].to_numpy()
+                     for m in ens.members]).T
+    z = (pool - shift) / scale
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-6)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-6)
+    # and the ensemble applies exactly that affine map to what it scores
+    _, rows = _bon_rows(_stage(run_dir, "task"), _stage(run_dir, "sample"))
+    rows = {k: v[:256] for k, v in rows.items()}
+    tok = str(task.dir / "tokenizer")
+    raw = RewardEnsemble("proxy", [{k: v for k, v in m.items() if k != "norm"} for m in ens.members], tok)
+    normed = RewardEnsemble("proxy", list(ens.members), tok)
+    got_raw, got = raw.score(rows).values, normed.score(rows).values
+    np.testing.assert_allclose(got, (got_raw - shift) / scale, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got_raw, pool[:256], atol=1e-4)  # the rows are the pool's, in its order
