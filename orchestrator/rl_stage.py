@@ -34,7 +34,9 @@ def proxy_member(cfg: FrontierConfig, proxy: StageResult) -> dict:
     """A trained proxy as a ``RewardEnsemble`` member of an RL run. With ``rl.normalize_proxies`` it
     carries ``norm`` = (mean, std) of its scores over the best-of-n pool -- samples of the SFT
     policy, where every RL run starts (Ziegler et al. 2019 normalize the RM on the initial policy)."""
-    m = {"name": f"proxy-{proxy.meta['size']}", "kind": "hf", "path": str(proxy.dir / "model"), "stage": proxy.key}
+    from orchestrator.pipeline import proxy_name
+
+    m = {"name": proxy_name(proxy), "kind": "hf", "path": str(proxy.dir / "model"), "stage": proxy.key}
     if cfg.rl.normalize_proxies:
         s = np.asarray(pq.read_table(proxy.dir / "bon_scores.parquet", columns=["score"])["score"], np.float64)
         m["norm"] = [float(s.mean()), float(max(s.std(), 1e-6))]

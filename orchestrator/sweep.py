@@ -43,29 +43,33 @@ def grid(cfg: FrontierConfig) -> list[dict]:
     first) x each KL coefficient. Names are unique and stable."""
     seeds = list(cfg.sweep.seeds) or [cfg.seed]
     tag = lambda seed: f"-s{seed}" if len(seeds) > 1 else ""  # noqa: E731
+    lab = "-ai" if cfg.label.source == "ai" else ""  # the proxies the sweep optimizes: the judge-trained ones
     out = []
     for seed in seeds:
         if len(cfg.proxy.sizes) >= 2:
-            out += [{"name": f"ensemble-{obj}{tag(seed)}", "sizes": list(cfg.proxy.sizes), "objective": obj,
-                     "kl_coef": 0.0, "seed": seed} for obj in cfg.rl.ensemble_objectives]
-        out += [{"name": f"proxy-{s}-kl{kl:g}{tag(seed)}", "sizes": [s], "objective": cfg.rl.objective,
-                 "kl_coef": float(kl), "seed": seed}
+            out += [{"name": f"ensemble{lab}-{obj}{tag(seed)}", "sizes": list(cfg.proxy.sizes), "objective": obj,
+                     "kl_coef": 0.0, "seed": seed, "tag": lab} for obj in cfg.rl.ensemble_objectives]
+        out += [{"name": f"proxy-{s}{lab}-kl{kl:g}{tag(seed)}", "sizes": [s], "objective": cfg.rl.objective,
+                 "kl_coef": float(kl), "seed": seed, "tag": lab}
                 for s in reversed(cfg.rl.sizes or cfg.proxy.sizes) for kl in cfg.sweep.kl_coefs]
+        if lab and cfg.label.ai.compare_gold:  # RLAIF beside gold labels: the same pairs, no penalty
+            out += [{"name": f"proxy-{s}-kl0{tag(seed)}", "sizes": [s], "objective": cfg.rl.objective,
+                     "kl_coef": 0.0, "seed": seed, "tag": ""} for s in reversed(cfg.rl.sizes or cfg.proxy.sizes)]
     return out
 
 
 def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
     """``grid`` as ``RunSpec``s with the trained proxies as members."""
+    from orchestrator.pipeline import proxy_name
     from orchestrator.rl_loop import RunSpec
     from orchestrator.rl_stage import proxy_member
 
-    by_size = {p.meta["size"]: p for p in proxies}
-    members = {s: proxy_member(cfg, p) for s, p in by_size.items()}
-    member = members.__getitem__
-
-    return [RunSpec(t["name"], tuple(member(s) for s in t["sizes"]), t["objective"], t["kl_coef"],
-                    sum(by_size[s].meta["params"] for s in t["sizes"]),
-                    labels={"size": t["sizes"][0] if len(t["sizes"]) == 1 else "ensemble", "seed": t["seed"]})
+    by_name = {proxy_name(p): p for p in proxies}
+    members = {n: proxy_member(cfg, p) for n, p in by_name.items()}
+    return [RunSpec(t["name"], tuple(members[f"proxy-{s}{t['tag']}"] for s in t["sizes"]), t["objective"],
+                    t["kl_coef"], sum(by_name[f"proxy-{s}{t['tag']}"].meta["params"] for s in t["sizes"]),
+                    labels={"size": t["sizes"][0] if len(t["sizes"]) == 1 else "ensemble", "seed": t["seed"],
+                            "labels": "ai" if t["tag"] else "gold"})
             for t in grid(cfg)]
 
 
