@@ -180,6 +180,9 @@ class AIJudgeConfig:
     """Chain of thought for the labels: a greedy rationale first, then the score (~10x slower)."""
     cot_tokens: int = 48
     """Longest rationale."""
+    direct: bool = False
+    """Direct scoring instead of comparison: the judge rates each response 1-10, soft label
+    sigmoid(E[rating a] - E[rating b]) (SCIENCE.md's direct RLAIF). Excludes ``cot``."""
     few_shot: int = 0
     """Few-shot examples from the constitution file in every prompt."""
     mitigate: bool = True
@@ -200,6 +203,7 @@ class AIJudgeConfig:
         _check(self.prompts >= 1, "prompts", f"{self.prompts} must be >= 1")
         _check(self.pairs_per_prompt >= 0, "pairs_per_prompt", f"{self.pairs_per_prompt} must be >= 0 (0 = all)")
         _check(self.cot_tokens >= 1, "cot_tokens", f"{self.cot_tokens} must be >= 1")
+        _check(not (self.direct and self.cot), "direct", "direct scoring has no chain of thought: set cot false")
         _check(self.few_shot >= 0, "few_shot", f"{self.few_shot} must be >= 0")
         _check(self.measure_pairs >= 0, "measure_pairs", f"{self.measure_pairs} must be >= 0")
         _check(self.batch_size >= 1, "batch_size", f"{self.batch_size} must be >= 1")

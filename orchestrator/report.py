@@ -483,6 +483,8 @@ def rlaif_section(frontier: dict, images: dict) -> list[str]:
                   f"{_fmt(lab['agreement_no_cot'])} / {_fmt(lab['agreement_cot'])} |",
                   f"| pairs/s without / with chain of thought | {_fmt(lab.get('pairs_per_s_no_cot'), 2)} / "
                   f"{_fmt(lab.get('pairs_per_s_cot'), 2)} |",
+                  f"| agreement of direct 1-10 scoring (sigmoid of the rating difference) | "
+                  f"{_fmt(lab.get('agreement_direct'))} ({_fmt(lab.get('pairs_per_s_direct'), 2)} pairs/s) |",
                   f"| injection flip rate: unmitigated / mitigated | "
                   f"{_fmt(inj.get('unmitigated', {}).get('flip_rate'))} / {_fmt(inj.get('mitigated', {}).get('flip_rate'))} |"]
     lines += ["", "| principle | pairs | agreement with gold | with gold's own score for it |", "|---|---|---|---|"]

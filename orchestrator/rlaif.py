@@ -81,7 +81,9 @@ def label_with_judge(cfg: FrontierConfig, run_dir: Path, out: Path, rows: dict, 
         chunk = max(ai.batch_size * 4, 64)
         res = {k: [] for k in ("p_a", "p_a_ab", "p_a_ba", "rationale")}
         t0 = time.perf_counter()
-        refs = [grp.one("label", {k: v[s: s + chunk] for k, v in cols.items()}, p_text[s: s + chunk], ai.cot,
+        refs = [grp.one("label_direct", {k: v[s: s + chunk] for k, v in cols.items()}, p_text[s: s + chunk],
+                        ai.mitigate) if ai.direct else
+                grp.one("label", {k: v[s: s + chunk] for k, v in cols.items()}, p_text[s: s + chunk], ai.cot,
                         ai.mitigate, few_shot) for s in range(0, len(pairs), chunk)]
         for r in tqdm(refs, desc="judge pairs", disable=not progress, leave=False):
             got = ray.get(r)
@@ -136,8 +138,8 @@ def measure(res: dict, ga: np.ndarray, gb: np.ndarray, p_name: list[str], gold_p
 
 
 def measure_extra(grp: ActorGroup, cols: dict, p_text: list[str], ga, gb, ai, few_shot, rng) -> dict:
-    """On ``measure_pairs`` labelled pairs: agreement with and without CoT (and pairs/s of each),
-    and the injection flip rate with and without mitigation."""
+    """On ``measure_pairs`` labelled pairs: agreement with and without CoT and with direct 1-10
+    scoring (and pairs/s of each), and the injection flip rate with and without mitigation."""
     idx = sorted(rng.permutation(len(p_text))[: ai.measure_pairs])
     sub = {k: [v[i] for i in idx] for k, v in cols.items()}
     pt = [p_text[i] for i in idx]
@@ -152,6 +154,12 @@ def measure_extra(grp: ActorGroup, cols: dict, p_text: list[str], ga, gb, ai, fe
         out[f"position_bias_rate_{'cot' if cot else 'no_cot'}"] = A.position_bias_rate(r["p_a_ab"], r["p_a_ba"])
         if cot:
             out["rationale_examples"] = r["rationale"][:3]
+    t0 = time.perf_counter()
+    r = ray.get(grp.one("label_direct", sub, pt, ai.mitigate))
+    dt = time.perf_counter() - t0
+    out["agreement_direct"] = A.agreement(np.asarray(r["p_a"]), ga[idx], gb[idx])
+    fresh = len(idx) - sum(r["cached"])
+    out["pairs_per_s_direct"] = fresh / dt if fresh else None
     out["injection"] = {("mitigated" if m else "unmitigated"): ray.get(grp.one("injection", sub, pt, m))
                         for m in (False, True)}
     return out
