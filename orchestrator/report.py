@@ -477,16 +477,24 @@ def rlaif_section(frontier: dict, images: dict) -> list[str]:
              f"| position-bias rate (same slot preferred after the swap) | {_fmt(lab.get('position_bias_rate'))} |",
              f"| calibration: ECE / Brier | {_fmt(lab['calibration']['ece'])} / {_fmt(lab['calibration']['brier'])} |",
              f"| mean abs soft-label margin from 0.5 | {_fmt(lab.get('soft_label_mean_abs_margin'))} |"]
+    lb = lab.get("length_bias")
+    if lb:
+        lines.append(f"| prefers the longer response: judge / gold (Spearman with the length difference) | "
+                     f"{_fmt(lb['judge_prefers_longer'])} / {_fmt(lb['gold_prefers_longer'])} "
+                     f"({_fmt(lb['judge_spearman_with_length_diff'], 2)} / {_fmt(lb['gold_spearman_with_length_diff'], 2)}) |")
     if "agreement_cot" in lab:
         inj = lab.get("injection", {})
         lines += [f"| agreement without / with chain of thought ({lab['measure_pairs']} pairs) | "
                   f"{_fmt(lab['agreement_no_cot'])} / {_fmt(lab['agreement_cot'])} |",
-                  f"| pairs/s without / with chain of thought | {_fmt(lab.get('pairs_per_s_no_cot'), 2)} / "
+                  f"| pairs/s without / with chain of thought | {_fmt(lab.get('pairs_per_s_no_cot') or lab.get('pairs_per_s'), 2)} / "
                   f"{_fmt(lab.get('pairs_per_s_cot'), 2)} |",
                   f"| agreement of direct 1-10 scoring (sigmoid of the rating difference) | "
                   f"{_fmt(lab.get('agreement_direct'))} ({_fmt(lab.get('pairs_per_s_direct'), 2)} pairs/s) |",
                   f"| injection flip rate: unmitigated / mitigated | "
-                  f"{_fmt(inj.get('unmitigated', {}).get('flip_rate'))} / {_fmt(inj.get('mitigated', {}).get('flip_rate'))} |"]
+                  f"{_fmt(inj.get('unmitigated', {}).get('flip_rate'))} / {_fmt(inj.get('mitigated', {}).get('flip_rate'))} |",
+                  f"| injection: mean shift of the soft label toward the injected response, unmitigated / mitigated | "
+                  f"{_fmt(inj.get('unmitigated', {}).get('mean_shift_toward_injected'))} / "
+                  f"{_fmt(inj.get('mitigated', {}).get('mean_shift_toward_injected'))} |"]
     lines += ["", "| principle | pairs | agreement with gold | with gold's own score for it |", "|---|---|---|---|"]
     for name, v in lab.get("agreement_per_principle", {}).items():
         lines.append(f"| {name} | {v['n']} | {_fmt(v['agreement'])} | {_fmt(v.get('agreement_with_gold_principle'))} |")

@@ -94,6 +94,7 @@ def label_with_judge(cfg: FrontierConfig, run_dir: Path, out: Path, rows: dict, 
         meta = {"pairs": len(pairs), "judge": info, "template": A.TEMPLATE_VERSION,
                 "label_seconds": secs, "pairs_per_s": info["judged"] / max(info["seconds"], 1e-9) if info["judged"] else None}
         meta.update(measure(res, ga, gb, p_name, gold_principles, pairs))
+        meta["length_bias"] = length_bias(np.asarray(res["p_a"]), ga, gb, cols)
         if ai.measure_pairs:
             meta.update(measure_extra(grp, cols, p_text, ga, gb, ai, few_shot, rng))
     finally:
@@ -138,6 +139,22 @@ def measure(res: dict, ga: np.ndarray, gb: np.ndarray, p_name: list[str], gold_p
             "position_bias_rate": A.position_bias_rate(res["p_a_ab"], res["p_a_ba"]),
             "agreement_first_order_only": A.agreement(np.asarray(res["p_a_ab"]), ga, gb),
             "calibration": A.calibration(p, ga, gb), "soft_label_mean_abs_margin": float(np.mean(np.abs(p - 0.5)))}
+
+
+def length_bias(p_a: np.ndarray, ga: np.ndarray, gb: np.ndarray, cols: dict) -> dict:
+    """Does the judge prefer the longer response (Singhal et al. 2023), and does gold? Spearman of
+    each preference margin with the word-count difference a - b, and the share of pairs where the
+    preferred response is the longer one (pairs of equal length left out)."""
+    from scipy.stats import spearmanr
+
+    d = np.array([len(a.split()) - len(b.split()) for a, b in zip(cols["response_a"], cols["response_b"])])
+    m = d != 0
+    out = {}
+    for who, margin in (("judge", p_a - 0.5), ("gold", ga - gb)):
+        ok = m & (margin != 0)
+        out[f"{who}_spearman_with_length_diff"] = float(spearmanr(margin, d).statistic) if len(set(d)) > 1 else None
+        out[f"{who}_prefers_longer"] = float(np.mean((margin[ok] > 0) == (d[ok] > 0))) if ok.any() else None
+    return out
 
 
 def measure_extra(grp: ActorGroup, cols: dict, p_text: list[str], ga, gb, ai, few_shot, rng) -> dict:
