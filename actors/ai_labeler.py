@@ -422,18 +422,13 @@ class AILabeler:
         few_shot = few_shot or []
         opts = {"cot": bool(cot), "mitigate": bool(mitigate), "few_shot": len(few_shot),
                 "markers": self.nonce if mitigate else "", "cot_tokens": self.cot_tokens if cot else 0}
-        n = len(pairs["prompt"])
-        keys = [judgment_key(self.judge, principles[i], pairs["prompt"][i], pairs["response_a"][i],
-                             pairs["response_b"][i], opts) for i in range(n)]
-        todo = [i for i in range(n) if keys[i] not in self.cache]
-        t0 = time.perf_counter()
-        if todo:
-            nonce = self.nonce
+
+        def judge(todo: list[int]) -> list[dict]:
             users = []
             for i in todo:
                 p, a, b, pr = pairs["prompt"][i], pairs["response_a"][i], pairs["response_b"][i], principles[i]
                 for first, second in ((a, b), (b, a)):
-                    users.append(comparison_prompt(p, first, second, pr, few_shot, mitigate, nonce,
+                    users.append(comparison_prompt(p, first, second, pr, few_shot, mitigate, self.nonce,
                                                    COT_ENDING if cot else ENDING))
             if cot:
                 rats = self.backend.generate([self.backend.chat(u, COT_PREFIX) for u in users], self.cot_tokens)
@@ -443,23 +438,36 @@ class AILabeler:
                 texts = [self.backend.chat(u, ANSWER_PREFIX) for u in users]
             p1 = soft_label(self.backend.next_logprobs(texts, ["1", "2"]))  # P("1") per rendered prompt
             recs = []
-            for k, i in enumerate(todo):
+            for k in range(len(todo)):
                 p_ab, p_ba = float(p1[2 * k]), float(1.0 - p1[2 * k + 1])
-                rec = {"key": keys[i], "p_a_ab": p_ab, "p_a_ba": p_ba, "p_a": 0.5 * (p_ab + p_ba),
-                       "rationale": "" if not cot else f"[a first] {rats[2 * k].strip()} [b first] {rats[2 * k + 1].strip()}",
-                       "template": TEMPLATE_VERSION, "judge": self.judge}
+                recs.append({"p_a_ab": p_ab, "p_a_ba": p_ba, "p_a": 0.5 * (p_ab + p_ba),
+                             "rationale": "" if not cot else
+                             f"[a first] {rats[2 * k].strip()} [b first] {rats[2 * k + 1].strip()}"})
+            return recs
+
+        return self._judged(pairs, principles, opts, judge)
+
+    def _judged(self, pairs: dict[str, list], principles: list[str], opts: dict, judge) -> dict[str, list]:
+        """Answer every pair from the cache, calling ``judge(indices)`` only for the unseen ones and
+        appending their records to the cache file."""
+        n = len(pairs["prompt"])
+        keys = [judgment_key(self.judge, principles[i], pairs["prompt"][i], pairs["response_a"][i],
+                             pairs["response_b"][i], opts) for i in range(n)]
+        todo = [i for i in range(n) if keys[i] not in self.cache]
+        t0 = time.perf_counter()
+        if todo:
+            recs = []
+            for i, rec in zip(todo, judge(todo)):
+                rec.update(key=keys[i], template=TEMPLATE_VERSION, judge=self.judge)
                 self.cache[keys[i]] = rec
                 recs.append(rec)
             self._save(recs)
         self.stats["seconds"] += time.perf_counter() - t0
         self.stats["judged"] += len(todo)
         self.stats["cached"] += n - len(todo)
-        out = {k: [] for k in ("p_a", "p_a_ab", "p_a_ba", "rationale", "cached")}
-        for i in range(n):
-            rec = self.cache[keys[i]]
-            for k in ("p_a", "p_a_ab", "p_a_ba", "rationale"):
-                out[k].append(rec[k])
-            out["cached"].append(i not in todo)
+        out = {k: [self.cache[key][k] for key in keys] for k in ("p_a", "p_a_ab", "p_a_ba", "rationale")}
+        fresh = set(todo)
+        out["cached"] = [i not in fresh for i in range(n)]
         return out
 
     def score_direct(self, rows: dict[str, list], principles: list[str], mitigate: bool = True) -> np.ndarray:
@@ -477,30 +485,19 @@ class AILabeler:
         """Direct scoring as a preference: each response rated 1-10 on its own (``score_direct``),
         soft label sigmoid(E[rating a] - E[rating b]); no order to swap, so ``p_a_ab == p_a_ba``."""
         opts = {"direct": True, "mitigate": bool(mitigate), "markers": self.nonce if mitigate else ""}
-        n = len(pairs["prompt"])
-        keys = [judgment_key(self.judge, principles[i], pairs["prompt"][i], pairs["response_a"][i],
-                             pairs["response_b"][i], opts) for i in range(n)]
-        todo = [i for i in range(n) if keys[i] not in self.cache]
-        t0 = time.perf_counter()
-        if todo:
+
+        def judge(todo: list[int]) -> list[dict]:
             rows = {"prompt": [pairs["prompt"][i] for i in todo for _ in (0, 1)],
                     "response": [pairs[k][i] for i in todo for k in ("response_a", "response_b")]}
             r = self.score_direct(rows, [principles[i] for i in todo for _ in (0, 1)], mitigate)
             recs = []
-            for k, i in enumerate(todo):
+            for k in range(len(todo)):
                 ea, eb = float(r[2 * k]), float(r[2 * k + 1])
                 p = 1.0 / (1.0 + math.exp(eb - ea))
-                rec = {"key": keys[i], "p_a_ab": p, "p_a_ba": p, "p_a": p, "rationale": f"ratings {ea:.2f} vs {eb:.2f}",
-                       "template": TEMPLATE_VERSION, "judge": self.judge}
-                self.cache[keys[i]] = rec
-                recs.append(rec)
-            self._save(recs)
-        self.stats["seconds"] += time.perf_counter() - t0
-        self.stats["judged"] += len(todo)
-        self.stats["cached"] += n - len(todo)
-        out = {k: [self.cache[key][k] for key in keys] for k in ("p_a", "p_a_ab", "p_a_ba", "rationale")}
-        out["cached"] = [i not in todo for i in range(n)]
-        return out
+                recs.append({"p_a_ab": p, "p_a_ba": p, "p_a": p, "rationale": f"ratings {ea:.2f} vs {eb:.2f}"})
+            return recs
+
+        return self._judged(pairs, principles, opts, judge)
 
     def injection(self, pairs: dict[str, list], principles: list[str], mitigate: bool) -> dict:
         """``injection_flip_rate`` on this judge (callable on the actor)."""

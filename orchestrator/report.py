@@ -502,11 +502,11 @@ def rlaif_section(frontier: dict, images: dict) -> list[str]:
     cmp_ = frontier.get("rlaif", {})
     if cmp_:
         lines += ["Proxies trained on the judge's labels beside proxies trained on gold labels of the same pairs:", "",
-                  "| size | labels | val acc (gold) | BoN gold peak | BoN KL at peak | RL gold peak | RL KL at peak | RL gold lost by the end |",
+                  "| size | labels | val acc (held-out pairs, own labels) | BoN gold peak | BoN KL at peak | RL gold peak | RL KL at peak | RL gold lost by the end |",
                   "|---|---|---|---|---|---|---|---|"]
         for size, row in cmp_.items():
             for lab_, v in sorted(row.items()):
-                lines.append(f"| {size} | {lab_} | {_fmt(v.get('val_accuracy'))} | {_fmt(v['bon_gold_peak'])} | "
+                lines.append(f"| {size} | {lab_} | {_fmt(v.get('val_accuracy_own_labels'))} | {_fmt(v['bon_gold_peak'])} | "
                              f"{_fmt(v['bon_kl_at_peak'], 2)} | {_fmt(v.get('rl_gold_peak'))} | {_fmt(v.get('rl_kl_at_peak'), 2)} | "
                              f"{_fmt(v.get('rl_gold_drop_after_peak'))} |")
         lines.append("")

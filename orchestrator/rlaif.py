@@ -195,7 +195,7 @@ def compare_labels(bon: list[dict], rl: list[dict]) -> dict:
         row = out.setdefault(size, {})
         g = [p["gold"] for p in e["points"]]
         k = int(np.argmax(g))
-        row[e["labels"]] = {"proxy": e["proxy"], "val_accuracy": e.get("val_accuracy"),
+        row[e["labels"]] = {"proxy": e["proxy"], "val_accuracy_own_labels": e.get("val_accuracy"),
                             "bon_gold_peak": float(g[k]), "bon_kl_at_peak": float(e["points"][k]["kl"]),
                             "bon_gold_at_max_n": float(g[-1]), "bon_fit": e.get("fit")}
     for e in rl:
