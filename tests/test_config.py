@@ -13,7 +13,8 @@ from orchestrator.config import (
     validate_resources,
 )
 
-CONFIGS = sorted(Path("jobs/configs").glob("*.yaml"))
+# job configs; constitution.yaml beside them is the RLAIF judge's principles, not a job config
+CONFIGS = sorted(p for p in Path("jobs/configs").glob("*.yaml") if p.name != "constitution.yaml")
 
 
 def test_configs_exist():
@@ -25,6 +26,13 @@ def test_configs_exist():
 def test_every_shipped_config_loads(path):
     cfg = load(FrontierConfig, path)
     assert cfg.n_max <= cfg.sample.bon_responses_per_prompt
+
+
+def test_shipped_constitution_loads():
+    from actors.ai_labeler import load_constitution
+
+    principles, shots = load_constitution("jobs/configs/constitution.yaml")
+    assert {p["name"] for p in principles} == {"helpful", "harmless", "honest", "format"} and len(shots) >= 2
 
 
 def test_defaults_equal_default_yaml_except_where_written():

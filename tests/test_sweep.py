@@ -118,7 +118,9 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     _, smoke_dir, _ = smoke_run
     d = tmp_path / "run"
     _seed_stages(smoke_dir, d, [])
-    p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet")
+    # the ensemble trial is slowed (wall time only) so that a single-proxy trial finishes while it is
+    # still running with a checkpoint: without it all three end within a second of each other
+    p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", env={"RLHF_FRONTIER_SLOW_TRIAL": "ensemble-wco:1.5"})
     deadline, done_first, cut = time.time() + 900, None, None
     while time.time() < deadline and p.poll() is None:
         done = list(d.glob("rl/*/DONE.json"))
