@@ -22,7 +22,7 @@ MAX_BATCH = 16
 @serve.deployment(max_ongoing_requests=64)  # >= the batch size, or batches cap at the default 5
 class JudgeServer:
     def __init__(self, path: str, model_name: str, threads: int = 1):
-        from actors.ai_labeler import HFBackend
+        from actors.judge_backends import HFBackend
 
         self.backend = HFBackend(path, threads=threads, batch_size=MAX_BATCH)
         self.model_name = model_name
