@@ -43,6 +43,12 @@ class PolicyLearner:
         self.opt: torch.optim.Optimizer | None = None
         self.version = 0  # RL updates applied
 
+    def where(self) -> dict:
+        """This actor's process and Ray node (placement tests, fault drills)."""
+        from orchestrator.actor_group import where
+
+        return where()
+
     def n_params(self) -> int:
         return n_params(self.model)
 

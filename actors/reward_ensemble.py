@@ -8,6 +8,7 @@ Bradley-Terry loss (soft labels allowed).
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -42,6 +43,27 @@ def _length_bucketed(items: list, size: int, length: dict, rng: random.Random, p
     return batches
 
 
+class RewardMemberError(RuntimeError):
+    """A member of a reward ensemble failed (raised, or gave non-finite scores); names the member."""
+
+
+def _drill(role: str, name: str, calls: dict) -> None:
+    """Fault drill (``RLHF_FRONTIER_FAIL_MEMBER=ROLE/NAME:CALL:MARKER``, set in the job's
+    environment): member NAME of ensemble ROLE raises on its CALL-th scoring, once per MARKER file
+    -- how the tests show a failing reward model stops the step loudly and the run resumes."""
+    spec = os.environ.get("RLHF_FRONTIER_FAIL_MEMBER", "")
+    if not spec:
+        return
+    who, call, marker = spec.split(":", 2)
+    if who != f"{role}/{name}":
+        return
+    calls[name] = calls.get(name, 0) + 1
+    if calls[name] >= int(call) and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(calls[name]))
+        raise RuntimeError(f"fault drill: {role}/{name} failed on scoring call {calls[name]}")
+
+
 class RewardEnsemble:
     def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0):
         """members: ``{"name", "kind": "oracle"}`` or ``{"name", "kind": "hf", "size" | "path", "seed",
@@ -57,7 +79,14 @@ class RewardEnsemble:
             self.threads = max(1, int(num_cpus))
             torch.set_num_threads(self.threads)
         self.tok = _hf().load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        self._calls: dict[str, int] = {}
         self.set_members(members)
+
+    def where(self) -> dict:
+        """This actor's process and Ray node (placement tests, fault drills)."""
+        from orchestrator.actor_group import where
+
+        return where()
 
     def set_members(self, members: list[dict]) -> tuple[str, ...]:
         """(Re)load the ensemble's members -- an RL slot reuses its actor for the next run."""
@@ -112,16 +141,25 @@ class RewardEnsemble:
         principles: dict[str, np.ndarray] = {}
         seqs = None
         for j, m in enumerate(self.members):
-            if m == "oracle":
-                res = [oracle(f, mt, r) for f, mt, r in zip(rows["family"], rows["meta"], rows["response"])]
-                values[:, j] = [x["gold"] for x in res]
-                for p in PRINCIPLES:
-                    principles[p] = np.array([x[p] for x in res])
-            else:
-                if seqs is None:
-                    seqs = [_hf().encode_pair(self.tok, p, r) for p, r in zip(rows["prompt"], rows["response"])]
-                shift, scale = self.norms[j]
-                values[:, j] = (self._rm_scores(m, seqs) - shift) / scale
+            name = self.names[j]
+            try:
+                _drill(self.role, name, self._calls)
+                if m == "oracle":
+                    res = [oracle(f, mt, r) for f, mt, r in zip(rows["family"], rows["meta"], rows["response"])]
+                    values[:, j] = [x["gold"] for x in res]
+                    for p in PRINCIPLES:
+                        principles[p] = np.array([x[p] for x in res])
+                else:
+                    if seqs is None:
+                        seqs = [_hf().encode_pair(self.tok, p, r) for p, r in zip(rows["prompt"], rows["response"])]
+                    shift, scale = self.norms[j]
+                    values[:, j] = (self._rm_scores(m, seqs) - shift) / scale
+            except Exception as e:
+                raise RewardMemberError(f"{self.role} member {name!r} failed: {e.__class__.__name__}: {e}") from e
+            bad = np.flatnonzero(~np.isfinite(values[:, j]))
+            if len(bad):
+                raise RewardMemberError(f"{self.role} member {name!r} gave {len(bad)} non-finite score(s), "
+                                        f"first on row {int(bad[0])}")
         out = Scores(values=values, members=self.names, principles=principles)
         return seal(out) if sealed else out
 

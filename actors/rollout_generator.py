@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
@@ -17,7 +20,20 @@ class RolloutGenerator:
         frozen reference (the reference is never updated)."""
         self.threads = set_threads(num_cpus)
         self.policy_dir = None
+        self._die_after: int | None = None
         self.reset(policy_dir)
+
+    def where(self) -> dict:
+        """This actor's process and Ray node (placement tests, fault drills)."""
+        from orchestrator.actor_group import where
+
+        return where()
+
+    def drill_die_during_generate(self, after_calls: int = 0) -> None:
+        """Fault drill: SIGKILL this process in the middle of its ``after_calls``-th next
+        ``generate`` (after sampling started). Ray restarts the actor (``cluster.rl.generator_restarts``)
+        without the drill, as after a real crash."""
+        self._die_after = after_calls
 
     def reset(self, policy_dir: str) -> int:
         """Start over from ``policy_dir`` (policy = reference, version 0); cheap when it is the one
@@ -59,6 +75,10 @@ class RolloutGenerator:
         by a full forward pass of the same function the reference uses (exactly 0 KL at step 0).
         fast: decode GPT-2 policies with ``sampling.GPT2Decoder`` (the RL loop; pools keep the HF path)."""
         g = torch.Generator().manual_seed(seed)
+        if self._die_after is not None:
+            self._die_after -= 1
+            if self._die_after < 0:
+                os.kill(os.getpid(), signal.SIGKILL)
         enc = [encode_prompt(self.tok, p) for p in prompts]
         rows = [e for e in enc for _ in range(n)]
         ids, mask, lps = sample(self.policy, rows, max_new_tokens, temperature, self.tok.eos_token_id,

@@ -33,6 +33,13 @@ def fetch(x):
     return ray.get(x)
 
 
+def where() -> dict:
+    """The calling process and its Ray node (actors expose it as ``where()``: placement tests)."""
+    import os
+
+    return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+
 def put(x, local: bool):
     return Ready(x) if local else ray.put(x)
 
@@ -55,7 +62,7 @@ class ActorGroup:
         else:
             self.actors = []
             for i in range(n):
-                opts = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, **(options or {}))
+                opts = {**resources.actor_options(), **(options or {})}
                 if placement is not None:
                     from ray.util.scheduling_strategies import (
                         PlacementGroupSchedulingStrategy,

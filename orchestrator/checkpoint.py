@@ -34,10 +34,37 @@ def verify_checkpoint(d: Path) -> dict:
         manifest = json.loads((d / "manifest.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"manifest.json unreadable: {e.__class__.__name__}") from None
+    if not isinstance(manifest, dict) or "state.json" not in manifest:
+        raise CheckpointError("manifest.json lists no state.json")
+    for f in sorted(p.name for p in d.iterdir()):
+        if f != "manifest.json" and f not in manifest:
+            raise CheckpointError(f"{f} is not in the manifest (not written by rlhf-frontier; refusing it)")
     for f, want in manifest.items():
         p = d / f
+        if "/" in f or not f.endswith(SAFE_SUFFIXES):
+            raise CheckpointError(f"{f}: only safetensors and JSON files are loaded (nothing is unpickled)")
         if not p.is_file():
             raise CheckpointError(f"{f} missing")
         if sha256_file(p) != want:
             raise CheckpointError(f"{f} fails its sha256 checksum")
-    return json.loads((d / "state.json").read_text())
+        if f.endswith(".safetensors"):
+            _check_safetensors(p)
+    try:
+        return json.loads((d / "state.json").read_text())
+    except ValueError as e:
+        raise CheckpointError(f"state.json unreadable: {e}") from None
+
+
+SAFE_SUFFIXES = (".safetensors", ".json")
+
+
+def _check_safetensors(p: Path) -> None:
+    """A file named .safetensors must be one: an 8-byte header length, a JSON header, tensor data
+    (a pickle renamed to .safetensors fails here, before anything reads it)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
+        raise CheckpointError(f"{p.name} is not a valid safetensors file ({e.__class__.__name__})") from None

@@ -292,11 +292,33 @@ class RoleResources:
     """CPUs per actor (fractions allowed); torch threads = max(1, floor(num_cpus))."""
     num_gpus: float = 0.0
     """GPUs per actor."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per actor, e.g. ``{rollout_node: 0.01}``: start nodes with
+    ``ray start --resources='{"rollout_node": 1}'`` (or the autoscaler's node types) and the role
+    only lands on those nodes. Placement-group bundles carry them too."""
 
     def __post_init__(self):
         _check(self.replicas >= 1, "replicas", f"{self.replicas} must be >= 1")
         _check(self.num_cpus > 0, "num_cpus", f"{self.num_cpus} must be > 0")
         _check(self.num_gpus >= 0, "num_gpus", f"{self.num_gpus} must be >= 0")
+        for k, v in self.resources.items():
+            _check(k not in ("CPU", "GPU", "memory", "object_store_memory"), f"resources.{k}",
+                   "CPUs and GPUs are num_cpus / num_gpus; resources holds custom resources only")
+            _check(v > 0, f"resources.{k}", f"{v} must be > 0")
+
+    def actor_options(self) -> dict:
+        """``ray.remote(...).options`` of one actor of this role."""
+        opts: dict = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.resources:
+            opts["resources"] = dict(self.resources)
+        return opts
+
+    def bundle(self) -> dict:
+        """The placement-group bundle of one actor of this role."""
+        b = {"CPU": self.num_cpus, **self.resources}
+        if self.num_gpus:
+            b["GPU"] = self.num_gpus
+        return b
 
 
 @dataclass(frozen=True)
@@ -449,8 +471,14 @@ class TrialResources:
     resources) instead of one actor per role. Same results bit for bit; on a small CPU machine it
     removes the ~35-50% cost of processes taking turns on a core. Keep False on a GPU cluster
     where each role has its own device."""
+    generator_restarts: int = 3
+    """Times Ray restarts a RolloutGenerator whose process died (killed, OOM, its node lost) within
+    a run: the run re-pushes the policy's weights and retries the step, so the results equal an
+    undisturbed run. Other roles hold state a restart would lose (optimizer, ensemble members): their
+    death fails the run, which Tune retries from its last checkpoint (``sweep.max_failures``)."""
 
     def __post_init__(self):
+        _check(self.generator_restarts >= 0, "generator_restarts", f"{self.generator_restarts} must be >= 0")
         _check(self.learner.replicas == 1, "learner.replicas", "an RL run has exactly one learner")
         _check(self.proxy.replicas == 1 and self.gold.replicas == 1, "proxy.replicas",
                "proxy and gold ensembles have one actor per run")
@@ -460,18 +488,13 @@ class TrialResources:
 
     def bundles(self) -> list[dict]:
         """One bundle per actor (learner, generator replicas, proxy, gold), or their sum when colocated."""
-        out = []
-        for role in (self.learner, self.generator, self.proxy, self.gold):
-            for _ in range(role.replicas):
-                b = {"CPU": role.num_cpus}
-                if role.num_gpus:
-                    b["GPU"] = role.num_gpus
-                out.append(b)
+        out = [role.bundle() for role in (self.learner, self.generator, self.proxy, self.gold)
+               for _ in range(role.replicas)]
         if self.colocate:
-            total = {"CPU": round(sum(b["CPU"] for b in out), 6)}
-            gpus = round(sum(b.get("GPU", 0) for b in out), 6)
-            if gpus:
-                total["GPU"] = gpus
+            total: dict = {}
+            for b in out:
+                for k, v in b.items():
+                    total[k] = round(total.get(k, 0.0) + v, 6)
             out = [total]
         return out
 
@@ -601,8 +624,15 @@ def validate_resources(cfg: FrontierConfig, available: dict[str, float]) -> None
                f"{r.num_cpus} CPUs per actor, but the cluster has {cpus:g}")
         _check(r.num_gpus <= gpus, f"cluster.{name}.num_gpus",
                f"{r.num_gpus} GPUs per actor, but the cluster has {gpus:g}")
+        for k, v in r.resources.items():
+            _check(v <= available.get(k, 0.0), f"cluster.{name}.resources.{k}",
+                   f"{v:g} per actor, but the cluster has {available.get(k, 0.0):g}")
     if cfg.rl.enabled:
         t = cfg.cluster.rl
         _check(t.num_cpus <= cpus, "cluster.rl", f"one RL run needs {t.num_cpus:g} CPUs, the cluster has {cpus:g}")
         need_gpu = sum(b.get("GPU", 0) for b in t.bundles())
         _check(need_gpu <= gpus, "cluster.rl", f"one RL run needs {need_gpu:g} GPUs, the cluster has {gpus:g}")
+        for role in ("learner", "generator", "proxy", "gold"):
+            for k, v in getattr(t, role).resources.items():
+                _check(v <= available.get(k, 0.0), f"cluster.rl.{role}.resources.{k}",
+                       f"{v:g} per actor, but the cluster has {available.get(k, 0.0):g}")

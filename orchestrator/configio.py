@@ -46,6 +46,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item_tp, _) = typing.get_args(tp)
         return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = typing.get_args(tp)
+        return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{key}: unsupported union type")  # no optional fields by design
     if tp is bool:

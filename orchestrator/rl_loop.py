@@ -183,14 +183,45 @@ class RLRun:
 
     def rollouts(self, step: int) -> tuple[RolloutBatch, Scores, list]:
         """The step's batch and proxy scores, and the (sealed, unread) gold score refs."""
-        if self.pending is not None and self.pending[0] == step:
-            _, launched = self.pending
-            self.pending = None
-        else:
-            _, launched = self._launch(step)
-        batch = RolloutBatch.concat(fetch([b for b, _, _ in launched]))
-        proxy = Scores.concat(fetch([p for _, p, _ in launched]))
-        return batch, proxy, [g for _, _, g in launched if g is not None]
+        for attempt in range(self.slot.generator_restarts + 1):
+            if self.pending is not None and self.pending[0] == step:
+                _, launched = self.pending
+                self.pending = None
+            else:
+                _, launched = self._launch(step)
+            try:
+                batch = RolloutBatch.concat(fetch([b for b, _, _ in launched]))
+                proxy = Scores.concat(fetch([p for _, p, _ in launched]))
+                return batch, proxy, [g for _, _, g in launched if g is not None]
+            except Exception as e:
+                self._recover_generators(e, attempt, f"step {step}")
+        raise AssertionError("unreachable")
+
+    def _recover_generators(self, err: Exception, attempt: int, what: str) -> None:
+        """After a failed generation: if a generator's process died (killed, out of memory, its node
+        lost) and Ray restarts it (``cluster.rl.generator_restarts``), wait for it, push the current
+        weights and return so the caller retries -- generation is seeded by (seed, step, chunk), so
+        the retry reproduces the lost batch exactly. Anything else is re-raised."""
+        import ray.exceptions as X
+
+        died = isinstance(err, X.RayActorError) or isinstance(getattr(err, "cause", None), X.RayActorError)
+        if self.local or not died or attempt >= self.slot.generator_restarts:
+            raise err
+        log.warning("rl %s: a rollout generator died during %s (%s); waiting for its restart, re-pushing "
+                    "weights version %d, retrying (%d/%d)", self.spec.name, what, err.__class__.__name__,
+                    self.step, attempt + 1, self.slot.generator_restarts)
+        self.pending = None  # async mode: a prefetched batch may be lost with it
+        deadline = time.time() + 300
+        while True:  # calls to a restarting actor wait for it; a dead one raises at once
+            try:
+                fetch(self.gen.all("reset", self.slot.policy_dir))
+                break
+            except X.RayActorError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1.0)
+        self.sync_weights()
+        log.warning("rl %s: generators back; retrying %s", self.spec.name, what)
 
     @staticmethod
     def _rows(src: dict, rows: list[int], texts: list[str] | None) -> dict:
@@ -212,8 +243,14 @@ class RLRun:
         same seed every time (common random numbers): KL (k1 sum, nats), proxy objective and
         members, gold and its principles, and gold's standard error over prompts."""
         ev, k = self.eval_rows, self.cfg.eval_responses_per_prompt
-        b = fetch(self.gen.one("generate", ev["prompt"], k, stream(self.seed, "rl/eval"), self.cfg.max_new_tokens,
-                               self.cfg.temperature, with_ref=True, recompute=True, fast=True))
+        for attempt in range(self.slot.generator_restarts + 1):
+            try:
+                b = fetch(self.gen.one("generate", ev["prompt"], k, stream(self.seed, "rl/eval"),
+                                       self.cfg.max_new_tokens, self.cfg.temperature, with_ref=True,
+                                       recompute=True, fast=True))
+                break
+            except Exception as e:
+                self._recover_generators(e, attempt, f"the evaluation at step {step}")
         rows = self._rows(ev, [int(i) for i in b.prompt_index], b.texts)
         p_ref = self.proxy.one("score", rows)
         g_ref = self.gold.one("score", rows, sealed=True) if self.gold else None

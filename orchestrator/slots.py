@@ -49,8 +49,11 @@ class Slot:
         self.policy_dir = policy_dir
         self.learner = ActorGroup(PolicyLearner, resources.learner, tokenizer_dir, {"path": policy_dir},
                                   stream(seed, "rl/learner"), placement=placement.get("learner"), local=local)
+        # generators hold nothing a restart loses (the run re-pushes the weights): Ray restarts them
         self.gen = ActorGroup(RolloutGenerator, resources.generator, policy_dir,
-                              placement=placement.get("generator"), local=local)
+                              placement=placement.get("generator"), local=local,
+                              options={"max_restarts": resources.generator_restarts})
+        self.generator_restarts = 0 if local else resources.generator_restarts
         self.proxy = ActorGroup(RewardEnsemble, resources.proxy, "proxy", list(members), tokenizer_dir,
                                 placement=placement.get("proxy"), local=local)
         self.gold = (ActorGroup(RewardEnsemble, resources.gold, "gold", [{"name": "oracle", "kind": "oracle"}],

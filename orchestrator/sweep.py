@@ -167,7 +167,11 @@ def rl_trial(config: dict, ctx: dict) -> None:
             if not target.exists():
                 tmp = target.with_name(target.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(d, tmp)
+                tmp.mkdir(parents=True)
+                # our files only (what the manifest lists): anything Tune or a third party added stays out
+                for f in ["manifest.json", *json.loads((Path(d) / "manifest.json").read_text())]:
+                    if "/" not in f and f not in (".", "..") and (Path(d) / f).is_file():
+                        shutil.copy2(Path(d) / f, tmp / f)  # verify_checkpoint judges the rest
                 tmp.replace(target)
                 log.info("rl %s: checkpoint step %d taken from Tune's storage", spec.name, step)
     t0 = time.perf_counter()
