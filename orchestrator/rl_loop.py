@@ -204,7 +204,8 @@ class RLRun:
         the retry reproduces the lost batch exactly. Anything else is re-raised."""
         import ray.exceptions as X
 
-        died = isinstance(err, X.RayActorError) or isinstance(getattr(err, "cause", None), X.RayActorError)
+        lost = (X.RayActorError, X.ObjectLostError)  # a dead process, or its results gone with its node
+        died = isinstance(err, lost) or isinstance(getattr(err, "cause", None), lost)
         if self.local or not died or attempt >= self.slot.generator_restarts:
             raise err
         log.warning("rl %s: a rollout generator died during %s (%s); waiting for its restart, re-pushing "
