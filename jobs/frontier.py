@@ -14,6 +14,8 @@ from orchestrator.cli import (
     ConfigError,
     DataError,
     init_ray,
+    joins_cluster,
+    local_resources,
     parser,
     resolve,
     save_config,
@@ -36,6 +38,14 @@ def run(args, job: str) -> int:
     if args.resume and (run_dir / "frontier.json").is_file():
         user_error(f"--resume: nothing to resume: {run_dir} is a finished run (frontier.json written); "
                    "rerun without --resume to rebuild the report from its cached stages")
+    from orchestrator.preflight import preflight
+
+    try:  # before anything is written: a bad input leaves the run directory as it was
+        preflight(cfg, run_dir)
+        if not joins_cluster(cfg.cluster):  # a local Ray: its resources are known before it starts
+            validate_resources(cfg, local_resources(cfg.cluster))
+    except (ConfigError, DataError) as e:
+        user_error(str(e))
     import ray
 
     from orchestrator.pipeline import run_frontier

@@ -108,18 +108,34 @@ def setup_logging(run_dir: Path | None = None) -> None:
                         handlers=handlers, force=True)
 
 
+def joins_cluster(cluster) -> bool:
+    """True when the job joins a running Ray cluster: ``cluster.address``, or ``RAY_ADDRESS`` (set
+    for every driver that ``ray job submit`` starts)."""
+    return bool(cluster.address or os.environ.get("RAY_ADDRESS"))
+
+
+def local_resources(cluster) -> dict:
+    """What a local Ray started by ``init_ray`` will offer: known before starting it, so a config
+    asking for more fails before Ray prints a line."""
+    import torch
+
+    return {"CPU": float(cluster.num_cpus or os.cpu_count()), "GPU": float(torch.cuda.device_count())}
+
+
 def init_ray(cluster) -> dict:
-    """Join ``cluster.address`` or start a local Ray (dashboard on ``dashboard_host`` when enabled)."""
+    """Join the cluster (``cluster.address`` or ``RAY_ADDRESS``) or start a local Ray (dashboard on
+    ``dashboard_host`` when enabled). Inside a Ray job the job's own runtime_env applies."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return ray.cluster_resources()
-    kwargs: dict = {"include_dashboard": cluster.dashboard, "log_to_driver": True,
-                    "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}
-    if cluster.address:
-        ray.init(address=cluster.address, **kwargs)
+    kwargs: dict = {"log_to_driver": True}
+    if joins_cluster(cluster):
+        ray.init(address=cluster.address or os.environ["RAY_ADDRESS"], **kwargs)
     else:
+        kwargs["runtime_env"] = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+        kwargs["include_dashboard"] = cluster.dashboard
         if cluster.dashboard:
             kwargs["dashboard_host"] = cluster.dashboard_host
         ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), **kwargs)
@@ -131,6 +147,8 @@ __all__ = [
     "ConfigError",
     "DataError",
     "init_ray",
+    "joins_cluster",
+    "local_resources",
     "parser",
     "resolve",
     "save_config",

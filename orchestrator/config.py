@@ -368,8 +368,10 @@ class RLConfig:
     """beta: weight of the per-token KL to the reference in the reward (0 = Gao et al.'s main sweep)."""
     kl_estimator: str = "k1"
     """Per-token KL estimator in the reward: k1, k2 or k3 (reported KL is always the k1 sum)."""
-    kl_target: float = 0.0
-    """> 0: adapt beta toward this per-sequence KL (Ziegler et al.'s controller); 0: fixed beta."""
+    kl_controller: str = "fixed"
+    """``fixed``: beta stays ``kl_coef``; ``adaptive``: beta moves toward ``kl_target`` (Ziegler et al.'s controller)."""
+    kl_target: float = 6.0
+    """The per-sequence KL (nats) the adaptive controller steers toward; must be > 0."""
     kl_horizon: int = 10000
     """Adaptive controller horizon, in sequences."""
     objective: str = "mean"
@@ -430,9 +432,11 @@ class RLConfig:
         _check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma", "gamma must be in (0, 1], lam in [0, 1]")
         _check(self.kl_coef >= 0, "kl_coef", f"{self.kl_coef} must be >= 0")
         _check(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", f"{self.kl_estimator!r} must be k1, k2 or k3")
-        _check(self.kl_target >= 0, "kl_target", f"{self.kl_target} must be >= 0 (0 = fixed beta)")
-        _check(self.kl_target == 0 or self.kl_coef > 0, "kl_coef",
-               "the adaptive controller (kl_target > 0) multiplies beta: start it from kl_coef > 0")
+        _check(self.kl_controller in ("fixed", "adaptive"), "kl_controller",
+               f"{self.kl_controller!r} must be 'fixed' or 'adaptive'")
+        _check(self.kl_target > 0, "kl_target", f"{self.kl_target} must be > 0 (a KL target of 0 nats is the reference itself)")
+        _check(self.kl_controller == "fixed" or self.kl_coef > 0, "kl_coef",
+               "the adaptive controller multiplies beta: start it from kl_coef > 0")
         _check(self.kl_horizon >= 1, "kl_horizon", f"{self.kl_horizon} must be >= 1")
         _check(self.objective in ("mean", "wco", "uwo"), "objective", f"{self.objective!r} must be mean, wco or uwo")
         for i, o in enumerate(self.ensemble_objectives):

@@ -132,7 +132,7 @@ class RLRun:
         self.local = slot.local
         self.learner, self.gen, self.proxy, self.gold = slot.learner, slot.gen, slot.proxy, slot.gold
         fetch(self.learner.one("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init")))
-        self.kl = R.KLController(spec.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.kl = R.KLController(spec.kl_coef, cfg.kl_target if cfg.kl_controller == "adaptive" else 0.0, cfg.kl_horizon)
         self.step = 0
         self.history: list[dict] = []
         self.evals: list[dict] = []

@@ -184,16 +184,12 @@ def rl_trial(config: dict, ctx: dict) -> None:
         slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, pg=(pg, 0))  # empty head: not in the group
     pending: list = []  # checkpoints waiting for the evaluation of their weights
 
-    fault = os.environ.get("RLHF_FRONTIER_FAIL_ONCE", "")  # "trial-name:step", fault-injection tests
     slow = os.environ.get("RLHF_FRONTIER_SLOW_TRIAL", "").rsplit(":", 1)  # "trial-name:seconds" per step:
     delay = float(slow[1]) if len(slow) == 2 and slow[0] == spec.name else 0.0  # tests widen a window
 
     def on_step(m: dict, ev: dict | None, ckpt: Path | None) -> None:
         if delay:
             time.sleep(delay)  # wall time only: the run's numbers do not change
-        if fault and fault.rsplit(":", 1) == [spec.name, str(m["step"])] and not (out / "FAULT_INJECTED").exists():
-            (out / "FAULT_INJECTED").write_text(str(m["step"]))
-            raise RuntimeError(f"injected fault in trial {spec.name} after step {m['step']}")
         if ckpt is not None:
             pending.append(ckpt)
         rep = {k: v for k, v in m.items() if isinstance(v, (int, float))}

@@ -170,7 +170,7 @@ def test_resume_with_other_rl_config_is_refused(rl_inputs, tmp_path):
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_other_algorithms_run_and_learn(rl_inputs, tmp_path, algorithm):
     run = make_run(rl_inputs, tmp_path / algorithm, steps=3, algorithm=algorithm, epochs=2, minibatches=2,
-                   kl_coef=0.05, kl_target=1.0, kl_horizon=100)
+                   kl_coef=0.05, kl_controller="adaptive", kl_target=1.0, kl_horizon=100)
     try:
         run_rl(run, tensorboard=False)
         h = run.history

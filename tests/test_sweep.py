@@ -151,18 +151,23 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_failing_trial_retried_from_checkpoint(smoke_run, tmp_path):
-    """A trial that raises mid-run is retried by Tune (FailureConfig) from its last checkpoint and
-    ends with the same results as a trial that never failed."""
+def test_failing_reward_member_named_then_trial_resumed_from_checkpoint(smoke_run, tmp_path):
+    """A proxy member that raises mid-run fails its step loudly, naming the member; Tune
+    (FailureConfig) retries the trial from its last checkpoint; every trial ends with the results
+    of a sweep that never failed, and no step is recorded twice or lost."""
     _, smoke_dir, _ = smoke_run
     d = tmp_path / "run"
     _seed_stages(smoke_dir, d, [])
-    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", env={"RLHF_FRONTIER_FAIL_ONCE": "proxy-1x8-kl0:3"})
+    marker = tmp_path / "member-failed"
+    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet",
+             env={"RLHF_FRONTIER_FAIL_MEMBER": f"proxy/proxy-1x8:5:{marker}"})
     _, err = r.communicate(timeout=900)
     assert r.returncode == 0, err[-3000:]
-    fired = list(d.glob("rl/proxy-1x8-kl0-*/FAULT_INJECTED"))
-    assert fired, "the fault never fired"
-    assert "injected fault" in err and re.search(r"resumed from \S*step_0", err), err[-3000:]
+    assert marker.is_file(), "the member never failed"
+    assert "proxy member 'proxy-1x8' failed" in err, err[-3000:]
+    assert re.search(r"resumed from \S*step_0", err), err[-3000:]
     for ref in smoke_dir.glob("rl/*-*"):
         got = json.loads((d / "rl" / ref.name / "DONE.json").read_text())
         assert got["points"] == json.loads((ref / "DONE.json").read_text())["points"], ref.name
+        steps = [json.loads(x)["step"] for x in (d / "rl" / ref.name / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(got["steps"])), (ref.name, steps)
