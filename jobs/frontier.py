@@ -28,7 +28,7 @@ DEFAULT = Path(__file__).parent / "configs" / "default.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser("python -m jobs.frontier", __doc__, DEFAULT).parse_args(argv)
+    args = parser("python -m jobs.frontier", __doc__, DEFAULT, resume_dir=True).parse_args(argv)
     return run(args, "frontier")
 
 

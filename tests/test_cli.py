@@ -100,21 +100,3 @@ def test_corrupt_preferences_file_is_named(tmp_path):
     p.write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="not a readable parquet"):
         read_table(p, PREFERENCES)
-
-
-@pytest.mark.slow
-def test_smoke_job_end_to_end_then_cached(tmp_path):
-    d = tmp_path / "run"
-    r = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(d), "--quiet")
-    assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["run_dir"] == str(d)
-    assert (d / "frontier.json").is_file() and (d / "report.html").is_file()
-    r2 = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(d), "--quiet")
-    assert r2.returncode == 0, r2.stderr[-3000:]
-    timings = json.loads((d / "frontier.json").read_text())["timings"]
-    assert all(t["cached"] for t in timings.values())
-    r3 = run("jobs.frontier", "--run-dir", str(d), "--resume", "--quiet")
-    assert r3.returncode == 2 and "nothing to resume" in r3.stderr
-    r4 = run("jobs.frontier", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(d), "--quiet", "rl.lr=0.001")
-    assert r4.returncode == 2 and "another config" in r4.stderr

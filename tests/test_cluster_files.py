@@ -32,6 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 YAMLS = sorted(CLUSTER.glob("*.yaml"))
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def _secret_like(name: str) -> bool:
+    """WANDB_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY, DB_PASSWORD ...: a word of the name is, or ends
+    with, KEY / TOKEN / SECRET / PASSWORD (TOKENIZERS_PARALLELISM is not one)."""
+    return any(part.endswith(SECRET_WORDS) for part in name.upper().split("_"))
 # ray.runtime_env.RuntimeEnv's public fields (Ray 2.60)
 RUNTIME_ENV_KEYS = {"working_dir", "excludes", "env_vars", "pip", "uv", "conda", "py_modules", "py_executable",
                     "container", "image_uri", "worker_process_setup_hook", "java_jars", "config"}
@@ -132,12 +138,14 @@ def _runtime_envs() -> dict[str, dict]:
 
 
 def _driver_init_kwargs(cluster: ClusterConfig, monkeypatch) -> dict:
-    """The kwargs ``orchestrator.cli.init_ray`` passes to ``ray.init`` (a stub ray module, no Ray)."""
+    """The kwargs ``orchestrator.cli.init_ray`` passes to ``ray.init`` in a job's driver, where
+    ``ray job submit`` / KubeRay set RAY_ADDRESS (a stub ray module: no Ray)."""
     calls: list[dict] = []
     stub = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw),
                                  cluster_resources=lambda: {})
     monkeypatch.setitem(sys.modules, "ray", stub)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     init_ray(cluster)
     (kwargs,) = calls
     return kwargs
@@ -225,10 +233,10 @@ def test_gpu_config_is_the_default_experiment():
 
 
 def test_job_driver_joins_the_cluster_it_was_submitted_to(monkeypatch):
-    """A job driver finds its cluster in RAY_ADDRESS; with an empty cluster.address init_ray would
-    pass num_cpus, which ray.init refuses when it joins an existing cluster."""
+    """A job driver finds its cluster in RAY_ADDRESS. ray.init refuses num_cpus / num_gpus when it
+    joins a running cluster, so init_ray must pass an address and neither of them."""
     kwargs = _driver_init_kwargs(_job_config().cluster, monkeypatch)
-    assert kwargs.get("address"), "cluster.address must be set (auto) for a submitted job"
+    assert kwargs.get("address") in ("10.0.0.1:6379", "auto"), kwargs
     assert "num_cpus" not in kwargs and "num_gpus" not in kwargs
 
 
@@ -246,13 +254,12 @@ def test_every_requested_custom_resource_is_offered(where):
         fits = [n for n, o in offers.items()
                 if all(o["offer"].get(k, 0) >= v for k, v in role.resources.items())]
         assert fits, f"{where}: nothing offers {name}.resources {role.resources}"
-        # a role pinned by custom resources must fit on every node that offers them; an unpinned
-        # one on at least one node
-        for n in (fits if role.resources else fits[:0]):
-            o = offers[n]["offer"]
-            assert role.num_gpus <= o["GPU"], f"{where}: {name} asks {role.num_gpus} GPUs, {n} has {o['GPU']}"
-            assert role.num_cpus <= o["CPU"], f"{where}: {name} asks {role.num_cpus} CPUs, {n} has {o['CPU']}"
-        if not role.resources:
+        if role.resources:  # pinned: it must fit on every node that offers its resources
+            for n in fits:
+                o = offers[n]["offer"]
+                assert role.num_gpus <= o["GPU"], f"{where}: {name} asks {role.num_gpus} GPUs, {n} has {o['GPU']}"
+                assert role.num_cpus <= o["CPU"], f"{where}: {name} asks {role.num_cpus} CPUs, {n} has {o['CPU']}"
+        else:  # unpinned (e.g. cluster.labeler): on some node
             assert any(role.num_gpus <= offers[n]["offer"]["GPU"] and role.num_cpus <= offers[n]["offer"]["CPU"]
                        for n in fits), f"{where}: no node holds {name}"
 
@@ -337,14 +344,14 @@ def test_rayjob_dashboard_binds_localhost_and_auth_is_on():
         for c in g["template"]["spec"]["containers"]:
             for e in c.get("env", []):
                 assert not (e["name"] == "RAY_AUTH_MODE" and e.get("value") != "token"), e
-                if any(w in e["name"].upper() for w in SECRET_WORDS):
+                if _secret_like(e["name"]):
                     assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), \
                         f"{e['name']}: credentials come from a Secret, never a literal"
 
 
 def test_local_head_script_binds_localhost_and_auth_is_on():
-    lines = [ln for ln in (CLUSTER / "start_local_head.sh").read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    script = re.sub(r"\\\n", " ", (CLUSTER / "start_local_head.sh").read_text())  # join continued lines
+    lines = [ln for ln in script.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     starts = _ray_start_lines(lines)
     assert starts and all(re.search(r"--dashboard-host[= ]127\.0\.0\.1(\s|$)", s) for s in starts), starts
     assert not any("0.0.0.0" in ln for ln in lines)
@@ -364,9 +371,9 @@ def test_runtime_env_is_well_formed_and_holds_no_credential(name):
     assert isinstance(env_vars, dict)
     for k, v in env_vars.items():
         assert isinstance(k, str) and isinstance(v, str), f"env_vars.{k}: {v!r} must be a string"
-        assert not any(w in k.upper() for w in SECRET_WORDS), f"env_vars.{k}: no credentials in a runtime_env"
+        assert not _secret_like(k), f"env_vars.{k}: no credentials in a runtime_env"
         assert not re.fullmatch(r"[A-Za-z0-9_\-+/=]{32,}", v), f"env_vars.{k}: looks like a secret"
-    assert env_vars.get("WANDB_MODE") == "offline"
+    assert env_vars.get("WANDB_MODE") == "offline" and env_vars.get("TOKENIZERS_PARALLELISM") == "false"
 
 
 @pytest.mark.parametrize("name", sorted(_runtime_envs()))

@@ -1,0 +1,168 @@
+"""Ray Jobs end to end, as an operator runs them (cluster-operations issue): a head started with
+``cluster/start_local_head.sh`` (token auth on, dashboard on 127.0.0.1), the smoke profile submitted
+with ``ray job submit`` and ``cluster/runtime_env.yaml``, then a second job stopped with
+``ray job stop`` mid-RL and resubmitted with ``--resume``: same final metrics as the uninterrupted
+job. Also: a client without the token is refused, the dashboard does not answer on the machine's
+other addresses, and a secret in the cluster's environment never reaches a run directory or log.
+
+The head gets its own ``--temp-dir`` and ports, so it lives beside the test session's Ray; it is
+removed by killing its processes (``ray stop`` would stop every Ray on the machine)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import save_config
+from orchestrator.config import FrontierConfig, load
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = "jobs/configs/smoke.yaml"
+CANARY = "canary-" + os.urandom(8).hex()  # a "secret" in the cluster's environment (not in this file)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args, env, timeout=300, check=True):
+    r = subprocess.run([str(Path(sys.executable).parent / "ray"), *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, (args, r.stdout[-2000:], r.stderr[-2000:])
+    return r
+
+
+@pytest.fixture(scope="module")
+def head():
+    temp = Path(tempfile.mkdtemp(prefix="rjt", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    dash = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+           "WANDB_MODE": "offline", "WANDB_API_KEY": CANARY, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", "cluster/start_local_head.sh", "2", f"--port={_free_port()}",
+                        f"--dashboard-port={dash}", f"--temp-dir={temp}", f"--ray-client-server-port={_free_port()}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert r.returncode == 0, r.stderr[-3000:]
+        client = {k: v for k, v in env.items() if k != "WANDB_API_KEY"}  # the submitting shell has no secret
+        yield f"http://127.0.0.1:{dash}", client, temp, dash
+    finally:
+        subprocess.run(["pkill", "-9", "-f", str(temp)])
+        time.sleep(1)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _submit(addr, env, sid, *job_args, runtime_env=None):
+    rt = ["--runtime-env", "cluster/runtime_env.yaml"] if runtime_env is None else \
+        ["--runtime-env-json", json.dumps(runtime_env)]
+    _ray("job", "submit", "--address", addr, "--submission-id", sid, "--no-wait", *rt, "--",
+         "python", "-m", "jobs.frontier", *job_args, env=env)
+
+
+def _status(addr, env, sid) -> str:
+    out = _ray("job", "status", "--address", addr, sid, env=env).stdout
+    for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+        if s.lower() in out.lower():
+            return s
+    return out
+
+
+def _wait(addr, env, sid, timeout=900) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = _status(addr, env, sid)
+        if s in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return s
+        time.sleep(3)
+    raise TimeoutError(sid)
+
+
+def _logs(addr, env, sid) -> str:
+    return _ray("job", "logs", "--address", addr, sid, env=env).stdout
+
+
+@pytest.mark.slow
+def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path):
+    addr, env, temp, dash = head
+    a, b = tmp_path / "a", tmp_path / "b"
+    # the smoke run's finished stages (the session already built them): the jobs run the RL sweep
+    a.mkdir()
+    shutil.copytree(smoke_run[1] / "stages", a / "stages", ignore=shutil.ignore_patterns("*.tmp"))
+    save_config(load(FrontierConfig, SMOKE, ["sweep.wandb=true"]), a)
+
+    # auth stays on: a client shell without the token is refused
+    no_token = {**env, "RAY_AUTH_MODE": "disabled"}
+    r = _ray("job", "list", "--address", addr, env=no_token, check=False)
+    assert r.returncode != 0 and "token" in (r.stdout + r.stderr).lower()
+    # the dashboard (and the Jobs API on its port) answers on 127.0.0.1 only
+    others = {ip for ip in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+              if ":" not in ip and not ip.startswith("127.")}
+    for ip in others:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((ip, dash)) != 0, f"dashboard reachable on {ip}"
+
+    # 1. the smoke profile as a Ray job (its stages cached, as on a rerun)
+    _submit(addr, env, "smoke-a", "--config", SMOKE, "--run-dir", str(a), "--quiet", "sweep.wandb=true")
+    assert _wait(addr, env, "smoke-a") == "SUCCEEDED", _logs(addr, env, "smoke-a")[-4000:]
+    summary = json.loads(_logs(addr, env, "smoke-a").strip().splitlines()[-1])
+    assert summary["run_dir"] == str(a) and (a / "frontier.json").is_file() and (a / "report.html").is_file()
+    frontier = json.loads((a / "frontier.json").read_text())
+    assert frontier["rl"] and all((a / "rl").glob("*/DONE.json"))
+
+    # 2. a longer job (trials slowed, wall time only) on the same stages, stopped mid-RL
+    b.mkdir()
+    shutil.copytree(a / "stages", b / "stages")
+    shutil.copy(a / "config.yaml", b / "config.yaml")
+    rt = yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())
+    rt["env_vars"]["RLHF_FRONTIER_SLOW_TRIAL"] = "ensemble-wco:2"
+    _submit(addr, env, "smoke-b", "--config", SMOKE, "--run-dir", str(b), "--quiet", "sweep.wandb=true",
+            runtime_env=rt)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(b.glob("rl/ensemble-wco-*/checkpoints/step_*[0-9]")):
+        assert _status(addr, env, "smoke-b") in ("PENDING", "RUNNING"), _logs(addr, env, "smoke-b")[-4000:]
+        time.sleep(2)
+    assert list(b.glob("rl/ensemble-wco-*/checkpoints/step_*[0-9]")), "no RL checkpoint before the deadline"
+    _ray("job", "stop", "--address", addr, "smoke-b", env=env)
+    assert _wait(addr, env, "smoke-b") == "STOPPED"
+    assert not list(b.glob("rl/ensemble-wco-*/DONE.json")), "the slowed trial finished before the stop"
+    assert not (b / "frontier.json").exists()
+
+    # 3. resubmitted with --resume: finishes, same final metrics as the uninterrupted job
+    _submit(addr, env, "smoke-b-resume", "--resume", str(b), "--quiet")
+    assert _wait(addr, env, "smoke-b-resume") == "SUCCEEDED", _logs(addr, env, "smoke-b-resume")[-4000:]
+    logs = _logs(addr, env, "smoke-b-resume")
+    assert "restoring the Tune experiment" in logs or "resumed from" in logs, logs[-4000:]
+    for ref in a.glob("rl/*/DONE.json"):
+        got = json.loads((b / "rl" / ref.parent.name / "DONE.json").read_text())
+        assert got["points"] == json.loads(ref.read_text())["points"], ref.parent.name
+    got = json.loads((b / "frontier.json").read_text())
+    assert got["checks"] == frontier["checks"]
+
+    # 4. the same job again: every stage cached; a finished run has nothing to resume; a changed
+    #    config may not reuse the run directory (both refused before Ray starts, exit 2)
+    _submit(addr, env, "smoke-a-again", "--config", SMOKE, "--run-dir", str(a), "--quiet", "sweep.wandb=true")
+    assert _wait(addr, env, "smoke-a-again") == "SUCCEEDED"
+    assert all(t["cached"] for t in json.loads((a / "frontier.json").read_text())["timings"].values())
+    py = [sys.executable, "-m", "jobs.frontier"]
+    r3 = subprocess.run([*py, "--resume", str(a), "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r3.returncode == 2 and "nothing to resume" in r3.stderr
+    r4 = subprocess.run([*py, "--config", SMOKE, "--run-dir", str(a), "rl.lr=0.001"], cwd=ROOT, env=env,
+                        capture_output=True, text=True)
+    assert r4.returncode == 2 and "another config" in r4.stderr
+
+    # 5. the secret in the cluster's environment is in no run directory and no Ray log
+    for root in (a, b, temp):
+        for p in root.rglob("*"):
+            if p.is_file() and p.stat().st_size < 50_000_000:
+                assert CANARY.encode() not in p.read_bytes(), f"secret written to {p}"
