@@ -167,7 +167,7 @@ def bench_rl(args) -> dict:
     # a slow spell of the machine hits all alike and the overhead is a paired (per-round) ratio
     modes = {"local": one_thread, "colocated": one_cpu, "actors": one_thread, "actors_async": one_thread}
     # all placements stay up between rounds but only one computes at a time: logical CPUs for all
-    ray.init(num_cpus=2 * len(modes), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2 * len(modes), include_dashboard=False, log_to_driver=False)
     steppers, hists, rounds = {}, {m: [] for m in modes}, []
     try:
         for mode, resources in modes.items():

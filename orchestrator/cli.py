@@ -138,7 +138,8 @@ def init_ray(cluster) -> dict:
         kwargs["include_dashboard"] = cluster.dashboard
         if cluster.dashboard:
             kwargs["dashboard_host"] = cluster.dashboard_host
-        ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), **kwargs)
+        # address="local": a new Ray of our own, even when a `ray start` head runs on this machine
+        ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count(), **kwargs)
     return ray.cluster_resources()
 
 

@@ -319,6 +319,19 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
 
     os.environ.setdefault("WANDB_MODE", "offline")  # Ray's callback asks for a key unless offline
     (run_dir / "wandb").mkdir(exist_ok=True)
-    return [WandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}", log_config=True,
+    class KeylessWandbLoggerCallback(WandbLoggerCallback):
+        """Ray's callback hands ``WANDB_API_KEY`` to its logging actor through a runtime_env, and
+        Ray writes every runtime_env, env_vars included, to the node's runtime_env_agent.log. The
+        actor inherits the key from its node's or job's environment anyway: pass none."""
+
+        def _start_logging_actor(self, trial, exclude_results, **kwargs):
+            if not self._remote_logger_class:
+                from ray.air.integrations.wandb import _force_on_current_node
+
+                self._remote_logger_class = ray.remote(num_cpus=0, **_force_on_current_node(), max_restarts=-1,
+                                                       max_task_retries=-1)(self._logger_actor_cls)
+            super()._start_logging_actor(trial, exclude_results, **kwargs)
+
+    return [KeylessWandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}", log_config=True,
                                 save_checkpoints=False, mode=os.environ.get("WANDB_MODE", "offline"),
                                 dir=str((run_dir / "wandb").resolve()), settings=wandb.Settings(silent=True))]

@@ -41,7 +41,7 @@ def three_nodes(rl_inputs):  # noqa: F811
         ray.shutdown()
         cluster.shutdown()
         if had_session:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def _resources(cfg, generators: int = 2):
