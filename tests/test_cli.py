@@ -1,6 +1,5 @@
 """The jobs as a user runs them: subprocesses, --help, exit code 2 on user errors, nothing clobbered."""
 
-import json
 import os
 import subprocess
 import sys

@@ -17,16 +17,14 @@ import json
 import math
 import re
 import shlex
-import sys
 import tomllib
-import types
 from pathlib import Path
 
 import pytest
 import yaml
 
-from orchestrator.cli import init_ray, parser
-from orchestrator.config import ClusterConfig, FrontierConfig, RoleResources, TrialResources, load, to_dict
+from orchestrator.cli import parser
+from orchestrator.config import FrontierConfig, RoleResources, TrialResources, load, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -137,20 +135,6 @@ def _runtime_envs() -> dict[str, dict]:
     return {"runtime_env.yaml": local, "rayjob.yaml runtimeEnvYAML": job}
 
 
-def _driver_init_kwargs(cluster: ClusterConfig, monkeypatch) -> dict:
-    """The kwargs ``orchestrator.cli.init_ray`` passes to ``ray.init`` in a job's driver, where
-    ``ray job submit`` / KubeRay set RAY_ADDRESS (a stub ray module: no Ray)."""
-    calls: list[dict] = []
-    stub = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw),
-                                 cluster_resources=lambda: {})
-    monkeypatch.setitem(sys.modules, "ray", stub)
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    init_ray(cluster)
-    (kwargs,) = calls
-    return kwargs
-
-
 # --------------------------------------------------------------------------------------------
 # parsing
 
@@ -230,14 +214,6 @@ def test_gpu_config_is_the_default_experiment():
     for key in default:
         if key not in ("cluster", "sweep"):
             assert gpu[key] == default[key], f"{key} differs from default.yaml"
-
-
-def test_job_driver_joins_the_cluster_it_was_submitted_to(monkeypatch):
-    """A job driver finds its cluster in RAY_ADDRESS. ray.init refuses num_cpus / num_gpus when it
-    joins a running cluster, so init_ray must pass an address and neither of them."""
-    kwargs = _driver_init_kwargs(_job_config().cluster, monkeypatch)
-    assert kwargs.get("address") in ("10.0.0.1:6379", "auto"), kwargs
-    assert "num_cpus" not in kwargs and "num_gpus" not in kwargs
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,16 +350,6 @@ def test_runtime_env_is_well_formed_and_holds_no_credential(name):
         assert not _secret_like(k), f"env_vars.{k}: no credentials in a runtime_env"
         assert not re.fullmatch(r"[A-Za-z0-9_\-+/=]{32,}", v), f"env_vars.{k}: looks like a secret"
     assert env_vars.get("WANDB_MODE") == "offline" and env_vars.get("TOKENIZERS_PARALLELISM") == "false"
-
-
-@pytest.mark.parametrize("name", sorted(_runtime_envs()))
-def test_runtime_env_does_not_collide_with_the_drivers(name, monkeypatch):
-    """Ray refuses to merge a job's runtime_env with the driver's ray.init runtime_env when both set
-    the same field or environment variable (ray.runtime_env.runtime_env._merge_runtime_env)."""
-    env = _runtime_envs()[name]
-    driver = _driver_init_kwargs(_job_config().cluster, monkeypatch).get("runtime_env") or {}
-    assert not (set(driver) - {"env_vars"}) & set(env)
-    assert not set(driver.get("env_vars", {})) & set(env.get("env_vars", {}))
 
 
 def test_local_runtime_env_uploads_the_repo_without_bulk():

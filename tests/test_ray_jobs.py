@@ -65,34 +65,35 @@ def head():
 def _submit(addr, env, sid, *job_args, runtime_env=None):
     rt = ["--runtime-env", "cluster/runtime_env.yaml"] if runtime_env is None else \
         ["--runtime-env-json", json.dumps(runtime_env)]
-    _ray("job", "submit", "--address", addr, "--submission-id", sid, "--no-wait", *rt, "--",
-         "python", "-m", "jobs.frontier", *job_args, env=env)
+    for _ in range(30):  # a fresh head's job agent takes a few seconds to come up
+        r = _ray("job", "submit", "--address", addr, "--submission-id", sid, "--no-wait", *rt, "--",
+                 "python", "-m", "jobs.frontier", *job_args, env=env, check=False)
+        if r.returncode == 0 or "No available agent" not in r.stderr:
+            break
+        time.sleep(2)
+    assert r.returncode == 0, (job_args, r.stdout[-2000:], r.stderr[-2000:])
 
 
-def _status(addr, env, sid) -> str:
-    out = _ray("job", "status", "--address", addr, sid, env=env).stdout
-    for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if s.lower() in out.lower():
-            return s
-    return out
+def _client(addr, monkeypatch):
+    """The Jobs SDK for polling (a CLI call per poll costs a second of CPU on a 2-core machine)."""
+    from ray.job_submission import JobSubmissionClient
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    return JobSubmissionClient(addr)
 
 
-def _wait(addr, env, sid, timeout=900) -> str:
+def _wait(client, sid, timeout=900) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        s = _status(addr, env, sid)
+        s = str(client.get_job_status(sid).value)
         if s in ("SUCCEEDED", "FAILED", "STOPPED"):
             return s
-        time.sleep(3)
+        time.sleep(1)
     raise TimeoutError(sid)
 
 
-def _logs(addr, env, sid) -> str:
-    return _ray("job", "logs", "--address", addr, sid, env=env).stdout
-
-
 @pytest.mark.slow
-def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path):
+def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
     addr, env, temp, dash = head
     a, b = tmp_path / "a", tmp_path / "b"
     # the smoke run's finished stages (the session already built them): the jobs run the RL sweep
@@ -114,8 +115,9 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path):
 
     # 1. the smoke profile as a Ray job (its stages cached, as on a rerun)
     _submit(addr, env, "smoke-a", "--config", SMOKE, "--run-dir", str(a), "--quiet", "sweep.wandb=true")
-    assert _wait(addr, env, "smoke-a") == "SUCCEEDED", _logs(addr, env, "smoke-a")[-4000:]
-    summary = json.loads(_logs(addr, env, "smoke-a").strip().splitlines()[-1])
+    client = _client(addr, monkeypatch)
+    assert _wait(client, "smoke-a") == "SUCCEEDED", client.get_job_logs("smoke-a")[-4000:]
+    summary = json.loads(client.get_job_logs("smoke-a").strip().splitlines()[-1])
     assert summary["run_dir"] == str(a) and (a / "frontier.json").is_file() and (a / "report.html").is_file()
     frontier = json.loads((a / "frontier.json").read_text())
     assert frontier["rl"] and all((a / "rl").glob("*/DONE.json"))
@@ -130,18 +132,19 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path):
             runtime_env=rt)
     deadline = time.time() + 600
     while time.time() < deadline and not list(b.glob("rl/ensemble-wco-*/checkpoints/step_*[0-9]")):
-        assert _status(addr, env, "smoke-b") in ("PENDING", "RUNNING"), _logs(addr, env, "smoke-b")[-4000:]
-        time.sleep(2)
+        assert str(client.get_job_status("smoke-b").value) in ("PENDING", "RUNNING"), \
+            client.get_job_logs("smoke-b")[-4000:]
+        time.sleep(1)
     assert list(b.glob("rl/ensemble-wco-*/checkpoints/step_*[0-9]")), "no RL checkpoint before the deadline"
     _ray("job", "stop", "--address", addr, "smoke-b", env=env)
-    assert _wait(addr, env, "smoke-b") == "STOPPED"
+    assert _wait(client, "smoke-b") == "STOPPED"
     assert not list(b.glob("rl/ensemble-wco-*/DONE.json")), "the slowed trial finished before the stop"
     assert not (b / "frontier.json").exists()
 
     # 3. resubmitted with --resume: finishes, same final metrics as the uninterrupted job
     _submit(addr, env, "smoke-b-resume", "--resume", str(b), "--quiet")
-    assert _wait(addr, env, "smoke-b-resume") == "SUCCEEDED", _logs(addr, env, "smoke-b-resume")[-4000:]
-    logs = _logs(addr, env, "smoke-b-resume")
+    assert _wait(client, "smoke-b-resume") == "SUCCEEDED", client.get_job_logs("smoke-b-resume")[-4000:]
+    logs = client.get_job_logs("smoke-b-resume")
     assert "restoring the Tune experiment" in logs or "resumed from" in logs, logs[-4000:]
     for ref in a.glob("rl/*/DONE.json"):
         got = json.loads((b / "rl" / ref.parent.name / "DONE.json").read_text())

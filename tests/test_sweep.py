@@ -112,9 +112,11 @@ def _cut_trial_with_tune_checkpoint(d: Path) -> Path | None:
 
 @pytest.mark.slow
 def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
-    """SIGKILL the sweep driver (and its Ray) once one trial finished and another checkpointed;
-    ``--resume RUN_DIR`` restores the Tune experiment: the finished trial is not run again, the
-    cut one continues from its checkpoint, and every trial ends with the uninterrupted results."""
+    """SIGKILL the sweep driver (and its Ray: every RL run process) once one trial finished and
+    another checkpointed; ``--resume RUN_DIR`` restores the Tune experiment: the finished trial is
+    not run again, the cut one continues from its checkpoint, and every trial ends with the
+    uninterrupted results -- final weights, metric history and evaluations (the RL-loop issue's
+    SIGKILL test and the sweep issue's restore test in one)."""
     _, smoke_dir, _ = smoke_run
     d = tmp_path / "run"
     _seed_stages(smoke_dir, d, [])
@@ -145,9 +147,33 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     assert f"{cut.name.rsplit('-', 1)[0]}: checkpoint step" in err, err[-3000:]
     for x, mtime in done_first.items():
         assert x.stat().st_mtime_ns == mtime, f"{x.parent.name} ran again"
+    # the RL runs killed with SIGKILL mid-way end exactly as uninterrupted ones: weights, metric
+    # histories, evaluations
     for ref in smoke_dir.glob("rl/*-*"):
-        got = json.loads((d / "rl" / ref.name / "DONE.json").read_text())
-        assert got["points"] == json.loads((ref / "DONE.json").read_text())["points"], ref.name
+        got = d / "rl" / ref.name
+        assert json.loads((got / "DONE.json").read_text())["points"] == \
+            json.loads((ref / "DONE.json").read_text())["points"], ref.name
+        assert _sha(_learner_file(got)) == _sha(_learner_file(ref)), ref.name
+        assert _history(got) == _history(ref), ref.name
+    # a resume with nothing left to do is a user error, not a silent success
+    r = _job("--resume", str(d), "--quiet")
+    _, err = r.communicate(timeout=300)
+    assert r.returncode == 2 and "nothing to resume" in err, err[-2000:]
+
+
+def _learner_file(run: Path) -> Path:
+    return sorted((run / "checkpoints").glob("step_*[0-9]"))[-1] / "learner.safetensors"
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _history(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in m.items() if not k.startswith(("timing/", "throughput/"))} for m in rows]
 
 
 @pytest.mark.slow
