@@ -49,8 +49,12 @@ def head():
     dash = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
            "WANDB_MODE": "offline", "WANDB_API_KEY": CANARY, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    r = subprocess.run(["bash", "cluster/start_local_head.sh", "2", f"--port={_free_port()}",
-                        f"--dashboard-port={dash}", f"--temp-dir={temp}", f"--ray-client-server-port={_free_port()}"],
+    # every port of its own: the session's Ray (or any other) on this machine holds the defaults
+    ports = [f"--{k}={_free_port()}" for k in ("port", "ray-client-server-port", "dashboard-agent-listen-port",
+                                                "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                                                "metrics-export-port", "node-manager-port", "object-manager-port")]
+    r = subprocess.run(["bash", "cluster/start_local_head.sh", "2", *ports, f"--dashboard-port={dash}",
+                        f"--temp-dir={temp}"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     try:
         assert r.returncode == 0, r.stderr[-3000:]
