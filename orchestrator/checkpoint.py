@@ -48,7 +48,7 @@ def verify_checkpoint(d: Path) -> dict:
         if sha256_file(p) != want:
             raise CheckpointError(f"{f} fails its sha256 checksum")
         if f.endswith(".safetensors"):
-            _check_safetensors(p)
+            check_safetensors(p)
     try:
         return json.loads((d / "state.json").read_text())
     except ValueError as e:
@@ -58,7 +58,7 @@ def verify_checkpoint(d: Path) -> dict:
 SAFE_SUFFIXES = (".safetensors", ".json")
 
 
-def _check_safetensors(p: Path) -> None:
+def check_safetensors(p: Path) -> None:
     """A file named .safetensors must be one: an 8-byte header length, a JSON header, tensor data
     (a pickle renamed to .safetensors fails here, before anything reads it)."""
     from safetensors import safe_open

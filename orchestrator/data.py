@@ -37,23 +37,40 @@ def write_table(rows: dict[str, list] | pa.Table, path: str | Path) -> Path:
     return path
 
 
-def read_table(path: str | Path, schema: dict[str, pa.DataType], name: str = "") -> pa.Table:
-    """Read and validate: required columns with the right types, no nulls, no NaN in floats."""
+def _open(path: str | Path, name: str, read):
     path = Path(path)
     label = name or path.name
     if not path.is_file():
         raise DataError(f"{label}: {path}: no such file")
     try:
-        table = pq.read_table(path)
+        return path, label, read(path)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{label}: {path}: not a readable parquet file ({e.__class__.__name__})") from None
+
+
+def _check_columns(found: pa.Schema, schema: dict[str, pa.DataType], path: Path, label: str) -> None:
     for col, tp in schema.items():
-        if col not in table.column_names:
-            raise DataError(f"{label}: {path}: missing column {col!r} (has {', '.join(table.column_names)})")
+        if col not in found.names:
+            raise DataError(f"{label}: {path}: missing column {col!r} (has {', '.join(found.names)})")
+        t = found.field(col).type
+        if not (t == tp or (pa.types.is_integer(tp) and pa.types.is_integer(t))
+                or (pa.types.is_floating(tp) and (pa.types.is_floating(t) or pa.types.is_integer(t)))):
+            raise DataError(f"{label}: {path}: column {col!r} has type {t}, expected {tp}")
+
+
+def check_schema(path: str | Path, schema: dict[str, pa.DataType], name: str = "") -> None:
+    """The cheap check (the file's footer only): a readable parquet file with the required columns
+    and types."""
+    path, label, found = _open(path, name, pq.read_schema)
+    _check_columns(found, schema, path, label)
+
+
+def read_table(path: str | Path, schema: dict[str, pa.DataType], name: str = "") -> pa.Table:
+    """Read and validate: required columns with the right types, no nulls, no NaN in floats."""
+    path, label, table = _open(path, name, pq.read_table)
+    _check_columns(table.schema, schema, path, label)
+    for col in schema:
         arr = table.column(col)
-        if not (arr.type == tp or (pa.types.is_integer(tp) and pa.types.is_integer(arr.type))
-                or (pa.types.is_floating(tp) and (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type)))):
-            raise DataError(f"{label}: {path}: column {col!r} has type {arr.type}, expected {tp}")
         if arr.null_count:
             row = next(i for i, v in enumerate(arr.to_pylist()) if v is None)
             raise DataError(f"{label}: {path}: column {col!r} row {row} is null")

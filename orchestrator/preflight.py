@@ -10,12 +10,11 @@ import json
 from pathlib import Path
 
 from orchestrator import data as D
-from orchestrator.checkpoint import CheckpointError, _check_safetensors
+from orchestrator.checkpoint import CheckpointError, check_safetensors
 from orchestrator.config import ConfigError, ModelConfig
 
 # the tables a finished stage may hold, by file name -> schema (others must merely be readable)
-SCHEMAS = {"prompts.parquet": D.PROMPTS, "samples_label.parquet": D.SAMPLES, "samples_bon.parquet": D.SAMPLES,
-           "preferences.parquet": D.PREFERENCES}
+SCHEMAS = {"prompts.parquet": D.PROMPTS, "samples_label.parquet": D.SAMPLES, "samples_bon.parquet": D.SAMPLES}
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 
 
@@ -55,14 +54,15 @@ def check_model_paths(cfg) -> None:
                               + (f" ({', '.join(pickled)} are pickled: convert them to safetensors)" if pickled else ""))
         for w in weights:
             try:
-                _check_safetensors(w)
+                check_safetensors(w)
             except CheckpointError as e:
                 raise ConfigError(f"{key}.path: {w}: {e}") from None
 
 
 def check_run_dir(run_dir: Path) -> None:
-    """Every finished stage the run would reuse: DONE.json parses, every table reads (with its
-    schema where it has one; soft labels within [0, 1]), every safetensors header parses."""
+    """Every finished stage the run would reuse: DONE.json parses, every table's footer reads (with
+    its schema where it has one), the labels are finite and within [0, 1], every safetensors header
+    parses."""
     for done in sorted(Path(run_dir).glob("stages/*/DONE.json")):
         stage = done.parent
         if stage.name.endswith(".tmp"):
@@ -73,11 +73,12 @@ def check_run_dir(run_dir: Path) -> None:
             raise D.DataError(f"{done}: unreadable ({e.__class__.__name__}); delete the stage directory "
                               f"{stage.name} to recompute it") from None
         for f in sorted(stage.rglob("*.parquet")):
-            table = D.read_table(f, SCHEMAS.get(f.name, {}), f.name)
-            if f.name == "preferences.parquet":
-                D.check_labels(table, f)
+            if f.name == "preferences.parquet":  # the labels, row by row (NaN, outside [0, 1])
+                D.check_labels(D.read_table(f, D.PREFERENCES, f.name), f)
+            else:  # the footer only: start-up reads no sample pool in full
+                D.check_schema(f, SCHEMAS.get(f.name, {}), f.name)
         for f in sorted(stage.rglob("*.safetensors")):
             try:
-                _check_safetensors(f)
+                check_safetensors(f)
             except CheckpointError as e:
                 raise D.DataError(f"{f}: {e}; delete the stage directory {stage.name} to recompute it") from None

@@ -25,6 +25,7 @@ import torch
 
 from orchestrator import rl as R
 from orchestrator.actor_group import fetch, put
+from orchestrator.algorithms import ALGORITHMS  # noqa: F401  (re-exported)
 from orchestrator.batch import RolloutBatch, Scores, metrics_scope
 from orchestrator.checkpoint import (
     CheckpointError,
@@ -50,43 +51,6 @@ class RunSpec:
     kl_coef: float = 0.0
     proxy_params: int = 0
     labels: dict = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------
-# advantages, one function per algorithm: (score [b], kl_tokens [b, t], beta, old, batch, cfg)
-# -> (learner method, its keyword arguments)
-
-
-def advantages_ppo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig):
-    """GAE over per-token rewards (score at the last token, -beta * KL on every token)."""
-    mask = batch.response_mask.float()
-    rewards = R.token_rewards(score, kl_tok, mask, beta)
-    adv, ret = R.gae(rewards, old["values"], mask, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages:
-        adv = R.whiten(adv, mask)
-    return "update_ppo", {"advantages": adv, "returns": ret}
-
-
-def _sequence_rewards(score, kl_tok, beta):
-    return score - beta * kl_tok.sum(1)
-
-
-def advantages_rloo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig):
-    """Leave-one-out baseline over each prompt's responses; the KL penalty is part of the
-    sequence reward (Ahmadian et al. 2024)."""
-    adv = R.rloo_advantages(_sequence_rewards(score, kl_tok, beta), torch.tensor(batch.prompt_index, dtype=torch.long))
-    if cfg.whiten_advantages:
-        adv = R.whiten(adv)
-    return "update_pg", {"advantages": adv}
-
-
-def advantages_grpo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig):
-    """Group-normalized advantages (Shao et al. 2024); here the KL penalty sits in the reward."""
-    adv = R.grpo_advantages(_sequence_rewards(score, kl_tok, beta), torch.tensor(batch.prompt_index, dtype=torch.long))
-    return "update_pg", {"advantages": adv}
-
-
-ALGORITHMS = {"ppo": advantages_ppo, "rloo": advantages_rloo, "grpo": advantages_grpo}
 
 
 class PhaseTimer:
@@ -183,19 +147,27 @@ class RLRun:
 
     def rollouts(self, step: int) -> tuple[RolloutBatch, Scores, list]:
         """The step's batch and proxy scores, and the (sealed, unread) gold score refs."""
-        for attempt in range(self.slot.generator_restarts + 1):
+        def once():
             if self.pending is not None and self.pending[0] == step:
                 _, launched = self.pending
                 self.pending = None
             else:
                 _, launched = self._launch(step)
+            batch = RolloutBatch.concat(fetch([b for b, _, _ in launched]))
+            proxy = Scores.concat(fetch([p for _, p, _ in launched]))
+            return batch, proxy, [g for _, _, g in launched if g is not None]
+
+        return self._generating(once, f"step {step}")
+
+    def _generating(self, fn, what: str):
+        """``fn()`` (a generation and what is chained onto it), retried after a generator restart."""
+        attempt = 0
+        while True:
             try:
-                batch = RolloutBatch.concat(fetch([b for b, _, _ in launched]))
-                proxy = Scores.concat(fetch([p for _, p, _ in launched]))
-                return batch, proxy, [g for _, _, g in launched if g is not None]
+                return fn()
             except Exception as e:
-                self._recover_generators(e, attempt, f"step {step}")
-        raise AssertionError("unreachable")
+                self._recover_generators(e, attempt, what)  # re-raises what it cannot recover
+                attempt += 1
 
     def _recover_generators(self, err: Exception, attempt: int, what: str) -> None:
         """After a failed generation: if a generator's process died (killed, out of memory, its node
@@ -244,14 +216,9 @@ class RLRun:
         same seed every time (common random numbers): KL (k1 sum, nats), proxy objective and
         members, gold and its principles, and gold's standard error over prompts."""
         ev, k = self.eval_rows, self.cfg.eval_responses_per_prompt
-        for attempt in range(self.slot.generator_restarts + 1):
-            try:
-                b = fetch(self.gen.one("generate", ev["prompt"], k, stream(self.seed, "rl/eval"),
-                                       self.cfg.max_new_tokens, self.cfg.temperature, with_ref=True,
-                                       recompute=True, fast=True))
-                break
-            except Exception as e:
-                self._recover_generators(e, attempt, f"the evaluation at step {step}")
+        b = self._generating(lambda: fetch(self.gen.one(
+            "generate", ev["prompt"], k, stream(self.seed, "rl/eval"), self.cfg.max_new_tokens,
+            self.cfg.temperature, with_ref=True, recompute=True, fast=True)), f"the evaluation at step {step}")
         rows = self._rows(ev, [int(i) for i in b.prompt_index], b.texts)
         p_ref = self.proxy.one("score", rows)
         g_ref = self.gold.one("score", rows, sealed=True) if self.gold else None
