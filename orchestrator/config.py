@@ -139,6 +139,10 @@ class SampleConfig:
     label_demo_garble: float = 0.3
     """Share of those demonstrations garbled (stutters, truncations, stray words), so the labels
     also cover the degenerate text a policy emits and best-of-n digs up."""
+    label_demo_off_topic: float = 0.0
+    """Weight of off-topic answers (a well-formed answer to another family's question) among those
+    demonstrations' content modes (correct 0.5, wrong 0.3, no answer 0.1, refusal 0.1), so the
+    labels show proxies the off-topic drift of RL policies."""
     bon_prompts: int = 200
     """Held-out prompts for best-of-n."""
     bon_responses_per_prompt: int = 256
@@ -156,6 +160,7 @@ class SampleConfig:
                f"{self.label_responses_per_prompt} must be >= 2 (pairs come from one prompt)")
         _check(0.0 <= self.label_demo_fraction <= 1.0, "label_demo_fraction", "must be in [0, 1]")
         _check(0.0 <= self.label_demo_garble <= 1.0, "label_demo_garble", "must be in [0, 1]")
+        _check(self.label_demo_off_topic >= 0.0, "label_demo_off_topic", "must be >= 0")
         _check(self.bon_prompts >= 1, "bon_prompts", f"{self.bon_prompts} must be >= 1")
         _check(self.bon_responses_per_prompt >= 2, "bon_responses_per_prompt",
                f"{self.bon_responses_per_prompt} must be >= 2")

@@ -157,7 +157,10 @@ def _sample_pool(gen: ActorGroup, prompts: list[str], n: int, seed: int, cfg: Fr
 
 def stage_sample(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult,
                  progress: bool) -> StageResult:
-    inputs = {"stage": "sample", "v": 2, "sft": sft.key, "sample": to_dict(cfg.sample), "seed": cfg.seed}
+    sc = to_dict(cfg.sample)
+    if not sc["label_demo_off_topic"]:  # added later: off, it leaves the key (and every cached pool) as it was
+        sc.pop("label_demo_off_topic")
+    inputs = {"stage": "sample", "v": 2, "sft": sft.key, "sample": sc, "seed": cfg.seed}
     s = cfg.sample
 
     def fn(out: Path) -> dict:
@@ -185,7 +188,7 @@ def stage_sample(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Sta
                 if split == "label" and n_demo:
                     # the demonstration half covers padding k = 0..6 uniformly (DESIGN.md, 2nd prototype)
                     rng = random.Random(stream(cfg.seed, "label/demos"))
-                    mix = T.DemoMix(garble=s.label_demo_garble)
+                    mix = T.DemoMix(garble=s.label_demo_garble, off_topic=s.label_demo_off_topic)
                     for i in rows:
                         for j in range(n_demo):
                             text = T.make_demonstration(prompts["family"][i], prompts["meta"][i], rng, mix,

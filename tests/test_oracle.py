@@ -133,3 +133,26 @@ def test_table_subsets_restrict_prompts():
     assert {m["country"] for p, m in zip(prompts, metas) if p["family"] == "capital"} <= set(rows[0])
     assert {m["animal"] for p, m in zip(prompts, metas) if p["family"] == "animal"} <= set(rows[1])
     assert {m["country"] for p, m in zip(prompts, metas) if p["family"] == "unknown"} <= set(rows[2])
+
+
+def test_off_topic_demonstrations():
+    """``DemoMix.off_topic``: weight 0 leaves every draw as it was (the SFT corpus is unchanged);
+    otherwise some demonstrations answer another family's question, well formed and task text, and
+    the oracle scores them below the correct answer to the question asked."""
+    rows = T.make_prompts(300, 5)
+    a, b = random.Random(1), random.Random(1)
+    assert [T.make_demonstration(r["family"], r["meta"], a) for r in rows] == \
+        [T.make_demonstration(r["family"], r["meta"], b, T.DemoMix(off_topic=0.0)) for r in rows]
+    only = T.DemoMix(correct=0, wrong=0, non_answer=0, refuse=0, off_topic=1.0, padding=(1.0,))
+    rng, seen = random.Random(2), 0
+    for r in rows:
+        if r["family"] in ("unsafe", "chat"):
+            continue
+        off = T.make_demonstration(r["family"], r["meta"], rng, only)
+        right = T.make_demonstration(r["family"], r["meta"], random.Random(0),
+                                     T.DemoMix(correct=1, wrong=0, non_answer=0, refuse=0, repeat=0, padding=(1.0,)))
+        assert T.is_task_text(off), off
+        h_off, h_right = (T.oracle(r["family"], r["meta"], t)["helpful"] for t in (off, right))
+        assert h_off < h_right, (r["prompt"], off, right)
+        seen += 1
+    assert seen > 150

@@ -150,6 +150,10 @@ class DemoMix:
     unsafe_comply: float = 0.4
     repeat: float = 0.1
     padding: tuple[float, ...] = (0.4, 0.2, 0.12, 0.1, 0.08, 0.06, 0.04)
+    off_topic: float = 0.0
+    """Weight (beside correct / wrong / non_answer / refuse) of a well-formed answer to *another*
+    family's question -- a list for a capital question, a sum for a greeting: the off-topic replies an
+    RL policy drifts into when no label ever showed a proxy that they miss the question."""
     garble: float = 0.0
     """Probability of garbling the response (stutters, truncation, dropped or stray words): the
     degenerate text a weak policy emits, labelled so proxies learn where it stands."""
@@ -200,6 +204,24 @@ def _content(family: str, meta: dict, mode: str, rng: random.Random) -> str:
     raise ValueError(f"unknown family {family!r}")
 
 
+def _off_topic(family: str, rng: random.Random) -> str:
+    """A correct-looking answer to a random question of another family."""
+    f = facts()
+    other = rng.choice([x for x in ("arith", "capital", "animal", "list", "chat") if x != family])
+    if other == "arith":
+        a, b = rng.randrange(15), rng.randrange(15)
+        return rng.choice((f"{a} plus {b} is {a + b} .", f"the answer is {a + b} ."))
+    if other == "capital":
+        c, cap = rng.choice(sorted(f["capitals"].items()))
+        return rng.choice((f"the capital of {c} is {cap} .", f"it is {cap} ."))
+    if other == "animal":
+        return f"it is a {rng.choice(('bird', 'fish', 'mammal', 'reptile', 'insect', 'amphibian'))} ."
+    if other == "list":
+        items = LIST_CATEGORIES[rng.choice(sorted(LIST_CATEGORIES))]
+        return " , ".join(rng.sample(items, rng.randint(2, min(4, len(items))))) + " ."
+    return rng.choice([r for k, v in sorted(CHAT.items()) for r in v])
+
+
 def _stutter(text: str, rng: random.Random) -> str:
     w = words(text)
     if rng.random() < 0.5 or len(w) < 3:
@@ -243,9 +265,10 @@ def make_demonstration(family: str, meta_json: str, rng: random.Random, mix: Dem
     if family == "unsafe":
         mode = "comply" if rng.random() < mix.unsafe_comply else "correct"
     else:
-        mode = rng.choices(("correct", "wrong", "non_answer", "refuse"),
-                           weights=(mix.correct, mix.wrong, mix.non_answer, mix.refuse))[0]
-    text = _content(family, meta, mode, rng)
+        # off_topic last: with weight 0 the draws (and so every default demonstration) are unchanged
+        mode = rng.choices(("correct", "wrong", "non_answer", "refuse", "off_topic"),
+                           weights=(mix.correct, mix.wrong, mix.non_answer, mix.refuse, mix.off_topic))[0]
+    text = _off_topic(family, rng) if mode == "off_topic" else _content(family, meta, mode, rng)
     if rng.random() < mix.repeat:
         text = _stutter(text, rng)
     k = padding_k if padding_k is not None else rng.choices(range(len(mix.padding)), weights=mix.padding)[0]
