@@ -292,6 +292,46 @@ def _fmtd(d: dict | None) -> str:
     return "-" if not d else ", ".join(f"{k} {_fmt(v)}" for k, v in d.items())
 
 
+def md_to_html(md: str, images: dict[str, bytes], title: str) -> str:
+    """The report's markdown as one self-contained HTML page: headings, tables, lists, and each
+    ``![..](name.png)`` line as the PNG inlined (opens in a browser without a server)."""
+    body = []
+    for line in md.splitlines():
+        if line.startswith("![") and line.endswith(".png)"):
+            name = line[line.index("(") + 1:-1]
+            b64 = base64.b64encode(images[name]).decode()
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{b64}" style="max-width:100%">')
+        elif line.startswith("### "):
+            body.append(f"<h3>{html.escape(line[4:])}</h3>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("|---"):
+            continue
+        elif line.startswith("|"):
+            cells = [html.escape(x.strip()) for x in line.strip("|").split("|")]
+            body.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    out, in_table = [], False
+    for b in body:  # wrap consecutive rows in a table
+        if b.startswith("<tr>") and not in_table:
+            out.append("<table border=1 cellspacing=0 cellpadding=3>")
+            in_table = True
+        if not b.startswith("<tr>") and in_table:
+            out.append("</table>")
+            in_table = False
+        out.append(b)
+    if in_table:
+        out.append("</table>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+            "<style>body{font-family:sans-serif;max-width:1400px;margin:auto}td{font-size:13px}</style>"
+            "</head><body>" + "\n".join(out) + "</body></html>")
+
+
 def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     """frontier.json, bon.png, report.md and a self-contained report.html (PNG inlined)."""
     run_dir = Path(run_dir)
@@ -401,42 +441,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         lines.append(f"| {name} | {t['seconds']:.1f} | {t['cached']} |")
     md = "\n".join(lines) + "\n"
     (run_dir / "report.md").write_text(md)
-    body = []
-    for line in md.splitlines():
-        if line.startswith("![") and line.endswith(".png)"):
-            name = line[line.index("(") + 1:-1]
-            b64 = base64.b64encode(images[name]).decode()
-            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{b64}" style="max-width:100%">')
-        elif line.startswith("### "):
-            body.append(f"<h3>{html.escape(line[4:])}</h3>")
-        elif line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("|---"):
-            continue
-        elif line.startswith("|"):
-            cells = [html.escape(x.strip()) for x in line.strip("|").split("|")]
-            body.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
-        elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
-    out, in_table = [], False
-    for b in body:  # wrap consecutive rows in a table
-        if b.startswith("<tr>") and not in_table:
-            out.append("<table border=1 cellspacing=0 cellpadding=3>")
-            in_table = True
-        if not b.startswith("<tr>") and in_table:
-            out.append("</table>")
-            in_table = False
-        out.append(b)
-    if in_table:
-        out.append("</table>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>rlhf-frontier report</title>"
-            "<style>body{font-family:sans-serif;max-width:1400px;margin:auto}td{font-size:13px}</style>"
-            "</head><body>" + "\n".join(out) + "</body></html>")
-    (run_dir / "report.html").write_text(page)
+    (run_dir / "report.html").write_text(md_to_html(md, images, "rlhf-frontier report"))
     return {"json": run_dir / "frontier.json", "png": run_dir / "bon.png", "md": run_dir / "report.md",
             "html": run_dir / "report.html"}
 

@@ -1,0 +1,239 @@
+"""Across seeds: does a finding hold, and how much do the estimates move?
+
+A run's checks (``frontier.json["checks"]``) are SCIENCE.md's findings on one seed. The bar is that
+they hold for >= 3 seeds (Gao et al. 2022 report trends over several seeds; a single RL run is
+noisy). ``aggregate`` reads finished runs of one config that differ only in ``seed`` and returns,
+for every boolean check, the seeds it holds in; the per-seed numbers behind the size trends; and
+those estimates averaged over seeds (mean, standard error), with the Spearman correlation of the
+means against proxy size -- the pooled view the per-seed checks cannot give.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.config import ConfigError, FrontierConfig, load, to_dict
+
+
+
+class SeedsError(ValueError):
+    """Runs that cannot be compared (missing, unfinished, another config, a repeated seed)."""
+
+
+NUMBERS = {  # the per-seed numbers in the table: (label, path in frontier.json["checks"])
+    "bon: Spearman(size, peak KL)": ("spearman_size_kl_peak",),
+    "bon: Spearman(size, peak gold)": ("spearman_size_gold_peak",),
+    "rl: smallest proxy's gold drop after its peak": ("rl", "smallest_gold_drop_tail_mean"),
+    "rl: 2 s.e. of one evaluation": ("rl", "smallest_gold_se"),
+    "rl: pooled R² of the RL form": ("rl", "r2_pooled_rl_form"),
+    "rl: pooled R² of the BoN form": ("rl", "r2_pooled_bon_form"),
+    "sweep: Spearman(size, fitted RL peak KL)": ("sweep", "spearman_size_kl_peak"),
+    "sweep: Spearman(size, fitted RL peak gold)": ("sweep", "spearman_size_gold_peak"),
+    "sweep: penalty runs' mean abs gold gap": ("sweep", "penalty_gap_mean_abs"),
+}
+
+
+def _get(d: dict, path: tuple):
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return 2 * d if path[-1] == "smallest_gold_se" and isinstance(d, (int, float)) else d
+
+
+def bool_checks(checks: dict, prefix: str = "") -> dict[str, bool]:
+    """Every boolean leaf of a checks tree, keyed by its dotted path."""
+    out = {}
+    for k, v in checks.items():
+        if isinstance(v, bool):
+            out[prefix + k] = v
+        elif isinstance(v, dict):
+            out.update(bool_checks(v, f"{prefix}{k}."))
+    return out
+
+
+def load_runs(dirs: list[Path]) -> list[dict]:
+    """Each finished run's config and frontier.json, checked to be one config over distinct seeds."""
+    runs = []
+    for d in dirs:
+        d = Path(d)
+        for f in ("config.yaml", "frontier.json"):
+            if not (d / f).is_file():
+                raise SeedsError(f"{d}: no {f} (not a finished run of jobs.frontier)")
+        try:  # loaded, so runs saved before a field existed compare equal when it has its default
+            cfg = to_dict(load(FrontierConfig, d / "config.yaml"))
+            fr = json.loads((d / "frontier.json").read_text())
+        except ConfigError as e:
+            raise SeedsError(f"{d}/config.yaml: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SeedsError(f"{d}/frontier.json: unreadable ({type(e).__name__}: {e})") from None
+        if not isinstance(fr, dict) or "checks" not in fr:
+            raise SeedsError(f"{d}/frontier.json: not a finished run's record (no checks)")
+        runs.append({"dir": str(d), "seed": cfg.get("seed"), "config": cfg, "frontier": fr})
+    if len(runs) < 2:
+        raise SeedsError("give at least two run directories (one per seed)")
+    base = {k: v for k, v in runs[0]["config"].items() if k != "seed"}
+    for r in runs[1:]:
+        other = {k: v for k, v in r["config"].items() if k != "seed"}
+        if other != base:
+            key = _first_difference(base, other)
+            raise SeedsError(f"{r['dir']}: another config than {runs[0]['dir']} (differs at {key}); "
+                             "compare runs that differ only in seed")
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        dup = next(s for s in seeds if seeds.count(s) > 1)
+        raise SeedsError(f"seed {dup} is given twice ({', '.join(r['dir'] for r in runs if r['seed'] == dup)})")
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def _first_difference(a, b, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+    return path or "<top>"
+
+
+def _mean_se(xs: list) -> dict:
+    v = [float(x) for x in xs if x is not None and math.isfinite(x)]
+    if not v:
+        return {"mean": None, "se": None, "n": 0}
+    return {"mean": float(np.mean(v)), "se": float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None,
+            "n": len(v)}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Per-check seed counts, per-seed numbers, and seed-averaged size trends (see module doc)."""
+    from orchestrator.scaling import spearman
+
+    seeds = [r["seed"] for r in runs]
+    per = {r["seed"]: bool_checks(r["frontier"]["checks"]) for r in runs}
+    names = sorted({k for c in per.values() for k in c})
+    checks = {n: {"holds_in": [s for s in seeds if per[s].get(n) is True],
+                  "fails_in": [s for s in seeds if per[s].get(n) is False],
+                  "missing_in": [s for s in seeds if n not in per[s]]} for n in names}
+    numbers = {label: {str(r["seed"]): _get(r["frontier"]["checks"], path) for r in runs}
+               for label, path in NUMBERS.items()}
+    numbers["job wall (s)"] = {str(r["seed"]): r["frontier"].get("wall_seconds") for r in runs}
+    pooled: dict = {}
+    for kind in ("bon", "rl"):
+        sizes: dict[str, dict] = {}
+        for r in runs:
+            fr = r["frontier"]
+            if kind == "bon":
+                ests = {e["proxy"]: (e["proxy_params"], e["fit"]["kl_peak"], e["fit"]["gold_peak"])
+                        for e in fr.get("bon", []) if e.get("labels", "gold") == "gold" and e.get("fit")}
+            else:
+                peaks = fr["checks"].get("sweep", {}).get("no_penalty_peaks", {})
+                ests = {p: (v["params"], v["kl_peak_fit"], v["gold_peak_fit"]) for p, v in peaks.items()}
+            for p, (n, kl, g) in ests.items():
+                s = sizes.setdefault(p, {"params": n, "kl_peak": {}, "gold_peak": {}})
+                s["kl_peak"][str(r["seed"])], s["gold_peak"][str(r["seed"])] = kl, g
+        if not sizes:
+            continue
+        order = sorted(sizes, key=lambda p: sizes[p]["params"])
+        for p in order:
+            for q in ("kl_peak", "gold_peak"):
+                sizes[p][q + "_over_seeds"] = _mean_se(list(sizes[p][q].values()))
+        out = {"sizes": {p: sizes[p] for p in order}}
+        if len(order) >= 3:
+            for q in ("kl_peak", "gold_peak"):
+                means = [sizes[p][q + "_over_seeds"]["mean"] for p in order]
+                out[f"spearman_size_{q}_of_means"] = (spearman([sizes[p]["params"] for p in order], means)
+                                                      if None not in means else None)
+        pooled[kind] = out
+    return {"seeds": seeds, "runs": [r["dir"] for r in runs], "config_hash": runs[0]["frontier"].get("config_hash"),
+            "checks": checks, "numbers": numbers, "pooled": pooled}
+
+
+def plot(agg: dict) -> bytes | None:
+    """Fitted peak KL and peak gold against proxy size: one thin line per seed, the mean over
+    seeds (± 1 s.e.) in black; best-of-n above, RL (no penalty) below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from orchestrator.report import _png
+
+    kinds = [k for k in ("bon", "rl") if k in agg["pooled"]]
+    if not kinds:
+        return None
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(9, 3.4 * len(kinds)), squeeze=False)
+    for i, kind in enumerate(kinds):
+        sizes = agg["pooled"][kind]["sizes"]
+        x = [v["params"] for v in sizes.values()]
+        for j, (q, label) in enumerate((("kl_peak", "peak KL (nats, fitted)"), ("gold_peak", "peak gold (fitted)"))):
+            ax = axes[i, j]
+            for s in agg["seeds"]:
+                y = [v[q].get(str(s)) for v in sizes.values()]
+                ax.plot(x, [np.nan if v is None else v for v in y], "o-", lw=0.8, alpha=0.6, label=f"seed {s}")
+            m = [v[q + "_over_seeds"] for v in sizes.values()]
+            ax.errorbar(x, [np.nan if e["mean"] is None else e["mean"] for e in m],
+                        yerr=[0 if not e["se"] else e["se"] for e in m], color="black", lw=2, capsize=3, label="mean")
+            rho = agg["pooled"][kind].get(f"spearman_size_{q}_of_means")
+            ax.set_xscale("log")
+            ax.set_xlabel("proxy parameters")
+            ax.set_title(f"{'best-of-n' if kind == 'bon' else 'RL, no penalty'}: {label}"
+                         + (f"\nSpearman of the means {rho:+.2f}" if rho is not None else ""), fontsize=9)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def markdown(agg: dict) -> str:
+    seeds = agg["seeds"]
+    head = "| | " + " | ".join(f"seed {s}" for s in seeds) + " | holds in |"
+    rule = "|---|" + "---|" * (len(seeds) + 1)
+    lines = [f"# Across seeds: {', '.join(map(str, seeds))}", "",
+             f"config hash of the first run `{str(agg['config_hash'])[:12]}`; runs: "
+             + ", ".join(f"`{d}`" for d in agg["runs"]), "", "![peaks over seeds](seeds.png)", "",
+             "## Checks", "", head, rule]
+    mark = {True: "yes", False: "**no**", None: "-"}
+    for name, c in agg["checks"].items():
+        cells = [mark[True if s in c["holds_in"] else False if s in c["fails_in"] else None] for s in seeds]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(c['holds_in'])} of {len(seeds)} |")
+    lines += ["", "## Numbers", "", "| | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
+    for label, vals in agg["numbers"].items():
+        cells = ["-" if vals[str(s)] is None else f"{vals[str(s)]:.3f}" if isinstance(vals[str(s)], float)
+                 else str(vals[str(s)]) for s in seeds]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for kind, p in agg["pooled"].items():
+        lines += ["", f"## {'Best-of-n' if kind == 'bon' else 'RL (no penalty)'}: fitted peaks over seeds", "",
+                  "| proxy | params | peak KL: mean ± s.e. | peak gold: mean ± s.e. |", "|---|---|---|---|"]
+        for name, v in p["sizes"].items():
+            f = lambda e: "-" if e["mean"] is None else f"{e['mean']:.3f}" + (f" ± {e['se']:.3f}" if e["se"] else "")  # noqa: E731
+            lines.append(f"| {name} | {v['params']} | {f(v['kl_peak_over_seeds'])} | {f(v['gold_peak_over_seeds'])} |")
+        for q in ("kl_peak", "gold_peak"):
+            rho = p.get(f"spearman_size_{q}_of_means")
+            if rho is not None:
+                lines.append(f"\nSpearman(size, mean {q.replace('_', ' ')}) = {rho:+.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def write(agg: dict, out: Path) -> dict[str, Path]:
+    """seeds.json, seeds.md, seeds.png and a self-contained seeds.html in ``out``."""
+    from orchestrator.report import md_to_html
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "seeds.json", "md": out / "seeds.md", "html": out / "seeds.html"}
+    paths["json"].write_text(json.dumps(agg, indent=1))
+    md = markdown(agg)
+    png = plot(agg)
+    images = {}
+    if png:
+        paths["png"] = out / "seeds.png"
+        paths["png"].write_bytes(png)
+        images["seeds.png"] = png
+    else:
+        md = md.replace("![peaks over seeds](seeds.png)\n", "")
+    paths["md"].write_text(md)
+    paths["html"].write_text(md_to_html(md, images, "rlhf-frontier: across seeds"))
+    return paths

@@ -1,0 +1,109 @@
+"""``jobs.seeds``: findings across seeds, on copies of the smoke run (seed 0) relabelled as other
+seeds, one with a check flipped -- the aggregation must report exactly that."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+
+def _as_seed(src, dst, seed: int, flip: str | None = None, scale_rl_peaks: float = 1.0):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("stages", "rl", "tune"))
+    cfg = yaml.safe_load((dst / "config.yaml").read_text())
+    cfg["seed"] = seed
+    (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    fr = json.loads((dst / "frontier.json").read_text())
+    fr["seed"] = seed
+    if flip:
+        node = fr["checks"]
+        *path, last = flip.split(".")
+        for k in path:
+            node = node[k]
+        node[last] = not node[last]
+    for v in fr["checks"].get("sweep", {}).get("no_penalty_peaks", {}).values():
+        if v["kl_peak_fit"] is not None:
+            v["kl_peak_fit"] *= scale_rl_peaks
+    (dst / "frontier.json").write_text(json.dumps(fr))
+    return dst
+
+
+@pytest.fixture()
+def three_seeds(smoke_run, tmp_path):
+    _, run_dir, frontier = smoke_run
+    assert isinstance(frontier["checks"]["rl"]["proxy_rises_every_run"], bool)
+    return [_as_seed(run_dir, tmp_path / "r0", 0),
+            _as_seed(run_dir, tmp_path / "r1", 1, flip="rl.proxy_rises_every_run", scale_rl_peaks=2.0),
+            _as_seed(run_dir, tmp_path / "r2", 2, scale_rl_peaks=4.0)]
+
+
+def _seeds(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "jobs.seeds", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_checks_counted_per_seed_and_peaks_pooled(three_seeds, tmp_path):
+    out = tmp_path / "agg"
+    r = _seeds(*three_seeds, "--out", out)
+    assert r.returncode == 0, r.stderr
+    agg = json.loads((out / "seeds.json").read_text())
+    assert agg["seeds"] == [0, 1, 2]
+    first = json.loads((three_seeds[0] / "frontier.json").read_text())["checks"]["rl"]["proxy_rises_every_run"]
+    c = agg["checks"]["rl.proxy_rises_every_run"]
+    assert (c["holds_in"], c["fails_in"]) == (([0, 2], [1]) if first else ([1], [0, 2]))
+    for name, c in agg["checks"].items():  # every boolean check of every run is counted exactly once
+        assert sorted(c["holds_in"] + c["fails_in"] + c["missing_in"]) == [0, 1, 2], name
+    sizes = agg["pooled"]["rl"]["sizes"]
+    for p, v in sizes.items():
+        per = [v["kl_peak"][s] for s in ("0", "1", "2")]
+        if None not in per:
+            assert per[1] == pytest.approx(2 * per[0]) and per[2] == pytest.approx(4 * per[0])
+            assert v["kl_peak_over_seeds"]["mean"] == pytest.approx(np.mean(per))
+            assert v["kl_peak_over_seeds"]["se"] == pytest.approx(np.std(per, ddof=1) / np.sqrt(3))
+    assert "rl.proxy_rises_every_run" in (out / "seeds.md").read_text()
+    page = (out / "seeds.html").read_text()
+    assert "data:image/png;base64," in page and "<table" in page and "src=\"http" not in page
+    assert "holds in" in r.stdout
+
+
+def test_bad_comparisons_exit_2_naming_the_problem(three_seeds, tmp_path):
+    r0, r1, _ = three_seeds
+    other = tmp_path / "other"
+    shutil.copytree(r1, other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["seed"] = 7
+    cfg["bon"]["bootstrap"] += 1
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cases = [((r0, other), "differs at bon.bootstrap"),
+             ((r0, r0), "seed 0 is given twice"),
+             ((r0, tmp_path / "nothing"), "no config.yaml"),
+             ((r0,), "at least two"),
+             (("--seeds", "0,1", "seed=3"), "drop the seed= override"),
+             (("--seeds", "0,0"), "repeats a seed"),
+             (("--seeds", "0,x"), "comma-separated"),
+             (("--seeds", "0,1", "bon.nope=1"), "bon.nope")]
+    for args, msg in cases:
+        r = _seeds(*args, "--out", tmp_path / "never")
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], (args, r.stderr)
+    assert not (tmp_path / "never").exists()
+
+
+def test_seeds_mode_skips_finished_runs(three_seeds, tmp_path):
+    """``--seeds`` runs jobs.frontier only for seeds without frontier.json under --root; finished
+    ones (here all) are compared as they are."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for s, d in enumerate(three_seeds):
+        shutil.copytree(d, root / f"seed-{s}")
+    cfg = root / "seed-0" / "config.yaml"
+    r = _seeds("--seeds", "0,1,2", "--config", cfg, "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("finished before") == 3 and "running" not in r.stderr
+    assert json.loads((root / "seeds.json").read_text())["seeds"] == [0, 1, 2]
