@@ -101,9 +101,9 @@ def _first_difference(a, b, path: str = "") -> str:
 def _mean_se(xs: list) -> dict:
     v = [float(x) for x in xs if x is not None and math.isfinite(x)]
     if not v:
-        return {"mean": None, "se": None, "n": 0}
+        return {"mean": None, "se": None, "median": None, "n": 0}
     return {"mean": float(np.mean(v)), "se": float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None,
-            "n": len(v)}
+            "median": float(np.median(v)), "n": len(v)}
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -142,9 +142,10 @@ def aggregate(runs: list[dict]) -> dict:
         out = {"sizes": {p: sizes[p] for p in order}}
         if len(order) >= 3:
             for q in ("kl_peak", "gold_peak"):
-                means = [sizes[p][q + "_over_seeds"]["mean"] for p in order]
-                out[f"spearman_size_{q}_of_means"] = (spearman([sizes[p]["params"] for p in order], means)
-                                                      if None not in means else None)
+                for stat in ("mean", "median"):  # the median: one seed's runaway fit moves the mean
+                    v = [sizes[p][q + "_over_seeds"][stat] for p in order]
+                    out[f"spearman_size_{q}_of_{stat}s"] = (spearman([sizes[p]["params"] for p in order], v)
+                                                           if None not in v else None)
         pooled[kind] = out
     return {"seeds": seeds, "runs": [r["dir"] for r in runs], "config_hash": runs[0]["frontier"].get("config_hash"),
             "checks": checks, "numbers": numbers, "pooled": pooled}
@@ -157,6 +158,7 @@ def plot(agg: dict) -> bytes | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from orchestrator.report import _png
 
@@ -174,12 +176,15 @@ def plot(agg: dict) -> bytes | None:
                 ax.plot(x, [np.nan if v is None else v for v in y], "o-", lw=0.8, alpha=0.6, label=f"seed {s}")
             m = [v[q + "_over_seeds"] for v in sizes.values()]
             ax.errorbar(x, [np.nan if e["mean"] is None else e["mean"] for e in m],
-                        yerr=[0 if not e["se"] else e["se"] for e in m], color="black", lw=2, capsize=3, label="mean")
-            rho = agg["pooled"][kind].get(f"spearman_size_{q}_of_means")
+                        yerr=[0 if not e["se"] else e["se"] for e in m], color="black", lw=2, capsize=3, label="mean ± s.e.")
+            ax.plot(x, [np.nan if e["median"] is None else e["median"] for e in m], "k--", lw=1.5, label="median")
+            rho = agg["pooled"][kind].get(f"spearman_size_{q}_of_medians")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xticks(x, [f"{n / 1e3:.0f}k" for n in x])
             ax.set_xlabel("proxy parameters")
             ax.set_title(f"{'best-of-n' if kind == 'bon' else 'RL, no penalty'}: {label}"
-                         + (f"\nSpearman of the means {rho:+.2f}" if rho is not None else ""), fontsize=9)
+                         + (f"\nSpearman of the medians {rho:+.2f}" if rho is not None else ""), fontsize=9)
             ax.legend(fontsize=7)
     fig.tight_layout()
     data = _png(fig)
@@ -207,14 +212,18 @@ def markdown(agg: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for kind, p in agg["pooled"].items():
         lines += ["", f"## {'Best-of-n' if kind == 'bon' else 'RL (no penalty)'}: fitted peaks over seeds", "",
-                  "| proxy | params | peak KL: mean ± s.e. | peak gold: mean ± s.e. |", "|---|---|---|---|"]
+                  "| proxy | params | peak KL: mean ± s.e. (median) | peak gold: mean ± s.e. (median) |",
+                  "|---|---|---|---|"]
         for name, v in p["sizes"].items():
-            f = lambda e: "-" if e["mean"] is None else f"{e['mean']:.3f}" + (f" ± {e['se']:.3f}" if e["se"] else "")  # noqa: E731
+            f = lambda e: "-" if e["mean"] is None else (f"{e['mean']:.3f}" + (f" ± {e['se']:.3f}" if e["se"] else "")  # noqa: E731
+                                                        + f" ({e['median']:.3f})")
             lines.append(f"| {name} | {v['params']} | {f(v['kl_peak_over_seeds'])} | {f(v['gold_peak_over_seeds'])} |")
+        lines.append("")
         for q in ("kl_peak", "gold_peak"):
-            rho = p.get(f"spearman_size_{q}_of_means")
-            if rho is not None:
-                lines.append(f"\nSpearman(size, mean {q.replace('_', ' ')}) = {rho:+.2f}")
+            rho = [p.get(f"spearman_size_{q}_of_{stat}s") for stat in ("mean", "median")]
+            if None not in rho:
+                lines.append(f"- Spearman(size, {q.replace('_', ' ')}) over seeds: of the means {rho[0]:+.2f}, "
+                             f"of the medians {rho[1]:+.2f}")
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,7 @@ def test_checks_counted_per_seed_and_peaks_pooled(three_seeds, tmp_path):
             assert per[1] == pytest.approx(2 * per[0]) and per[2] == pytest.approx(4 * per[0])
             assert v["kl_peak_over_seeds"]["mean"] == pytest.approx(np.mean(per))
             assert v["kl_peak_over_seeds"]["se"] == pytest.approx(np.std(per, ddof=1) / np.sqrt(3))
+            assert v["kl_peak_over_seeds"]["median"] == pytest.approx(np.median(per))
     assert "rl.proxy_rises_every_run" in (out / "seeds.md").read_text()
     page = (out / "seeds.html").read_text()
     assert "data:image/png;base64," in page and "<table" in page and "src=\"http" not in page
