@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from orchestrator import seeds as S
-    from orchestrator.config import ConfigError, FrontierConfig, digest, load, to_dict
+    from orchestrator.config import ConfigError, FrontierConfig, load, to_dict
 
     if args.seeds is not None:
         try:
@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load(FrontierConfig, args.config, overrides)
         except ConfigError as e:
             user_error(str(e))
-        tree = to_dict(cfg)
-        tree.pop("seed")
-        root = Path(args.root or Path("runs") / f"seeds-{digest(tree)[:10]}")
+        root = Path(args.root) if args.root else S.default_root(to_dict(cfg))
         dirs = []
         for s in seeds:
             d = root / f"seed-{s}"
@@ -88,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except S.SeedsError as e:
         user_error(str(e))
     if out is None:
-        from orchestrator.configio import digest as dg
-
-        out = Path("runs") / f"seeds-{dg({k: v for k, v in runs[0]['config'].items() if k != 'seed'})[:10]}"
+        out = S.default_root(runs[0]["config"])
     agg = S.aggregate(runs)
     paths = S.write(agg, out)
     holds = {n: c for n, c in agg["checks"].items() if n.endswith("all_pass") or n.endswith("grows_with_size")}

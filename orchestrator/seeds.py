@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config import ConfigError, FrontierConfig, load, to_dict
+from orchestrator.config import ConfigError, FrontierConfig, digest, load, to_dict
 
 
 
@@ -24,25 +24,30 @@ class SeedsError(ValueError):
     """Runs that cannot be compared (missing, unfinished, another config, a repeated seed)."""
 
 
-NUMBERS = {  # the per-seed numbers in the table: (label, path in frontier.json["checks"])
-    "bon: Spearman(size, peak KL)": ("spearman_size_kl_peak",),
-    "bon: Spearman(size, peak gold)": ("spearman_size_gold_peak",),
-    "rl: smallest proxy's gold drop after its peak": ("rl", "smallest_gold_drop_tail_mean"),
-    "rl: 2 s.e. of one evaluation": ("rl", "smallest_gold_se"),
-    "rl: pooled R² of the RL form": ("rl", "r2_pooled_rl_form"),
-    "rl: pooled R² of the BoN form": ("rl", "r2_pooled_bon_form"),
-    "sweep: Spearman(size, fitted RL peak KL)": ("sweep", "spearman_size_kl_peak"),
-    "sweep: Spearman(size, fitted RL peak gold)": ("sweep", "spearman_size_gold_peak"),
-    "sweep: penalty runs' mean abs gold gap": ("sweep", "penalty_gap_mean_abs"),
+NUMBERS = {  # the per-seed numbers in the table: label -> (path in frontier.json["checks"], scale)
+    "bon: Spearman(size, peak KL)": (("spearman_size_kl_peak",), 1),
+    "bon: Spearman(size, peak gold)": (("spearman_size_gold_peak",), 1),
+    "rl: smallest proxy's gold drop after its peak": (("rl", "smallest_gold_drop_tail_mean"), 1),
+    "rl: 2 s.e. of one evaluation": (("rl", "smallest_gold_se"), 2),
+    "rl: pooled R² of the RL form": (("rl", "r2_pooled_rl_form"), 1),
+    "rl: pooled R² of the BoN form": (("rl", "r2_pooled_bon_form"), 1),
+    "sweep: Spearman(size, fitted RL peak KL)": (("sweep", "spearman_size_kl_peak"), 1),
+    "sweep: Spearman(size, fitted RL peak gold)": (("sweep", "spearman_size_gold_peak"), 1),
+    "sweep: penalty runs' mean abs gold gap": (("sweep", "penalty_gap_mean_abs"), 1),
 }
 
 
-def _get(d: dict, path: tuple):
+def _get(d: dict, path: tuple, scale: float = 1):
     for k in path:
         if not isinstance(d, dict) or k not in d:
             return None
         d = d[k]
-    return 2 * d if path[-1] == "smallest_gold_se" and isinstance(d, (int, float)) else d
+    return scale * d if isinstance(d, (int, float)) and not isinstance(d, bool) else d
+
+
+def default_root(config: dict) -> Path:
+    """``runs/seeds-<hash of the config without its seed>``: one place for every seed of a config."""
+    return Path("runs") / f"seeds-{digest({k: v for k, v in config.items() if k != 'seed'})[:10]}"
 
 
 def bool_checks(checks: dict, prefix: str = "") -> dict[str, bool]:
@@ -116,8 +121,8 @@ def aggregate(runs: list[dict]) -> dict:
     checks = {n: {"holds_in": [s for s in seeds if per[s].get(n) is True],
                   "fails_in": [s for s in seeds if per[s].get(n) is False],
                   "missing_in": [s for s in seeds if n not in per[s]]} for n in names}
-    numbers = {label: {str(r["seed"]): _get(r["frontier"]["checks"], path) for r in runs}
-               for label, path in NUMBERS.items()}
+    numbers = {label: {str(r["seed"]): _get(r["frontier"]["checks"], path, scale) for r in runs}
+               for label, (path, scale) in NUMBERS.items()}
     numbers["job wall (s)"] = {str(r["seed"]): r["frontier"].get("wall_seconds") for r in runs}
     pooled: dict = {}
     for kind in ("bon", "rl"):
