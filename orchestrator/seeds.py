@@ -5,7 +5,9 @@ they hold for >= 3 seeds (Gao et al. 2022 report trends over several seeds; a si
 noisy). ``aggregate`` reads finished runs of one config that differ only in ``seed`` and returns,
 for every boolean check, the seeds it holds in; the per-seed numbers behind the size trends; and
 those estimates averaged over seeds (mean, standard error), with the Spearman correlation of the
-means against proxy size -- the pooled view the per-seed checks cannot give.
+means against proxy size -- the pooled view the per-seed checks cannot give. The RL findings are
+also given as signed effect sizes per seed (``_rl_effects``: > 0 where the check holds) with their
+mean, standard error and t over seeds: how far a finding holds, not only whether.
 """
 
 from __future__ import annotations
@@ -35,6 +37,38 @@ NUMBERS = {  # the per-seed numbers in the table: label -> (path in frontier.jso
     "sweep: Spearman(size, fitted RL peak gold)": (("sweep", "spearman_size_gold_peak"), 1),
     "sweep: penalty runs' mean abs gold gap": (("sweep", "penalty_gap_mean_abs"), 1),
 }
+
+
+def _rl_effects(rl: dict) -> dict[str, float | None]:
+    """Issue 3's RL findings (``report.rl_checks``) as signed effect sizes of one seed: each is > 0
+    exactly where its check holds, so averaging over seeds says how far, not just whether, a
+    finding holds (a pass by 0.002 and one by 0.2 are not the same evidence)."""
+    import math as m
+
+    def num(x):
+        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and m.isfinite(x) else None
+
+    out: dict[str, float | None] = {}
+    rho = [num(v) for v in (rl.get("proxy_spearman_with_kl") or {}).values()]
+    out["proxy rises: min Spearman(KL, proxy) - 0.8"] = min(rho) - 0.8 if rho and None not in rho else None
+    drop, se = num(rl.get("smallest_gold_drop_tail_mean")), num(rl.get("smallest_gold_se"))
+    peak = num((rl.get("smallest_gold_peak") or {}).get("gold"))
+    out["smallest proxy: min(gold peak, drop after it) - 2 s.e."] = (
+        min(peak, drop) - 2 * se if None not in (drop, se, peak) else None)
+    a, b = num(rl.get("r2_pooled_rl_form")), num(rl.get("r2_pooled_bon_form"))
+    out["pooled R²: RL form - BoN form"] = a - b if None not in (a, b) else None
+    ratios = {p: num(v.get("ratio")) for p, v in (rl.get("kl_for_same_gold") or {}).items()}
+    logs = {p: m.log(r) if r and r > 0 else None for p, r in ratios.items()}
+    out["ln(KL RL / KL BoN) at the same gold: min over proxies"] = (
+        min(logs.values()) if logs and None not in logs.values() else None)
+    for p, v in logs.items():
+        out[f"ln(KL RL / KL BoN) at the same gold: {p}"] = v
+    single, ens = rl.get("gold_drop_single") or {}, rl.get("gold_drop_ensemble") or {}
+    sv = [num(v) for v in single.values()]
+    ev = [num(v) for v in ens.values()]
+    out["gold lost at the common KL: singles' mean - best ensemble"] = (
+        float(np.mean(sv)) - min(ev) if sv and ev and None not in sv + ev else None)
+    return out
 
 
 def _get(d: dict, path: tuple, scale: float = 1):
@@ -124,6 +158,14 @@ def aggregate(runs: list[dict]) -> dict:
     numbers = {label: {str(r["seed"]): _get(r["frontier"]["checks"], path, scale) for r in runs}
                for label, (path, scale) in NUMBERS.items()}
     numbers["job wall (s)"] = {str(r["seed"]): r["frontier"].get("wall_seconds") for r in runs}
+    per_effects = {str(r["seed"]): _rl_effects(r["frontier"]["checks"].get("rl") or {}) for r in runs}
+    effects = {}
+    for label in dict.fromkeys(k for e in per_effects.values() for k in e):
+        vals = {s: e.get(label) for s, e in per_effects.items()}
+        got = [v for v in vals.values() if v is not None]
+        effects[label] = {"per_seed": vals, **_mean_se(got), "positive_in": sum(v > 0 for v in got)}
+        st = effects[label]
+        st["t"] = st["mean"] / st["se"] if st["se"] else None  # mean over its standard error across seeds
     pooled: dict = {}
     for kind in ("bon", "rl"):
         sizes: dict[str, dict] = {}
@@ -153,7 +195,7 @@ def aggregate(runs: list[dict]) -> dict:
                                                            if None not in v else None)
         pooled[kind] = out
     return {"seeds": seeds, "runs": [r["dir"] for r in runs], "config_hash": runs[0]["frontier"].get("config_hash"),
-            "checks": checks, "numbers": numbers, "pooled": pooled}
+            "checks": checks, "numbers": numbers, "effects": effects, "pooled": pooled}
 
 
 def plot(agg: dict) -> bytes | None:
@@ -215,6 +257,15 @@ def markdown(agg: dict) -> str:
         cells = ["-" if vals[str(s)] is None else f"{vals[str(s)]:.3f}" if isinstance(vals[str(s)], float)
                  else str(vals[str(s)]) for s in seeds]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if agg.get("effects"):
+        lines += ["", "## RL findings as effect sizes (> 0 where the finding holds)", "",
+                  "| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± s.e. | t | > 0 in |",
+                  "|---|" + "---|" * (len(seeds) + 3)]
+        for label, e in agg["effects"].items():
+            cells = ["-" if e["per_seed"].get(str(s)) is None else f"{e['per_seed'][str(s)]:+.3f}" for s in seeds]
+            ms = "-" if e["mean"] is None else f"{e['mean']:+.3f}" + (f" ± {e['se']:.3f}" if e["se"] else "")
+            t = "-" if e["t"] is None else f"{e['t']:+.1f}"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {ms} | {t} | {e['positive_in']} of {e['n']} |")
     for kind, p in agg["pooled"].items():
         lines += ["", f"## {'Best-of-n' if kind == 'bon' else 'RL (no penalty)'}: fitted peaks over seeds", "",
                   "| proxy | params | peak KL: mean ± s.e. (median) | peak gold: mean ± s.e. (median) |",

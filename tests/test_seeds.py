@@ -108,3 +108,44 @@ def test_seeds_mode_skips_finished_runs(three_seeds, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("finished before") == 3 and "running" not in r.stderr
     assert json.loads((root / "seeds.json").read_text())["seeds"] == [0, 1, 2]
+
+
+EFFECT_OF_CHECK = {"proxy rises: min Spearman(KL, proxy) - 0.8": "proxy_rises_every_run",
+                   "smallest proxy: min(gold peak, drop after it) - 2 s.e.": "smallest_rises_then_falls",
+                   "pooled R²: RL form - BoN form": "rl_form_fits_better",
+                   "ln(KL RL / KL BoN) at the same gold: min over proxies": "rl_spends_more_kl_than_bon",
+                   "gold lost at the common KL: singles' mean - best ensemble": "ensemble_loses_less"}
+
+
+def test_rl_effects_are_positive_exactly_where_the_checks_hold(smoke_run, three_seeds, tmp_path):
+    """The signed effect sizes agree with the boolean checks of a real run, follow the numbers of a
+    hand-made one, and are averaged over seeds in seeds.json / seeds.md."""
+    from orchestrator.seeds import _rl_effects
+
+    rl = smoke_run[2]["checks"]["rl"]
+    eff = _rl_effects(rl)
+    for label, check in EFFECT_OF_CHECK.items():
+        if eff[label] is not None:
+            assert (eff[label] > 0) == rl[check], (label, eff[label], rl[check])
+    made = {"proxy_spearman_with_kl": {"a": 0.9, "b": 0.85}, "smallest_gold_peak": {"gold": 0.30},
+            "smallest_gold_drop_tail_mean": 0.05, "smallest_gold_se": 0.03,
+            "r2_pooled_rl_form": 0.7, "r2_pooled_bon_form": 0.75,
+            "kl_for_same_gold": {"p1": {"ratio": 2.0}, "p2": {"ratio": 0.5}},
+            "gold_drop_single": {"p1": 0.1, "p2": 0.3}, "gold_drop_ensemble": {"wco": 0.15, "uwo": 0.25}}
+    e = _rl_effects(made)
+    assert e["proxy rises: min Spearman(KL, proxy) - 0.8"] == pytest.approx(0.05)
+    assert e["smallest proxy: min(gold peak, drop after it) - 2 s.e."] == pytest.approx(0.05 - 0.06)
+    assert e["pooled R²: RL form - BoN form"] == pytest.approx(-0.05)
+    assert e["ln(KL RL / KL BoN) at the same gold: min over proxies"] == pytest.approx(np.log(0.5))
+    assert e["ln(KL RL / KL BoN) at the same gold: p1"] == pytest.approx(np.log(2.0))
+    assert e["gold lost at the common KL: singles' mean - best ensemble"] == pytest.approx(0.2 - 0.15)
+    out = tmp_path / "agg"
+    assert _seeds(*three_seeds, "--out", out).returncode == 0
+    agg = json.loads((out / "seeds.json").read_text())
+    for label, v in eff.items():  # three copies of one run: the mean is that run's value, s.e. 0
+        st = agg["effects"][label]
+        assert st["per_seed"] == {"0": v, "1": v, "2": v}
+        if v is not None:
+            assert st["mean"] == pytest.approx(v) and st["se"] == pytest.approx(0.0)
+            assert st["positive_in"] == (3 if v > 0 else 0)
+    assert "effect sizes" in (out / "seeds.md").read_text()
