@@ -166,7 +166,10 @@ def bench_rl(args) -> dict:
     # every placement keeps its run; rounds of ``steps / rounds`` steps alternate between them, so
     # a slow spell of the machine hits all alike and the overhead is a paired (per-round) ratio
     modes = {"local": one_thread, "colocated": one_cpu, "actors": one_thread, "actors_async": one_thread}
-    # all placements stay up between rounds but only one computes at a time: logical CPUs for all
+    # all placements stay up between rounds but only one computes at a time: logical CPUs for all.
+    # Building the inputs (first run in a work dir) started a Ray of the machine's size: replace it.
+    if ray.is_initialized():
+        ray.shutdown()
     ray.init(address="local", num_cpus=2 * len(modes), include_dashboard=False, log_to_driver=False)
     steppers, hists, rounds = {}, {m: [] for m in modes}, []
     try:

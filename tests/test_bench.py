@@ -1,0 +1,26 @@
+"""``python -m jobs.bench rl`` from a fresh work directory (it builds its inputs, then times the loop)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_rl_runs_from_a_fresh_work_dir(tmp_path):
+    # the first run in a work dir builds the task and SFT policy (which starts a Ray of its own); the
+    # bench must then start its own Ray, not fail on the second ray.init
+    r = subprocess.run([sys.executable, "-m", "jobs.bench", "rl", "--work-dir", str(tmp_path / "w"),
+                        "--policy", "1x16", "--sft-steps", "5", "--steps", "2", "--warmup", "1", "--rounds", "1",
+                        "--no-trl"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["setting"]["policy"] == "1x16" and out["setting"]["steps_timed"] == 2
+    for k in ("samples_per_s", "samples_per_s_actors", "samples_per_s_async"):
+        assert out[k] > 0, k
+    assert isinstance(out["actor_overhead_frac"], float) and "trl_samples_per_s" not in out
+    for mode in ("local", "colocated", "actors", "actors_async"):
+        assert {"generate", "update"} <= set(out[f"ours_{mode}"]["phases_s"]), mode
