@@ -265,6 +265,20 @@ class ProxyConfig:
     """Peak AdamW learning rate (linear decay)."""
     val_fraction: float = 0.1
     """Share of label prompts held out for validation accuracy and calibration."""
+    seed_members: int = 0
+    """Extra proxies of size ``seed_member_size`` that differ from it only in their training seeds
+    (head init, minibatch order; same LM, same labels): with them the sweep adds a seed ensemble per
+    ``rl.ensemble_objectives``, compared with the single proxy of that size -- Coste et al.'s setup,
+    beside the size ensemble. 0 = none; 3 makes an ensemble of 4."""
+    seed_member_size: str = ""
+    """The size of the seed ensemble's members (one of ``sizes``); empty = the smallest."""
+
+    @property
+    def seed_size(self) -> str:
+        """The seed ensemble's member size (``seed_member_size``, or the smallest of ``sizes``)."""
+        if self.seed_member_size:
+            return self.seed_member_size
+        return min(self.sizes, key=lambda s: (lambda lw: lw[0] * lw[1] * lw[1])(_parse_size(s, "sizes")))
 
     def __post_init__(self):
         _check(len(self.sizes) >= 1, "sizes", "at least one proxy size is needed")
@@ -277,6 +291,9 @@ class ProxyConfig:
         _check(self.prompts_per_step >= 1, "prompts_per_step", "must be >= 1")
         _check(0 < self.lr < 1, "lr", f"{self.lr} must be in (0, 1)")
         _check(0.0 < self.val_fraction < 0.5, "val_fraction", f"{self.val_fraction} must be in (0, 0.5)")
+        _check(0 <= self.seed_members <= 15, "seed_members", f"{self.seed_members} must be in 0..15")
+        _check(not self.seed_member_size or self.seed_member_size in self.sizes, "seed_member_size",
+               f"{self.seed_member_size!r} is not one of sizes {list(self.sizes)}")
 
 
 @dataclass(frozen=True)

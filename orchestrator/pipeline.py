@@ -320,15 +320,35 @@ def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample:
     scratch), then scoring the best-of-n pool while the model is loaded. Missing sizes train in
     parallel, largest first. ``labels``: the label stage's preference file; ``tag``: a name suffix
     (``-ai`` for the proxies trained on the judge's labels)."""
+    return _train_proxies(cfg, run_dir, task, sample, label, lms, progress, labels, tag,
+                          [(s, 0) for s in cfg.proxy.sizes])
+
+
+def stage_seed_members(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
+                       label: StageResult, lms: dict[str, StageResult], progress: bool,
+                       labels: str = "preferences.parquet", tag: str = "") -> list[StageResult]:
+    """``proxy.seed_members`` more proxies of size ``proxy.seed_size`` (``proxy-<size>-m1``, ...): the
+    same LM, labels and recipe as that size's proxy, other seeds for the head and the minibatch order
+    -- the members of a seed ensemble (Coste et al. 2023); empty when ``seed_members`` is 0."""
+    return _train_proxies(cfg, run_dir, task, sample, label, lms, progress, labels, tag,
+                          [(cfg.proxy.seed_size, i) for i in range(1, cfg.proxy.seed_members + 1)])
+
+
+def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
+                   label: StageResult, lms: dict[str, StageResult], progress: bool, labels: str, tag: str,
+                   which: list[tuple[str, int]]) -> list[StageResult]:
+    """The proxy stages ``which`` = [(size, member index)] (index 0: the size's own proxy)."""
     pc = to_dict(cfg.proxy)
-    pc.pop("sizes")
+    for k in ("sizes", "seed_members", "seed_member_size"):  # not inputs of any one proxy
+        pc.pop(k)
     extra = {"labels": labels, "tag": tag} if (labels, tag) != ("preferences.parquet", "") else {}
-    stages = {s: stage(run_dir, "proxy", {"stage": "proxy", "v": 3, "label": label.key, "sample": sample.key,
-                                         "size": s, "proxy": pc, "seed": cfg.seed,
-                                         "init": lms[s].key if s in lms else None, **extra})
-              for s in cfg.proxy.sizes}
-    out = {s: cached(st) for s, st in stages.items() if st.done}
-    todo = sorted([s for s in cfg.proxy.sizes if s not in out], key=lambda s: -_cost(s))
+    stages = {(s, i): stage(run_dir, "proxy", {"stage": "proxy", "v": 3, "label": label.key, "sample": sample.key,
+                                               "size": s, "proxy": pc, "seed": cfg.seed,
+                                               "init": lms[s].key if s in lms else None, **extra,
+                                               **({"member": i} if i else {})})
+              for s, i in which}
+    out = {w: cached(st) for w, st in stages.items() if st.done}
+    todo = sorted([w for w in which if w not in out], key=lambda w: (-_cost(w[0]), w[1]))
     if todo:
         data = ray.put(preference_arrays(label.dir / labels, cfg.proxy.val_fraction,
                                          stream(cfg.seed, "proxy/val")))
@@ -336,9 +356,10 @@ def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample:
         uniq, back = _unique_rows(rows)
         uniq_ref = ray.put({"prompt": uniq["prompt"], "response": uniq["response"]})
         calls = {}
-        for s in todo:
-            tmp = begin(stages[s])
-            member = {"name": f"proxy-{s}{tag}", "kind": "hf", "seed": stream(cfg.seed, f"proxy/{s}/init")}
+        for s, i in todo:
+            tmp = begin(stages[s, i])
+            name, sub = f"proxy-{s}{tag}" + (f"-m{i}" if i else ""), f"proxy/{s}" + (f"/m{i}" if i else "")
+            member = {"name": name, "kind": "hf", "seed": stream(cfg.seed, f"{sub}/init")}
             if s in lms:
                 member["path"] = str(lms[s].dir / "policy")
             else:
@@ -347,21 +368,22 @@ def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample:
                              replicas=1)
             # one caller's calls to an actor run in order: train, then score, then save
             tr = grp.one("train", data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
-                         stream(cfg.seed, f"proxy/{s}/train"))
+                         stream(cfg.seed, f"{sub}/train"))
             sc = grp.one("score", uniq_ref)
-            calls[grp.one("save", str(tmp))] = (s, grp, tr, sc, tmp)
+            calls[grp.one("save", str(tmp))] = ((s, i), name, grp, tr, sc, tmp)
         for ref in _as_completed(list(calls), "train proxies", progress):
-            s, grp, tr, sc, tmp = calls[ref]
+            w, name, grp, tr, sc, tmp = calls[ref]
             stats, scores = ray.get([tr, sc])
             grp.shutdown()  # frees its CPU for the next size
-            stats = stats[f"proxy-{s}{tag}"]
-            (tmp / f"proxy-{s}{tag}").rename(tmp / "model")
+            stats = stats[name]
+            (tmp / name).rename(tmp / "model")
             D.write_table({"prompt_id": samples["prompt_id"], "sample_id": samples["sample_id"],
                            "score": scores.values[back, 0].tolist()}, tmp / "bon_scores.parquet")
-            log.info("proxy %-9s %7d params  val acc %.3f  (%.0f s)", f"{s}{tag}", stats["params"],
+            log.info("proxy %-9s %7d params  val acc %.3f  (%.0f s)", name.removeprefix("proxy-"), stats["params"],
                      stats.get("val_accuracy", float("nan")), stats["seconds"])
-            out[s] = commit(stages[s], {**stats, "size": s, **({"name": f"proxy-{s}{tag}"} if tag else {})})
-    return [out[s] for s in cfg.proxy.sizes]
+            named = {"name": name} if name != f"proxy-{w[0]}" else {}
+            out[w] = commit(stages[w], {**stats, "size": w[0], **named, **({"member": w[1]} if w[1] else {})})
+    return [out[w] for w in which]
 
 
 def _cost(size: str) -> int:
@@ -431,9 +453,12 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
             proxies += stage_proxies(cfg, run_dir, task, sample, label, lms, progress, "preferences_gold.parquet")
     else:
         proxies = stage_proxies(cfg, run_dir, task, sample, label, lms, progress)
+    # a seed ensemble's extra members (proxy.seed_members): RL members only, no best-of-n curve of their own
+    members = (stage_seed_members(cfg, run_dir, task, sample, label, lms, progress,
+                                  tag="-ai" if cfg.label.source == "ai" else "") if cfg.rl.enabled else [])
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
     t_rl = time.perf_counter()
-    rl = stage_sweep(cfg, run_dir, task, sft, proxies, progress) if cfg.rl.enabled else []
+    rl = stage_sweep(cfg, run_dir, task, sft, proxies + members, progress) if cfg.rl.enabled else []
     curves = json.loads((bon.dir / "bon.json").read_text())
     entries = []
     for p in proxies:
@@ -444,7 +469,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
                         **curves[name]})
     timings = {}
     for name, s in [("task", task), ("sft", sft), *[(f"lm-{k}", v) for k, v in lms.items() if v.key != sft.key],
-                    ("sample", sample), ("label", label), *[(proxy_name(p), p) for p in proxies],
+                    ("sample", sample), ("label", label), *[(proxy_name(p), p) for p in proxies + members],
                     ("bon", bon)]:
         timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
     if rl:

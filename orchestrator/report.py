@@ -104,7 +104,8 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
 
     out: dict = {}
     single = sorted([e for e in rl if len(e["members"]) == 1 and e["kl_coef"] == 0], key=lambda e: e["proxy_params"])
-    ens = [e for e in rl if len(e["members"]) >= 4 and e["objective"] in ("wco", "uwo")]
+    ens = [e for e in rl if len(e["members"]) >= 4 and e["objective"] in ("wco", "uwo") and e.get("ensemble") != "seeds"]
+    seed_ens = [e for e in rl if e.get("ensemble") == "seeds" and e["objective"] in ("wco", "uwo")]
     rises = {}
     for e in [x for x in rl if x["kl_coef"] == 0]:  # the no-penalty runs (SCIENCE.md's RL findings)
         kl, pr = [p["kl"] for p in e["points"]], [p["proxy"] for p in e["points"]]
@@ -183,9 +184,24 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
         out["gold_drop_ensemble_end"] = {e["proxy"]: e.get("gold_drop_after_peak") for e in ens}
         out["ensemble_loses_less"] = bool(min(out["gold_drop_ensemble"].values())
                                           < float(np.mean(list(out["gold_drop_single"].values()))))
+    if seed_ens:
+        # Coste et al.'s comparison: members of one size differing in seed against one of them alone,
+        # at the largest KL all of these runs reached (and, beside it, at the end of the runs)
+        z = seed_ens[0]["member_size"]
+        base = [e for e in single if e.get("size") == z]
+        if base:
+            runs = base[:1] + seed_ens
+            k = min(max(p["kl"] for p in e["points"]) for e in runs)
+            drops = {e["proxy"]: drop_by_kl(e["points"], k) for e in seed_ens}
+            out["seed_ensemble"] = {"size": z, "members": len(seed_ens[0]["members"]), "at_kl": k,
+                                    "single": drop_by_kl(base[0]["points"], k), "ensembles": drops,
+                                    "single_end": base[0].get("gold_drop_after_peak"),
+                                    "ensembles_end": {e["proxy"]: e.get("gold_drop_after_peak") for e in seed_ens}}
+            out["seed_ensemble_loses_less"] = bool(min(drops.values()) < out["seed_ensemble"]["single"])
     keys = ["proxy_rises_every_run", "smallest_rises_then_falls", "rl_form_fits_better", "rl_spends_more_kl_than_bon"]
-    if "ensemble_loses_less" in out:
-        keys.append("ensemble_loses_less")
+    for k in ("ensemble_loses_less", "seed_ensemble_loses_less"):
+        if k in out:
+            keys.append(k)
     out["all_pass"] = bool(all(out.get(k) for k in keys))
     return out
 
@@ -403,7 +419,15 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
                   f"reached ({_fmt(rc.get('gold_drop_at_kl'), 2)} nats): {rc.get('ensemble_loses_less')} "
                   f"(drops: ensemble {_fmtd(rc.get('gold_drop_ensemble'))}, single {_fmtd(rc.get('gold_drop_single'))}; "
                   f"at the end of the runs: ensemble {_fmtd(rc.get('gold_drop_ensemble_end'))}, "
-                  f"single {_fmtd(rc.get('gold_drop_single_end'))})", ""]
+                  f"single {_fmtd(rc.get('gold_drop_single_end'))})"]
+        se = rc.get("seed_ensemble")
+        if se:
+            lines.append(f"- seed ensembles ({se['members']} proxies of size {se['size']} differing in seed) lose less "
+                         f"gold past the peak than one of them, at {_fmt(se['at_kl'], 2)} nats: "
+                         f"{rc.get('seed_ensemble_loses_less')} (drops: ensemble {_fmtd(se['ensembles'])}, single "
+                         f"{_fmt(se['single'])}; at the end of the runs: ensemble {_fmtd(se['ensembles_end'])}, "
+                         f"single {_fmt(se['single_end'])})")
+        lines.append("")
     sw = c.get("sweep")
     if sw:
         lines += ["## Frontier map (the Tune sweep)", "",

@@ -75,6 +75,14 @@ def _rl_effects(rl: dict) -> dict[str, float | None]:
     ev = [num(v) for v in (rl.get("gold_drop_ensemble_end") or {}).values()]
     out["gold lost by the last step: singles' mean - best ensemble (no check)"] = (
         float(np.mean(sv)) - min(ev) if sv and ev and None not in sv + ev else None)
+    se_ = rl.get("seed_ensemble")
+    if se_:  # proxy.seed_members: one size's seed ensemble against one of its members
+        one, ens = num(se_.get("single")), [num(v) for v in (se_.get("ensembles") or {}).values()]
+        out["seed ensemble: gold lost at their common KL, one member - best ensemble"] = (
+            one - min(ens) if ens and None not in [one, *ens] else None)
+        one, ens = num(se_.get("single_end")), [num(v) for v in (se_.get("ensembles_end") or {}).values()]
+        out["seed ensemble: gold lost by the last step, one member - best ensemble (no check)"] = (
+            one - min(ens) if ens and None not in [one, *ens] else None)
     return out
 
 

@@ -49,6 +49,11 @@ def grid(cfg: FrontierConfig) -> list[dict]:
         if len(cfg.proxy.sizes) >= 2:
             out += [{"name": f"ensemble{lab}-{obj}{tag(seed)}", "sizes": list(cfg.proxy.sizes), "objective": obj,
                      "kl_coef": 0.0, "seed": seed, "tag": lab} for obj in cfg.rl.ensemble_objectives]
+        if cfg.proxy.seed_members:  # Coste et al.: one size, members differing in seed only
+            z = cfg.proxy.seed_size
+            out += [{"name": f"ensemble{lab}-seeds-{obj}{tag(seed)}", "sizes": [z] * (cfg.proxy.seed_members + 1),
+                     "member_ids": [""] + [f"-m{i}" for i in range(1, cfg.proxy.seed_members + 1)],
+                     "objective": obj, "kl_coef": 0.0, "seed": seed, "tag": lab} for obj in cfg.rl.ensemble_objectives]
         out += [{"name": f"proxy-{s}{lab}-kl{kl:g}{tag(seed)}", "sizes": [s], "objective": cfg.rl.objective,
                  "kl_coef": float(kl), "seed": seed, "tag": lab}
                 for s in reversed(cfg.rl.sizes or cfg.proxy.sizes) for kl in cfg.sweep.kl_coefs]
@@ -66,10 +71,18 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
 
     by_name = {proxy_name(p): p for p in proxies}
     members = {n: proxy_member(cfg, p) for n, p in by_name.items()}
-    return [RunSpec(t["name"], tuple(members[f"proxy-{s}{t['tag']}"] for s in t["sizes"]), t["objective"],
-                    t["kl_coef"], sum(by_name[f"proxy-{s}{t['tag']}"].meta["params"] for s in t["sizes"]),
-                    labels={"size": t["sizes"][0] if len(t["sizes"]) == 1 else "ensemble", "seed": t["seed"],
-                            "labels": "ai" if t["tag"] else "gold"})
+
+    def names(t: dict) -> list[str]:
+        return [f"proxy-{s}{t['tag']}{m}" for s, m in zip(t["sizes"], t.get("member_ids", [""] * len(t["sizes"])))]
+
+    def labels(t: dict) -> dict:
+        kind = {"size": t["sizes"][0]} if len(t["sizes"]) == 1 else (
+            {"size": "ensemble", "ensemble": "seeds", "member_size": t["sizes"][0]} if "member_ids" in t
+            else {"size": "ensemble"})  # (size ensembles: no "ensemble" key, as before seed ensembles existed)
+        return {**kind, "seed": t["seed"], "labels": "ai" if t["tag"] else "gold"}
+
+    return [RunSpec(t["name"], tuple(members[n] for n in names(t)), t["objective"], t["kl_coef"],
+                    sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t))
             for t in grid(cfg)]
 
 

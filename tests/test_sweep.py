@@ -197,3 +197,56 @@ def test_failing_reward_member_named_then_trial_resumed_from_checkpoint(smoke_ru
         assert got["points"] == json.loads((ref / "DONE.json").read_text())["points"], ref.name
         steps = [json.loads(x)["step"] for x in (d / "rl" / ref.name / "metrics.jsonl").read_text().splitlines()]
         assert steps == list(range(got["steps"])), (ref.name, steps)
+
+
+@pytest.mark.slow
+def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
+    """``proxy.seed_members``: extra proxies of one size that differ only in seed, a seed ensemble per
+    objective in the sweep, and its check against the single proxy of that size -- while every
+    existing stage and trial stays cached and the existing results stay what they were."""
+    import torch
+    from safetensors.torch import load_file
+
+    from orchestrator.pipeline import run_frontier
+
+    cfg0, run_dir, base = smoke_run
+    d = tmp_path / "run"
+    d.mkdir()
+    for sub in ("stages", "rl"):
+        shutil.copytree(run_dir / sub, d / sub)
+    cfg = load(FrontierConfig, SMOKE, ["proxy.seed_members=3"])
+    z = cfg.proxy.seed_size
+    assert z == "1x8"  # the smallest of the smoke sizes
+    fr = run_frontier(cfg, d, progress=False)
+    t = fr["timings"]
+    assert all(t[f"proxy-{s}"]["cached"] for s in cfg.proxy.sizes) and t["bon"]["cached"]  # keys unchanged
+    assert [t[f"proxy-{z}-m{i}"]["cached"] for i in (1, 2, 3)] == [False] * 3
+    assert fr["bon"] == base["bon"]
+    # the members: trained from the same LM on the same labels, with their own seeds
+    metas = {p: json.loads((p / "DONE.json").read_text()) for p in (d / "stages").glob("proxy-*")
+             if (p / "DONE.json").is_file()}
+    by_name = {m.get("name", f"proxy-{m['size']}"): (p, m) for p, m in metas.items()}
+    for i in (1, 2, 3):
+        p, m = by_name[f"proxy-{z}-m{i}"]
+        base_inputs = by_name[f"proxy-{z}"][1]["inputs"]
+        assert m["member"] == i and {**m["inputs"], "member": None} == {**base_inputs, "member": None}
+    w = [load_file(str(by_name[n][0] / "model" / "model.safetensors")) for n in (f"proxy-{z}", f"proxy-{z}-m1")]
+    assert w[0].keys() == w[1].keys() and any(not torch.equal(w[0][k], w[1][k]) for k in w[0])
+    seeds = [e for e in fr["rl"] if e.get("ensemble") == "seeds"]
+    assert [e["trial"] for e in seeds] == [f"ensemble-seeds-{o}" for o in cfg.rl.ensemble_objectives]
+    assert seeds[0]["members"] == [f"proxy-{z}"] + [f"proxy-{z}-m{i}" for i in (1, 2, 3)]
+    new = {x.name.rsplit("-", 1)[0] for x in (d / "rl").iterdir()} - {x.name.rsplit("-", 1)[0] for x in (run_dir / "rl").iterdir()}
+    assert new == {e["trial"] for e in seeds}  # only the seed ensembles ran; every other trial was cached
+    # every other run and check is the same as without seed members
+    strip = lambda rl: sorted((e["trial"], json.dumps(e["points"])) for e in rl)  # noqa: E731
+    assert strip([e for e in fr["rl"] if e not in seeds]) == strip(base["rl"])
+    rc, rc0 = fr["checks"]["rl"], base["checks"]["rl"]
+    for k in ("gold_drop_at_kl", "gold_drop_single", "gold_drop_ensemble", "ensemble_loses_less", "kl_for_same_gold"):
+        assert rc[k] == rc0[k], k
+    se = rc["seed_ensemble"]
+    single = [e for e in fr["rl"] if e["trial"] == f"proxy-{z}-kl0"][0]
+    k = min(max(p["kl"] for p in e["points"]) for e in [single, *seeds])
+    assert se["at_kl"] == pytest.approx(k) and se["members"] == 4
+    assert rc["seed_ensemble_loses_less"] == (min(se["ensembles"].values()) < se["single"])
+    assert rc["all_pass"] == (rc0["all_pass"] and rc["seed_ensemble_loses_less"])
+    assert "seed ensembles (4 proxies of size 1x8" in (d / "report.md").read_text()
