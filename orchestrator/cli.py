@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.config import ConfigError, digest, load, to_dict
+from orchestrator.config import ConfigError, config_digest, load, to_dict
 from orchestrator.data import DataError
 
 EXIT_USER_ERROR = 2
@@ -66,7 +66,7 @@ def resolve(job: str, cls, args) -> tuple[object, Path]:
             cfg = load(cls, args.config, args.overrides)
     except ConfigError as e:
         user_error(str(e))
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{job}-{digest(cfg)[:10]}"
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{job}-{config_digest(cfg)[:10]}"
     if run_dir.exists() and not run_dir.is_dir():
         user_error(f"--run-dir: {run_dir} exists and is not a directory")
     saved = run_dir / "config.yaml"
@@ -75,9 +75,9 @@ def resolve(job: str, cls, args) -> tuple[object, Path]:
             prev = load(cls, saved)
         except ConfigError as e:
             user_error(f"--run-dir: {run_dir}/config.yaml is unreadable ({e}); choose another --run-dir")
-        if digest(prev) != digest(cfg):
-            user_error(f"--run-dir: {run_dir} holds a run of another config (hash {digest(prev)[:10]}, "
-                       f"this one {digest(cfg)[:10]}); choose another --run-dir or pass --resume")
+        if config_digest(prev) != config_digest(cfg):
+            user_error(f"--run-dir: {run_dir} holds a run of another config (hash {config_digest(prev)[:10]}, "
+                       f"this one {config_digest(cfg)[:10]}); choose another --run-dir or pass --resume")
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         user_error(f"--run-dir: {run_dir} is not empty and holds no config.yaml; choose another --run-dir")
     if not run_dir.exists():

@@ -13,9 +13,11 @@ from orchestrator.configio import (  # noqa: F401  (re-exported: the config API 
     ConfigError,
     _check,
     build,
+    config_digest,
     digest,
     load,
     load_yaml,
+    non_default,
     parse_overrides,
     to_dict,
 )
@@ -515,6 +517,13 @@ class FrontierConfig:
                f"{self.sample.bon_responses_per_prompt}")
         for i, size in enumerate(self.rl.sizes):
             _check(size in self.proxy.sizes, f"rl.sizes[{i}]", f"{size!r} is not one of proxy.sizes {list(self.proxy.sizes)}")
+        if self.proxy.seed_members and self.rl.enabled:  # the seed ensemble is compared with this run
+            z = self.proxy.seed_size
+            _check(z in (self.rl.sizes or self.proxy.sizes), "proxy.seed_member_size",
+                   f"{z!r}: the seed ensemble is compared with the single run of its size, but rl.sizes "
+                   f"{list(self.rl.sizes)} has none")
+            _check(0.0 in self.sweep.kl_coefs, "proxy.seed_members",
+                   "the seed ensemble is compared with its size's no-penalty run: sweep.kl_coefs needs 0")
 
         longest = max(self.sample.max_new_tokens, self.rl.max_new_tokens) + 40
         _check(self.sft.policy.n_positions >= longest, "sft.policy.n_positions",

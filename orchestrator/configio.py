@@ -151,6 +151,44 @@ def to_dict(cfg) -> dict:
     return json.loads(json.dumps(d))  # tuples -> lists
 
 
+def _plain(x: Any) -> Any:
+    """JSON-able form of a config value (dataclasses to dicts, tuples to lists)."""
+    if dataclasses.is_dataclass(x):
+        return to_dict(x)
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return json.loads(json.dumps(x, default=str))
+
+
+def non_default(cfg, ref=None) -> dict:
+    """The leaves of a config that differ from its class's defaults, nested like the config: what a
+    run actually chose. Adding a field with a default leaves this (and ``config_digest``) unchanged."""
+    if ref is None:
+        try:
+            ref = type(cfg)()
+        except (TypeError, ValueError):  # a class without full defaults: every leaf counts
+            return to_dict(cfg)
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v, r = getattr(cfg, f.name), getattr(ref, f.name)
+        if dataclasses.is_dataclass(v) and type(v) is type(r):
+            sub = non_default(v, r)
+            if sub:
+                out[f.name] = sub
+        elif _plain(v) != _plain(r):
+            out[f.name] = _plain(v)
+    return out
+
+
+def config_digest(cfg) -> str:
+    """The hash that names a run of a whole config (default run directories, ``frontier.json``'s
+    ``config_hash``, the check that a run directory holds this config): of its non-default leaves
+    only, so a new config field with a default does not rename or orphan existing runs."""
+    return digest(non_default(cfg))
+
+
 def digest(obj: Any) -> str:
     """Stable hash of a config subtree (or anything JSON-able): sha256 of canonical JSON."""
     if dataclasses.is_dataclass(obj):

@@ -29,7 +29,7 @@ from orchestrator.config import (
     FrontierConfig,
     ModelConfig,
     RoleResources,
-    digest,
+    config_digest,
     to_dict,
 )
 from orchestrator.models import train_tokenizer
@@ -476,7 +476,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         all_cached = all([e.pop("cached") for e in rl])
         timings["rl-sweep"] = {"seconds": round(time.perf_counter() - t_rl, 2), "cached": all_cached,
                                "trials": len(rl), "trial_seconds": round(sum(e.get("seconds") or 0 for e in rl), 1)}
-    frontier = {"config_hash": digest(cfg), "versions": versions(), "seed": cfg.seed,
+    frontier = {"config_hash": config_digest(cfg), "versions": versions(), "seed": cfg.seed,
                 "bon": entries, "rl": rl,
                 "label": {k: v for k, v in label.meta.items() if k not in ("seconds",)},
                 "sft": {k: sft.meta.get(k) for k in ("loss_first", "loss_last", "params")},

@@ -187,8 +187,9 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
     if seed_ens:
         # Coste et al.'s comparison: members of one size differing in seed against one of them alone,
         # at the largest KL all of these runs reached (and, beside it, at the end of the runs)
-        z = seed_ens[0]["member_size"]
-        base = [e for e in single if e.get("size") == z]
+        z, sd = seed_ens[0]["member_size"], seed_ens[0].get("seed")  # (with sweep.seeds: the first seed's runs)
+        seed_ens = [e for e in seed_ens if e.get("seed") == sd]
+        base = [e for e in single if e.get("size") == z and e.get("seed") == sd]
         if base:
             runs = base[:1] + seed_ens
             k = min(max(p["kl"] for p in e["points"]) for e in runs)

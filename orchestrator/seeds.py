@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config import ConfigError, FrontierConfig, digest, load, to_dict
+from orchestrator.config import ConfigError, FrontierConfig, build, digest, load, non_default, to_dict
 
 
 
@@ -50,8 +50,9 @@ def _rl_effects(rl: dict) -> dict[str, float | None]:
         return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and m.isfinite(x) else None
 
     out: dict[str, float | None] = {}
-    rho = [num(v) for v in (rl.get("proxy_spearman_with_kl") or {}).values()]
-    out["proxy rises: min Spearman(KL, proxy) - 0.8"] = min(rho) - 0.8 if rho and None not in rho else None
+    # a run whose KL or proxy never moved has no Spearman (nan) and fails the check: count it as 0
+    rho = [0.0 if num(v) is None else num(v) for v in (rl.get("proxy_spearman_with_kl") or {}).values()]
+    out["proxy rises: min Spearman(KL, proxy) - 0.8"] = min(rho) - 0.8 if rho else None
     drop, se = num(rl.get("smallest_gold_drop_tail_mean")), num(rl.get("smallest_gold_se"))
     peak = num((rl.get("smallest_gold_peak") or {}).get("gold"))
     out["smallest proxy: min(gold peak, drop after it) - 2 s.e."] = (
@@ -95,8 +96,10 @@ def _get(d: dict, path: tuple, scale: float = 1):
 
 
 def default_root(config: dict) -> Path:
-    """``runs/seeds-<hash of the config without its seed>``: one place for every seed of a config."""
-    return Path("runs") / f"seeds-{digest({k: v for k, v in config.items() if k != 'seed'})[:10]}"
+    """``runs/seeds-<hash of the config without its seed>``: one place for every seed of a config
+    (hashed like ``config_digest``: its non-default leaves, so a new config field renames nothing)."""
+    chosen = non_default(build(FrontierConfig, config))
+    return Path("runs") / f"seeds-{digest({k: v for k, v in chosen.items() if k != 'seed'})[:10]}"
 
 
 def bool_checks(checks: dict, prefix: str = "") -> dict[str, bool]:

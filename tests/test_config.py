@@ -95,6 +95,29 @@ def test_config_is_frozen_and_hash_stable():
         a.seed = 3
 
 
+def test_run_hash_ignores_fields_left_at_their_defaults():
+    """The run's hash (default run directory, frontier.json) covers what the config chose, so a field
+    added later with a default does not rename or orphan existing runs; choosing it does."""
+    from orchestrator.config import config_digest, non_default
+
+    assert non_default(FrontierConfig()) == {}
+    a = load(FrontierConfig, "jobs/configs/default.yaml")
+    assert config_digest(a) == config_digest(load(FrontierConfig, "jobs/configs/default.yaml", ["proxy.seed_members=0"]))
+    assert config_digest(a) != config_digest(load(FrontierConfig, "jobs/configs/default.yaml", ["proxy.seed_members=3"]))
+    assert config_digest(a) != config_digest(load(FrontierConfig, "jobs/configs/default.yaml", ["rl.steps=61"]))
+    assert non_default(load(FrontierConfig, None, ["rl.steps=61"])) == {"rl": {"steps": 61}}
+
+
+@pytest.mark.parametrize("over, key", [
+    (["proxy.seed_members=3", "rl.sizes=[2x64]"], "proxy.seed_member_size"),
+    (["proxy.seed_members=3", "sweep.kl_coefs=[0.1]"], "proxy.seed_members"),
+    (["proxy.seed_members=3", "proxy.seed_member_size=1x9"], "proxy.seed_member_size"),
+    (["proxy.seed_members=-1"], "proxy.seed_members")])
+def test_seed_ensemble_config_errors_name_the_key(over, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(FrontierConfig, "jobs/configs/default.yaml", over)
+
+
 def test_resources_the_cluster_lacks():
     cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", ["cluster.learner.num_gpus=1"])
     with pytest.raises(ConfigError, match="cluster.learner.num_gpus"):

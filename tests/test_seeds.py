@@ -132,7 +132,9 @@ def test_rl_effects_are_positive_exactly_where_the_checks_hold(smoke_run, three_
             "r2_pooled_rl_form": 0.7, "r2_pooled_bon_form": 0.75,
             "kl_for_same_gold": {"p1": {"ratio": 2.0}, "p2": {"ratio": 0.5}},
             "gold_drop_single": {"p1": 0.1, "p2": 0.3}, "gold_drop_ensemble": {"wco": 0.15, "uwo": 0.25},
-            "gold_drop_single_end": {"p1": 0.2, "p2": 0.4}, "gold_drop_ensemble_end": {"wco": 0.35, "uwo": 0.1}}
+            "gold_drop_single_end": {"p1": 0.2, "p2": 0.4}, "gold_drop_ensemble_end": {"wco": 0.35, "uwo": 0.1},
+            "seed_ensemble": {"single": 0.2, "ensembles": {"a": 0.25, "b": 0.3}, "single_end": 0.1,
+                              "ensembles_end": {"a": 0.05, "b": 0.2}}}
     e = _rl_effects(made)
     assert e["proxy rises: min Spearman(KL, proxy) - 0.8"] == pytest.approx(0.05)
     assert e["smallest proxy: min(gold peak, drop after it) - 2 s.e."] == pytest.approx(0.05 - 0.06)
@@ -141,6 +143,11 @@ def test_rl_effects_are_positive_exactly_where_the_checks_hold(smoke_run, three_
     assert e["ln(KL RL / KL BoN) at the same gold: p1"] == pytest.approx(np.log(2.0))
     assert e["gold lost at the common KL: singles' mean - best ensemble"] == pytest.approx(0.2 - 0.15)
     assert e["gold lost by the last step: singles' mean - best ensemble (no check)"] == pytest.approx(0.3 - 0.1)
+    assert e["seed ensemble: gold lost at their common KL, one member - best ensemble"] == pytest.approx(-0.05)
+    assert e["seed ensemble: gold lost by the last step, one member - best ensemble (no check)"] == pytest.approx(0.05)
+    # a run whose proxy never moved has no Spearman and fails the check: its effect is negative, not missing
+    assert _rl_effects({**made, "proxy_spearman_with_kl": {"a": 0.9, "b": float("nan")}})[
+        "proxy rises: min Spearman(KL, proxy) - 0.8"] == pytest.approx(-0.8)
     out = tmp_path / "agg"
     assert _seeds(*three_seeds, "--out", out).returncode == 0
     agg = json.loads((out / "seeds.json").read_text())

@@ -248,5 +248,13 @@ def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
     k = min(max(p["kl"] for p in e["points"]) for e in [single, *seeds])
     assert se["at_kl"] == pytest.approx(k) and se["members"] == 4
     assert rc["seed_ensemble_loses_less"] == (min(se["ensembles"].values()) < se["single"])
-    assert rc["all_pass"] == (rc0["all_pass"] and rc["seed_ensemble_loses_less"])
+    from orchestrator.seeds import _rl_effects
+
+    eff = _rl_effects(rc)["seed ensemble: gold lost at their common KL, one member - best ensemble"]
+    assert (eff > 0) == rc["seed_ensemble_loses_less"]
+    # the seed ensembles are RL runs like the others (proxy-rises and R² checks see them) and add a check
+    keys = ("proxy_rises_every_run", "smallest_rises_then_falls", "rl_form_fits_better", "rl_spends_more_kl_than_bon",
+            "ensemble_loses_less", "seed_ensemble_loses_less")
+    assert rc["all_pass"] == all(rc[k] for k in keys)
+    assert set(rc["proxy_spearman_with_kl"]) == {e["trial"] for e in fr["rl"] if e["kl_coef"] == 0}
     assert "seed ensembles (4 proxies of size 1x8" in (d / "report.md").read_text()
