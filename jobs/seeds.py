@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from orchestrator import seeds as S
-    from orchestrator.config import ConfigError, FrontierConfig, load, to_dict
+    from orchestrator.config import ConfigError, FrontierConfig, config_digest, load, to_dict
 
     if args.seeds is not None:
         try:
@@ -63,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         for s in seeds:
             d = root / f"seed-{s}"
             dirs.append(d)
+            if (d / "config.yaml").is_file():  # a run there already: of this config, or refused
+                try:
+                    same = (config_digest(load(FrontierConfig, d / "config.yaml"))
+                            == config_digest(load(FrontierConfig, args.config, [*overrides, f"seed={s}"])))
+                except ConfigError as e:
+                    user_error(f"{d}/config.yaml: {e}")
+                if not same:
+                    user_error(f"{d} holds a run of another config than --config {args.config} "
+                               f"{' '.join(overrides)} seed={s}; choose another --root")
             if (d / "frontier.json").is_file():
                 print(f"seed {s}: finished before ({d})", file=sys.stderr)
                 continue

@@ -108,6 +108,9 @@ def test_seeds_mode_skips_finished_runs(three_seeds, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("finished before") == 3 and "running" not in r.stderr
     assert json.loads((root / "seeds.json").read_text())["seeds"] == [0, 1, 2]
+    # the same root with another config: refused before anything runs, not compared as if it matched
+    r = _seeds("--seeds", "0,1,2", "--config", cfg, "--root", root, "rl.steps=7")
+    assert r.returncode == 2 and "seed-0 holds a run of another config" in r.stderr, r.stderr
 
 
 EFFECT_OF_CHECK = {"proxy rises: min Spearman(KL, proxy) - 0.8": "proxy_rises_every_run",
