@@ -149,6 +149,14 @@ def bench_rl(args) -> dict:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    modes_n = 4  # local, colocated, actors, actors_async (below)
+    # our own Ray before anything touches Ray: building the inputs would otherwise auto-start one --
+    # or join whatever cluster this machine or RAY_ADDRESS points at (a test session's, a `ray start`
+    # head) and wait there for CPUs. All placements stay up between rounds but only one computes at a
+    # time: logical CPUs for all.
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2 * modes_n, include_dashboard=False, log_to_driver=False)
     with contextlib.redirect_stdout(sys.stderr):
         cfg, task, sft, rm_dir, train_rows, eval_rows = _bench_inputs(work, args.seed, args.policy, args.sft_steps)
     rl = RLConfig(algorithm="rloo", steps=10**6, prompts_per_step=args.prompts, responses_per_prompt=args.responses,
@@ -166,11 +174,7 @@ def bench_rl(args) -> dict:
     # every placement keeps its run; rounds of ``steps / rounds`` steps alternate between them, so
     # a slow spell of the machine hits all alike and the overhead is a paired (per-round) ratio
     modes = {"local": one_thread, "colocated": one_cpu, "actors": one_thread, "actors_async": one_thread}
-    # all placements stay up between rounds but only one computes at a time: logical CPUs for all.
-    # Building the inputs (first run in a work dir) started a Ray of the machine's size: replace it.
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2 * len(modes), include_dashboard=False, log_to_driver=False)
+    assert len(modes) == modes_n
     steppers, hists, rounds = {}, {m: [] for m in modes}, []
     try:
         for mode, resources in modes.items():

@@ -10,9 +10,10 @@ import pytest
 
 
 @pytest.mark.slow
-def test_bench_rl_runs_from_a_fresh_work_dir(tmp_path):
-    # the first run in a work dir builds the task and SFT policy (which starts a Ray of its own); the
-    # bench must then start its own Ray, not fail on the second ray.init
+def test_bench_rl_runs_from_a_fresh_work_dir(ray_session, tmp_path):
+    # the first run in a work dir builds the task and SFT policy: on the bench's own Ray, not on one
+    # it happens to find (here the test session's, as in CI: joining it hung waiting for CPUs), and
+    # without a second ray.init failing
     r = subprocess.run([sys.executable, "-m", "jobs.bench", "rl", "--work-dir", str(tmp_path / "w"),
                         "--policy", "1x16", "--sft-steps", "5", "--steps", "2", "--warmup", "1", "--rounds", "1",
                         "--no-trl"], capture_output=True, text=True, timeout=600)
