@@ -149,32 +149,30 @@ def bench_rl(args) -> dict:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    modes_n = 4  # local, colocated, actors, actors_async (below)
+    one_thread = TrialResources(learner=RoleResources(1, 1.0), generator=RoleResources(1, 0.5),
+                                proxy=RoleResources(1, 0.25), gold=RoleResources(1, 0.25))
+    # colocated: the same roles in one process with one CPU in all (one torch thread, as local)
+    one_cpu = TrialResources(learner=RoleResources(1, 0.5), generator=RoleResources(1, 0.25),
+                             proxy=RoleResources(1, 0.125), gold=RoleResources(1, 0.125), colocate=True)
+    # every placement keeps its run; rounds of ``steps / rounds`` steps alternate between them, so
+    # a slow spell of the machine hits all alike and the overhead is a paired (per-round) ratio
+    modes = {"local": one_thread, "colocated": one_cpu, "actors": one_thread, "actors_async": one_thread}
     # our own Ray before anything touches Ray: building the inputs would otherwise auto-start one --
     # or join whatever cluster this machine or RAY_ADDRESS points at (a test session's, a `ray start`
     # head) and wait there for CPUs. All placements stay up between rounds but only one computes at a
     # time: logical CPUs for all.
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2 * modes_n, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2 * len(modes), include_dashboard=False, log_to_driver=False)
     with contextlib.redirect_stdout(sys.stderr):
         cfg, task, sft, rm_dir, train_rows, eval_rows = _bench_inputs(work, args.seed, args.policy, args.sft_steps)
     rl = RLConfig(algorithm="rloo", steps=10**6, prompts_per_step=args.prompts, responses_per_prompt=args.responses,
                   max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef, lr=1e-5, eval_every=10**6,
                   checkpoint_every=10**6, train_prompts=max(2048, args.prompts))
-    one_thread = TrialResources(learner=RoleResources(1, 1.0), generator=RoleResources(1, 0.5),
-                                proxy=RoleResources(1, 0.25), gold=RoleResources(1, 0.25))
-    # colocated: the same roles in one process with one CPU in all (one torch thread, as local)
-    one_cpu = TrialResources(learner=RoleResources(1, 0.5), generator=RoleResources(1, 0.25),
-                             proxy=RoleResources(1, 0.125), gold=RoleResources(1, 0.125), colocate=True)
     spec = RunSpec("bench", ({"name": "rm-1x32", "kind": "hf", "path": str(rm_dir)},), kl_coef=args.kl_coef)
     out: dict = {"bench": "rl", "algorithm": "rloo", "setting": {
         "policy": args.policy, "prompts_per_step": args.prompts, "responses_per_prompt": args.responses,
         "max_new_tokens": args.max_new_tokens, "kl_coef": args.kl_coef, "steps_timed": args.steps}}
-    # every placement keeps its run; rounds of ``steps / rounds`` steps alternate between them, so
-    # a slow spell of the machine hits all alike and the overhead is a paired (per-round) ratio
-    modes = {"local": one_thread, "colocated": one_cpu, "actors": one_thread, "actors_async": one_thread}
-    assert len(modes) == modes_n
     steppers, hists, rounds = {}, {m: [] for m in modes}, []
     try:
         for mode, resources in modes.items():

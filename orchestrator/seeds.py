@@ -39,51 +39,49 @@ NUMBERS = {  # the per-seed numbers in the table: label -> (path in frontier.jso
 }
 
 
+def _num(x) -> float | None:
+    """A finite number, or None (missing, NaN, a bool)."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _less_lost(single: list, ensembles: list) -> float | None:
+    """How much less gold the best ensemble lost than the single runs' mean (None if any is missing)."""
+    sv, ev = [_num(v) for v in single], [_num(v) for v in ensembles]
+    return float(np.mean(sv)) - min(ev) if sv and ev and None not in sv + ev else None
+
+
 def _rl_effects(rl: dict) -> dict[str, float | None]:
     """Issue 3's RL findings (``report.rl_checks``) as signed effect sizes of one seed: each is > 0
     exactly where its check holds, so averaging over seeds says how far, not just whether, a
-    finding holds (a pass by 0.002 and one by 0.2 are not the same evidence). The last one, the
-    ensemble comparison at the end of the step budget rather than at a common KL, has no check."""
-    import math as m
-
-    def num(x):
-        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and m.isfinite(x) else None
-
+    finding holds (a pass by 0.002 and one by 0.2 are not the same evidence). Those marked "no
+    check" compare ensembles at the end of the step budget rather than at a common KL."""
     out: dict[str, float | None] = {}
     # a run whose KL or proxy never moved has no Spearman (nan) and fails the check: count it as 0
-    rho = [0.0 if num(v) is None else num(v) for v in (rl.get("proxy_spearman_with_kl") or {}).values()]
+    rho = [_num(v) or 0.0 for v in (rl.get("proxy_spearman_with_kl") or {}).values()]
     out["proxy rises: min Spearman(KL, proxy) - 0.8"] = min(rho) - 0.8 if rho else None
-    drop, se = num(rl.get("smallest_gold_drop_tail_mean")), num(rl.get("smallest_gold_se"))
-    peak = num((rl.get("smallest_gold_peak") or {}).get("gold"))
+    drop, se = _num(rl.get("smallest_gold_drop_tail_mean")), _num(rl.get("smallest_gold_se"))
+    peak = _num((rl.get("smallest_gold_peak") or {}).get("gold"))
     out["smallest proxy: min(gold peak, drop after it) - 2 s.e."] = (
         min(peak, drop) - 2 * se if None not in (drop, se, peak) else None)
-    a, b = num(rl.get("r2_pooled_rl_form")), num(rl.get("r2_pooled_bon_form"))
+    a, b = _num(rl.get("r2_pooled_rl_form")), _num(rl.get("r2_pooled_bon_form"))
     out["pooled R²: RL form - BoN form"] = a - b if None not in (a, b) else None
-    ratios = {p: num(v.get("ratio")) for p, v in (rl.get("kl_for_same_gold") or {}).items()}
-    logs = {p: m.log(r) if r and r > 0 else None for p, r in ratios.items()}
+    logs = {p: math.log(r) if (r := _num(v.get("ratio"))) and r > 0 else None
+            for p, v in (rl.get("kl_for_same_gold") or {}).items()}
     out["ln(KL RL / KL BoN) at the same gold: min over proxies"] = (
         min(logs.values()) if logs and None not in logs.values() else None)
     for p, v in logs.items():
         out[f"ln(KL RL / KL BoN) at the same gold: {p}"] = v
-    single, ens = rl.get("gold_drop_single") or {}, rl.get("gold_drop_ensemble") or {}
-    sv = [num(v) for v in single.values()]
-    ev = [num(v) for v in ens.values()]
-    out["gold lost at the common KL: singles' mean - best ensemble"] = (
-        float(np.mean(sv)) - min(ev) if sv and ev and None not in sv + ev else None)
-    # no check of its own: the same comparison after the same number of steps (Coste et al. compare
-    # runs of one step budget) -- an ensemble that climbs its objective more slowly in KL gains here
-    sv = [num(v) for v in (rl.get("gold_drop_single_end") or {}).values()]
-    ev = [num(v) for v in (rl.get("gold_drop_ensemble_end") or {}).values()]
-    out["gold lost by the last step: singles' mean - best ensemble (no check)"] = (
-        float(np.mean(sv)) - min(ev) if sv and ev and None not in sv + ev else None)
+    out["gold lost at the common KL: singles' mean - best ensemble"] = _less_lost(
+        list((rl.get("gold_drop_single") or {}).values()), list((rl.get("gold_drop_ensemble") or {}).values()))
+    # Coste et al. compare runs of one step budget: an ensemble that climbs more slowly in KL gains here
+    out["gold lost by the last step: singles' mean - best ensemble (no check)"] = _less_lost(
+        list((rl.get("gold_drop_single_end") or {}).values()), list((rl.get("gold_drop_ensemble_end") or {}).values()))
     se_ = rl.get("seed_ensemble")
     if se_:  # proxy.seed_members: one size's seed ensemble against one of its members
-        one, ens = num(se_.get("single")), [num(v) for v in (se_.get("ensembles") or {}).values()]
-        out["seed ensemble: gold lost at their common KL, one member - best ensemble"] = (
-            one - min(ens) if ens and None not in [one, *ens] else None)
-        one, ens = num(se_.get("single_end")), [num(v) for v in (se_.get("ensembles_end") or {}).values()]
-        out["seed ensemble: gold lost by the last step, one member - best ensemble (no check)"] = (
-            one - min(ens) if ens and None not in [one, *ens] else None)
+        out["seed ensemble: gold lost at their common KL, one member - best ensemble"] = _less_lost(
+            [se_.get("single")], list((se_.get("ensembles") or {}).values()))
+        out["seed ensemble: gold lost by the last step, one member - best ensemble (no check)"] = _less_lost(
+            [se_.get("single_end")], list((se_.get("ensembles_end") or {}).values()))
     return out
 
 
