@@ -37,7 +37,8 @@ from actors.judge_backends import (  # noqa: F401  (the judge's model: re-export
     OpenAIBackend,
     resolve_judge,
 )
-from orchestrator.calibration import ece
+from orchestrator.config.constitution import DEFAULT_CONSTITUTION, load_constitution  # noqa: F401  (re-exported)
+from orchestrator.math.calibration import ece
 
 log = logging.getLogger("rlhf_frontier")
 
@@ -56,34 +57,6 @@ DIRECT_PREFIX = "Rating="
 
 # --------------------------------------------------------------------------------------------
 # the protocol
-
-DEFAULT_CONSTITUTION = Path(__file__).resolve().parent.parent / "jobs" / "configs" / "constitution.yaml"
-
-
-def load_constitution(path: str = "") -> tuple[list[dict], list[dict]]:
-    """(principles, few-shot examples) from a constitution YAML (empty path: the packaged one).
-    Principles are ``{name, text}``; examples ``{prompt, response_1, response_2, answer}`` with answer
-    1 or 2. Raises ValueError naming what is wrong."""
-    import yaml
-
-    p = Path(path) if path else DEFAULT_CONSTITUTION
-    if not p.is_file():
-        raise ValueError(f"{p} does not exist")
-    try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p} is not valid YAML ({str(e).splitlines()[0]})") from None
-    principles = doc.get("principles") if isinstance(doc, dict) else None
-    if not isinstance(principles, list) or not principles or not all(
-            isinstance(x, dict) and isinstance(x.get("name"), str) and isinstance(x.get("text"), str) for x in principles):
-        raise ValueError(f"{p} needs a non-empty list 'principles' of {{name, text}}")
-    shots = doc.get("few_shot") or []
-    for i, ex in enumerate(shots):
-        if not isinstance(ex, dict) or not {"prompt", "response_1", "response_2", "answer"} <= set(ex) \
-                or str(ex["answer"]) not in ("1", "2"):
-            raise ValueError(f"{p} few_shot[{i}] needs prompt, response_1, response_2 and answer 1 or 2")
-    return principles, [{**ex, "answer": str(ex["answer"])} for ex in shots]
-
 
 def _delimit(text: str, marker: str) -> str:
     return text.replace(marker, "")  # a response cannot forge the boundary
@@ -300,7 +273,7 @@ def calibration(p_a: np.ndarray, gold_a: np.ndarray, gold_b: np.ndarray, bins: i
     m = gold_a != gold_b
     p, y = p_a[m], (gold_a > gold_b)[m].astype(float)
     edges = np.linspace(0, 1, bins + 1)
-    which = np.minimum((p * bins).astype(int), bins - 1)  # the bins of ``orchestrator.calibration.ece``
+    which = np.minimum((p * bins).astype(int), bins - 1)  # the bins of ``orchestrator.math.calibration.ece``
     table = []
     for k in range(bins):
         s = which == k

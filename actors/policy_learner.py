@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from orchestrator import rl as R
-from orchestrator.batch import RolloutBatch
-from orchestrator.config import ModelConfig
-from orchestrator.models import (
+from orchestrator.config.schema import ModelConfig
+from orchestrator.data.batch import RolloutBatch
+from orchestrator.math import rl as R
+from orchestrator.nn.models import (
     build_policy,
     encode_pair,
     encode_prompt,
@@ -30,7 +30,7 @@ from orchestrator.models import (
     pad_right,
     set_threads,
 )
-from orchestrator.sampling import response_forward
+from orchestrator.nn.sampling import response_forward
 
 
 class PolicyLearner:
@@ -45,7 +45,7 @@ class PolicyLearner:
 
     def where(self) -> dict:
         """This actor's process and Ray node (placement tests, fault drills)."""
-        from orchestrator.actor_group import where
+        from actors.placement import where
 
         return where()
 

@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchestrator.batch import Scores, seal
-from orchestrator.calibration import bradley_terry_loss, ece, pair_accuracy
-from orchestrator.config import ModelConfig
-from orchestrator.tasks.synthetic import PRINCIPLES, oracle
+from orchestrator.config.schema import ModelConfig
+from orchestrator.data.batch import Scores, seal
+from orchestrator.data.tasks.synthetic import PRINCIPLES, oracle
+from orchestrator.math.calibration import bradley_terry_loss, ece, pair_accuracy
 
 
 def _hf():
     """``transformers`` and the model helpers, imported on first use: an oracle-only (gold)
     ensemble never loads them, so its actor starts in ~1 s instead of ~4 s."""
-    from orchestrator import models
+    from orchestrator.nn import models
 
     return models
 
@@ -84,7 +84,7 @@ class RewardEnsemble:
 
     def where(self) -> dict:
         """This actor's process and Ray node (placement tests, fault drills)."""
-        from orchestrator.actor_group import where
+        from actors.placement import where
 
         return where()
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from orchestrator.batch import RolloutBatch
-from orchestrator.models import encode_prompt, load_tokenizer, set_threads
-from orchestrator.sampling import response_logprobs, sample
+from orchestrator.data.batch import RolloutBatch
+from orchestrator.nn.models import encode_prompt, load_tokenizer, set_threads
+from orchestrator.nn.sampling import response_logprobs, sample
 
 
 class RolloutGenerator:
@@ -25,7 +25,7 @@ class RolloutGenerator:
 
     def where(self) -> dict:
         """This actor's process and Ray node (placement tests, fault drills)."""
-        from orchestrator.actor_group import where
+        from actors.placement import where
 
         return where()
 

@@ -6,69 +6,13 @@ frontier.json, bon.png, report.md / report.html in the run directory.
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-from orchestrator.cli import (
-    ConfigError,
-    DataError,
-    init_ray,
-    joins_cluster,
-    local_resources,
-    parser,
-    resolve,
-    save_config,
-    setup_logging,
-    user_error,
-)
-from orchestrator.config import FrontierConfig, validate_resources
-
-DEFAULT = Path(__file__).parent / "configs" / "default.yaml"
+from orchestrator.run.main import frontier_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser("python -m jobs.frontier", __doc__, DEFAULT, resume_dir=True).parse_args(argv)
-    return run(args, "frontier")
-
-
-def run(args, job: str) -> int:
-    """The pipeline for ``jobs.frontier`` and ``jobs.sweep`` (the same stages, shared by cache)."""
-    cfg, run_dir = resolve(job, FrontierConfig, args)
-    if args.resume and (run_dir / "frontier.json").is_file():
-        user_error(f"--resume: nothing to resume: {run_dir} is a finished run (frontier.json written); "
-                   "rerun without --resume to rebuild the report from its cached stages")
-    from orchestrator.preflight import preflight
-
-    try:  # before anything is written: a bad input leaves the run directory as it was
-        preflight(cfg, run_dir)
-        if not joins_cluster(cfg.cluster):  # a local Ray: its resources are known before it starts
-            validate_resources(cfg, local_resources(cfg.cluster))
-    except (ConfigError, DataError) as e:
-        user_error(str(e))
-    import ray
-
-    from orchestrator.pipeline import run_frontier
-
-    resources = init_ray(cfg.cluster)
-    try:
-        validate_resources(cfg, resources)
-    except ConfigError as e:
-        ray.shutdown()
-        user_error(str(e))
-    save_config(cfg, run_dir)
-    setup_logging(run_dir)
-    try:
-        frontier = run_frontier(cfg, run_dir, progress=not args.quiet and sys.stderr.isatty())
-    except (ConfigError, DataError) as e:
-        user_error(str(e))
-    finally:
-        ray.shutdown()
-    c = frontier["checks"]
-    print(json.dumps({"run_dir": str(run_dir), "wall_seconds": frontier["wall_seconds"],
-                      "checks_pass": c["all_pass"], "spearman_size_kl_peak": c.get("spearman_size_kl_peak"),
-                      "report": str(run_dir / "report.html")}))
-    return 0
+    return frontier_main(argv, "python -m jobs.frontier", __doc__, "frontier")
 
 
 if __name__ == "__main__":

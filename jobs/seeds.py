@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs.frontier import DEFAULT
-from orchestrator.cli import user_error
+from orchestrator.run.cli import user_error
+from orchestrator.run.main import DEFAULT_CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,14 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR|key.sub=value",
                    help="finished runs to compare; with --seeds: config overrides for every seed")
     p.add_argument("--seeds", metavar="N,N,...", help="run (or resume) jobs.frontier for these seeds, then compare")
-    p.add_argument("--config", default=str(DEFAULT), help=f"YAML config for --seeds (default: {DEFAULT})")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"YAML config for --seeds (default: {DEFAULT_CONFIG})")
     p.add_argument("--root", default=None, help="--seeds: where the runs go (default: runs/seeds-<config hash without seed>)")
     p.add_argument("--out", default=None, help="where seeds.* are written (default: --root, or runs/seeds-<hash>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars in the runs")
     args = p.parse_args(argv)
 
-    from orchestrator import seeds as S
-    from orchestrator.config import ConfigError, FrontierConfig, config_digest, load, to_dict
+    from orchestrator.config.schema import (
+        ConfigError,
+        FrontierConfig,
+        config_digest,
+        load,
+        to_dict,
+    )
+    from orchestrator.report import seeds as S
 
     if args.seeds is not None:
         try:

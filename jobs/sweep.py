@@ -18,23 +18,23 @@ from __future__ import annotations
 
 import sys
 
-from jobs.frontier import DEFAULT, run
-from orchestrator.cli import parser
+from orchestrator.run.cli import parser
+from orchestrator.run.main import DEFAULT_CONFIG, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser("python -m jobs.sweep", __doc__, DEFAULT, resume_dir=True)
+    p = parser("python -m jobs.sweep", __doc__, DEFAULT_CONFIG, resume_dir=True)
     p.add_argument("--list", action="store_true", help="print the trial grid (no proxies needed) and exit")
     args = p.parse_args(argv)
     if args.list:
         return _list(args)
-    return run(args, "sweep")
+    return run_job(args, "sweep")
 
 
 def _list(args) -> int:
-    from orchestrator.cli import resolve
-    from orchestrator.config import FrontierConfig
-    from orchestrator.sweep import grid
+    from orchestrator.config.schema import FrontierConfig
+    from orchestrator.run.cli import resolve
+    from orchestrator.run.sweep import grid
 
     cfg, run_dir = resolve("sweep", FrontierConfig, args)
     trials = grid(cfg)
@@ -45,6 +45,7 @@ def _list(args) -> int:
         print(f"seed {t['seed']}  {what} beta {t['kl_coef']:g}   {t['name']}")
     print(f"{len(trials)} trials, {cfg.rl.steps} steps each, {cfg.cluster.rl.num_cpus:g} CPU per trial; run dir {run_dir}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,8 +23,8 @@ def ray_session():
 @pytest.fixture(scope="session")
 def smoke_run(ray_session, tmp_path_factory):
     """The smoke profile run once, in-process on the shared Ray; tests read its outputs."""
-    from orchestrator.config import FrontierConfig, load
-    from orchestrator.pipeline import run_frontier
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.run.pipeline import run_frontier
 
     cfg = load(FrontierConfig, "jobs/configs/smoke.yaml")
     run_dir = tmp_path_factory.mktemp("smoke")

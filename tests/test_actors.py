@@ -10,10 +10,10 @@ import torch
 from actors.policy_learner import PolicyLearner
 from actors.reward_ensemble import RewardEnsemble
 from actors.rollout_generator import RolloutGenerator
-from orchestrator.actor_group import ActorGroup
-from orchestrator.config import RoleResources
-from orchestrator.models import train_tokenizer
-from orchestrator.tasks import synthetic as T
+from orchestrator.config.schema import RoleResources
+from orchestrator.data.tasks import synthetic as T
+from orchestrator.nn.models import train_tokenizer
+from orchestrator.run.actor_group import ActorGroup
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def test_generator_actor_is_seeded_and_keeps_logprobs(ray_session, policy_dir):
 def test_compaction_does_not_change_samples(policy_dir):
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.models import encode_prompt, load_tokenizer
-    from orchestrator.sampling import sample
+    from orchestrator.nn.models import encode_prompt, load_tokenizer
+    from orchestrator.nn.sampling import sample
 
     tok = load_tokenizer(policy_dir / "policy")
     model = AutoModelForCausalLM.from_pretrained(policy_dir / "policy").eval()
@@ -111,8 +111,8 @@ def test_fast_gpt2_decoder_matches_transformers(policy_dir):
     left padding and compaction) and therefore the same samples."""
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.models import encode_prompt, load_tokenizer
-    from orchestrator.sampling import GPT2Decoder, HFDecoder, left_pad, sample
+    from orchestrator.nn.models import encode_prompt, load_tokenizer
+    from orchestrator.nn.sampling import GPT2Decoder, HFDecoder, left_pad, sample
 
     tok = load_tokenizer(policy_dir / "policy")
     model = AutoModelForCausalLM.from_pretrained(policy_dir / "policy").eval()
@@ -143,8 +143,8 @@ def test_plain_gpt2_forward_matches_transformers(policy_dir):
     log-probs, logits and final hidden states to float rounding, and the same gradients."""
     from transformers import AutoModelForCausalLM
 
-    from orchestrator.models import encode_prompt, load_tokenizer
-    from orchestrator.sampling import left_pad, response_forward, sample
+    from orchestrator.nn.models import encode_prompt, load_tokenizer
+    from orchestrator.nn.sampling import left_pad, response_forward, sample
 
     tok = load_tokenizer(policy_dir / "policy")
     model = AutoModelForCausalLM.from_pretrained(policy_dir / "policy").train()

@@ -4,7 +4,6 @@ behind a real OpenAI-compatible HTTP server (Ray Serve on 127.0.0.1)."""
 from __future__ import annotations
 
 import importlib.util
-
 import json
 import socket
 import urllib.request
@@ -136,7 +135,7 @@ def test_openai_backend_against_the_served_judge(ray_session, judge):
 
 
 def test_pair_selection_takes_gold_winners_per_prompt_reproducibly():
-    from orchestrator.rlaif import select_pairs
+    from orchestrator.run.rlaif import select_pairs
 
     prompt_ids = [p for p in range(10) for _ in range(4)]
     gold = np.array([0.0, 0.0, 0.0, 0.0] + [float(i % 3) for i in range(36)])  # prompt 0: all ties
@@ -159,7 +158,7 @@ def test_pair_selection_takes_gold_winners_per_prompt_reproducibly():
     ("principles: [unclosed", "not valid YAML"),
 ])
 def test_bad_constitution_is_a_config_error_naming_the_key(tmp_path, text, msg):
-    from orchestrator.config import ConfigError, FrontierConfig, load
+    from orchestrator.config.schema import ConfigError, FrontierConfig, load
 
     f = tmp_path / "c.yaml"
     f.write_text(text)

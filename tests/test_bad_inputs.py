@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from orchestrator.cli import save_config
-from orchestrator.config import FrontierConfig, load
+from orchestrator.config.schema import FrontierConfig, load
+from orchestrator.run.cli import save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/smoke.yaml"

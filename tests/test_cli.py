@@ -79,8 +79,8 @@ def test_unwritable_run_dir(tmp_path):
 
 
 def test_corrupt_preferences_file_is_named(tmp_path):
-    from orchestrator.data import PREFERENCES, DataError, read_table
-    from orchestrator.pipeline import preference_arrays
+    from orchestrator.data.tables import PREFERENCES, DataError, read_table
+    from orchestrator.run.pipeline import preference_arrays
 
     p = tmp_path / "prefs.parquet"
     pq.write_table(pa.table({"pair_id": [0], "prompt_id": [0], "prompt": ["q"]}), p)

@@ -13,9 +13,9 @@ import time
 import pytest
 import ray
 
-from orchestrator.actor_group import ActorGroup, fetch
-from orchestrator.config import RoleResources
-from orchestrator.rl_loop import RLRun, run_rl
+from orchestrator.config.schema import RoleResources
+from orchestrator.run.actor_group import ActorGroup, fetch
+from orchestrator.run.rl_loop import RLRun, run_rl
 from tests.test_rl import rl_inputs  # noqa: F401 -- the smoke run's models and prompts
 
 VOLATILE = ("timing/", "throughput/")
@@ -102,7 +102,7 @@ class _Probe:
         pass
 
     def where(self) -> dict:
-        from orchestrator.actor_group import where
+        from actors.placement import where
 
         return where()
 

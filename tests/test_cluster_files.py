@@ -17,14 +17,20 @@ import json
 import math
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
-from orchestrator.cli import parser
-from orchestrator.config import FrontierConfig, RoleResources, TrialResources, load, to_dict
+from orchestrator.config.schema import (
+    FrontierConfig,
+    RoleResources,
+    TrialResources,
+    load,
+    to_dict,
+)
+from orchestrator.run.cli import parser
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import (
+from orchestrator.config.schema import (
     ConfigError,
     FrontierConfig,
     digest,
@@ -98,7 +98,7 @@ def test_config_is_frozen_and_hash_stable():
 def test_run_hash_ignores_fields_left_at_their_defaults():
     """The run's hash (default run directory, frontier.json) covers what the config chose, so a field
     added later with a default does not rename or orphan existing runs; choosing it does."""
-    from orchestrator.config import config_digest, non_default
+    from orchestrator.config.schema import config_digest, non_default
 
     assert non_default(FrontierConfig()) == {}
     a = load(FrontierConfig, "jobs/configs/default.yaml")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.bon import bon_brute_force, bon_curves, bon_weights, kl_bon
-from orchestrator.calibration import bradley_terry_loss, ece, pair_accuracy
-from orchestrator.scaling import fit_bon, fit_rl, spearman
+from orchestrator.math.bon import bon_brute_force, bon_curves, bon_weights, kl_bon
+from orchestrator.math.calibration import bradley_terry_loss, ece, pair_accuracy
+from orchestrator.math.scaling import fit_bon, fit_rl, spearman
 
 
 def test_kl_bon_values():
@@ -103,7 +103,7 @@ def test_spearman_ranks_missing_peaks_highest():
 
 
 def test_weighted_fit_recovers_planted_coefficients_on_bon_grid():
-    from orchestrator.scaling import d_spacing_weights
+    from orchestrator.math.scaling import d_spacing_weights
 
     rng = np.random.default_rng(4)
     kl = kl_bon(np.arange(1, 257))
@@ -123,7 +123,7 @@ def test_exact_bon_kl_by_enumeration_and_below_the_bound():
     from itertools import product
     from math import log
 
-    from orchestrator.bon import bon_kl_exact
+    from orchestrator.math.bon import bon_kl_exact
 
     rng = np.random.default_rng(0)
     texts = np.array([0, 1, 1, 2, 2, 2])  # duplicates share a score, as real ones do

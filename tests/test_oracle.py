@@ -3,7 +3,7 @@
 import json
 import random
 
-from orchestrator.tasks import synthetic as T
+from orchestrator.data.tasks import synthetic as T
 
 
 def score(family, meta, response):

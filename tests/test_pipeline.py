@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from orchestrator.bon import kl_bon
-from orchestrator.pipeline import run_frontier
+from orchestrator.math.bon import kl_bon
+from orchestrator.run.pipeline import run_frontier
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import save_config
-from orchestrator.config import FrontierConfig, load
+from orchestrator.config.schema import FrontierConfig, load
+from orchestrator.run.cli import save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/smoke.yaml"

@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from orchestrator.bon import bon_summary, kl_bon
-from orchestrator.report import checks, write_report
-from orchestrator.scaling import d_spacing_weights, fit_bon
+from orchestrator.math.bon import bon_summary, kl_bon
+from orchestrator.math.checks import bon_checks as checks
+from orchestrator.math.scaling import d_spacing_weights, fit_bon
+from orchestrator.report.render import write_report
 
 
 def entry(name, params, alpha, beta, N=64, proxy_slope=1.0):
@@ -60,7 +61,7 @@ def test_bon_summary_on_a_planted_pool():
 
 
 def test_rl_curve_helpers_interpolate_in_sqrt_kl():
-    from orchestrator.report import drop_by_kl, gold_at_kl, kl_to_reach
+    from orchestrator.math.checks import drop_by_kl, gold_at_kl, kl_to_reach
 
     pts = [{"kl": 0.0, "gold": 0.0}, {"kl": 1.0, "gold": 0.2}, {"kl": 4.0, "gold": -0.1}, {"kl": 9.0, "gold": -0.3}]
     assert kl_to_reach(pts, 0.1) == pytest.approx(0.25)  # halfway in d = sqrt(KL): d = 0.5

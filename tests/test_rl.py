@@ -14,12 +14,12 @@ import pytest
 import ray
 import torch
 
-from orchestrator import rl_stage as P
-from orchestrator.actor_group import fetch
-from orchestrator.batch import BarrierError
-from orchestrator.rl_loop import ALGORITHMS, RLRun, run_rl
-from orchestrator.slots import execute, make_slot
-from orchestrator.stages import StageResult
+from orchestrator.data.batch import BarrierError
+from orchestrator.run import rl_stage as P
+from orchestrator.run.actor_group import fetch
+from orchestrator.run.colocated import execute, make_slot
+from orchestrator.run.rl_loop import ALGORITHMS, RLRun, run_rl
+from orchestrator.run.stages import StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ("timing/", "throughput/")
@@ -189,7 +189,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(rl_inputs, tmp_path, caplog):
 
 @pytest.mark.slow
 def test_resume_with_other_rl_config_is_refused(rl_inputs, tmp_path):
-    from orchestrator.config import ConfigError
+    from orchestrator.config.schema import ConfigError
 
     run = make_run(rl_inputs, tmp_path / "r", steps=2, checkpoint_every=2)
     try:
@@ -232,7 +232,7 @@ def test_async_mode_overlaps_and_reports_staleness(rl_inputs, tmp_path):
 
 
 def test_metrics_vocabulary_in_tensorboard_and_jsonl(smoke_run):
-    from orchestrator.tb import read_scalars
+    from orchestrator.data.tb import read_scalars
 
     cfg, run_dir, frontier = smoke_run
     runs = sorted(run_dir.glob("rl/proxy-1x8-kl0-*"))
@@ -258,7 +258,7 @@ def test_proxy_members_normalized_on_the_sft_policy(rl_inputs, smoke_run):
     import pyarrow.parquet as pq
 
     from actors.reward_ensemble import RewardEnsemble
-    from orchestrator.pipeline import _bon_rows
+    from orchestrator.run.pipeline import _bon_rows
 
     cfg, task, sft, specs, _, _ = rl_inputs
     run_dir = smoke_run[1]

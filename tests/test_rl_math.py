@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator import rl as R
-from orchestrator.batch import BarrierError, Sealed, metrics_scope
+from orchestrator.data.batch import BarrierError, Sealed, metrics_scope
+from orchestrator.math import rl as R
 
 
 def _categoricals():

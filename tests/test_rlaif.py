@@ -5,7 +5,6 @@ sweep beside gold-labelled proxies of the same pairs, and a rerun never judges a
 from __future__ import annotations
 
 import importlib.util
-
 import json
 import os
 import shutil
@@ -23,8 +22,8 @@ OVERRIDES = ["label.source=ai", "label.ai.prompts=16", "label.ai.pairs_per_promp
 
 @pytest.fixture(scope="module")
 def rlaif_run(smoke_run, tmp_path_factory):
-    from orchestrator.config import FrontierConfig, load
-    from orchestrator.pipeline import run_frontier
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.run.pipeline import run_frontier
 
     cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", OVERRIDES)
     run_dir = tmp_path_factory.mktemp("rlaif")
@@ -71,9 +70,9 @@ def test_judge_labels_enter_the_frontier_beside_gold_labels(rlaif_run):
 def test_rerun_judges_nothing_again(rlaif_run):
     """The label stage is cached, and the judge's cache answers every comparison it has seen: a new
     label stage over the same pairs (another measure_pairs) calls the judge for none of them."""
-    from orchestrator.config import FrontierConfig, load
-    from orchestrator.pipeline import stage_label
-    from orchestrator.stages import StageResult
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.run.pipeline import stage_label
+    from orchestrator.run.stages import StageResult
 
     cfg, run_dir, _ = rlaif_run
     cache = run_dir / "judge_cache" / "smollm2-135m-instruct.jsonl"

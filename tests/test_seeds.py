@@ -123,7 +123,7 @@ EFFECT_OF_CHECK = {"proxy rises: min Spearman(KL, proxy) - 0.8": "proxy_rises_ev
 def test_rl_effects_are_positive_exactly_where_the_checks_hold(smoke_run, three_seeds, tmp_path):
     """The signed effect sizes agree with the boolean checks of a real run, follow the numbers of a
     hand-made one, and are averaged over seeds in seeds.json / seeds.md."""
-    from orchestrator.seeds import _rl_effects
+    from orchestrator.report.seeds import _rl_effects
 
     rl = smoke_run[2]["checks"]["rl"]
     eff = _rl_effects(rl)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, FrontierConfig, load
-from orchestrator.sweep import GoldStopper
+from orchestrator.config.schema import ConfigError, FrontierConfig, load
+from orchestrator.run.sweep import GoldStopper
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/smoke.yaml"
@@ -57,7 +57,7 @@ def _job(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 def _seed_stages(smoke_dir: Path, d: Path, overrides: list[str]) -> None:
     """A run dir holding the smoke run's finished stages (the sweep must not redo them)."""
-    from orchestrator.cli import save_config
+    from orchestrator.run.cli import save_config
 
     d.mkdir(parents=True)
     shutil.copytree(smoke_dir / "stages", d / "stages")
@@ -207,7 +207,7 @@ def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from orchestrator.pipeline import run_frontier
+    from orchestrator.run.pipeline import run_frontier
 
     cfg0, run_dir, base = smoke_run
     d = tmp_path / "run"
@@ -248,7 +248,7 @@ def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
     k = min(max(p["kl"] for p in e["points"]) for e in [single, *seeds])
     assert se["at_kl"] == pytest.approx(k) and se["members"] == 4
     assert rc["seed_ensemble_loses_less"] == (min(se["ensembles"].values()) < se["single"])
-    from orchestrator.seeds import _rl_effects
+    from orchestrator.report.seeds import _rl_effects
 
     eff = _rl_effects(rc)["seed ensemble: gold lost at their common KL, one member - best ensemble"]
     assert (eff > 0) == rc["seed_ensemble_loses_less"]

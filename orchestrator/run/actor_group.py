@@ -10,7 +10,7 @@ import itertools
 
 import ray
 
-from orchestrator.config import RoleResources
+from orchestrator.config.schema import RoleResources
 
 
 class Ready:
@@ -31,13 +31,6 @@ def fetch(x):
             return [v.value for v in x]
         return ray.get(x)
     return ray.get(x)
-
-
-def where() -> dict:
-    """The calling process and its Ray node (actors expose it as ``where()``: placement tests)."""
-    import os
-
-    return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
 def put(x, local: bool):

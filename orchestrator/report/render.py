@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.scaling import spearman
+from orchestrator.report.format import fmt as _fmt
 
 
 def versions() -> dict:
@@ -28,182 +28,6 @@ def versions() -> dict:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = None
-    return out
-
-
-def checks(bon: list[dict]) -> dict:
-    """Evaluate the findings a faithful run must show, on the best-of-n curves."""
-    out: dict = {}
-    by_size = sorted(bon, key=lambda e: e["proxy_params"])
-    mono = {}
-    for e in by_size:
-        p = np.array([pt["proxy"] for pt in e["points"]])
-        mono[e["proxy"]] = bool(np.all(np.diff(p) >= -1e-9))
-    out["proxy_monotone"] = mono
-    small = by_size[0]
-    g = np.array([pt["gold"] for pt in small["points"]])
-    peak = int(np.argmax(g))
-    out["smallest_gold_peak_n"] = int(small["points"][peak]["n"])
-    out["smallest_gold_peak"] = float(g[peak])
-    out["smallest_gold_drop_after_peak"] = float(g[peak] - g[-1])
-    out["smallest_rises_then_falls"] = bool(0 < peak < len(g) - 1 and g[peak] > 0 and g[-1] < g[peak])
-    out["r2"] = {e["proxy"]: e["fit"]["r2"] for e in by_size}
-    out["r2_all_ge_0.9"] = bool(all(e["fit"]["r2"] >= 0.9 for e in by_size))
-    params = [e["proxy_params"] for e in by_size]
-    if len(by_size) >= 2:
-        out["spearman_size_kl_peak"] = spearman(params, [e["fit"]["kl_peak"] for e in by_size])
-        out["spearman_size_gold_peak"] = spearman(params, [e["fit"]["gold_peak"] if e["fit"]["gold_peak"] is not None
-                                                           else max(pt["gold"] for pt in e["points"])
-                                                           for e in by_size])
-    out["all_pass"] = bool(all(mono.values()) and out["smallest_rises_then_falls"] and out["r2_all_ge_0.9"]
-                           and out.get("spearman_size_kl_peak", 0) > 0)
-    return out
-
-
-def kl_to_reach(points: list[dict], g: float) -> float | None:
-    """KL (nats) at which a measured curve first reaches gold ``g``: linear interpolation in
-    d = sqrt(KL) between the last point below and the first point at or above ``g`` (None if never).
-    Points must be ordered along the optimization (n for best-of-n, step for RL)."""
-    prev_d, prev_g = 0.0, 0.0
-    for p in points:
-        d, gold = math.sqrt(max(p["kl"], 0.0)), p["gold"]
-        if gold >= g:
-            if gold == prev_g:
-                return d * d
-            dd = prev_d + (d - prev_d) * (g - prev_g) / (gold - prev_g) if g > prev_g else d
-            return dd * dd
-        prev_d, prev_g = d, gold
-    return None
-
-
-def gold_at_kl(points: list[dict], kl: float) -> float | None:
-    """Gold of a measured RL curve where its KL first reaches ``kl`` (interpolated in sqrt(KL))."""
-    prev = (0.0, 0.0)
-    for p in points:
-        d, g = math.sqrt(max(p["kl"], 0.0)), p["gold"]
-        if d >= math.sqrt(kl):
-            if d == prev[0]:
-                return g
-            return prev[1] + (g - prev[1]) * (math.sqrt(kl) - prev[0]) / (d - prev[0])
-        prev = (d, g)
-    return None
-
-
-def drop_by_kl(points: list[dict], kl: float) -> float | None:
-    """Peak gold among the points up to ``kl`` minus the gold at ``kl``: how much gold a run has
-    lost past its peak by the time it has spent ``kl`` nats."""
-    at = gold_at_kl(points, kl)
-    if at is None:
-        return None
-    return max([p["gold"] for p in points if p["kl"] <= kl] + [at]) - at
-
-
-def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
-    """SCIENCE.md's RL findings on the measured RL curves (issue: the RL loop)."""
-    from scipy.stats import spearmanr
-
-    out: dict = {}
-    single = sorted([e for e in rl if len(e["members"]) == 1 and e["kl_coef"] == 0], key=lambda e: e["proxy_params"])
-    ens = [e for e in rl if len(e["members"]) >= 4 and e["objective"] in ("wco", "uwo") and e.get("ensemble") != "seeds"]
-    seed_ens = [e for e in rl if e.get("ensemble") == "seeds" and e["objective"] in ("wco", "uwo")]
-    rises = {}
-    for e in [x for x in rl if x["kl_coef"] == 0]:  # the no-penalty runs (SCIENCE.md's RL findings)
-        kl, pr = [p["kl"] for p in e["points"]], [p["proxy"] for p in e["points"]]
-        varied = len(kl) > 2 and len(set(kl)) > 1 and len(set(pr)) > 1
-        rises[e.get("trial", e["proxy"])] = float(spearmanr(kl, pr).statistic) if varied else float("nan")
-    out["proxy_spearman_with_kl"] = rises
-    out["proxy_rises_every_run"] = bool(all(v > 0.8 for v in rises.values()))
-    if single:
-        small = single[0]
-        g = np.array([p["gold"] for p in small["points"]])
-        se = small.get("gold_se", 0.0)
-        peak = int(np.argmax(g))
-        out["smallest"] = small["proxy"]
-        out["smallest_gold_peak"] = {"gold": float(g[peak]), "kl": small["points"][peak]["kl"],
-                                     "step": small["points"][peak]["step"]}
-        tail = g[max(peak + 1, len(g) - 3):]  # the last (up to) three evaluations after the peak
-        out["smallest_gold_drop_after_peak"] = float(g[peak] - g[-1])
-        out["smallest_gold_drop_tail_mean"] = float(g[peak] - tail.mean()) if len(tail) else 0.0
-        out["smallest_gold_se"] = se
-        # rises: the peak clears 2 standard errors of one evaluation; falls: so does the drop from
-        # the peak to the mean of the last evaluations (one noisy last point decides nothing)
-        out["smallest_rises_then_falls"] = bool(g[peak] > 2 * se and len(tail) and
-                                                out["smallest_gold_drop_tail_mean"] > 2 * se)
-    fitted = [e for e in rl if "fit" in e]
-    out["r2_rl_form"] = {e["proxy"]: e["fit"]["r2"] for e in fitted}
-    out["r2_bon_form"] = {e["proxy"]: e["fit_bon_form"]["r2"] for e in fitted}
-    better = [e["fit"]["r2"] > e["fit_bon_form"]["r2"] for e in fitted]
-    out["rl_form_fits_better_runs"] = f"{sum(better)}/{len(better)}"
-    # pooled over runs: 1 - sum(SSE) / sum(SST). One run's curve is 16 noisy points (eval se ~0.04
-    # against effects of 0.1-0.3), so per-run R² comparisons flip with the noise; pooling does not.
-    sst = []
-    for e in fitted:
-        g = np.array([p["gold"] for p in e["points"] if p["kl"] > 0])
-        sst.append(float(((g - g.mean()) ** 2).sum()))
-    if fitted and sum(sst) > 0:
-        for form, key in (("rl", "fit"), ("bon", "fit_bon_form")):
-            out[f"r2_pooled_{form}_form"] = 1 - sum((1 - e[key]["r2"]) * t for e, t in zip(fitted, sst)) / sum(sst)
-        out["rl_form_fits_better"] = bool(out["r2_pooled_rl_form"] > out["r2_pooled_bon_form"])
-    else:
-        out["rl_form_fits_better"] = False
-    # KL spent for the same gold (Gao et al.: RL spends far more): at 50 / 75 / 90% of the lower of the
-    # two measured peaks, each curve's first crossing (interpolated in sqrt(KL))
-    bon_by = {e["proxy"]: e for e in bon}
-    ratios = {}
-    for e in single:
-        b = bon_by.get(e["proxy"])
-        if b is None:
-            continue
-        top = min(max(p["gold"] for p in e["points"]), max(p["gold"] for p in b["points"]))
-        if top <= 0:
-            continue
-        # best-of-n's KL: the exact one on the pool's support where known (the analytic
-        # ln n - (n-1)/n overstates it for a policy that repeats itself), the bound reported beside
-        exact = [{**p, "kl": p.get("kl_exact", p["kl"])} for p in b["points"]]
-        levels = []
-        for frac in (0.5, 0.75, 0.9):
-            k_rl, k_bon, k_bound = (kl_to_reach(e["points"], frac * top), kl_to_reach(exact, frac * top),
-                                    kl_to_reach(b["points"], frac * top))
-            if k_rl and k_bon and k_bound:
-                levels.append({"gold": frac * top, "kl_rl": k_rl, "kl_bon": k_bon, "kl_bon_bound": k_bound,
-                               "ratio": k_rl / k_bon, "ratio_vs_bound": k_rl / k_bound})
-        if levels:
-            gm = lambda key: float(np.exp(np.mean([math.log(x[key]) for x in levels])))  # noqa: E731
-            ratios[e["proxy"]] = {"levels": levels, "ratio": gm("ratio"), "ratio_vs_bound": gm("ratio_vs_bound"),
-                                  "gold": levels[-1]["gold"]}
-    out["kl_for_same_gold"] = ratios
-    out["rl_spends_more_kl_than_bon"] = bool(ratios) and all(r["ratio"] > 1 for r in ratios.values())
-    if single and ens:
-        # at matched KL: runs that optimize further lose more gold whatever their reward, so compare
-        # every run at the largest KL all of them reached (Gao et al. plot gold against KL too)
-        k = min(max(p["kl"] for p in e["points"]) for e in single + ens)
-        out["gold_drop_at_kl"] = k
-        out["gold_drop_single"] = {e["proxy"]: drop_by_kl(e["points"], k) for e in single}
-        out["gold_drop_ensemble"] = {e["proxy"]: drop_by_kl(e["points"], k) for e in ens}
-        out["gold_drop_single_end"] = {e["proxy"]: e.get("gold_drop_after_peak") for e in single}
-        out["gold_drop_ensemble_end"] = {e["proxy"]: e.get("gold_drop_after_peak") for e in ens}
-        out["ensemble_loses_less"] = bool(min(out["gold_drop_ensemble"].values())
-                                          < float(np.mean(list(out["gold_drop_single"].values()))))
-    if seed_ens:
-        # Coste et al.'s comparison: members of one size differing in seed against one of them alone,
-        # at the largest KL all of these runs reached (and, beside it, at the end of the runs)
-        z, sd = seed_ens[0]["member_size"], seed_ens[0].get("seed")  # (with sweep.seeds: the first seed's runs)
-        seed_ens = [e for e in seed_ens if e.get("seed") == sd]
-        base = [e for e in single if e.get("size") == z and e.get("seed") == sd]
-        if base:
-            runs = base[:1] + seed_ens
-            k = min(max(p["kl"] for p in e["points"]) for e in runs)
-            drops = {e["proxy"]: drop_by_kl(e["points"], k) for e in seed_ens}
-            out["seed_ensemble"] = {"size": z, "members": len(seed_ens[0]["members"]), "at_kl": k,
-                                    "single": drop_by_kl(base[0]["points"], k), "ensembles": drops,
-                                    "single_end": base[0].get("gold_drop_after_peak"),
-                                    "ensembles_end": {e["proxy"]: e.get("gold_drop_after_peak") for e in seed_ens}}
-            out["seed_ensemble_loses_less"] = bool(min(drops.values()) < out["seed_ensemble"]["single"])
-    keys = ["proxy_rises_every_run", "smallest_rises_then_falls", "rl_form_fits_better", "rl_spends_more_kl_than_bon"]
-    for k in ("ensemble_loses_less", "seed_ensemble_loses_less"):
-        if k in out:
-            keys.append(k)
-    out["all_pass"] = bool(all(out.get(k) for k in keys))
     return out
 
 
@@ -297,14 +121,6 @@ def plot_bon(bon: list[dict]) -> bytes:
     return data
 
 
-def _fmt(x, nd=3) -> str:
-    if x is None:
-        return "none (no peak)"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
-
-
 def _fmtd(d: dict | None) -> str:
     return "-" if not d else ", ".join(f"{k} {_fmt(v)}" for k, v in d.items())
 
@@ -349,13 +165,18 @@ def md_to_html(md: str, images: dict[str, bytes], title: str) -> str:
             "</head><body>" + "\n".join(out) + "</body></html>")
 
 
+def _not_evaluated(section: dict) -> list[str]:
+    """A line per check the runs could not evaluate, with the reason (``math.checks``)."""
+    return [f"- **not evaluated**: `{k}`: {why}" for k, why in (section.get("not_evaluated") or {}).items()]
+
+
 def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     """frontier.json, bon.png, report.md and a self-contained report.html (PNG inlined)."""
     run_dir = Path(run_dir)
     (run_dir / "frontier.json").write_text(json.dumps(frontier, indent=1))
     images = {"bon.png": plot_bon(frontier["bon"])}
     if frontier.get("rl"):
-        from orchestrator import frontier_map as FM
+        from orchestrator.report import frontier_map as FM
 
         images["rl.png"] = plot_rl(frontier["bon"], frontier["rl"])
         images["sweep_cells.png"] = FM.plot_cells(frontier["rl"])
@@ -364,7 +185,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         if frontier["checks"].get("sweep", {}).get("coefficients"):
             images["sweep_coefficients.png"] = FM.plot_coefficients(frontier["checks"]["sweep"])
     if "agreement" in frontier.get("label", {}):  # an AI-labelled run: the judge's report section
-        from orchestrator.rlaif import plot_calibration, rlaif_section
+        from orchestrator.report.rlaif import plot_calibration, rlaif_section
 
         images["rlaif_calibration.png"] = plot_calibration(frontier["label"])
     for name, png in images.items():
@@ -390,7 +211,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
               f"- BoN fit R² >= 0.9 for every size: {c['r2_all_ge_0.9']}",
               f"- Spearman(size, fitted peak KL) = {_fmt(c.get('spearman_size_kl_peak'), 2)}; "
               f"Spearman(size, peak gold) = {_fmt(c.get('spearman_size_gold_peak'), 2)}",
-              ""]
+              *_not_evaluated(c), ""]
     if frontier.get("rl"):
         rc = c.get("rl", {})
         ratios = ", ".join(f"{k} {v['ratio']:.1f}x ({v['ratio_vs_bound']:.1f}x against the ln n bound)"
@@ -421,6 +242,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
                   f"(drops: ensemble {_fmtd(rc.get('gold_drop_ensemble'))}, single {_fmtd(rc.get('gold_drop_single'))}; "
                   f"at the end of the runs: ensemble {_fmtd(rc.get('gold_drop_ensemble_end'))}, "
                   f"single {_fmtd(rc.get('gold_drop_single_end'))})"]
+        lines += _not_evaluated(rc)
         se = rc.get("seed_ensemble")
         if se:
             lines.append(f"- seed ensembles ({se['members']} proxies of size {se['size']} differing in seed) lose less "
@@ -458,7 +280,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
                   f"- penalty runs end at lower KL than the no-penalty run: {sw.get('penalty_lower_final_kl')}",
                   f"- penalty runs lie near the no-penalty gold-vs-KL curve: {sw.get('penalty_near_frontier')} "
                   f"(mean abs gap {_fmt(sw.get('penalty_gap_mean_abs'))}, one evaluation's gold se "
-                  f"{_fmt(sw.get('gold_se_mean'))})", ""]
+                  f"{_fmt(sw.get('gold_se_mean'))})", *_not_evaluated(sw), ""]
     if "agreement" in frontier.get("label", {}):
         lines += rlaif_section(frontier)
     lines += ["## Timings", "", "| stage | seconds | cached |", "|---|---|---|"]

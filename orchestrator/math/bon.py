@@ -11,7 +11,7 @@ import math
 import numpy as np
 from scipy.special import gammaln
 
-from orchestrator.scaling import d_spacing_weights, fit_bon
+from orchestrator.math.scaling import d_spacing_weights, fit_bon
 
 
 def kl_bon(n: np.ndarray | int) -> np.ndarray | float:

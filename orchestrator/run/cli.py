@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.config import ConfigError, config_digest, load, to_dict
-from orchestrator.data import DataError
+from orchestrator.config.schema import ConfigError, config_digest, load, to_dict
+from orchestrator.data.tables import DataError
 
 EXIT_USER_ERROR = 2
 

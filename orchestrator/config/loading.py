@@ -1,6 +1,6 @@
 """Loading a config tree: YAML + ``key.sub=value`` overrides -> frozen dataclasses, strictly typed.
 
-Generic over any dataclass tree (``orchestrator.config`` holds the trees themselves). Unknown keys
+Generic over any dataclass tree (``orchestrator.config.schema`` holds the trees themselves). Unknown keys
 are an error (torchtune's parser), never ignored; every error names the key.
 """
 

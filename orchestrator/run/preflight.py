@@ -9,9 +9,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from orchestrator import data as D
-from orchestrator.checkpoint import CheckpointError, check_safetensors
-from orchestrator.config import ConfigError, ModelConfig
+from orchestrator.config.schema import ConfigError, ModelConfig
+from orchestrator.data import tables as D
+from orchestrator.data.checkpoint import CheckpointError, check_safetensors
 
 # the tables a finished stage may hold, by file name -> schema (others must merely be readable)
 SCHEMAS = {"prompts.parquet": D.PROMPTS, "samples_label.parquet": D.SAMPLES, "samples_bon.parquet": D.SAMPLES}

@@ -21,20 +21,28 @@ from tqdm import tqdm
 from actors.policy_learner import PolicyLearner
 from actors.reward_ensemble import RewardEnsemble
 from actors.rollout_generator import RolloutGenerator
-from orchestrator import data as D
-from orchestrator.actor_group import ActorGroup
-from orchestrator.bon import bon_summary
-from orchestrator.checkpoint import stream
-from orchestrator.config import (
+from orchestrator.config.schema import (
     FrontierConfig,
     ModelConfig,
     RoleResources,
     config_digest,
     to_dict,
 )
-from orchestrator.models import train_tokenizer
-from orchestrator.stages import StageResult, begin, cached, commit, run_stage, stage
-from orchestrator.tasks import synthetic as T
+from orchestrator.data import tables as D
+from orchestrator.data.checkpoint import stream
+from orchestrator.data.tasks import synthetic as T
+from orchestrator.math.bon import bon_summary
+from orchestrator.nn.models import train_tokenizer
+from orchestrator.run.actor_group import ActorGroup
+from orchestrator.run.stages import (
+    StageResult,
+    begin,
+    cached,
+    commit,
+    proxy_name,
+    run_stage,
+    stage,
+)
 
 log = logging.getLogger("rlhf_frontier")
 
@@ -237,7 +245,7 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
             samples[f"score.gold.{p}"] = v.tolist()
         D.write_table(samples, out / "samples_label_scored.parquet")
         if cfg.label.source == "ai":
-            from orchestrator.rlaif import label_with_judge
+            from orchestrator.run.rlaif import label_with_judge
 
             return label_with_judge(cfg, run_dir, out, rows, samples, g, sc.principles, stream(cfg.seed, "label/ai"),
                                     progress)
@@ -306,11 +314,6 @@ def _bon_rows(task: StageResult, sample: StageResult) -> tuple[dict, dict]:
     prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
     samples = pq.read_table(sample.dir / "samples_bon.parquet").to_pydict()
     return samples, _join_prompts(samples, prompts)
-
-
-def proxy_name(p: StageResult) -> str:
-    """A trained proxy's name: ``proxy-<size>``, plus ``-ai`` when trained on the judge's labels."""
-    return p.meta.get("name") or f"proxy-{p.meta['size']}"
 
 
 def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
@@ -431,10 +434,10 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
 
 def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> dict:
     """Run (or resume) every stage and write frontier.json and the report; returns frontier.json."""
-    from orchestrator.cli import save_config
-    from orchestrator.frontier_map import sweep_checks
-    from orchestrator.report import checks, rl_checks, versions, write_report
-    from orchestrator.sweep import stage_sweep
+    from orchestrator.math.checks import bon_checks, rl_checks, sweep_checks
+    from orchestrator.report.render import versions, write_report
+    from orchestrator.run.cli import save_config
+    from orchestrator.run.sweep import stage_sweep
 
     t0 = time.perf_counter()
     save_config(cfg, run_dir)
@@ -485,9 +488,9 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     main = "ai" if cfg.label.source == "ai" else "gold"
     bon_main = [e for e in entries if e["labels"] == main]
     rl_main = [e for e in rl if e.get("labels", "gold") == main]
-    frontier["checks"] = checks(bon_main)
+    frontier["checks"] = bon_checks(bon_main)
     if cfg.label.source == "ai":
-        from orchestrator.rlaif import compare_labels
+        from orchestrator.run.rlaif import compare_labels
 
         frontier["rlaif"] = compare_labels(entries, rl)
     if rl:

@@ -2,7 +2,7 @@
 that turns single RL runs into the frontier map (DESIGN.md data flow, step 7; Gao et al. 2022,
 section 3: RL against every proxy size with and without a KL penalty).
 
-One Tune trial is one RL run (``orchestrator.rl_loop``). Its placement-group bundles cover every
+One Tune trial is one RL run (``orchestrator.run.rl_loop``). Its placement-group bundles cover every
 role (``cluster.rl``): one bundle with all of them when ``cluster.rl.colocate`` (the trial's own
 process hosts the roles), otherwise an empty head bundle for the trial plus one per role actor.
 Trials report every step (TensorBoard / CSV / JSON through Tune's loggers, wandb offline by
@@ -24,8 +24,8 @@ from pathlib import Path
 import ray
 from ray.tune.stopper import Stopper
 
-from orchestrator.config import FrontierConfig, digest, to_dict
-from orchestrator.stages import StageResult
+from orchestrator.config.schema import FrontierConfig, digest, to_dict
+from orchestrator.run.stages import StageResult
 
 log = logging.getLogger("rlhf_frontier")
 
@@ -65,9 +65,9 @@ def grid(cfg: FrontierConfig) -> list[dict]:
 
 def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
     """``grid`` as ``RunSpec``s with the trained proxies as members."""
-    from orchestrator.pipeline import proxy_name
-    from orchestrator.rl_loop import RunSpec
-    from orchestrator.rl_stage import proxy_member
+    from orchestrator.run.rl_loop import RunSpec
+    from orchestrator.run.rl_stage import proxy_member
+    from orchestrator.run.stages import proxy_name
 
     by_name = {proxy_name(p): p for p in proxies}
     members = {n: proxy_member(cfg, p) for n, p in by_name.items()}
@@ -157,10 +157,10 @@ def rl_trial(config: dict, ctx: dict) -> None:
     Tune's best-checkpoint selection by ``eval/gold`` picks real policies."""
     import ray.tune as tune
 
-    from orchestrator.cli import setup_logging
-    from orchestrator.models import set_threads
-    from orchestrator.rl_loop import RLRun, run_rl, summarize
-    from orchestrator.slots import Slot
+    from orchestrator.nn.models import set_threads
+    from orchestrator.run.cli import setup_logging
+    from orchestrator.run.rl_loop import RLRun, run_rl, summarize
+    from orchestrator.run.slots import Slot
 
     setup_logging()  # this process's INFO lines reach the driver's log (Ray forwards worker output)
 
@@ -248,7 +248,7 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
     """Run (or restore and finish) the sweep; returns every trial's summary (frontier.json "rl")."""
     from ray import tune
 
-    from orchestrator.rl_stage import rl_rows
+    from orchestrator.run.rl_stage import rl_rows
 
     specs = trial_specs(cfg, proxies)
     dirs = [trial_dir(cfg, run_dir, task, sft, s) for s in specs]

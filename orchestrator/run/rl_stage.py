@@ -1,6 +1,6 @@
 """The RL runs' inputs: training and eval prompts, and the single runs of issue 3's comparison (one
 per proxy size with no penalty, one per ensemble objective). The main job runs them -- and every
-KL coefficient -- as Tune trials (``orchestrator.sweep``)."""
+KL coefficient -- as Tune trials (``orchestrator.run.sweep``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import logging
 import numpy as np
 import pyarrow.parquet as pq
 
-from orchestrator.checkpoint import stream
-from orchestrator.config import FrontierConfig
-from orchestrator.stages import StageResult
-from orchestrator.tasks import synthetic as T
+from orchestrator.config.schema import FrontierConfig
+from orchestrator.data.checkpoint import stream
+from orchestrator.data.tasks import synthetic as T
+from orchestrator.run.stages import StageResult
 
 log = logging.getLogger("rlhf_frontier")
 
@@ -34,7 +34,7 @@ def proxy_member(cfg: FrontierConfig, proxy: StageResult) -> dict:
     """A trained proxy as a ``RewardEnsemble`` member of an RL run. With ``rl.normalize_proxies`` it
     carries ``norm`` = (mean, std) of its scores over the best-of-n pool -- samples of the SFT
     policy, where every RL run starts (Ziegler et al. 2019 normalize the RM on the initial policy)."""
-    from orchestrator.pipeline import proxy_name
+    from orchestrator.run.stages import proxy_name
 
     m = {"name": proxy_name(proxy), "kind": "hf", "path": str(proxy.dir / "model"), "stage": proxy.key}
     if cfg.rl.normalize_proxies:
@@ -46,7 +46,7 @@ def proxy_member(cfg: FrontierConfig, proxy: StageResult) -> dict:
 def rl_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
     """One no-penalty run per proxy size (Gao et al.'s main sweep) and one run per ensemble
     objective over every proxy size (Coste et al.)."""
-    from orchestrator.rl_loop import RunSpec
+    from orchestrator.run.rl_loop import RunSpec
 
     by_size = {p.meta["size"]: p for p in proxies}
     member = lambda s: proxy_member(cfg, by_size[s])  # noqa: E731

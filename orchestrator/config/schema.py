@@ -1,4 +1,4 @@
-"""Configuration: a frozen dataclass tree per job (loading and overrides: ``orchestrator.configio``).
+"""Configuration: a frozen dataclass tree per job (loading and overrides: ``orchestrator.config.loading``).
 
 Every field has a docstring-comment; ``__post_init__`` checks each field and raises ``ConfigError``
 naming the key and the allowed range. Unknown keys are an error (torchtune's parser), never ignored.
@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.configio import (  # noqa: F401  (re-exported: the config API lives here)
+from orchestrator.config.cluster import (  # noqa: F401  (re-exported)
+    ClusterConfig,
+    RoleResources,
+    TrialResources,
+    validate_resources,
+)
+from orchestrator.config.loading import (  # noqa: F401  (re-exported: the config API lives here)
     ConfigError,
     _check,
     build,
@@ -20,12 +26,6 @@ from orchestrator.configio import (  # noqa: F401  (re-exported: the config API 
     non_default,
     parse_overrides,
     to_dict,
-)
-from orchestrator.cluster_config import (  # noqa: F401  (re-exported)
-    ClusterConfig,
-    RoleResources,
-    TrialResources,
-    validate_resources,
 )
 
 
@@ -67,6 +67,10 @@ class ModelConfig:
         return _parse_size(self.size, "size")[1]
 
 
+FAMILIES = ("arith", "capital", "animal", "list", "unsafe", "chat", "unknown")
+"""The synthetic task's prompt families (``orchestrator.data.tasks.synthetic`` builds each)."""
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """The prompt source (DESIGN.md: the synthetic assistant by default)."""
@@ -87,8 +91,6 @@ class TaskConfig:
     """Countries not in the table asked about (<= 40; the honest answer is "i do not know")."""
 
     def __post_init__(self):
-        from orchestrator.tasks.synthetic import FAMILIES
-
         _check(self.name == "synthetic", "name", f"{self.name!r}: only 'synthetic' is built in")
         _check(self.tokenizer_corpus >= 100, "tokenizer_corpus", "must be >= 100")
         _check(len(self.families) >= 1, "families", "at least one family is needed")
@@ -220,7 +222,7 @@ class AIJudgeConfig:
         _check(self.few_shot >= 0, "few_shot", f"{self.few_shot} must be >= 0")
         _check(self.measure_pairs >= 0, "measure_pairs", f"{self.measure_pairs} must be >= 0")
         _check(self.batch_size >= 1, "batch_size", f"{self.batch_size} must be >= 1")
-        from actors.ai_labeler import load_constitution  # numpy and yaml only
+        from orchestrator.config.constitution import load_constitution
 
         try:
             _, shots = load_constitution(self.constitution)

@@ -1,12 +1,12 @@
 """Where the roles run (the ``cluster`` section of the config): resources and replicas per role,
 one RL run's placement group, and the checks against the cluster a job runs on. Placement lives
-here, never in algorithm config (``orchestrator.config`` re-exports these classes)."""
+here, never in algorithm config (``orchestrator.config.schema`` re-exports these classes)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.configio import _check
+from orchestrator.config.loading import _check
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Regenerate ``facts.json``, the invented fact table of the synthetic assistant task.
 
 The table ships in the repository (so the task never changes under a user); this script documents
-how it was made: ``python -m orchestrator.tasks.make_facts > orchestrator/tasks/facts.json``.
+how it was made: ``python -m orchestrator.data.tasks.make_facts > orchestrator/data/tasks/facts.json``.
 Names are invented from syllables so no pretrained knowledge could help a model.
 """
 

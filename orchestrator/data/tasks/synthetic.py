@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-FAMILIES = ("arith", "capital", "animal", "list", "unsafe", "chat", "unknown")
+from orchestrator.config.schema import (
+    FAMILIES,  # the prompt families (the config validates names against them)
+)
+
 PRINCIPLES = ("helpful", "harmless", "honest", "format")
 
 STOCK_PHRASES = (

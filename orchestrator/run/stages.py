@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import digest
+from orchestrator.config.schema import digest
 
 log = logging.getLogger("rlhf_frontier")
 
@@ -85,3 +85,8 @@ def run_stage(run_dir: Path, name: str, inputs: Any, fn: Callable[[Path], dict])
     meta = dict(fn(tmp) or {})
     meta.setdefault("seconds", round(time.perf_counter() - t0, 3))
     return commit(s, meta)
+
+
+def proxy_name(p: StageResult) -> str:
+    """A trained proxy's name: ``proxy-<size>``, plus ``-ai`` when trained on the judge's labels."""
+    return p.meta.get("name") or f"proxy-{p.meta['size']}"

@@ -5,7 +5,7 @@ fixed prompts, checkpoints with checksums, bit-identical resume, TensorBoard met
 update -> sync -> metrics -> checkpoint, every phase timed. Algorithms differ only in their
 advantage function and the learner method it names (``ALGORITHMS``).
 
-Gold enters as ``Sealed`` scores (``orchestrator.batch``): readable only inside ``metrics_scope()``,
+Gold enters as ``Sealed`` scores (``orchestrator.data.batch``): readable only inside ``metrics_scope()``,
 so the information barrier is enforced at run time, not just by convention.
 """
 
@@ -23,20 +23,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from orchestrator import rl as R
-from orchestrator.actor_group import fetch, put
-from orchestrator.algorithms import ALGORITHMS  # noqa: F401  (re-exported)
-from orchestrator.batch import RolloutBatch, Scores, metrics_scope
-from orchestrator.checkpoint import (
+from orchestrator.config.schema import ConfigError, RLConfig, TrialResources
+from orchestrator.data.batch import RolloutBatch, Scores, metrics_scope
+from orchestrator.data.checkpoint import (
     CheckpointError,
     sha256_file,
     stream,
     verify_checkpoint,
 )
-from orchestrator.config import ConfigError, RLConfig, TrialResources
+from orchestrator.math import rl as R
+from orchestrator.math.algorithms import ALGORITHMS  # noqa: F401  (re-exported)
+from orchestrator.run.actor_group import fetch, put
 
 if TYPE_CHECKING:
-    from orchestrator.slots import Slot
+    from orchestrator.run.slots import Slot
 
 log = logging.getLogger("rlhf_frontier")
 
@@ -87,7 +87,7 @@ class RLRun:
         self.reference_id = reference_id or sha256_file(Path(policy_dir) / "model.safetensors")
         self.own_slot = slot is None
         if slot is None:
-            from orchestrator.slots import Slot
+            from orchestrator.run.slots import Slot
 
             slot = Slot(resources, policy_dir, tokenizer_dir, list(spec.members), seed, gold, local, f"rl-{spec.name}")
         else:
@@ -457,7 +457,7 @@ def run_rl(run: RLRun, progress: bool = False, tensorboard: bool = True, stop_af
 
 def summarize(run: RLRun) -> dict:
     """The run's contract entry (frontier.json "rl"): eval points relative to the initial policy."""
-    from orchestrator.scaling import fit_bon, fit_rl
+    from orchestrator.math.scaling import fit_bon, fit_rl
 
     ev = run.evals
     base = ev[0] if ev else {}

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from orchestrator import rl as R
-from orchestrator.batch import RolloutBatch
-from orchestrator.config import RLConfig
+from orchestrator.config.schema import RLConfig
+from orchestrator.data.batch import RolloutBatch
+from orchestrator.math import rl as R
 
 
 def advantages_ppo(score, kl_tok, beta, old, batch: RolloutBatch, cfg: RLConfig):

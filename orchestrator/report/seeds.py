@@ -18,8 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config import ConfigError, FrontierConfig, build, digest, load, non_default, to_dict
-
+from orchestrator.config.schema import (
+    ConfigError,
+    FrontierConfig,
+    build,
+    digest,
+    load,
+    non_default,
+    to_dict,
+)
 
 
 class SeedsError(ValueError):
@@ -163,7 +170,7 @@ def _mean_se(xs: list) -> dict:
 
 def aggregate(runs: list[dict]) -> dict:
     """Per-check seed counts, per-seed numbers, and seed-averaged size trends (see module doc)."""
-    from orchestrator.scaling import spearman
+    from orchestrator.math.scaling import spearman
 
     seeds = [r["seed"] for r in runs]
     per = {r["seed"]: bool_checks(r["frontier"]["checks"]) for r in runs}
@@ -223,7 +230,7 @@ def plot(agg: dict) -> bytes | None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from orchestrator.report import _png
+    from orchestrator.report.render import _png
 
     kinds = [k for k in ("bon", "rl") if k in agg["pooled"]]
     if not kinds:
@@ -301,7 +308,7 @@ def markdown(agg: dict) -> str:
 
 def write(agg: dict, out: Path) -> dict[str, Path]:
     """seeds.json, seeds.md, seeds.png and a self-contained seeds.html in ``out``."""
-    from orchestrator.report import md_to_html
+    from orchestrator.report.render import md_to_html
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "seeds.json", "md": out / "seeds.md", "html": out / "seeds.html"}

@@ -1,0 +1,74 @@
+"""Where one RL run's roles live (``cluster.rl``): ``Slot`` -- the learner, generator, proxy and
+gold as separate actors in one placement group (or in this process, ``local=True``).
+``orchestrator.run.colocated`` puts every role in one actor instead."""
+
+from __future__ import annotations
+
+import os
+
+from actors.policy_learner import PolicyLearner
+from actors.reward_ensemble import RewardEnsemble
+from actors.rollout_generator import RolloutGenerator
+from orchestrator.config.schema import TrialResources
+from orchestrator.data.checkpoint import stream
+from orchestrator.run.actor_group import ActorGroup, fetch
+
+
+class Slot:
+    """The actors one RL run needs -- learner, generator replicas, proxy and gold ensembles -- in one
+    placement group (all bundles or none, so concurrent runs never deadlock on half-placed actors).
+    A slot outlives a run: ``reset`` readies it for the next one in a fraction of a second, where
+    starting four fresh actor processes costs ~15 s of CPU on a small machine.
+    ``local=True`` builds the roles in this process instead (the benchmark's overhead baseline)."""
+
+    def __init__(self, resources: TrialResources, policy_dir: str, tokenizer_dir: str, members: list[dict],
+                 seed: int, gold: bool = True, local: bool = False, name: str = "rl", pg: tuple | None = None):
+        """pg: ``(placement_group, first bundle index)`` to place the role actors into an existing
+        group (a Tune trial's own) instead of creating one."""
+        self.local, self.pg = local, None
+        placement: dict = {}
+        if not local:
+            import ray
+            from ray.util.placement_group import placement_group
+
+            if pg is None:
+                group, o = placement_group(resources.bundles(), strategy=resources.strategy,
+                                           name=f"{name}-{os.urandom(4).hex()}"), 0
+                ray.get(group.ready())
+                self.pg = group  # ours to remove
+            else:
+                group, o = pg
+            g = resources.generator.replicas
+            placement = {"learner": (group, [o]), "generator": (group, list(range(o + 1, o + 1 + g))),
+                         "proxy": (group, [o + 1 + g]), "gold": (group, [o + 2 + g])}
+        self.policy_dir = policy_dir
+        self.learner = ActorGroup(PolicyLearner, resources.learner, tokenizer_dir, {"path": policy_dir},
+                                  stream(seed, "rl/learner"), placement=placement.get("learner"), local=local)
+        # generators hold nothing a restart loses (the run re-pushes the weights): Ray restarts them
+        self.gen = ActorGroup(RolloutGenerator, resources.generator, policy_dir,
+                              placement=placement.get("generator"), local=local,
+                              options={"max_restarts": resources.generator_restarts})
+        self.generator_restarts = 0 if local else resources.generator_restarts
+        self.proxy = ActorGroup(RewardEnsemble, resources.proxy, "proxy", list(members), tokenizer_dir,
+                                placement=placement.get("proxy"), local=local)
+        self.gold = (ActorGroup(RewardEnsemble, resources.gold, "gold", [{"name": "oracle", "kind": "oracle"}],
+                                placement=placement.get("gold"), local=local) if gold else None)
+        self.members = list(members)
+
+    def reset(self, policy_dir: str, members: list[dict]) -> None:
+        refs = [*self.learner.all("reset", policy_dir), *self.gen.all("reset", policy_dir)]
+        if list(members) != self.members:
+            refs += self.proxy.all("set_members", list(members))
+            self.members = list(members)
+        fetch(refs)
+        self.policy_dir = policy_dir
+
+    def shutdown(self) -> None:
+        for g in (self.learner, self.gen, self.proxy, self.gold):
+            if g is not None:
+                g.shutdown()
+        if self.pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.pg)
+            self.pg = None
