@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.run.cli import user_error
+from orchestrator.run.cli import absolute, absolute_paths, user_error
 from orchestrator.run.main import DEFAULT_CONFIG
 
 
@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         if any(o.split("=", 1)[0].strip() == "seed" for o in overrides):
             user_error("--seeds sets each run's seed; drop the seed= override")
         try:
-            cfg = load(FrontierConfig, args.config, overrides)
+            cfg = absolute_paths(FrontierConfig, load(FrontierConfig, args.config, overrides))
         except ConfigError as e:
             user_error(str(e))
-        root = Path(args.root) if args.root else S.default_root(to_dict(cfg))
+        root = absolute(args.root) if args.root else absolute(S.default_root(to_dict(cfg)))
         dirs = []
         for s in seeds:
             d = root / f"seed-{s}"
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             if (d / "config.yaml").is_file():  # a run there already: of this config, or refused
                 try:
                     same = (config_digest(load(FrontierConfig, d / "config.yaml"))
-                            == config_digest(load(FrontierConfig, args.config, [*overrides, f"seed={s}"])))
+                            == config_digest(absolute_paths(FrontierConfig, load(FrontierConfig, args.config,
+                                                                                 [*overrides, f"seed={s}"]))))
                 except ConfigError as e:
                     user_error(f"{d}/config.yaml: {e}")
                 if not same:

@@ -20,6 +20,7 @@ from orchestrator.run.actor_group import fetch
 from orchestrator.run.colocated import execute, make_slot
 from orchestrator.run.rl_loop import ALGORITHMS, RLRun, run_rl
 from orchestrator.run.stages import StageResult
+from orchestrator.run.sweep import trial_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ("timing/", "throughput/")
@@ -42,14 +43,16 @@ def rl_inputs(smoke_run):
     sft = _stage(run_dir, "sft", cfg.sft.policy.size)
     proxies = [_stage(run_dir, "proxy", s) for s in cfg.proxy.sizes]
     train_rows, eval_rows = P.rl_rows(cfg, task)
-    specs = {s.name: s for s in P.rl_specs(cfg, proxies)}
+    # the sweep's own trials: "proxy-1x8" (no penalty), "proxy-1x8-kl0.1", "ensemble-wco"
+    specs = {s.name.removesuffix("-kl0"): s for s in trial_specs(cfg, proxies)}
     return cfg, task, sft, specs, train_rows, eval_rows
 
 
 def make_run(rl_inputs, out: Path, spec: str = "proxy-1x8", gold: bool = True, **rl_over) -> RLRun:
     cfg, task, sft, specs, train_rows, eval_rows = rl_inputs
+    kl_coef = rl_over.pop("kl_coef", None)  # a run's beta lives on its spec (the sweep's kl_coefs)
     rl = dataclasses.replace(cfg.rl, **rl_over)
-    run_spec = dataclasses.replace(specs[spec], kl_coef=rl.kl_coef)  # a run's beta lives on its spec
+    run_spec = specs[spec] if kl_coef is None else dataclasses.replace(specs[spec], kl_coef=kl_coef)
     return RLRun(rl, run_spec, cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
                  train_rows, eval_rows, out, cfg.seed, gold=gold)
 
@@ -219,6 +222,46 @@ def test_other_algorithms_run_and_learn(rl_inputs, tmp_path, algorithm):
         assert h[-1]["learner/approx_kl"] > 0  # the second epoch saw a changed policy
     finally:
         run.shutdown()
+
+
+@pytest.mark.slow
+def test_adaptive_beta_moves_in_every_trial_and_resumes_exactly(rl_inputs, tmp_path):
+    """Under ``rl.kl_controller: adaptive`` beta moves in every kind of trial: one whose sweep
+    coefficient is 0 (every ensemble trial, the no-penalty cells) starts at ``rl.kl_init`` -- a
+    multiplicative controller started at 0 stays at 0 -- and one with a coefficient starts there.
+    A run cut after its checkpoint and resumed continues with the restored beta: the same betas,
+    step by step, as the uninterrupted run."""
+    over = dict(steps=4, checkpoint_every=2, kl_controller="adaptive", kl_target=0.05, kl_horizon=20, kl_init=0.2)
+    starts = {}
+    for spec in ("ensemble-wco", "proxy-1x8", "proxy-1x8-kl0.1"):
+        run = make_run(rl_inputs, tmp_path / spec, spec=spec, **{**over, "steps": 2})
+        try:
+            run_rl(run, tensorboard=False)
+            betas = [m["kl_coef"] for m in run.history]
+        finally:
+            run.shutdown()
+        starts[spec] = betas[0]
+        assert betas[-1] != betas[0], (spec, betas)  # the controller moved beta
+    assert starts == {"ensemble-wco": 0.2, "proxy-1x8": 0.2, "proxy-1x8-kl0.1": 0.1}
+    full = make_run(rl_inputs, tmp_path / "full", **over)
+    try:
+        run_rl(full, tensorboard=False)
+        want = [m["kl_coef"] for m in full.history]
+    finally:
+        full.shutdown()
+    cut = make_run(rl_inputs, tmp_path / "cut", **over)
+    try:
+        run_rl(cut, tensorboard=False, stop_after=2)
+    finally:
+        cut.shutdown()
+    again = make_run(rl_inputs, tmp_path / "cut", **over)
+    try:
+        assert again.restore() == 2
+        assert again.kl.beta == want[2] != 0.2  # the beta step 2 used: restored, not restarted
+        run_rl(again, tensorboard=False)
+        assert [m["kl_coef"] for m in again.history] == want
+    finally:
+        again.shutdown()
 
 
 @pytest.mark.slow

@@ -357,12 +357,16 @@ class RLConfig:
     """PPO: GAE lambda."""
     whiten_advantages: bool = True
     """Normalize advantages over the batch."""
-    kl_coef: float = 0.0
-    """beta: weight of the per-token KL to the reference in the reward (0 = Gao et al.'s main sweep)."""
     kl_estimator: str = "k1"
     """Per-token KL estimator in the reward: k1, k2 or k3 (reported KL is always the k1 sum)."""
     kl_controller: str = "fixed"
-    """``fixed``: beta stays ``kl_coef``; ``adaptive``: beta moves toward ``kl_target`` (Ziegler et al.'s controller)."""
+    """``fixed``: beta stays at the trial's KL coefficient (``sweep.kl_coefs``; 0 for ensemble trials);
+    ``adaptive``: beta moves toward ``kl_target`` (Ziegler et al.'s controller), starting at the trial's
+    coefficient where it is > 0 and at ``kl_init`` where it is 0 (a multiplicative controller started
+    at 0 would stay there)."""
+    kl_init: float = 0.1
+    """The adaptive controller's starting beta in trials whose KL coefficient is 0 (every ensemble
+    trial, the no-penalty cells); must be > 0."""
     kl_target: float = 6.0
     """The per-sequence KL (nats) the adaptive controller steers toward; must be > 0."""
     kl_horizon: int = 10000
@@ -423,13 +427,11 @@ class RLConfig:
         _check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
         _check(self.vf_coef >= 0 and self.value_clip > 0, "vf_coef", "vf_coef must be >= 0, value_clip > 0")
         _check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma", "gamma must be in (0, 1], lam in [0, 1]")
-        _check(self.kl_coef >= 0, "kl_coef", f"{self.kl_coef} must be >= 0")
         _check(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", f"{self.kl_estimator!r} must be k1, k2 or k3")
         _check(self.kl_controller in ("fixed", "adaptive"), "kl_controller",
                f"{self.kl_controller!r} must be 'fixed' or 'adaptive'")
         _check(self.kl_target > 0, "kl_target", f"{self.kl_target} must be > 0 (a KL target of 0 nats is the reference itself)")
-        _check(self.kl_controller == "fixed" or self.kl_coef > 0, "kl_coef",
-               "the adaptive controller multiplies beta: start it from kl_coef > 0")
+        _check(self.kl_init > 0, "kl_init", f"{self.kl_init} must be > 0 (the adaptive controller multiplies beta)")
         _check(self.kl_horizon >= 1, "kl_horizon", f"{self.kl_horizon} must be >= 1")
         _check(self.objective in ("mean", "wco", "uwo"), "objective", f"{self.objective!r} must be mean, wco or uwo")
         for i, o in enumerate(self.ensemble_objectives):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -146,7 +147,7 @@ def bench_rl(args) -> dict:
     from orchestrator.config.schema import RLConfig, RoleResources, TrialResources
     from orchestrator.run.rl_loop import RunSpec
 
-    work = Path(args.work_dir)
+    work = Path(os.path.abspath(args.work_dir))  # actors and their stages load from it by path
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     one_thread = TrialResources(learner=RoleResources(1, 1.0), generator=RoleResources(1, 0.5),

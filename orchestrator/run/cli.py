@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.config.schema import ConfigError, config_digest, load, to_dict
+from orchestrator.config.schema import ConfigError, build, config_digest, load, to_dict
 from orchestrator.data.tables import DataError
 
 EXIT_USER_ERROR = 2
@@ -46,9 +46,51 @@ def user_error(msg: str) -> NoReturn:  # noqa: F821
     sys.exit(EXIT_USER_ERROR)
 
 
+def absolute(path: str | Path) -> Path:
+    """``path`` made absolute against this process's working directory (``~`` expanded), once,
+    where the command line is parsed: Tune runs every trial in a working directory of its own, and
+    actors, Serve replicas and Ray jobs start elsewhere, so a relative path handed to any of them
+    would name another file (DESIGN.md "Contracts")."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def _local(value: str) -> bool:
+    """A model reference that names a local path rather than a hub id."""
+    return Path(value).expanduser().exists() or value.startswith((".", "/", "~")) or value.count("/") >= 2
+
+
+def absolute_paths(cls, cfg):
+    """The config with every local path in it absolute: each ``*.path`` that names a local
+    directory, ``label.ai.constitution``, and a local ``label.ai.judge`` (backend hf). Hub ids and
+    empty values stay as they are."""
+    data = to_dict(cfg)
+    changed = False
+
+    def walk(node: dict) -> None:
+        nonlocal changed
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v)
+            elif isinstance(v, str) and v and (
+                    (k == "path" and _local(v)) or k == "constitution"
+                    or (k == "judge" and node.get("backend") == "hf" and Path(v).expanduser().exists())):
+                a = str(absolute(v))
+                if a != v:
+                    node[k], changed = a, True
+
+    walk(data)
+    return build(cls, data) if changed else cfg
+
+
 def resolve(job: str, cls, args) -> tuple[object, Path]:
-    """Load the config and pick the run directory, refusing anything that would clobber a run."""
+    """Load the config and pick the run directory, refusing anything that would clobber a run.
+    Every path that leaves here (the run directory, the config, model and constitution paths in
+    the config) is absolute."""
+    for name in ("config", "run_dir"):
+        if getattr(args, name, None):
+            setattr(args, name, str(absolute(getattr(args, name))))
     if isinstance(args.resume, str):  # --resume RUN_DIR
+        args.resume = str(absolute(args.resume))
         if args.run_dir and Path(args.run_dir) != Path(args.resume):
             user_error(f"--resume {args.resume} and --run-dir {args.run_dir} name different directories")
         args.run_dir, args.resume = args.resume, True
@@ -64,9 +106,10 @@ def resolve(job: str, cls, args) -> tuple[object, Path]:
             cfg = load(cls, saved, args.overrides)
         else:
             cfg = load(cls, args.config, args.overrides)
+        cfg = absolute_paths(cls, cfg)
     except ConfigError as e:
         user_error(str(e))
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{job}-{config_digest(cfg)[:10]}"
+    run_dir = Path(args.run_dir) if args.run_dir else absolute("runs") / f"{job}-{config_digest(cfg)[:10]}"
     if run_dir.exists() and not run_dir.is_dir():
         user_error(f"--run-dir: {run_dir} exists and is not a directory")
     saved = run_dir / "config.yaml"

@@ -70,6 +70,15 @@ class PhaseTimer:
 # one run
 
 
+def initial_kl_controller(cfg: RLConfig, kl_coef: float) -> R.KLController:
+    """beta at step 0: the trial's coefficient, fixed; or, adaptive (Ziegler et al. 2019), started
+    there when it is > 0 and at ``rl.kl_init`` when it is 0 (ensemble and no-penalty trials), since
+    the controller multiplies beta and would keep a 0 at 0 forever."""
+    if cfg.kl_controller == "adaptive":
+        return R.KLController(kl_coef if kl_coef > 0 else cfg.kl_init, cfg.kl_target, cfg.kl_horizon)
+    return R.KLController(kl_coef, 0.0, cfg.kl_horizon)
+
+
 class RLRun:
     """The state of one RL run on a ``Slot`` of actors.
 
@@ -96,7 +105,7 @@ class RLRun:
         self.local = slot.local
         self.learner, self.gen, self.proxy, self.gold = slot.learner, slot.gen, slot.proxy, slot.gold
         fetch(self.learner.one("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init")))
-        self.kl = R.KLController(spec.kl_coef, cfg.kl_target if cfg.kl_controller == "adaptive" else 0.0, cfg.kl_horizon)
+        self.kl = initial_kl_controller(cfg, spec.kl_coef)
         self.step = 0
         self.history: list[dict] = []
         self.evals: list[dict] = []

@@ -41,20 +41,3 @@ def proxy_member(cfg: FrontierConfig, proxy: StageResult) -> dict:
         s = np.asarray(pq.read_table(proxy.dir / "bon_scores.parquet", columns=["score"])["score"], np.float64)
         m["norm"] = [float(s.mean()), float(max(s.std(), 1e-6))]
     return m
-
-
-def rl_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
-    """One no-penalty run per proxy size (Gao et al.'s main sweep) and one run per ensemble
-    objective over every proxy size (Coste et al.)."""
-    from orchestrator.run.rl_loop import RunSpec
-
-    by_size = {p.meta["size"]: p for p in proxies}
-    member = lambda s: proxy_member(cfg, by_size[s])  # noqa: E731
-
-    specs = [RunSpec(f"proxy-{s}", (member(s),), cfg.rl.objective, cfg.rl.kl_coef, by_size[s].meta["params"])
-             for s in (cfg.rl.sizes or cfg.proxy.sizes)]
-    if len(cfg.proxy.sizes) >= 2:
-        for obj in cfg.rl.ensemble_objectives:
-            specs.append(RunSpec(f"ensemble-{obj}", tuple(member(s) for s in cfg.proxy.sizes), obj, cfg.rl.kl_coef,
-                                 sum(p.meta["params"] for p in proxies)))
-    return specs

@@ -24,7 +24,7 @@ from pathlib import Path
 import ray
 from ray.tune.stopper import Stopper
 
-from orchestrator.config.schema import FrontierConfig, digest, to_dict
+from orchestrator.config.schema import ConfigError, FrontierConfig, digest, to_dict
 from orchestrator.run.stages import StageResult
 
 log = logging.getLogger("rlhf_frontier")
@@ -141,9 +141,49 @@ class GoldStopper(Stopper):
         return False
 
 
-def _stopper(cfg: FrontierConfig) -> GoldStopper | None:
+FATAL_METRIC = "fatal_error"  # a trial reports it once when it hit an error no retry can fix
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """An error that a retry of the trial cannot fix: a config or data error raised inside the
+    trial (a refused checkpoint of another reference policy is one), a missing or unreadable
+    file, a missing package, a broken information barrier, a model path that is not a model.
+    A killed process, a lost node or a reward member that raised are not: Tune retries those."""
+    from orchestrator.data.batch import BarrierError
+    from orchestrator.data.tables import DataError
+
+    if isinstance(exc, (ConfigError, DataError, BarrierError, ImportError, FileNotFoundError, NotADirectoryError,
+                        IsADirectoryError, PermissionError)):
+        return True
+    msg = str(exc)
+    # transformers' from_pretrained on a path that is no model directory (or not absolute inside a trial)
+    return type(exc) is OSError and any(s in msg for s in ("Repo id must be", "does not appear to have a file",
+                                                           "Can't load", "is not a valid model identifier"))
+
+
+class FatalStopper(Stopper):
+    """Ends the whole experiment as soon as a trial reports a permanent error (``is_permanent``):
+    every other trial would hit it too, and retrying cannot help. Chained with the gold stopper."""
+
+    def __init__(self, inner: Stopper | None = None):
+        self.inner, self._fatal = inner, False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if result.get(FATAL_METRIC):
+            self._fatal = True
+            return True
+        return bool(self.inner(trial_id, result)) if self.inner is not None else False
+
+    def stop_all(self) -> bool:
+        return self._fatal
+
+    def __getstate__(self):  # a restored experiment starts without the fatal flag (the cause was fixed)
+        return {"inner": self.inner, "_fatal": False}
+
+
+def _stopper(cfg: FrontierConfig) -> FatalStopper:
     st = cfg.sweep.stopper
-    return GoldStopper(st.margin, st.patience, st.metric) if st.enabled else None
+    return FatalStopper(GoldStopper(st.margin, st.patience, st.metric) if st.enabled else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,15 +197,31 @@ def rl_trial(config: dict, ctx: dict) -> None:
     Tune's best-checkpoint selection by ``eval/gold`` picks real policies."""
     import ray.tune as tune
 
-    from orchestrator.nn.models import set_threads
     from orchestrator.run.cli import setup_logging
-    from orchestrator.run.rl_loop import RLRun, run_rl, summarize
-    from orchestrator.run.slots import Slot
 
     setup_logging()  # this process's INFO lines reach the driver's log (Ray forwards worker output)
 
     spec = ctx["specs"][config["trial"]]
     out = Path(ctx["dirs"][config["trial"]])
+    (out / "FATAL.json").unlink(missing_ok=True)
+    try:
+        _rl_trial(spec, out, ctx)
+    except Exception as e:  # noqa: BLE001  (classified: permanent errors end the sweep, others are retried)
+        if not is_permanent(e):
+            raise
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "FATAL.json", {"trial": spec.name, "type": type(e).__name__, "message": str(e)})
+        log.error("rl %s: %s: %s (no retry can fix this: ending the sweep)", spec.name, type(e).__name__, e)
+        tune.report({FATAL_METRIC: 1, "trial_name": spec.name})
+
+
+def _rl_trial(spec, out: Path, ctx: dict) -> None:
+    import ray.tune as tune
+
+    from orchestrator.nn.models import set_threads
+    from orchestrator.run.rl_loop import RLRun, run_rl, summarize
+    from orchestrator.run.slots import Slot
+
     done = out / "DONE.json"
     cfg_rl, res = ctx["rl"], ctx["resources"]
     if done.is_file():  # finished before (a rerun of the job, or a restored sweep)
@@ -250,6 +306,10 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
 
     from orchestrator.run.rl_stage import rl_rows
 
+    if cfg.sweep.wandb:
+        # offline unless the user chose otherwise: set here, before a Tune experiment is built or
+        # restored (a restored WandbLoggerCallback asks for an API key unless WANDB_MODE is offline)
+        os.environ.setdefault("WANDB_MODE", "offline")
     specs = trial_specs(cfg, proxies)
     dirs = [trial_dir(cfg, run_dir, task, sft, s) for s in specs]
     todo = [i for i, d in enumerate(dirs) if not (d / "DONE.json").is_file()]
@@ -288,6 +348,15 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
                     callbacks=_callbacks(cfg, run_dir), verbose=1 if progress else 0,
                     log_to_file=True))
         grid = tuner.fit()
+        fatal = [json.loads((d / "FATAL.json").read_text()) for d in dirs if (d / "FATAL.json").is_file()]
+        if fatal:
+            # set the stopped experiment aside: a rerun after the fix builds a fresh one, and every
+            # trial continues from its own checkpoints (Tune would count the stopped ones finished)
+            aside = path.with_name(f"sweep.stopped-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.rename(aside)
+            f = fatal[0]
+            raise ConfigError(f"sweep trial {f['trial']}: {f['type']}: {f['message']} (the sweep stopped at once: "
+                              f"no retry can fix this; fix it and rerun, finished trials are kept)")
         errors = [r for r in grid if r.error is not None]
         if errors:
             raise RuntimeError(f"{len(errors)} sweep trial(s) failed after {cfg.sweep.max_failures} retries; "
@@ -330,7 +399,6 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
     import wandb
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    os.environ.setdefault("WANDB_MODE", "offline")  # Ray's callback asks for a key unless offline
     (run_dir / "wandb").mkdir(exist_ok=True)
     class KeylessWandbLoggerCallback(WandbLoggerCallback):
         """Ray's callback hands ``WANDB_API_KEY`` to its logging actor through a runtime_env, and
