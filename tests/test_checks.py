@@ -198,8 +198,6 @@ def test_bon_checks_a_fit_without_peak_ranks_highest_and_the_measured_gold_stand
     assert c["all_pass"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="scaling.spearman breaks ties among None peaks by list order, and the "
-                   "lists are sorted by size: no fitted peak anywhere gives Spearman +1")
 def test_bon_checks_no_fitted_peak_anywhere_is_no_size_trend():
     bon = [bon_entry(*a) for a in GAO]
     for e in bon:
@@ -452,8 +450,6 @@ def test_rl_checks_on_no_run_evaluate_nothing():
     assert c["all_pass"] is False  # nothing evaluated is no pass
 
 
-@pytest.mark.xfail(strict=True, reason="rl_checks keys kl_for_same_gold / gold_drop_single by proxy name: with "
-                   "sweep.seeds the same proxy's no-penalty runs of other seeds overwrite each other")
 def test_rl_every_seed_of_a_proxy_counts():
     fast = rl_run("p-s", 10_000, D6, [0, 0.4, 0.8, 1.2, 0.4, 0.2], seed=0)  # gold 0.4 d: less KL than BoN
     slow = single_s(seed=1)  # gold 0.1 d: 4x the KL of BoN
@@ -555,8 +551,6 @@ def test_sweep_penalty_run_is_compared_with_its_own_seed():
     assert c["penalty"]["a@0.1"]["gap_mean_abs"] == pytest.approx((0.1 + 0.15 + 0.2) / 3)
 
 
-@pytest.mark.xfail(strict=True, reason="sweep_checks keys penalty runs by proxy@kl_coef: with sweep.seeds the "
-                   "seeds of one cell overwrite each other and only the last one is checked")
 def test_sweep_every_seed_of_a_penalty_cell_counts():
     rl = [sw_run("a", 1, 0.0, BASE, seed=0), sw_run("a", 1, 0.0, BASE, seed=1),
           sw_run("a", 1, 0.1, (ON_CURVE[0], [0, 0, 0, 0]), seed=0),  # 0.3 below the frontier
@@ -611,16 +605,12 @@ def test_sweep_peaks_and_coefficients_average_the_seeds():
     assert c["coefficients"]["b"]["bon"] is None
 
 
-@pytest.mark.xfail(strict=True, reason="scaling.spearman breaks ties among None peaks by list order (sorted by "
-                   "size): a sweep where no run's fit turns down reports that the peaks grow with size")
 def test_sweep_no_fitted_peak_anywhere_is_no_size_trend():
     c = sweep_checks([], sweep(peaks=((None, None),) * 3))
     assert c.get("peak_kl_grows_with_size") is not True
     assert c.get("peak_gold_grows_with_size") is not True
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="sweep_checks counts every proxy, not those with a "
-                   "no-penalty run: a proxy with penalty runs only puts None among the sizes and spearman raises")
 def test_sweep_proxy_with_penalty_runs_only():
     rl = sweep(sizes=SIZES[:2]) + [sw_run("c", 200_000, 0.1, ON_CURVE)]
     c = sweep_checks([], rl)

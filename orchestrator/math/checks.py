@@ -45,10 +45,19 @@ def bon_checks(bon: list[dict]) -> dict:
         out["spearman_size_gold_peak"] = spearman(params, [e["fit"]["gold_peak"] if e["fit"]["gold_peak"] is not None
                                                            else max(pt["gold"] for pt in e["points"])
                                                            for e in by_size])
+        for k in ("spearman_size_kl_peak", "spearman_size_gold_peak"):
+            if math.isnan(out[k]):
+                out[k] = None
+                not_evaluated[k] = "no variation to rank (e.g. no fitted peak for any size)"
     out["not_evaluated"] = not_evaluated
     out["all_pass"] = bool(all(mono.values()) and out["smallest_rises_then_falls"] and out["r2_all_ge_0.9"]
                            and ("spearman_size_kl_peak" in not_evaluated or out["spearman_size_kl_peak"] > 0))
     return out
+
+
+def _run_key(e: dict, per_seed: bool) -> str:
+    """A run's key in a per-run table: its proxy, and its seed where several seeds share a proxy."""
+    return f"{e['proxy']}/seed{e.get('seed')}" if per_seed else e["proxy"]
 
 
 def kl_to_reach(points: list[dict], g: float) -> float | None:
@@ -143,6 +152,7 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
     # two measured peaks, each curve's first crossing (interpolated in sqrt(KL))
     bon_by = {e["proxy"]: e for e in bon}
     ratios = {}
+    per_seed = len({e.get("seed") for e in single}) > 1  # sweep.seeds: one entry per proxy and seed
     for e in single:
         b = bon_by.get(e["proxy"])
         if b is None:
@@ -162,7 +172,7 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
                                "ratio": k_rl / k_bon, "ratio_vs_bound": k_rl / k_bound})
         if levels:
             gm = lambda key: float(np.exp(np.mean([math.log(x[key]) for x in levels])))  # noqa: E731
-            ratios[e["proxy"]] = {"levels": levels, "ratio": gm("ratio"), "ratio_vs_bound": gm("ratio_vs_bound"),
+            ratios[_run_key(e, per_seed)] = {"levels": levels, "ratio": gm("ratio"), "ratio_vs_bound": gm("ratio_vs_bound"),
                                   "gold": levels[-1]["gold"]}
     out["kl_for_same_gold"] = ratios
     out["rl_spends_more_kl_than_bon"] = bool(ratios) and all(r["ratio"] > 1 for r in ratios.values())
@@ -180,10 +190,11 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
         # every run at the largest KL all of them reached (Gao et al. plot gold against KL too)
         k = min(max(p["kl"] for p in e["points"]) for e in single + ens)
         out["gold_drop_at_kl"] = k
-        out["gold_drop_single"] = {e["proxy"]: drop_by_kl(e["points"], k) for e in single}
-        out["gold_drop_ensemble"] = {e["proxy"]: drop_by_kl(e["points"], k) for e in ens}
-        out["gold_drop_single_end"] = {e["proxy"]: e.get("gold_drop_after_peak") for e in single}
-        out["gold_drop_ensemble_end"] = {e["proxy"]: e.get("gold_drop_after_peak") for e in ens}
+        ps = per_seed or len({e.get("seed") for e in ens}) > 1
+        out["gold_drop_single"] = {_run_key(e, ps): drop_by_kl(e["points"], k) for e in single}
+        out["gold_drop_ensemble"] = {_run_key(e, ps): drop_by_kl(e["points"], k) for e in ens}
+        out["gold_drop_single_end"] = {_run_key(e, ps): e.get("gold_drop_after_peak") for e in single}
+        out["gold_drop_ensemble_end"] = {_run_key(e, ps): e.get("gold_drop_after_peak") for e in ens}
         out["ensemble_loses_less"] = bool(min(out["gold_drop_ensemble"].values())
                                           < float(np.mean(list(out["gold_drop_single"].values()))))
     if seed_ens:
@@ -262,16 +273,22 @@ def sweep_checks(bon: list[dict], rl: list[dict]) -> dict:
                         "gold_peak_empirical": _mean([r["gold_peak_empirical"]["gold"] for r in runs
                                                       if r.get("gold_peak_empirical")])}
         out["no_penalty_peaks"] = peaks
-        sizes = [peaks[p]["params"] for p in proxies]
-        if len(proxies) < 3:
+        trend = [p for p in proxies if peaks[p]["params"] is not None]  # proxies with a no-penalty run
+        sizes = [peaks[p]["params"] for p in trend]
+        if len(trend) < 3:
             for k in ("peak_kl_grows_with_size", "peak_gold_grows_with_size"):
-                not_evaluated[k] = f"{len(proxies)} proxy sizes with a no-penalty run: a size trend needs >= 3"
+                not_evaluated[k] = f"{len(trend)} proxy sizes with a no-penalty run: a size trend needs >= 3"
         else:
-            out["spearman_size_kl_peak"] = spearman(sizes, [peaks[p]["kl_peak_fit"] for p in proxies])
-            gp = [peaks[p]["gold_peak_fit"] for p in proxies]
+            out["spearman_size_kl_peak"] = spearman(sizes, [peaks[p]["kl_peak_fit"] for p in trend])
+            gp = [peaks[p]["gold_peak_fit"] for p in trend]  # no fitted peak: gold ranks lowest
             out["spearman_size_gold_peak"] = spearman(sizes, [-math.inf if v is None else v for v in gp])
-            out["peak_kl_grows_with_size"] = bool(out["spearman_size_kl_peak"] > 0)
-            out["peak_gold_grows_with_size"] = bool(out["spearman_size_gold_peak"] > 0)
+            for s, k in (("spearman_size_kl_peak", "peak_kl_grows_with_size"),
+                         ("spearman_size_gold_peak", "peak_gold_grows_with_size")):
+                if math.isnan(out[s]):
+                    out[s] = None
+                    not_evaluated[k] = "no variation to rank (e.g. no fitted peak for any size)"
+                else:
+                    out[k] = bool(out[s] > 0)
         pen = {}
         for p in proxies:
             base = c.get((p, 0.0), [])
@@ -284,7 +301,7 @@ def sweep_checks(bon: list[dict], rl: list[dict]) -> dict:
                     b = next((x for x in base if x.get("seed") == r.get("seed")), base[0])
                     gaps = [g - pt["gold"] for pt in r["points"][1:]
                             if (g := gold_on_curve(b["points"], pt["kl"])) is not None]
-                    pen[f"{p}@{k:g}"] = {
+                    pen[f"{p}@{k:g}" + (f"/seed{r.get('seed')}" if len(c.get((p, k), [])) > 1 else "")] = {
                         "final_kl": r["points"][-1]["kl"], "final_kl_no_penalty": b["points"][-1]["kl"],
                         "lower_final_kl": bool(r["points"][-1]["kl"] < b["points"][-1]["kl"]),
                         "gap_mean_abs": float(np.mean(np.abs(gaps))) if gaps else None,

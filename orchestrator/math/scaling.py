@@ -89,11 +89,14 @@ def fit_rl(kl: np.ndarray, r: np.ndarray, weights: np.ndarray | None = None) -> 
 
 
 def spearman(x: list[float], y: list[float | None]) -> float:
-    """Spearman rank correlation; ``None`` in y (no peak in sight) ranks above every number."""
-    from scipy.stats import spearmanr
+    """Spearman rank correlation (Pearson correlation of the ranks, ties averaged); ``None`` in y (no
+    peak in sight) ranks above every number, and several ``None`` tie with each other (they used to
+    be ranked by their order in the list, which -- sorted by size -- made a size trend out of
+    nothing). NaN when x or y has no variation: there is no trend to measure."""
+    from scipy.stats import rankdata
 
-    yy = [math.inf if v is None else v for v in y]
-    finite_max = max([v for v in yy if math.isfinite(v)], default=0.0)
-    yy = [finite_max * 2 + 1 + i if not math.isfinite(v) else v for i, v in enumerate(yy)]
-    rho = spearmanr(x, yy).statistic
-    return float(rho)
+    yy = [math.inf if v is None else float(v) for v in y]
+    rx, ry = rankdata(x), rankdata(yy)
+    if len(set(rx)) < 2 or len(set(ry)) < 2:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
