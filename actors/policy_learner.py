@@ -42,6 +42,12 @@ class PolicyLearner:
         self.value_head: torch.nn.Linear | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.version = 0  # RL updates applied
+        self._progress: dict = {}
+
+    def progress(self) -> dict:
+        """How far the running ``sft`` is: {what, done, total, loss} (answered by a second actor
+        thread while it runs; the driver shows it beside its own count)."""
+        return dict(self._progress)
 
     def where(self) -> dict:
         """This actor's process and Ray node (placement tests, fault drills)."""
@@ -56,9 +62,11 @@ class PolicyLearner:
             progress: bool = False) -> dict:
         """Next-token loss on response tokens only; AdamW, cosine decay with 5% warm-up."""
         t0 = time.perf_counter()
+        torch.set_num_threads(self.threads)  # per calling thread under OpenMP (a threaded actor's pool)
         torch.manual_seed(self.seed)
         rng = random.Random(self.seed)
         enc = [(len(encode_prompt(self.tok, p)), encode_pair(self.tok, p, r)) for p, r in pairs]
+        self._progress = {"what": "sft step", "done": 0, "total": steps}
         opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
         warm = max(1, steps // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -81,6 +89,7 @@ class PolicyLearner:
             sched.step()
             losses.append(loss.item())
             tokens += int(mask.sum())
+            self._progress = {"what": "sft step", "done": step + 1, "total": steps, "loss": losses[-1]}
         self.model.eval()
         secs = time.perf_counter() - t0
         tail = losses[-max(1, steps // 10):]

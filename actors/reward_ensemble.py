@@ -80,7 +80,13 @@ class RewardEnsemble:
             torch.set_num_threads(self.threads)
         self.tok = _hf().load_tokenizer(tokenizer_dir) if tokenizer_dir else None
         self._calls: dict[str, int] = {}
+        self._progress: dict = {}
         self.set_members(members)
+
+    def progress(self) -> dict:
+        """How far the running ``train`` is: {what, done, total, loss} over every member's steps
+        (answered by a second actor thread while it runs)."""
+        return dict(self._progress)
 
     def where(self) -> dict:
         """This actor's process and Ray node (placement tests, fault drills)."""
@@ -182,6 +188,7 @@ class RewardEnsemble:
         A step takes ``prompts_per_step`` prompts and *all* their pairs, so each sequence is
         encoded once per step however many pairs it is in (4 responses -> 6 pairs, 4 forwards).
         """
+        torch.set_num_threads(self.threads)  # per calling thread under OpenMP (a threaded actor's pool)
         seqs = [_hf().encode_pair(self.tok, p, r) for p, r in data["texts"]]
         a, b = np.asarray(data["a"]), np.asarray(data["b"])
         p_a, val = np.asarray(data["p_a"], float), np.asarray(data["val"], bool)
@@ -192,6 +199,7 @@ class RewardEnsemble:
             by_group.setdefault(int(group[i]), []).append(int(i))
         group_len = {g: max(len(seqs[x]) for i in idx for x in (a[i], b[i])) for g, idx in by_group.items()}
         stats = {}
+        done_before = 0  # steps of the members trained before this one
         for j, (name, m) in enumerate(zip(self.names, self.members)):
             if m == "oracle":
                 continue
@@ -222,6 +230,9 @@ class RewardEnsemble:
                     opt.step()
                     sched.step()
                     losses.append(loss.item())
+                    self._progress = {"what": "BT step", "done": done_before + len(losses),
+                                      "total": done_before + total, "loss": losses[-1]}
+            done_before += total
             m.eval()
             st = {"seconds": time.perf_counter() - t0, "loss_last": float(np.mean(losses[-20:])),
                   "steps": total, "params": _hf().n_params(m)}

@@ -48,10 +48,24 @@ def test_gold_stopper_waits_for_patience_below_peak():
 # --------------------------------------------------------------------------------------------
 
 
-def _job(*args: str, env: dict | None = None) -> subprocess.Popen:
-    e = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-         **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "jobs.sweep", *args], cwd=ROOT, env=e, text=True,
+# what a user's shell does not have: the variables the test harness sets, and per-user caches
+HARNESS_ONLY = ("WANDB_MODE", "HF_HUB_OFFLINE", "RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED", "DS_ACCELERATOR",
+                "TOKENIZERS_PARALLELISM", "WANDB_API_KEY", "HF_HOME", "XDG_CACHE_HOME", "RLHF_FRONTIER_CACHE")
+
+
+def user_env(home: Path, **extra: str) -> dict:
+    """A user's environment: none of the harness's variables, a fresh HOME (so fresh caches)."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {**{k: v for k, v in os.environ.items() if k not in HARNESS_ONLY}, "HOME": str(home), **extra}
+
+
+def _job(*args: str, env: dict | None = None, cwd: Path = ROOT, user: Path | None = None,
+         job: str = "jobs.sweep") -> subprocess.Popen:
+    """``python -m jobs.sweep ARGS``: in the test environment, or, with ``user`` (a fresh HOME), in
+    a user's environment (``user_env``)."""
+    base = user_env(user) if user is not None else {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+                                                     "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.Popen([sys.executable, "-m", job, *args], cwd=cwd, env={**base, **(env or {})}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -113,7 +127,8 @@ def _cut_trial_with_tune_checkpoint(d: Path) -> Path | None:
 @pytest.mark.slow
 def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     """SIGKILL the sweep driver (and its Ray: every RL run process) once one trial finished and
-    another checkpointed; ``--resume RUN_DIR`` restores the Tune experiment: the finished trial is
+    another checkpointed; ``--resume RUN_DIR`` (relative, in a user's environment, wandb on) restores
+    the Tune experiment: the finished trial is
     not run again, the cut one continues from its checkpoint, and every trial ends with the
     uninterrupted results -- final weights, metric history and evaluations (the RL-loop issue's
     SIGKILL test and the sweep issue's restore test in one)."""
@@ -139,7 +154,10 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     p.wait()
     # the cut trial loses its own checkpoints (as if it ran on a lost node): Tune's copy must do
     shutil.rmtree(cut / "checkpoints")
-    r = _job("--resume", str(d), "--quiet")
+    # resumed as the README says, by a user: a relative run directory, from its parent, in a shell
+    # with none of the test harness's variables (no WANDB_MODE: the restored wandb callback must
+    # still run offline) and a fresh HOME
+    r = _job("--resume", d.name, "--quiet", cwd=d.parent, user=tmp_path / "home")
     _, err = r.communicate(timeout=900)
     assert r.returncode == 0, err[-3000:]
     assert "restoring the Tune experiment" in err, err[-3000:]

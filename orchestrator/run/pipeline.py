@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import ray
-from tqdm import tqdm
 
 from actors.policy_learner import PolicyLearner
 from actors.reward_ensemble import RewardEnsemble
@@ -34,6 +33,7 @@ from orchestrator.data.tasks import synthetic as T
 from orchestrator.math.bon import bon_summary
 from orchestrator.nn.models import train_tokenizer
 from orchestrator.run.actor_group import ActorGroup
+from orchestrator.run.progress import as_completed, wait
 from orchestrator.run.stages import (
     StageResult,
     begin,
@@ -46,12 +46,8 @@ from orchestrator.run.stages import (
 
 log = logging.getLogger("rlhf_frontier")
 
-
-def _wait(refs: list, desc: str, progress: bool) -> list:
-    """``ray.get`` with a progress bar, results in the order of ``refs``."""
-    for _ in _as_completed(refs, desc, progress):
-        pass
-    return ray.get(refs)
+# a second actor thread answers progress() polls while sft / train run (progress.as_completed)
+ANSWERS_PROGRESS = {"max_concurrency": 2}
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,10 +114,11 @@ def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
         tmp = begin(st)
         model, resources = models[name]
         grp = ActorGroup(PolicyLearner, resources, str(task.dir / "tokenizer"), asdict(model),
-                         stream(cfg.seed, "sft"), replicas=1)
+                         stream(cfg.seed, "sft"), replicas=1, options=ANSWERS_PROGRESS)
         tr = grp.one("sft", pairs, cfg.sft.steps, cfg.sft.sequences_per_step, cfg.sft.lr)
         calls[grp.one("save", str(tmp / "policy"))] = (name, grp, tr)
-    for ref in _as_completed(list(calls), "train LMs", progress):
+    poll = {f"lm-{models[n][0].size}": g.actors[0] for n, g, _ in calls.values()}
+    for ref in as_completed(list(calls), "train LMs", progress, poll):
         name, grp, tr = calls[ref]
         stats = ray.get(tr)
         grp.shutdown()
@@ -132,17 +129,6 @@ def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
         if name not in out:
             out[name] = cached(st)
     return out
-
-
-def _as_completed(refs: list, desc: str, progress: bool):
-    """Yield object refs as they finish, with a progress bar."""
-    pending = list(refs)
-    with tqdm(total=len(pending), desc=desc, disable=not progress, leave=False) as bar:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            ray.get(ready[0])  # raise the actor's error here
-            bar.update(1)
-            yield ready[0]
 
 
 def _sample_pool(gen: ActorGroup, prompts: list[str], n: int, seed: int, cfg: FrontierConfig, desc: str,
@@ -156,7 +142,7 @@ def _sample_pool(gen: ActorGroup, prompts: list[str], n: int, seed: int, cfg: Fr
                     cfg.sample.max_new_tokens, cfg.sample.temperature, fast=True)
             for i in range(0, len(prompts), per_chunk)]
     idx, texts, ntok = [], [], []
-    for c, b in enumerate(_wait(refs, desc, progress)):
+    for c, b in enumerate(wait(refs, desc, progress)):
         idx += (b.prompt_index + c * per_chunk).tolist()
         texts += b.texts
         ntok += b.n_tokens.tolist()
@@ -368,13 +354,14 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
             else:
                 member.update(size=s, n_head=cfg.proxy.n_head, n_positions=cfg.sft.policy.n_positions)
             grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", [member], str(task.dir / "tokenizer"),
-                             replicas=1)
+                             replicas=1, options=ANSWERS_PROGRESS)
             # one caller's calls to an actor run in order: train, then score, then save
             tr = grp.one("train", data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
                          stream(cfg.seed, f"{sub}/train"))
             sc = grp.one("score", uniq_ref)
             calls[grp.one("save", str(tmp))] = ((s, i), name, grp, tr, sc, tmp)
-        for ref in _as_completed(list(calls), "train proxies", progress):
+        poll = {v[1]: v[2].actors[0] for v in calls.values()}
+        for ref in as_completed(list(calls), "train proxies", progress, poll):
             w, name, grp, tr, sc, tmp = calls[ref]
             stats, scores = ray.get([tr, sc])
             grp.shutdown()  # frees its CPU for the next size

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import ray
+from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from orchestrator.config.schema import ConfigError, FrontierConfig, digest, to_dict
@@ -331,6 +332,7 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
         if tune.Tuner.can_restore(str(path)):
             log.info("sweep: restoring the Tune experiment in %s", path)
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+            SweepProgress.show_bar = progress  # the restored callback: this terminal decides
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -345,7 +347,8 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
                     # snapshot and its pruning leaves a restore pointing at a deleted checkpoint
                     checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=cfg.sweep.select_by,
                                                             checkpoint_score_order="max"),
-                    callbacks=_callbacks(cfg, run_dir), verbose=1 if progress else 0,
+                    callbacks=[SweepProgress(len(todo), cfg.rl.steps, progress), *_callbacks(cfg, run_dir)],
+                    verbose=0,  # SweepProgress shows the sweep: a bar on a terminal, a log line every 30 s
                     log_to_file=True))
         grid = tuner.fit()
         fatal = [json.loads((d / "FATAL.json").read_text()) for d in dirs if (d / "FATAL.json").is_file()]
@@ -382,6 +385,53 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
             summary["proxy"] = s.members[0]["name"]
         out.append(summary)
     return out
+
+
+class SweepProgress(Callback):
+    """The sweep's progress: RL steps done over all trials (a bar on a terminal) and, at least
+    every 30 s, a log line with the trials finished, running (and their steps) and pending."""
+
+    show_bar: bool | None = None  # set on restore: the restoring terminal decides, not the pickled state
+
+    def __init__(self, trials: int, steps: int, bar: bool):
+        self.trials, self.steps, self.bar = trials, steps, bar
+        self.step: dict[str, int] = {}
+        self.names: dict[str, str] = {}
+        self.finished: set[str] = set()
+        self._p = None
+
+    def __getstate__(self):  # Tune snapshots its callbacks with the experiment: no terminal handles
+        return {**self.__dict__, "_p": None}
+
+    def _progress(self):
+        if self._p is None:
+            from orchestrator.run.progress import Progress
+
+            bar = self.bar if SweepProgress.show_bar is None else SweepProgress.show_bar
+            self._p = Progress("sweep", self.trials * self.steps, bar, unit="step")
+        return self._p
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.names[trial.trial_id] = result.get("trial_name", trial.trial_id)
+        if result.get("done_before"):
+            self.step[trial.trial_id] = self.steps
+        elif "step" in result:
+            self.step[trial.trial_id] = int(result["step"]) + 1
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished.add(trial.trial_id)
+        self.step[trial.trial_id] = self.steps
+
+    def on_step_end(self, iteration, trials, **info):
+        p = self._progress()
+        running = [f"{self.names.get(t, t)} {s}/{self.steps}" for t, s in self.step.items()
+                   if t not in self.finished]
+        p.set(min(sum(self.step.values()), p.total),
+              f"{len(self.finished)}/{self.trials} trials done" + (f"; running {', '.join(running)}" if running else ""))
+
+    def on_experiment_end(self, trials, **info):
+        if self._p is not None:
+            self._p.close()
 
 
 def _concurrent(cfg: FrontierConfig, n: int) -> int:

@@ -1,0 +1,96 @@
+"""The newcomer's path: the main job run as a user types it -- from another working directory, with
+the default (relative) run directory or a relative ``--run-dir``, in a shell without the test
+harness's variables and with a fresh HOME -- and an error no retry can fix ending the sweep at once.
+
+The smoke run's finished stages are copied into the run directory first (the trials are what ran
+in Tune's per-trial working directories and broke on relative paths; the stages run in CI's
+newcomer command, ``.ci/run``)."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config.schema import FrontierConfig, config_digest, load
+from tests.test_sweep import ROOT, SMOKE, _job
+
+pytestmark = pytest.mark.slow
+
+
+def _copy_stages(smoke_dir: Path, d: Path, config: Path = ROOT / SMOKE) -> None:
+    from orchestrator.run.cli import save_config
+
+    d.mkdir(parents=True)
+    shutil.copytree(smoke_dir / "stages", d / "stages")
+    save_config(load(FrontierConfig, config), d)
+
+
+@pytest.mark.parametrize("how", ["default run dir", "relative --run-dir"])
+def test_main_job_from_another_directory_with_a_relative_run_dir(smoke_run, tmp_path, how):
+    _, smoke_dir, _ = smoke_run
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(ROOT / SMOKE, work / "mine.yaml")  # a relative --config too
+    if how == "default run dir":
+        rel = Path("runs") / f"frontier-{config_digest(load(FrontierConfig, work / 'mine.yaml'))[:10]}"
+        args = ["--config", "mine.yaml", "--quiet"]
+    else:
+        rel = Path("out") / "run"
+        args = ["--config", "mine.yaml", "--run-dir", str(rel), "--quiet"]
+    _copy_stages(smoke_dir, work / rel, work / "mine.yaml")
+    p = _job(*args, cwd=work, user=tmp_path / "home", job="jobs.frontier")
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+    run = work / rel
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["run_dir"] == str(run.resolve())  # absolute, under the working directory
+    fr = json.loads((run / "frontier.json").read_text())
+    assert fr["rl"] and all((run / "rl").glob("*/DONE.json"))
+    assert len(list((run / "rl").glob("*/DONE.json"))) == len(fr["rl"])
+    saved = (run / "config.yaml").read_text()
+    assert "runs/" not in saved and "mine.yaml" not in saved
+    assert not (work / "tune").exists() and not list(tmp_path.glob("home/ray_results*"))
+
+
+def test_error_no_retry_can_fix_ends_the_sweep_at_once(smoke_run, tmp_path):
+    """A trial's checkpoint from another reference policy is refused inside the trial: the sweep
+    stops at once (no 3 attempts per trial, no other trial started after it) and the job exits 2
+    with one line naming the trial and the cause. After the cause is removed, the rerun finishes."""
+    from safetensors.torch import load_file, save_file
+
+    _, smoke_dir, _ = smoke_run
+    d = tmp_path / "run"
+    _copy_stages(smoke_dir, d)
+    # another reference policy: the SFT policy's weights, nudged (the stage cache keys on config)
+    pol = next(d.glob("stages/sft-*/policy/model.safetensors"))
+    w = load_file(pol)
+    k = next(iter(w))
+    w[k] = w[k] + 1e-3
+    save_file(w, pol, metadata={"format": "pt"})
+    # ...and a trial directory holding a checkpoint of the original policy (an unfinished trial)
+    ref = next(x for x in smoke_dir.glob("rl/proxy-*-kl0-*") if (x / "checkpoints").is_dir())
+    shutil.copytree(ref, d / "rl" / ref.name)
+    for f in ("DONE.json", "SUMMARY.json"):
+        (d / "rl" / ref.name / f).unlink(missing_ok=True)
+    t0 = time.time()
+    p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", job="jobs.frontier")
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: sweep trial proxy-") and "another reference policy" in last, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    fatal = json.loads((d / "rl" / ref.name / "FATAL.json").read_text())
+    assert fatal["type"] == "ConfigError"
+    # no retry: the trial ran once (Tune's own record of it has no second attempt)
+    assert err.count("trained from another reference policy") <= 3, err[-3000:]
+    assert list((d / "tune").glob("sweep.stopped-*")), "the stopped experiment is set aside"
+    assert not (d / "frontier.json").exists()
+    print(f"stopped after {time.time() - t0:.0f} s")
+    # the cause removed (the stale trial directory), the same command finishes
+    shutil.rmtree(d / "rl" / ref.name)
+    p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", job="jobs.frontier")
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+    assert (d / "frontier.json").is_file()
