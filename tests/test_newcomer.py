@@ -64,7 +64,9 @@ def test_error_no_retry_can_fix_ends_the_sweep_at_once(smoke_run, tmp_path):
     d = tmp_path / "run"
     _copy_stages(smoke_dir, d)
     # another reference policy: the SFT policy's weights, nudged (the stage cache keys on config)
-    pol = next(d.glob("stages/sft-*/policy/model.safetensors"))
+    cfg = load(FrontierConfig, ROOT / SMOKE)
+    pol = next(x / "policy" / "model.safetensors" for x in d.glob("stages/sft-*")
+               if json.loads((x / "DONE.json").read_text()).get("size") == cfg.sft.policy.size)
     w = load_file(pol)
     k = next(iter(w))
     w[k] = w[k] + 1e-3
