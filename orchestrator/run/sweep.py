@@ -201,6 +201,8 @@ def rl_trial(config: dict, ctx: dict) -> None:
     from orchestrator.run.cli import setup_logging
 
     setup_logging()  # this process's INFO lines reach the driver's log (Ray forwards worker output)
+    for name in ("ray.train", "ray.tune"):  # not a line per checkpoint: the sweep's progress says enough
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     spec = ctx["specs"][config["trial"]]
     out = Path(ctx["dirs"][config["trial"]])
@@ -463,6 +465,15 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
                                                        max_task_retries=-1)(self._logger_actor_cls)
             super()._start_logging_actor(trial, exclude_results, **kwargs)
 
+        def on_experiment_end(self, trials, **info):
+            """Trials the experiment ended without a ``log_trial_end`` (a ``stop_all`` after a
+            permanent error) would keep their logging actors waiting for more results, and Ray's
+            callback would wait ``upload_timeout`` (30 min) for them: end their runs first."""
+            for trial in list(self._trial_queues):
+                self._signal_logging_actor_stop(trial=trial)
+            super().on_experiment_end(trials, **info)
+
     return [KeylessWandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}", log_config=True,
                                 save_checkpoints=False, mode=os.environ.get("WANDB_MODE", "offline"),
+                                upload_timeout=300,
                                 dir=str((run_dir / "wandb").resolve()), settings=wandb.Settings(silent=True))]
