@@ -53,6 +53,7 @@ def run_job(args, job: str) -> int:
     try:
         frontier = run_frontier(cfg, run_dir, progress=not args.quiet and sys.stderr.isatty())
     except (ConfigError, DataError) as e:
+        ray.shutdown()  # first: what Ray's workers print as they stop comes before the error line
         user_error(str(e))
     finally:
         ray.shutdown()
@@ -61,7 +62,6 @@ def run_job(args, job: str) -> int:
                       "checks_pass": c["all_pass"], "spearman_size_kl_peak": c.get("spearman_size_kl_peak"),
                       "report": str(run_dir / "report.html")}))
     return 0
-
 
 
 def frontier_main(argv: list[str] | None, prog: str, doc: str, job: str) -> int:

@@ -300,7 +300,8 @@ class RLRun:
                 raise ConfigError(f"--resume: {d} was written with another rl config or seed; "
                                   "resume with the config it was started with")
             if state["reference"] != self.reference_id:
-                raise ConfigError(f"--resume: {d} was trained from another reference policy")
+                raise ConfigError(f"checkpoint {d} was trained from another reference policy than the SFT "
+                                  f"policy this run starts from; remove {self.out} to train this run anew")
             version = fetch(self.learner.one("load_checkpoint", str(d)))
             self.step = state["step"]
             self.kl.load_state_dict(state["kl_controller"])
