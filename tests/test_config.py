@@ -35,9 +35,54 @@ def test_shipped_constitution_loads():
     assert {p["name"] for p in principles} == {"helpful", "harmless", "honest", "format"} and len(shots) >= 2
 
 
+def _leaves(obj, prefix=""):
+    """Dotted leaf name -> JSON-plain value of a config tree (dataclass fields; a dict-typed field
+    such as ``resources`` is one leaf)."""
+    import dataclasses
+    import json
+
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(_leaves(v, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = json.loads(json.dumps(v))  # tuples -> lists
+    return out
+
+
+def _written(tree, sections, prefix=""):
+    """Dotted keys -> values the YAML writes; ``sections`` are the dotted names of config sections
+    (a mapping under a section name is descended into, any other value is a leaf)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and prefix + k in sections:
+            out.update(_written(v, sections, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def test_defaults_equal_default_yaml_except_where_written():
-    cfg = load(FrontierConfig, "jobs/configs/default.yaml")
-    assert len(cfg.proxy.sizes) >= 4
+    """default.yaml against the dataclass defaults: every key it writes exists (as a leaf, not a
+    section), and the loaded config differs from ``FrontierConfig()`` only at keys it writes, where
+    it holds exactly the written value; every other leaf is the dataclass default."""
+    from orchestrator.configio import load_yaml
+
+    defaults = _leaves(FrontierConfig())
+    sections = {k.rsplit(".", i)[0] for k in defaults for i in range(1, k.count(".") + 1)}
+    written = _written(load_yaml("jobs/configs/default.yaml"), sections)
+    loaded = _leaves(load(FrontierConfig, "jobs/configs/default.yaml"))
+    assert set(loaded) == set(defaults)
+    assert sorted(set(written) - set(defaults)) == [], "keys default.yaml writes that the config lacks"
+    for key, default in defaults.items():
+        want = written.get(key, default)
+        if isinstance(default, float) and isinstance(want, (int, float, str)):
+            want = float(want)  # 0 / 1e-4 in YAML for a float field
+        assert loaded[key] == want, (key, loaded[key], want, "written" if key in written else "not written")
+    # the differences from the defaults are the written values (some written values equal the default)
+    diff = {k for k in defaults if loaded[k] != defaults[k]}
+    assert diff <= set(written) and len(diff) >= 10, sorted(diff)
 
 
 def test_overrides_apply_and_parse_types():
