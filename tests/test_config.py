@@ -67,7 +67,7 @@ def test_defaults_equal_default_yaml_except_where_written():
     """default.yaml against the dataclass defaults: every key it writes exists (as a leaf, not a
     section), and the loaded config differs from ``FrontierConfig()`` only at keys it writes, where
     it holds exactly the written value; every other leaf is the dataclass default."""
-    from orchestrator.configio import load_yaml
+    from orchestrator.config.loading import load_yaml
 
     defaults = _leaves(FrontierConfig())
     sections = {k.rsplit(".", i)[0] for k in defaults for i in range(1, k.count(".") + 1)}
