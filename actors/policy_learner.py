@@ -46,7 +46,8 @@ class PolicyLearner:
 
     def progress(self) -> dict:
         """How far the running ``sft`` is: {what, done, total, loss} (answered by a second actor
-        thread while it runs; the driver shows it beside its own count)."""
+        thread while it runs -- ``ActorGroup(..., progress=True)``; every other call still runs one at
+        a time, in order; the driver shows it beside its own count)."""
         return dict(self._progress)
 
     def where(self) -> dict:

@@ -85,7 +85,8 @@ class RewardEnsemble:
 
     def progress(self) -> dict:
         """How far the running ``train`` is: {what, done, total, loss} over every member's steps
-        (answered by a second actor thread while it runs)."""
+        (answered by a second actor thread while it runs -- ``ActorGroup(..., progress=True)``; every
+        other call still runs one at a time, in order)."""
         return dict(self._progress)
 
     def where(self) -> dict:

@@ -37,6 +37,21 @@ def put(x, local: bool):
     return Ready(x) if local else ray.put(x)
 
 
+def with_progress(cls):
+    """``cls`` whose ``progress()`` runs in a concurrency group of its own: it answers polls while a
+    long call (SFT, proxy training) runs, and every other call still runs one at a time, in the
+    order it was made, as in any actor's default group (a plain ``max_concurrency=2`` would let a
+    ``save`` queued after ``train`` run beside it)."""
+
+    class WithProgress(cls):
+        @ray.method(concurrency_group="progress")
+        def progress(self) -> dict:
+            return cls.progress(self)
+
+    WithProgress.__name__ = WithProgress.__qualname__ = cls.__name__
+    return WithProgress
+
+
 class ActorGroup:
     """``replicas`` actors of one role, each with the role's CPUs / GPUs and matching torch threads.
 
@@ -46,7 +61,9 @@ class ActorGroup:
     """
 
     def __init__(self, cls, resources: RoleResources, *args, name: str = "", replicas: int | None = None,
-                 options: dict | None = None, placement: tuple | None = None, local: bool = False, **kwargs):
+                 options: dict | None = None, placement: tuple | None = None, local: bool = False,
+                 progress: bool = False, **kwargs):
+        """progress: the actors answer ``progress()`` while another call runs (``with_progress``)."""
         n = resources.replicas if replicas is None else replicas
         self.name = name or cls.__name__
         self.local = local
@@ -64,7 +81,9 @@ class ActorGroup:
                     pg, indices = placement
                     opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                         pg, placement_group_bundle_index=indices[i])
-                self.actors.append(ray.remote(cls).options(**opts).remote(*args, num_cpus=resources.num_cpus,
+                remote = (ray.remote(concurrency_groups={"progress": 1})(with_progress(cls)) if progress
+                          else ray.remote(cls))
+                self.actors.append(remote.options(**opts).remote(*args, num_cpus=resources.num_cpus,
                                                                              **kwargs))
         self._rr = itertools.cycle(range(n))
 

@@ -46,9 +46,6 @@ from orchestrator.run.stages import (
 
 log = logging.getLogger("rlhf_frontier")
 
-# a second actor thread answers progress() polls while sft / train run (progress.as_completed)
-ANSWERS_PROGRESS = {"max_concurrency": 2}
-
 
 # --------------------------------------------------------------------------------------------
 # stages
@@ -114,7 +111,7 @@ def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
         tmp = begin(st)
         model, resources = models[name]
         grp = ActorGroup(PolicyLearner, resources, str(task.dir / "tokenizer"), asdict(model),
-                         stream(cfg.seed, "sft"), replicas=1, options=ANSWERS_PROGRESS)
+                         stream(cfg.seed, "sft"), replicas=1, progress=True)
         tr = grp.one("sft", pairs, cfg.sft.steps, cfg.sft.sequences_per_step, cfg.sft.lr)
         calls[grp.one("save", str(tmp / "policy"))] = (name, grp, tr)
     poll = {f"lm-{models[n][0].size}": g.actors[0] for n, g, _ in calls.values()}
@@ -354,7 +351,7 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
             else:
                 member.update(size=s, n_head=cfg.proxy.n_head, n_positions=cfg.sft.policy.n_positions)
             grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", [member], str(task.dir / "tokenizer"),
-                             replicas=1, options=ANSWERS_PROGRESS)
+                             replicas=1, progress=True)
             # one caller's calls to an actor run in order: train, then score, then save
             tr = grp.one("train", data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
                          stream(cfg.seed, f"{sub}/train"))
