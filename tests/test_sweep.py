@@ -276,3 +276,21 @@ def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
     assert rc["all_pass"] == all(rc[k] for k in keys)
     assert set(rc["proxy_spearman_with_kl"]) == {e["trial"] for e in fr["rl"] if e["kl_coef"] == 0}
     assert "seed ensembles (4 proxies of size 1x8" in (d / "report.md").read_text()
+
+
+def test_member_nan_drill_is_caught_naming_the_member(tmp_path, monkeypatch):
+    """``RLHF_FRONTIER_FAIL_MEMBER=...:nan``: the member gives a NaN score once (per marker); the
+    ensemble's finiteness check refuses it, naming the member, and the next call scores again."""
+    from actors.reward_ensemble import RewardEnsemble, RewardMemberError
+
+    marker = tmp_path / "nan"
+    monkeypatch.setenv("RLHF_FRONTIER_FAIL_MEMBER", f"gold/oracle:2:{marker}:nan")
+    ens = RewardEnsemble("gold", [{"name": "oracle", "kind": "oracle"}], num_cpus=1)
+    rows = {"prompt": ["what is 3 plus 4 ?"] * 2, "response": ["3 plus 4 is 7 .", "3 plus 4 is 9 ."],
+            "family": ["arith"] * 2, "meta": ['{"a": 3, "b": 4}'] * 2}
+    first = ens.score(rows).values
+    with pytest.raises(RewardMemberError, match=r"gold member 'oracle' failed: gave 1 non-finite score\(s\), "
+                                                r"first on row 1"):
+        ens.score(rows)
+    assert marker.read_text() == "2"
+    assert (ens.score(rows).values == first).all()  # once per marker; the member scores as before
