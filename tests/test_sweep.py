@@ -294,3 +294,57 @@ def test_member_nan_drill_is_caught_naming_the_member(tmp_path, monkeypatch):
         ens.score(rows)
     assert marker.read_text() == "2"
     assert (ens.score(rows).values == first).all()  # once per marker; the member scores as before
+
+
+def _tune_error(d: Path, trial: str) -> str:
+    """The error Tune recorded for ``trial`` (its first failure), or ''."""
+    for t in d.glob("tune/sweep/rl_trial*"):
+        rows = (t / "result.json").read_text().splitlines() if (t / "result.json").is_file() else []
+        if rows and json.loads(rows[0]).get("trial_name") == trial:
+            return (t / "error.txt").read_text() if (t / "error.txt").is_file() else ""
+    return ""
+
+
+@pytest.mark.slow
+def test_nan_member_and_killed_role_processes_retried_from_checkpoint(smoke_run, tmp_path):
+    """One sweep, a fault in every trial: a proxy member of the ensemble trial returns NaN (the step
+    fails naming the member), the learner's process of one single-proxy trial and the proxy
+    ensemble's process of the other are SIGKILLed (per-role actors: the smoke profile does not
+    colocate). None of that state can be rebuilt in place: each trial fails, Tune retries it from its
+    checkpoint, and every trial ends with the undisturbed smoke sweep's results -- evaluations,
+    metric history, final learner weights."""
+    cfg, smoke_dir, _ = smoke_run
+    assert not cfg.cluster.rl.colocate  # the learner and the ensembles are processes of their own
+    d = tmp_path / "run"
+    _seed_stages(smoke_dir, d, [])
+    nan, kill_learner, kill_proxy = tmp_path / "nan", tmp_path / "kill-learner", tmp_path / "kill-proxy"
+    # the ensemble's proxy actor scores: eval 0, step 0, eval 1, step 1, eval 2, step 2 (its 6th call:
+    # after checkpoint step 2); a kill after step 2 finds checkpoint step 2, after step 3 step 4
+    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet",
+             env={"RLHF_FRONTIER_FAIL_MEMBER": f"proxy/proxy-2x32:6:{nan}:nan",
+                  "RLHF_FRONTIER_KILL_ROLE": f"proxy-1x8-kl0.1:learner:2:{kill_learner},"
+                                             f"proxy-1x8-kl0:proxy:3:{kill_proxy}"})
+    _, err = r.communicate(timeout=1500)
+    assert r.returncode == 0, err[-3000:]
+    assert nan.read_text() == "6", "the member never returned NaN"
+    assert kill_learner.read_text().startswith("learner pid ") and kill_proxy.read_text().startswith("proxy pid ")
+    assert "proxy member 'proxy-2x32' failed: gave 1 non-finite score(s)" in err, err[-3000:]
+    # Tune saw each trial fail, for the reason drilled, and retried it from the checkpoint before the fault
+    errors = {t: _tune_error(d, t) for t in ("ensemble-wco", "proxy-1x8-kl0.1", "proxy-1x8-kl0")}
+    assert "proxy member 'proxy-2x32' failed: gave 1 non-finite" in errors["ensemble-wco"]
+    for trial in ("proxy-1x8-kl0.1", "proxy-1x8-kl0"):
+        assert "ActorDiedError" in errors[trial] or "RayActorError" in errors[trial], trial
+    for trial, e in errors.items():  # one failure each: the retry did not fail again
+        assert "Failure # 1 " in e and "Failure # 2 " not in e, (trial, e[-2000:])
+    for trial, step in (("ensemble-wco", 2), ("proxy-1x8-kl0.1", 2), ("proxy-1x8-kl0", 4)):
+        assert re.search(rf"rl {re.escape(trial)}: resumed from \S*/{re.escape(trial)}-\w+/checkpoints/"
+                         rf"step_{step:06d}", err), (trial, err[-3000:])
+    refs = sorted(smoke_dir.glob("rl/*-*"))
+    assert len(refs) == 3
+    for ref in refs:
+        got = d / "rl" / ref.name
+        done = json.loads((got / "DONE.json").read_text())
+        assert done["points"] == json.loads((ref / "DONE.json").read_text())["points"], ref.name
+        assert not done["stopped_early"] and done["steps"] == cfg.rl.steps
+        assert _history(got) == _history(ref), ref.name  # no step recorded twice or lost, same numbers
+        assert _sha(_learner_file(got)) == _sha(_learner_file(ref)), ref.name
