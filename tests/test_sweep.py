@@ -348,3 +348,48 @@ def test_nan_member_and_killed_role_processes_retried_from_checkpoint(smoke_run,
         assert not done["stopped_early"] and done["steps"] == cfg.rl.steps
         assert _history(got) == _history(ref), ref.name  # no step recorded twice or lost, same numbers
         assert _sha(_learner_file(got)) == _sha(_learner_file(ref)), ref.name
+
+
+@pytest.mark.slow
+def test_gold_stopper_ends_a_real_trial_past_its_gold_peak(smoke_run, tmp_path):
+    """``sweep.stopper.enabled``: a real Tune trial whose held-out gold falls ``margin`` below its
+    running peak for ``patience`` evaluations in a row is stopped there, before ``rl.steps``; its
+    DONE.json says ``stopped_early`` and holds the evaluations up to the stop. Checked against the
+    trial's own evaluations: no earlier evaluation met the rule. (On the smoke profile gold does not
+    move in 6 steps; a 30x learning rate with an evaluation every step makes it fall after one step.)"""
+    from orchestrator.run.pipeline import run_frontier
+
+    _, smoke_dir, _ = smoke_run
+    margin, patience, steps = 0.05, 3, 10
+    ov = ["rl.lr=0.01", "rl.eval_every=1", f"rl.steps={steps}", "rl.ensemble_objectives=[]", "sweep.kl_coefs=[0.0]",
+          "sweep.stopper.enabled=true", f"sweep.stopper.margin={margin}", f"sweep.stopper.patience={patience}"]
+    d = tmp_path / "run"
+    _seed_stages(smoke_dir, d, ov)
+    fr = run_frontier(load(FrontierConfig, SMOKE, ov), d, progress=False)
+    assert [e["trial"] for e in fr["rl"]] == ["proxy-1x8-kl0"]
+    (run,) = d.glob("rl/proxy-1x8-kl0-*")
+    done = json.loads((run / "DONE.json").read_text())
+    assert done["stopped_early"] is True and fr["rl"][0]["stopped_early"] is True
+    # the trial's own record: metrics.jsonl rows and the evaluations (one per step, before the step)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rows] == list(range(done["steps"]))
+    assert done["steps"] < steps, "the trial ran to the end"
+    gold = [p["gold"] for p in done["points"]]
+    assert [p["step"] for p in done["points"]] == list(range(done["steps"]))
+    below, peak, stop_at = 0, float("-inf"), None
+    for i, g in enumerate(gold):
+        peak = max(peak, g)
+        below = below + 1 if g < peak - margin else 0
+        if below >= patience:
+            stop_at = i
+            break
+    # stopped at the first evaluation meeting the rule (after that step's update), not before, not later
+    assert stop_at == len(gold) - 1, (gold, stop_at)
+    assert max(gold[: stop_at - patience + 1]) - max(gold[stop_at - patience + 1:]) > margin  # a real fall
+    # the evaluations the stopper saw: Tune's own per-step results of the trial
+    (tdir,) = [t for t in d.glob("tune/sweep/rl_trial*") if (t / "result.json").is_file()]
+    res = [json.loads(x) for x in (tdir / "result.json").read_text().splitlines()]
+    ev = {r["eval/step"]: r["eval/gold"] for r in res if "eval/gold" in r}
+    assert sorted(ev) == list(range(done["steps"]))
+    assert [ev[s] - ev[0] for s in sorted(ev)] == pytest.approx(gold, abs=1e-12)
+    assert res[-1]["step"] == done["steps"] - 1 and "eval/gold" in res[-1]  # the last report stopped it
