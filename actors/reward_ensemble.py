@@ -47,21 +47,30 @@ class RewardMemberError(RuntimeError):
     """A member of a reward ensemble failed (raised, or gave non-finite scores); names the member."""
 
 
-def _drill(role: str, name: str, calls: dict) -> None:
-    """Fault drill (``RLHF_FRONTIER_FAIL_MEMBER=ROLE/NAME:CALL:MARKER``, set in the job's
-    environment): member NAME of ensemble ROLE raises on its CALL-th scoring, once per MARKER file
-    -- how the tests show a failing reward model stops the step loudly and the run resumes."""
+def _drill(role: str, name: str, calls: dict) -> str:
+    """Fault drill (``RLHF_FRONTIER_FAIL_MEMBER=ROLE/NAME:CALL:MARKER[:MODE]``, set in the job's
+    environment): member NAME of ensemble ROLE fails on its CALL-th scoring, once per MARKER file --
+    how the tests show a failing reward model stops the step loudly and the run resumes. MODE
+    ``raise`` (the default) raises; ``nan`` returns "nan" so the caller gives a NaN score, as a
+    diverged model would. Returns "" when the drill does not fire."""
     spec = os.environ.get("RLHF_FRONTIER_FAIL_MEMBER", "")
     if not spec:
-        return
+        return ""
+    mode = "raise"
+    for m in ("raise", "nan"):
+        if spec.endswith(f":{m}"):
+            spec, mode = spec[: -len(m) - 1], m
     who, call, marker = spec.split(":", 2)
     if who != f"{role}/{name}":
-        return
+        return ""
     calls[name] = calls.get(name, 0) + 1
     if calls[name] >= int(call) and not os.path.exists(marker):
         with open(marker, "w") as f:
             f.write(str(calls[name]))
+        if mode == "nan":
+            return "nan"
         raise RuntimeError(f"fault drill: {role}/{name} failed on scoring call {calls[name]}")
+    return ""
 
 
 class RewardEnsemble:
@@ -150,7 +159,7 @@ class RewardEnsemble:
         for j, m in enumerate(self.members):
             name = self.names[j]
             try:
-                _drill(self.role, name, self._calls)
+                drill = _drill(self.role, name, self._calls)
                 if m == "oracle":
                     res = [oracle(f, mt, r) for f, mt, r in zip(rows["family"], rows["meta"], rows["response"])]
                     values[:, j] = [x["gold"] for x in res]
@@ -161,12 +170,14 @@ class RewardEnsemble:
                         seqs = [_hf().encode_pair(self.tok, p, r) for p, r in zip(rows["prompt"], rows["response"])]
                     shift, scale = self.norms[j]
                     values[:, j] = (self._rm_scores(m, seqs) - shift) / scale
+                if drill == "nan":
+                    values[len(values) // 2, j] = np.nan
             except Exception as e:
                 raise RewardMemberError(f"{self.role} member {name!r} failed: {e.__class__.__name__}: {e}") from e
             bad = np.flatnonzero(~np.isfinite(values[:, j]))
             if len(bad):
-                raise RewardMemberError(f"{self.role} member {name!r} gave {len(bad)} non-finite score(s), "
-                                        f"first on row {int(bad[0])}")
+                raise RewardMemberError(f"{self.role} member {name!r} failed: gave {len(bad)} non-finite "
+                                        f"score(s), first on row {int(bad[0])}")
         out = Scores(values=values, members=self.names, principles=principles)
         return seal(out) if sealed else out
 

@@ -276,3 +276,120 @@ def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
     assert rc["all_pass"] == all(rc[k] for k in keys)
     assert set(rc["proxy_spearman_with_kl"]) == {e["trial"] for e in fr["rl"] if e["kl_coef"] == 0}
     assert "seed ensembles (4 proxies of size 1x8" in (d / "report.md").read_text()
+
+
+def test_member_nan_drill_is_caught_naming_the_member(tmp_path, monkeypatch):
+    """``RLHF_FRONTIER_FAIL_MEMBER=...:nan``: the member gives a NaN score once (per marker); the
+    ensemble's finiteness check refuses it, naming the member, and the next call scores again."""
+    from actors.reward_ensemble import RewardEnsemble, RewardMemberError
+
+    marker = tmp_path / "nan"
+    monkeypatch.setenv("RLHF_FRONTIER_FAIL_MEMBER", f"gold/oracle:2:{marker}:nan")
+    ens = RewardEnsemble("gold", [{"name": "oracle", "kind": "oracle"}], num_cpus=1)
+    rows = {"prompt": ["what is 3 plus 4 ?"] * 2, "response": ["3 plus 4 is 7 .", "3 plus 4 is 9 ."],
+            "family": ["arith"] * 2, "meta": ['{"a": 3, "b": 4}'] * 2}
+    first = ens.score(rows).values
+    with pytest.raises(RewardMemberError, match=r"gold member 'oracle' failed: gave 1 non-finite score\(s\), "
+                                                r"first on row 1"):
+        ens.score(rows)
+    assert marker.read_text() == "2"
+    assert (ens.score(rows).values == first).all()  # once per marker; the member scores as before
+
+
+def _tune_error(d: Path, trial: str) -> str:
+    """The error Tune recorded for ``trial`` (its first failure), or ''."""
+    for t in d.glob("tune/sweep/rl_trial*"):
+        rows = (t / "result.json").read_text().splitlines() if (t / "result.json").is_file() else []
+        if rows and json.loads(rows[0]).get("trial_name") == trial:
+            return (t / "error.txt").read_text() if (t / "error.txt").is_file() else ""
+    return ""
+
+
+@pytest.mark.slow
+def test_nan_member_and_killed_role_processes_retried_from_checkpoint(smoke_run, tmp_path):
+    """One sweep, a fault in every trial: a proxy member of the ensemble trial returns NaN (the step
+    fails naming the member), the learner's process of one single-proxy trial and the proxy
+    ensemble's process of the other are SIGKILLed (per-role actors: the smoke profile does not
+    colocate). None of that state can be rebuilt in place: each trial fails, Tune retries it from its
+    checkpoint, and every trial ends with the undisturbed smoke sweep's results -- evaluations,
+    metric history, final learner weights."""
+    cfg, smoke_dir, _ = smoke_run
+    assert not cfg.cluster.rl.colocate  # the learner and the ensembles are processes of their own
+    d = tmp_path / "run"
+    _seed_stages(smoke_dir, d, [])
+    nan, kill_learner, kill_proxy = tmp_path / "nan", tmp_path / "kill-learner", tmp_path / "kill-proxy"
+    # the ensemble's proxy actor scores: eval 0, step 0, eval 1, step 1, eval 2, step 2 (its 6th call:
+    # after checkpoint step 2); a kill after step 2 finds checkpoint step 2, after step 3 step 4
+    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet",
+             env={"RLHF_FRONTIER_FAIL_MEMBER": f"proxy/proxy-2x32:6:{nan}:nan",
+                  "RLHF_FRONTIER_KILL_ROLE": f"proxy-1x8-kl0.1:learner:2:{kill_learner},"
+                                             f"proxy-1x8-kl0:proxy:3:{kill_proxy}"})
+    _, err = r.communicate(timeout=1500)
+    assert r.returncode == 0, err[-3000:]
+    assert nan.read_text() == "6", "the member never returned NaN"
+    assert kill_learner.read_text().startswith("learner pid ") and kill_proxy.read_text().startswith("proxy pid ")
+    assert "proxy member 'proxy-2x32' failed: gave 1 non-finite score(s)" in err, err[-3000:]
+    # Tune saw each trial fail, for the reason drilled, and retried it from the checkpoint before the fault
+    errors = {t: _tune_error(d, t) for t in ("ensemble-wco", "proxy-1x8-kl0.1", "proxy-1x8-kl0")}
+    assert "proxy member 'proxy-2x32' failed: gave 1 non-finite" in errors["ensemble-wco"]
+    for trial in ("proxy-1x8-kl0.1", "proxy-1x8-kl0"):
+        assert "ActorDiedError" in errors[trial] or "RayActorError" in errors[trial], trial
+    for trial, e in errors.items():  # one failure each: the retry did not fail again
+        assert "Failure # 1 " in e and "Failure # 2 " not in e, (trial, e[-2000:])
+    for trial, step in (("ensemble-wco", 2), ("proxy-1x8-kl0.1", 2), ("proxy-1x8-kl0", 4)):
+        assert re.search(rf"rl {re.escape(trial)}: resumed from \S*/{re.escape(trial)}-\w+/checkpoints/"
+                         rf"step_{step:06d}", err), (trial, err[-3000:])
+    refs = sorted(smoke_dir.glob("rl/*-*"))
+    assert len(refs) == 3
+    for ref in refs:
+        got = d / "rl" / ref.name
+        done = json.loads((got / "DONE.json").read_text())
+        assert done["points"] == json.loads((ref / "DONE.json").read_text())["points"], ref.name
+        assert not done["stopped_early"] and done["steps"] == cfg.rl.steps
+        assert _history(got) == _history(ref), ref.name  # no step recorded twice or lost, same numbers
+        assert _sha(_learner_file(got)) == _sha(_learner_file(ref)), ref.name
+
+
+@pytest.mark.slow
+def test_gold_stopper_ends_a_real_trial_past_its_gold_peak(smoke_run, tmp_path):
+    """``sweep.stopper.enabled``: a real Tune trial whose held-out gold falls ``margin`` below its
+    running peak for ``patience`` evaluations in a row is stopped there, before ``rl.steps``; its
+    DONE.json says ``stopped_early`` and holds the evaluations up to the stop. Checked against the
+    trial's own evaluations: no earlier evaluation met the rule. (On the smoke profile gold does not
+    move in 6 steps; a 30x learning rate with an evaluation every step makes it fall after one step.)"""
+    from orchestrator.run.pipeline import run_frontier
+
+    _, smoke_dir, _ = smoke_run
+    margin, patience, steps = 0.05, 3, 10
+    ov = ["rl.lr=0.01", "rl.eval_every=1", f"rl.steps={steps}", "rl.ensemble_objectives=[]", "sweep.kl_coefs=[0.0]",
+          "sweep.stopper.enabled=true", f"sweep.stopper.margin={margin}", f"sweep.stopper.patience={patience}"]
+    d = tmp_path / "run"
+    _seed_stages(smoke_dir, d, ov)
+    fr = run_frontier(load(FrontierConfig, SMOKE, ov), d, progress=False)
+    assert [e["trial"] for e in fr["rl"]] == ["proxy-1x8-kl0"]
+    (run,) = d.glob("rl/proxy-1x8-kl0-*")
+    done = json.loads((run / "DONE.json").read_text())
+    assert done["stopped_early"] is True and fr["rl"][0]["stopped_early"] is True
+    # the trial's own record: metrics.jsonl rows and the evaluations (one per step, before the step)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rows] == list(range(done["steps"]))
+    assert done["steps"] < steps, "the trial ran to the end"
+    gold = [p["gold"] for p in done["points"]]
+    assert [p["step"] for p in done["points"]] == list(range(done["steps"]))
+    below, peak, stop_at = 0, float("-inf"), None
+    for i, g in enumerate(gold):
+        peak = max(peak, g)
+        below = below + 1 if g < peak - margin else 0
+        if below >= patience:
+            stop_at = i
+            break
+    # stopped at the first evaluation meeting the rule (after that step's update), not before, not later
+    assert stop_at == len(gold) - 1, (gold, stop_at)
+    assert max(gold[: stop_at - patience + 1]) - max(gold[stop_at - patience + 1:]) > margin  # a real fall
+    # the evaluations the stopper saw: Tune's own per-step results of the trial
+    (tdir,) = [t for t in d.glob("tune/sweep/rl_trial*") if (t / "result.json").is_file()]
+    res = [json.loads(x) for x in (tdir / "result.json").read_text().splitlines()]
+    ev = {r["eval/step"]: r["eval/gold"] for r in res if "eval/gold" in r}
+    assert sorted(ev) == list(range(done["steps"]))
+    assert [ev[s] - ev[0] for s in sorted(ev)] == pytest.approx(gold, abs=1e-12)
+    assert res[-1]["step"] == done["steps"] - 1 and "eval/gold" in res[-1]  # the last report stopped it

@@ -258,6 +258,7 @@ def _rl_trial(spec, out: Path, ctx: dict) -> None:
 
     slow = os.environ.get("RLHF_FRONTIER_SLOW_TRIAL", "").rsplit(":", 1)  # "trial-name:seconds" per step:
     delay = float(slow[1]) if len(slow) == 2 and slow[0] == spec.name else 0.0  # tests widen a window
+    kills = _kill_drills(spec.name)
 
     def on_step(m: dict, ev: dict | None, ckpt: Path | None) -> None:
         if delay:
@@ -275,6 +276,9 @@ def _rl_trial(spec, out: Path, ctx: dict) -> None:
             attach = pending.pop()
             pending.clear()
         tune.report(rep, checkpoint=tune.Checkpoint.from_directory(str(attach)) if attach else None)
+        for role, step, marker in kills:
+            if m.get("step") == step and not os.path.exists(marker):
+                _kill_role(spec.name, slot, role, step, marker)
 
     try:
         run = RLRun(cfg_rl, spec, res, ctx["policy"], ctx["tokenizer"], ctx["train_rows"], ctx["eval_rows"], out,
@@ -285,6 +289,34 @@ def _rl_trial(spec, out: Path, ctx: dict) -> None:
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     summary["stopped_early"] = False
     _write_json(done, summary)
+
+
+def _kill_drills(trial: str) -> list[tuple[str, int, str]]:
+    """Fault drill (``RLHF_FRONTIER_KILL_ROLE=TRIAL:ROLE:STEP:MARKER[,...]``, set in the job's
+    environment): (role, step, marker) of the kills aimed at this trial."""
+    out = []
+    for item in filter(None, os.environ.get("RLHF_FRONTIER_KILL_ROLE", "").split(",")):
+        name, role, step, marker = item.split(":", 3)
+        if name == trial:
+            if role not in ("learner", "gen", "proxy", "gold"):
+                raise ValueError(f"RLHF_FRONTIER_KILL_ROLE: role {role!r} must be learner, gen, proxy or gold")
+            out.append((role, int(step), marker))
+    return out
+
+
+def _kill_role(trial: str, slot, role: str, step: int, marker: str) -> None:
+    """SIGKILL the process of ``role``'s (first) actor once its step ``step`` is reported -- the
+    process it says it is (``where()``), as the OOM killer or a crash would end it; once per
+    ``marker`` file. With ``cluster.rl.colocate`` that is the trial's own process."""
+    import signal
+
+    from orchestrator.run.actor_group import fetch
+
+    pid = fetch(getattr(slot, role).all("where"))[0]["pid"]  # (``one`` would move the round-robin)
+    with open(marker, "w") as f:
+        f.write(f"{role} pid {pid} after step {step}\n")
+    log.warning("rl %s: fault drill: killing the %s's process (pid %d) after step %d", trial, role, pid, step)
+    os.kill(pid, signal.SIGKILL)
 
 
 def _write_json(path: Path, obj) -> None:
