@@ -18,6 +18,8 @@ from orchestrator.run.actor_group import ActorGroup, fetch
 from orchestrator.run.rl_loop import RLRun, run_rl
 from tests.test_rl import rl_inputs  # noqa: F401 -- the smoke run's models and prompts
 
+pytestmark = pytest.mark.slow  # a 3-node Ray cluster and the smoke run: minutes, not the quick loop
+
 VOLATILE = ("timing/", "throughput/")
 
 

@@ -275,6 +275,7 @@ def test_async_mode_overlaps_and_reports_staleness(rl_inputs, tmp_path):
         run.shutdown()
 
 
+@pytest.mark.slow
 def test_metrics_vocabulary_in_tensorboard_and_jsonl(smoke_run):
     from orchestrator.data.tb import read_scalars
 
