@@ -168,7 +168,7 @@ def bench_rl(args) -> dict:
     with contextlib.redirect_stdout(sys.stderr):
         cfg, task, sft, rm_dir, train_rows, eval_rows = _bench_inputs(work, args.seed, args.policy, args.sft_steps)
     rl = RLConfig(algorithm="rloo", steps=10**6, prompts_per_step=args.prompts, responses_per_prompt=args.responses,
-                  max_new_tokens=args.max_new_tokens, kl_coef=args.kl_coef, lr=1e-5, eval_every=10**6,
+                  max_new_tokens=args.max_new_tokens, lr=1e-5, eval_every=10**6,
                   checkpoint_every=10**6, train_prompts=max(2048, args.prompts))
     spec = RunSpec("bench", ({"name": "rm-1x32", "kind": "hf", "path": str(rm_dir)},), kl_coef=args.kl_coef)
     out: dict = {"bench": "rl", "algorithm": "rloo", "setting": {
