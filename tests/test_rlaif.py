@@ -49,9 +49,7 @@ def test_judge_labels_enter_the_frontier_beside_gold_labels(rlaif_run):
     assert set(ai["principle"]) <= {"helpful", "harmless", "honest", "format"} and len(set(ai["principle"])) > 1
     p = np.asarray(ai["p_a"])
     assert np.all((p > 0) & (p < 1))
-    lab = fr["label"]
-    for k in ("agreement", "position_bias_rate", "agreement_no_cot", "agreement_cot"):
-        assert 0.0 <= lab[k] <= 1.0, k
+    lab = fr["label"]  # its measurements are checked against a recomputation in the next test
     assert lab["calibration"]["n"] == 16 and lab["template"] == "rlaif-v1" and lab["pairs_per_s"] > 0
     assert {"unmitigated", "mitigated"} == set(lab["injection"])
     names = {e["proxy"] for e in fr["bon"]}
@@ -64,6 +62,118 @@ def test_judge_labels_enter_the_frontier_beside_gold_labels(rlaif_run):
     html = (run_dir / "report.html").read_text()
     assert "RLAIF: the AI judge" in html and "data:image/png;base64" in html
     assert (run_dir / "rlaif_calibration.png").stat().st_size > 1000
+
+
+def _agree(p, ga, gb):
+    """Share of pairs with a gold winner where the soft label points the same way (0.5: half)."""
+    p, ga, gb = (np.asarray(x, float) for x in (p, ga, gb))
+    m = ga != gb
+    hit = np.where(p[m] == 0.5, 0.5, ((p[m] > 0.5) == (ga[m] > gb[m])).astype(float))
+    return float(hit.mean())
+
+
+def _spearman(x, y):
+    from scipy.stats import rankdata
+
+    return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+
+
+@pytest.mark.slow
+def test_judge_measurements_equal_a_recomputation_from_the_written_labels(rlaif_run):
+    """Every measurement the label stage reports is recomputed here from what the run wrote: the AI
+    preferences (soft labels, principles), the gold scores of the label pool, the judge's cache
+    (per-order labels; the chain-of-thought and direct-scoring judgments of the measured pairs)."""
+    import hashlib
+
+    from actors import ai_labeler as A
+    from orchestrator.checkpoint import stream
+
+    cfg, run_dir, fr = rlaif_run
+    lab, ai_cfg = fr["label"], cfg.label.ai
+    label = _stage_dir(run_dir, "label")
+    ai = pq.read_table(label / "preferences.parquet").to_pydict()
+    gold_prefs = pq.read_table(label / "preferences_gold.parquet").to_pydict()
+    pool = pq.read_table(label / "samples_label_scored.parquet").to_pydict()
+    n = len(ai["pair_id"])
+    # gold of each shown response, from the scored pool (by prompt and text)
+    cols = [c for c in pool if c.startswith("score.gold")]
+    score: dict = {}
+    for r in range(len(pool["response"])):
+        k = (pool["prompt_id"][r], pool["response"][r])
+        v = {c: pool[c][r] for c in cols}
+        assert score.setdefault(k, v) == v  # one text, one gold
+    g = {c: (np.array([score[(pid, x)][c] for pid, x in zip(ai["prompt_id"], ai["response_a"])]),
+             np.array([score[(pid, x)][c] for pid, x in zip(ai["prompt_id"], ai["response_b"])])) for c in cols}
+    ga, gb = g["score.gold"]
+    assert np.all(ga != gb)  # only pairs with a gold winner are labelled
+    assert gold_prefs["p_a"] == [1.0 if x > y else 0.0 for x, y in zip(ga, gb)]
+    p = np.asarray(ai["p_a"])
+
+    # agreement with gold, overall and per principle (and with gold's own score for the principle)
+    assert lab["agreement"] == pytest.approx(_agree(p, ga, gb), abs=1e-12)
+    names = np.asarray(ai["principle"])
+    per = lab["agreement_per_principle"]
+    assert set(per) == set(names)
+    for nm in set(names):
+        s = names == nm
+        assert per[nm]["n"] == s.sum()
+        assert per[nm]["agreement"] == pytest.approx(_agree(p[s], ga[s], gb[s]), abs=1e-12), nm
+        if f"score.gold.{nm}" not in g:
+            assert "agreement_with_gold_principle" not in per[nm], nm
+            continue
+        pa_, pb_ = g[f"score.gold.{nm}"]
+        want = _agree(p[s], pa_[s], pb_[s]) if np.any(pa_[s] != pb_[s]) else None
+        got = per[nm]["agreement_with_gold_principle"]
+        assert (got is None or np.isnan(got)) if want is None else got == pytest.approx(want, abs=1e-12), nm
+    # calibration: Brier and ECE (10 equal-width bins) of the soft labels against gold outcomes
+    y = (ga > gb).astype(float)
+    assert lab["calibration"]["brier"] == pytest.approx(float(np.mean((p - y) ** 2)), abs=1e-12)
+    b = np.minimum((p * 10).astype(int), 9)
+    ece = sum((b == k).sum() / n * abs(p[b == k].mean() - y[b == k].mean()) for k in range(10) if (b == k).any())
+    assert lab["calibration"]["ece"] == pytest.approx(ece, abs=1e-9)
+    assert lab["soft_label_mean_abs_margin"] == pytest.approx(float(np.mean(np.abs(p - 0.5))), abs=1e-12)
+
+    # length preference, from the pairs' word counts
+    d = np.array([len(a.split()) - len(b.split()) for a, b in zip(ai["response_a"], ai["response_b"])])
+    for who, margin in (("judge", p - 0.5), ("gold", ga - gb)):
+        ok = (d != 0) & (margin != 0)
+        assert lab["length_bias"][f"{who}_prefers_longer"] == pytest.approx(
+            float(np.mean((margin[ok] > 0) == (d[ok] > 0))), abs=1e-12), who
+        assert lab["length_bias"][f"{who}_spearman_with_length_diff"] == pytest.approx(_spearman(margin, d), abs=1e-9), who
+
+    # the judge's cache holds each comparison's per-order labels, under the key of its pair and mode
+    cache = {}
+    for line in (run_dir / "judge_cache" / f"{ai_cfg.judge}.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        cache[rec["key"]] = rec
+    text = {x["name"]: x["text"] for x in A.load_constitution(ai_cfg.constitution)[0]}
+    markers = hashlib.sha256(f"rlaif-markers:{stream(cfg.seed, 'label/ai')}".encode()).hexdigest()[:8]
+    modes = {"plain": {"cot": False, "mitigate": ai_cfg.mitigate, "few_shot": ai_cfg.few_shot, "markers": markers,
+                       "cot_tokens": 0},
+             "cot": {"cot": True, "mitigate": ai_cfg.mitigate, "few_shot": ai_cfg.few_shot, "markers": markers,
+                     "cot_tokens": ai_cfg.cot_tokens},
+             "direct": {"direct": True, "mitigate": ai_cfg.mitigate, "markers": markers}}
+    recs = {m: [cache.get(A.judgment_key(ai_cfg.judge, text[ai["principle"][i]], ai["prompt"][i], ai["response_a"][i],
+                                         ai["response_b"][i], o)) for i in range(n)] for m, o in modes.items()}
+    assert all(r is not None for r in recs["plain"])
+    assert [r["p_a"] for r in recs["plain"]] == ai["p_a"]
+    ab, ba = (np.array([r[k] for r in recs["plain"]]) for k in ("p_a_ab", "p_a_ba"))
+    np.testing.assert_allclose(p, (ab + ba) / 2, rtol=0, atol=1e-12)
+    # position bias: the same slot preferred in both orders (a first and preferred <=> b first and preferred)
+    assert lab["position_bias_rate"] == pytest.approx(float(np.mean((ab > 0.5) == (ba < 0.5))), abs=1e-12)
+    assert lab["agreement_first_order_only"] == pytest.approx(_agree(ab, ga, gb), abs=1e-12)
+    # the measured pairs: judged once more with chain of thought and with direct scoring
+    sub = [i for i in range(n) if recs["cot"][i] is not None]
+    assert len(sub) == lab["measure_pairs"] == ai_cfg.measure_pairs
+    assert [i for i in range(n) if recs["direct"][i] is not None] == sub
+    for m, key in (("plain", "agreement_no_cot"), ("cot", "agreement_cot"), ("direct", "agreement_direct")):
+        q = [recs[m][i]["p_a"] for i in sub]
+        assert lab[key] == pytest.approx(_agree(q, ga[sub], gb[sub]), abs=1e-12), key
+    for m, key in (("plain", "position_bias_rate_no_cot"), ("cot", "position_bias_rate_cot")):
+        q_ab, q_ba = (np.array([recs[m][i][k] for i in sub]) for k in ("p_a_ab", "p_a_ba"))
+        assert lab[key] == pytest.approx(float(np.mean((q_ab > 0.5) == (q_ba < 0.5))), abs=1e-12), key
+    for side in ("unmitigated", "mitigated"):
+        assert lab["injection"][side]["n"] == len(sub) and lab["injection"][side]["mitigate"] == (side == "mitigated")
 
 
 @pytest.mark.slow
