@@ -210,16 +210,29 @@ def test_resume_with_other_rl_config_is_refused(rl_inputs, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_other_algorithms_run_and_learn(rl_inputs, tmp_path, algorithm):
-    run = make_run(rl_inputs, tmp_path / algorithm, steps=3, algorithm=algorithm, epochs=2, minibatches=2,
-                   kl_coef=0.05, kl_controller="adaptive", kl_target=1.0, kl_horizon=100)
+    """PPO and GRPO raise the proxy reward. The same 16 training prompts every step (8 responses
+    each), so step means differ by the policy, not by which prompts were drawn; the proxy mean of
+    the last 10 of 40 steps exceeds that of the first 10 by more than 3 standard errors of the
+    difference, estimated from the step-to-step spread within each window (Welch t > 3).
+    Measured on seeds 0-2: t = 3.8-14.7 (PPO), 4.7-5.5 (GRPO)."""
+    cfg, task, sft, specs, train_rows, eval_rows = rl_inputs
+    fixed = (cfg, task, sft, specs, {k: v[:16] for k, v in train_rows.items()}, eval_rows)
+    steps, k = 40, 10
+    run = make_run(fixed, tmp_path / algorithm, steps=steps, algorithm=algorithm, epochs=2, minibatches=2,
+                   prompts_per_step=16, responses_per_prompt=8, lr=0.003, kl_coef=0.01,
+                   kl_controller="adaptive", kl_target=6.0, kl_horizon=100, eval_every=1000, eval_early=0)
     try:
         run_rl(run, tensorboard=False)
         h = run.history
-        assert len(h) == 3 and all(np.isfinite(m["learner/loss"]) for m in h)
+        assert len(h) == steps and all(np.isfinite(m["learner/loss"]) for m in h)
         if algorithm == "ppo":
             assert all("learner/value_loss" in m for m in h)
         assert h[-1]["kl_coef"] != h[0]["kl_coef"]  # the adaptive controller moved beta
         assert h[-1]["learner/approx_kl"] > 0  # the second epoch saw a changed policy
+        proxy = np.array([m["proxy/mean"] for m in h])
+        first, last = proxy[:k], proxy[-k:]
+        se = np.sqrt(first.var(ddof=1) / k + last.var(ddof=1) / k)
+        assert last.mean() - first.mean() > 3 * se, (first.round(3), last.round(3), se)
     finally:
         run.shutdown()
 
