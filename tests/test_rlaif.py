@@ -86,7 +86,7 @@ def test_judge_measurements_equal_a_recomputation_from_the_written_labels(rlaif_
     import hashlib
 
     from actors import ai_labeler as A
-    from orchestrator.checkpoint import stream
+    from orchestrator.data.checkpoint import stream
 
     cfg, run_dir, fr = rlaif_run
     lab, ai_cfg = fr["label"], cfg.label.ai
