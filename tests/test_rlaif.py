@@ -166,6 +166,8 @@ def test_judge_measurements_equal_a_recomputation_from_the_written_labels(rlaif_
     sub = [i for i in range(n) if recs["cot"][i] is not None]
     assert len(sub) == lab["measure_pairs"] == ai_cfg.measure_pairs
     assert [i for i in range(n) if recs["direct"][i] is not None] == sub
+    assert lab["rationale_examples"] == [recs["cot"][i]["rationale"] for i in sub[:3]]
+    assert all(r.startswith("[a first]") for r in lab["rationale_examples"])
     for m, key in (("plain", "agreement_no_cot"), ("cot", "agreement_cot"), ("direct", "agreement_direct")):
         q = [recs[m][i]["p_a"] for i in sub]
         assert lab[key] == pytest.approx(_agree(q, ga[sub], gb[sub]), abs=1e-12), key
