@@ -14,7 +14,7 @@ it to exactly ``orchestrator.nn.models.encode_prompt``. TRL's built-in RM path w
 trained to see), so the RM is wrapped as a reward function that scores the exact ids
 ``[BOS] prompt [SEP] completion_ids`` (generated ``[EOS]`` kept), same cost: one RM forward per batch.
 
-    python -m jobs.trl_baseline [rloo|grpo]   # 6 steps on the bench inputs of `jobs.bench rl`, prints JSON
+The command line is ``jobs/trl_baseline.py``.
 """
 
 from __future__ import annotations
