@@ -1,12 +1,17 @@
-"""The bad-input matrix (cluster-operations issue): malformed configs and data files, each run as a
-user runs the job. Every case exits 2 with one line on stderr naming the key, row or file, and the
-existing run directory it points at is left exactly as it was (no file added, changed or removed).
+"""The bad-input matrix (cluster-operations issue): malformed configs and data files, each given to
+``jobs.frontier``'s entry point with a user's argv. Every case exits 2 with one line on stderr naming
+the key, row or file, and the existing run directory it points at is left exactly as it was (no file
+added, changed or removed).
+
+The cases run in-process through ``jobs.frontier.main`` (the function ``python -m jobs.frontier``
+calls): a subprocess per case cost ~8 s of interpreter start and imports, 3 minutes for the matrix.
+``test_cli.py`` runs the same kind of error through ``python -m`` and checks the process's exit code.
+Every case must be refused before Ray starts: a tripwire on ``init_ray`` fails the case otherwise.
+The config cases need only a run directory holding a config; the cases of damaged stage files need
+the smoke run's finished stages (slow).
 """
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +24,6 @@ from orchestrator.run.cli import save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/smoke.yaml"
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
 def _stage_file(d: Path, pattern: str) -> Path:
@@ -105,6 +109,10 @@ CASES = [
     ("pickled model weights", [], _adopt_model("pickle"), "pytorch_model.bin are pickled"),
     ("pickle named .safetensors", [], _adopt_model("pickle-as-safetensors"), "model.safetensors"),
     ("truncated model weights", [], _adopt_model("truncated"), "not a valid safetensors file"),
+    ]
+
+# cases of a damaged finished stage: the run is resumed (the smoke run's stages, copied)
+STAGE_CASES = [
     ("labels missing a column", ["--resume"],
      lambda d, t: _edit_parquet(_stage_file(d, "preferences.parquet"), _drop("p_a")), "missing column 'p_a'"),
     ("NaN label", ["--resume"],
@@ -123,35 +131,65 @@ def _snapshot(d: Path) -> dict:
     return {str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*")}
 
 
-@pytest.fixture(scope="module")
-def existing_run(smoke_run, tmp_path_factory):
-    """An existing run directory: the smoke run's finished stages and its config."""
-    _, smoke_dir, _ = smoke_run
-    d = tmp_path_factory.mktemp("existing") / "run"
-    d.mkdir()
-    shutil.copytree(smoke_dir / "stages", d / "stages", ignore=shutil.ignore_patterns("*.tmp"))
+def _existing(d: Path, stages: Path | None) -> Path:
+    """An existing run directory: its config (the smoke profile's) and, given, finished stages."""
+    d.mkdir(parents=True)
+    if stages is not None:
+        shutil.copytree(stages, d / "stages", ignore=shutil.ignore_patterns("*.tmp"))
+    else:  # a file of the user's: the snapshot covers more than the config
+        (d / "notes.txt").write_text("my run\n")
     save_config(load(FrontierConfig, SMOKE), d)
     return d
 
 
+@pytest.fixture(scope="module")
+def existing_stages(smoke_run, tmp_path_factory):
+    """An existing run directory with the smoke run's finished stages and its config."""
+    return _existing(tmp_path_factory.mktemp("existing") / "run", smoke_run[1] / "stages")
+
+
 def test_matrix_has_at_least_15_cases():
-    assert len(CASES) >= 15 and len({c[0] for c in CASES}) == len(CASES)
+    cases = CASES + STAGE_CASES
+    assert len(cases) >= 15 and len({c[0] for c in cases}) == len(cases)
 
 
-@pytest.mark.parametrize("case, argv, setup, needle", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_naming_it_and_leaves_the_run_dir(case, argv, setup, needle, existing_run, tmp_path):
-    d = tmp_path / "run"
-    shutil.copytree(existing_run, d)
-    got = setup(d, tmp_path) if setup else None
+def _refused(d: Path, tmp: Path, argv, setup, needle, case, capsys, monkeypatch) -> None:
+    import jobs.frontier
+    import orchestrator.run.main as main
+
+    def tripwire(*a, **k):
+        raise AssertionError(f"{case}: got past validation, Ray was about to start")
+
+    monkeypatch.setattr(main, "init_ray", tripwire)
+    monkeypatch.chdir(ROOT)
+    got = setup(d, tmp) if setup else None
     extra = got if isinstance(got, list) else []
     before = _snapshot(d)
     args = [*argv, *extra]
     resume = "--resume" in args
     args = [a for a in args if a != "--resume"]
-    cmd = [sys.executable, "-m", "jobs.frontier", "--run-dir", str(d), "--quiet"]
-    cmd += ["--resume", *args] if resume else ["--config", SMOKE, *args]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode == 2, (case, r.returncode, r.stderr[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (case, r.stderr[-2000:])
+    cmd = ["--run-dir", str(d), "--quiet"] + (["--resume", *args] if resume else ["--config", SMOKE, *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        jobs.frontier.main(cmd)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert e.value.code == 2, (case, e.value.code, err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (case, err[-2000:])
     assert _snapshot(d) == before, f"{case}: the run directory changed"
+
+
+@pytest.mark.parametrize("case, argv, setup, needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_naming_it_and_leaves_the_run_dir(case, argv, setup, needle, tmp_path, capsys,
+                                                            monkeypatch):
+    d = _existing(tmp_path / "run", None)
+    _refused(d, tmp_path, argv, setup, needle, case, capsys, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, argv, setup, needle", STAGE_CASES, ids=[c[0] for c in STAGE_CASES])
+def test_damaged_stage_exits_2_naming_it_and_leaves_the_run_dir(case, argv, setup, needle, existing_stages,
+                                                                tmp_path, capsys, monkeypatch):
+    d = tmp_path / "run"
+    shutil.copytree(existing_stages, d)
+    _refused(d, tmp_path, argv, setup, needle, case, capsys, monkeypatch)
