@@ -30,3 +30,16 @@ def smoke_run(ray_session, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke")
     frontier = run_frontier(cfg, run_dir, progress=False)
     return cfg, run_dir, frontier
+
+
+# fixtures that run a pipeline (minutes): a test using one belongs to the slow tier
+SLOW_FIXTURES = ("smoke_run",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The quick tier (``-m "not slow"``) must stay quick: a test that uses the smoke run and is not
+    marked ``slow`` is a collection error, not a silent 3-minute pipeline in the quick loop."""
+    bad = [i.nodeid for i in items
+           if any(f in getattr(i, "fixturenames", ()) for f in SLOW_FIXTURES) and i.get_closest_marker("slow") is None]
+    if bad:
+        raise pytest.UsageError("tests using the smoke run must be marked slow:\n  " + "\n  ".join(bad))

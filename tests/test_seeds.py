@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # copies of the smoke run
+
 
 def _as_seed(src, dst, seed: int, flip: str | None = None, scale_rl_peaks: float = 1.0):
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("stages", "rl", "tune"))
@@ -120,7 +122,6 @@ EFFECT_OF_CHECK = {"proxy rises: min Spearman(KL, proxy) - 0.8": "proxy_rises_ev
                    "gold lost at the common KL: singles' mean - best ensemble": "ensemble_loses_less"}
 
 
-@pytest.mark.slow
 def test_rl_effects_are_positive_exactly_where_the_checks_hold(smoke_run, three_seeds, tmp_path):
     """The signed effect sizes agree with the boolean checks of a real run, follow the numbers of a
     hand-made one, and are averaged over seeds in seeds.json / seeds.md."""
