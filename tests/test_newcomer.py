@@ -4,7 +4,9 @@ harness's variables and with a fresh HOME -- and an error no retry can fix endin
 
 The smoke run's finished stages are copied into the run directory first (the trials are what ran
 in Tune's per-trial working directories and broke on relative paths; the stages run in CI's
-newcomer command, ``.ci/run``)."""
+newcomer command, ``.ci/run``), and the sweep is cut to one trial (``ONE_TRIAL``): a trial's
+directory does not depend on the sweep's other cells, so the smoke run's trial of the same cell
+is the reference."""
 
 import json
 import shutil
@@ -17,6 +19,19 @@ from orchestrator.config.schema import FrontierConfig, config_digest, load
 from tests.test_sweep import ROOT, SMOKE, _job
 
 pytestmark = pytest.mark.slow
+
+# the smoke sweep's single-proxy beta-0 cell alone: one Tune trial in place of three
+ONE_TRIAL = {"sweep": {"kl_coefs": [0.0]}, "rl": {"ensemble_objectives": []}}
+
+
+def _one_trial_config(dst: Path) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / SMOKE).read_text())
+    for section, values in ONE_TRIAL.items():
+        cfg.setdefault(section, {}).update(values)
+    dst.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dst
 
 
 def _copy_stages(smoke_dir: Path, d: Path, config: Path = ROOT / SMOKE) -> None:
@@ -32,7 +47,7 @@ def test_main_job_from_another_directory_with_a_relative_run_dir(smoke_run, tmp_
     _, smoke_dir, _ = smoke_run
     work = tmp_path / "work"
     work.mkdir()
-    shutil.copy(ROOT / SMOKE, work / "mine.yaml")  # a relative --config too
+    _one_trial_config(work / "mine.yaml")  # a relative --config too
     if how == "default run dir":
         rel = Path("runs") / f"frontier-{config_digest(load(FrontierConfig, work / 'mine.yaml'))[:10]}"
         args = ["--config", "mine.yaml", "--quiet"]
@@ -47,8 +62,10 @@ def test_main_job_from_another_directory_with_a_relative_run_dir(smoke_run, tmp_
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["run_dir"] == str(run.resolve())  # absolute, under the working directory
     fr = json.loads((run / "frontier.json").read_text())
-    assert fr["rl"] and all((run / "rl").glob("*/DONE.json"))
-    assert len(list((run / "rl").glob("*/DONE.json"))) == len(fr["rl"])
+    assert [e["trial"] for e in fr["rl"]] == ["proxy-1x8-kl0"]
+    (done,) = (run / "rl").glob("*/DONE.json")
+    (ref,) = smoke_dir.glob(f"rl/{done.parent.name}/DONE.json")  # the same cell, same directory name
+    assert json.loads(done.read_text())["points"] == json.loads(ref.read_text())["points"]
     saved = (run / "config.yaml").read_text()
     assert "runs/" not in saved and "mine.yaml" not in saved
     assert not (work / "tune").exists() and not list(tmp_path.glob("home/ray_results*"))
@@ -62,7 +79,8 @@ def test_error_no_retry_can_fix_ends_the_sweep_at_once(smoke_run, tmp_path):
 
     _, smoke_dir, _ = smoke_run
     d = tmp_path / "run"
-    _copy_stages(smoke_dir, d)
+    one = _one_trial_config(tmp_path / "one.yaml")
+    _copy_stages(smoke_dir, d, one)
     # another reference policy: the SFT policy's weights, nudged (the stage cache keys on config)
     cfg = load(FrontierConfig, ROOT / SMOKE)
     pol = next(x / "policy" / "model.safetensors" for x in d.glob("stages/sft-*")
@@ -72,12 +90,12 @@ def test_error_no_retry_can_fix_ends_the_sweep_at_once(smoke_run, tmp_path):
     w[k] = w[k] + 1e-3
     save_file(w, pol, metadata={"format": "pt"})
     # ...and a trial directory holding a checkpoint of the original policy (an unfinished trial)
-    ref = next(x for x in smoke_dir.glob("rl/proxy-*-kl0-*") if (x / "checkpoints").is_dir())
+    (ref,) = [x for x in smoke_dir.glob("rl/proxy-*-kl0-*") if (x / "checkpoints").is_dir()]
     shutil.copytree(ref, d / "rl" / ref.name)
     for f in ("DONE.json", "SUMMARY.json"):
         (d / "rl" / ref.name / f).unlink(missing_ok=True)
     t0 = time.time()
-    p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", job="jobs.frontier")
+    p = _job("--config", str(one), "--run-dir", str(d), "--quiet", job="jobs.frontier")
     _, err = p.communicate(timeout=900)
     assert p.returncode == 2, err[-3000:]
     last = err.strip().splitlines()[-1]
@@ -93,7 +111,7 @@ def test_error_no_retry_can_fix_ends_the_sweep_at_once(smoke_run, tmp_path):
     print(f"stopped after {time.time() - t0:.0f} s")
     # the cause removed (the stale trial directory), the same command finishes
     shutil.rmtree(d / "rl" / ref.name)
-    p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", job="jobs.frontier")
+    p = _job("--config", str(one), "--run-dir", str(d), "--quiet", job="jobs.frontier")
     _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
     assert (d / "frontier.json").is_file()

@@ -61,11 +61,20 @@ def test_rerun_reuses_every_stage_and_is_identical(smoke_run):
 
 
 def test_same_config_same_numbers_in_a_fresh_dir(smoke_run, tmp_path):
+    """Every stage again in a fresh directory, and the sweep's first cell (the other cells are RL
+    runs like it; a trial's numbers do not depend on the sweep's other cells): the same numbers."""
+    import dataclasses
+
     cfg, _, first = smoke_run
-    second = run_frontier(cfg, tmp_path / "again", progress=False)
+    one = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, kl_coefs=(0.0,)),
+                              rl=dataclasses.replace(cfg.rl, ensemble_objectives=()))
+    second = run_frontier(one, tmp_path / "again", progress=False)
     assert not any(t["cached"] for t in second["timings"].values())
     assert second["bon"] == first["bon"]  # CPU: same config, same numbers
     assert second["label"] == first["label"]
+    (trial,) = second["rl"]
+    assert trial["trial"] == "proxy-1x8-kl0"
+    assert trial["points"] == next(e for e in first["rl"] if e["trial"] == "proxy-1x8-kl0")["points"]
 
 
 def test_changing_a_late_stage_reuses_the_early_ones(smoke_run):

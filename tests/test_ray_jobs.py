@@ -26,6 +26,8 @@ from orchestrator.run.cli import save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/smoke.yaml"
+# the smoke sweep's beta-0 cells (two trials, not three), logged to wandb
+OVER = ["sweep.wandb=true", "sweep.kl_coefs=[0.0]"]
 CANARY = "canary-" + os.urandom(8).hex()  # a "secret" in the cluster's environment (not in this file)
 
 
@@ -100,10 +102,13 @@ def _wait(client, sid, timeout=900) -> str:
 def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
     addr, env, temp, dash = head
     a, b = tmp_path / "a", tmp_path / "b"
-    # the smoke run's finished stages (the session already built them): the jobs run the RL sweep
+    # the smoke run's finished stages and RL trials (the session already built them; a trial's
+    # directory does not depend on the sweep's other cells): job a runs what is left -- the report --
+    # and job b the sweep's beta-0 cells (the single proxy and the ensemble) again, cut and resumed
     a.mkdir()
     shutil.copytree(smoke_run[1] / "stages", a / "stages", ignore=shutil.ignore_patterns("*.tmp"))
-    save_config(load(FrontierConfig, SMOKE, ["sweep.wandb=true"]), a)
+    shutil.copytree(smoke_run[1] / "rl", a / "rl", ignore=shutil.ignore_patterns("*.tmp"))
+    save_config(load(FrontierConfig, SMOKE, OVER), a)
 
     # auth stays on: a client shell without the token is refused
     no_token = {**env, "RAY_AUTH_MODE": "disabled"}
@@ -117,23 +122,22 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
             s.settimeout(2)
             assert s.connect_ex((ip, dash)) != 0, f"dashboard reachable on {ip}"
 
-    # 1. the smoke profile as a Ray job (its stages cached, as on a rerun)
-    _submit(addr, env, "smoke-a", "--config", SMOKE, "--run-dir", str(a), "--quiet", "sweep.wandb=true")
+    # 1. the smoke profile as a Ray job (its stages and trials cached, as on a rerun)
+    _submit(addr, env, "smoke-a", "--config", SMOKE, "--run-dir", str(a), "--quiet", *OVER)
     client = _client(addr, monkeypatch)
     assert _wait(client, "smoke-a") == "SUCCEEDED", client.get_job_logs("smoke-a")[-4000:]
     summary = json.loads(client.get_job_logs("smoke-a").strip().splitlines()[-1])
     assert summary["run_dir"] == str(a) and (a / "frontier.json").is_file() and (a / "report.html").is_file()
     frontier = json.loads((a / "frontier.json").read_text())
-    assert frontier["rl"] and all((a / "rl").glob("*/DONE.json"))
+    assert sorted(e["trial"] for e in frontier["rl"]) == ["ensemble-wco", "proxy-1x8-kl0"]
 
     # 2. a longer job (trials slowed, wall time only) on the same stages, stopped mid-RL
     b.mkdir()
-    shutil.copytree(a / "stages", b / "stages")
+    shutil.copytree(a / "stages", b / "stages")  # not the trials: they run
     shutil.copy(a / "config.yaml", b / "config.yaml")
     rt = yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())
     rt["env_vars"]["RLHF_FRONTIER_SLOW_TRIAL"] = "ensemble-wco:2"
-    _submit(addr, env, "smoke-b", "--config", SMOKE, "--run-dir", str(b), "--quiet", "sweep.wandb=true",
-            runtime_env=rt)
+    _submit(addr, env, "smoke-b", "--config", SMOKE, "--run-dir", str(b), "--quiet", *OVER, runtime_env=rt)
     deadline = time.time() + 600
     while time.time() < deadline and not list(b.glob("rl/ensemble-wco-*/checkpoints/step_*[0-9]")):
         assert str(client.get_job_status("smoke-b").value) in ("PENDING", "RUNNING"), \
@@ -150,7 +154,10 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
     assert _wait(client, "smoke-b-resume") == "SUCCEEDED", client.get_job_logs("smoke-b-resume")[-4000:]
     logs = client.get_job_logs("smoke-b-resume")
     assert "restoring the Tune experiment" in logs or "resumed from" in logs, logs[-4000:]
-    for ref in a.glob("rl/*/DONE.json"):
+    refs = [ref for ref in a.glob("rl/*/DONE.json") if ref.parent.name.rsplit("-", 1)[0] in ("ensemble-wco",
+                                                                                              "proxy-1x8-kl0")]
+    assert len(refs) == 2
+    for ref in refs:
         got = json.loads((b / "rl" / ref.parent.name / "DONE.json").read_text())
         assert got["points"] == json.loads(ref.read_text())["points"], ref.parent.name
     got = json.loads((b / "frontier.json").read_text())

@@ -198,23 +198,25 @@ def _history(run: Path) -> list[dict]:
 def test_failing_reward_member_named_then_trial_resumed_from_checkpoint(smoke_run, tmp_path):
     """A proxy member that raises mid-run fails its step loudly, naming the member; Tune
     (FailureConfig) retries the trial from its last checkpoint; every trial ends with the results
-    of a sweep that never failed, and no step is recorded twice or lost."""
+    of a sweep that never failed, and no step is recorded twice or lost. (The sweep is cut to its
+    first cell: a trial's directory and numbers do not depend on the other cells; the NaN and
+    killed-process faults of every trial kind are in the next test.)"""
     _, smoke_dir, _ = smoke_run
     d = tmp_path / "run"
-    _seed_stages(smoke_dir, d, [])
+    one = ["sweep.kl_coefs=[0.0]", "rl.ensemble_objectives=[]"]
+    _seed_stages(smoke_dir, d, one)
     marker = tmp_path / "member-failed"
-    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet",
+    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", *one,
              env={"RLHF_FRONTIER_FAIL_MEMBER": f"proxy/proxy-1x8:5:{marker}"})
     _, err = r.communicate(timeout=900)
     assert r.returncode == 0, err[-3000:]
     assert marker.is_file(), "the member never failed"
     assert "proxy member 'proxy-1x8' failed" in err, err[-3000:]
     assert re.search(r"resumed from \S*step_0", err), err[-3000:]
-    for ref in smoke_dir.glob("rl/*-*"):
-        got = json.loads((d / "rl" / ref.name / "DONE.json").read_text())
-        assert got["points"] == json.loads((ref / "DONE.json").read_text())["points"], ref.name
-        steps = [json.loads(x)["step"] for x in (d / "rl" / ref.name / "metrics.jsonl").read_text().splitlines()]
-        assert steps == list(range(got["steps"])), (ref.name, steps)
+    (ref,) = smoke_dir.glob("rl/proxy-1x8-kl0-*")
+    got = json.loads((d / "rl" / ref.name / "DONE.json").read_text())
+    assert got["points"] == json.loads((ref / "DONE.json").read_text())["points"]
+    assert _history(d / "rl" / ref.name) == _history(ref)  # no step recorded twice or lost, same numbers
 
 
 @pytest.mark.slow
@@ -364,7 +366,7 @@ def test_gold_stopper_ends_a_real_trial_past_its_gold_peak(smoke_run, tmp_path):
     _, smoke_dir, _ = smoke_run
     margin, patience, steps = 0.03, 2, 24
     ov = ["rl.lr=0.01", "rl.eval_every=1", f"rl.steps={steps}", "rl.ensemble_objectives=[]", "sweep.kl_coefs=[0.0]",
-          "rl.eval_prompts=64", "rl.eval_responses_per_prompt=2",
+          "rl.eval_prompts=64", "rl.eval_responses_per_prompt=2", "cluster.rl.colocate=true",
           "sweep.stopper.enabled=true", f"sweep.stopper.margin={margin}", f"sweep.stopper.patience={patience}"]
     d = tmp_path / "run"
     _seed_stages(smoke_dir, d, ov)
