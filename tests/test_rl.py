@@ -48,13 +48,36 @@ def rl_inputs(smoke_run):
     return cfg, task, sft, specs, train_rows, eval_rows
 
 
-def make_run(rl_inputs, out: Path, spec: str = "proxy-1x8", gold: bool = True, **rl_over) -> RLRun:
+# one set of role actors for this module's runs, reset between them as the sweep resets a trial's
+# slot for its next run (a fresh set costs five actor processes, ~20 s on 2 cores, per run)
+_SHARED: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_slot(rl_inputs):
+    from orchestrator.run.slots import Slot
+
+    cfg, task, sft, specs, _, _ = rl_inputs
+    slot = Slot(cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
+                list(specs["proxy-1x8"].members), cfg.seed, True, name="rl-tests")
+    _SHARED["slot"] = slot
+    try:
+        yield slot
+    finally:
+        _SHARED.clear()
+        slot.shutdown()
+
+
+def make_run(rl_inputs, out: Path, spec: str = "proxy-1x8", gold: bool = True, own_slot: bool = False,
+             **rl_over) -> RLRun:
+    """An RLRun on the module's shared slot (reset for it), or, with ``own_slot``, on actors of its own."""
     cfg, task, sft, specs, train_rows, eval_rows = rl_inputs
     kl_coef = rl_over.pop("kl_coef", None)  # a run's beta lives on its spec (the sweep's kl_coefs)
     rl = dataclasses.replace(cfg.rl, **rl_over)
     run_spec = specs[spec] if kl_coef is None else dataclasses.replace(specs[spec], kl_coef=kl_coef)
     return RLRun(rl, run_spec, cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
-                 train_rows, eval_rows, out, cfg.seed, gold=gold)
+                 train_rows, eval_rows, out, cfg.seed, gold=gold,
+                 slot=None if own_slot else _SHARED.get("slot"))
 
 
 def _stable(history: list[dict]) -> list[dict]:
@@ -102,8 +125,8 @@ def test_gold_barrier_update_identical_without_gold(rl_inputs, tmp_path):
     """Gold is sealed inside RL: a run with gold completes and its policy updates are bit-identical
     to a run with no gold ensemble at all; feeding the sealed scores to shaping, advantages or the
     learner raises."""
-    with_gold = make_run(rl_inputs, tmp_path / "gold", steps=4)
-    without = make_run(rl_inputs, tmp_path / "none", gold=False, steps=4)
+    with_gold = make_run(rl_inputs, tmp_path / "gold", steps=4)  # the shared slot, reset
+    without = make_run(rl_inputs, tmp_path / "none", gold=False, steps=4, own_slot=True)  # fresh actors
     try:
         s1 = run_rl(with_gold, tensorboard=False)
         s2 = run_rl(without, tensorboard=False)

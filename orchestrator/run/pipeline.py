@@ -205,6 +205,17 @@ def _join_prompts(samples: dict, prompts: dict) -> dict:
             "meta": [prompts["meta"][i] for i in rows], "response": samples["response"]}
 
 
+def _score_gold(cfg: FrontierConfig, rows: dict) -> tuple[np.ndarray, dict]:
+    """The gold ensemble (the task's oracle) on ``rows``, in an actor of its own for the call:
+    the overall gold score per row and the score of each principle."""
+    gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", [{"name": "oracle", "kind": "oracle"}], replicas=1)
+    try:
+        sc = ray.get(gold.one("score", rows))
+    finally:
+        gold.shutdown()
+    return np.asarray(sc.values)[:, 0], {p: np.asarray(v) for p, v in sc.principles.items()}
+
+
 def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
                 progress: bool = False) -> StageResult:
     label = to_dict(cfg.label)
@@ -216,21 +227,15 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
         prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
         samples = pq.read_table(sample.dir / "samples_label.parquet").to_pydict()
         rows = _join_prompts(samples, prompts)
-        gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", [{"name": "oracle", "kind": "oracle"}],
-                          replicas=1)
-        try:
-            sc = ray.get(gold.one("score", rows))
-        finally:
-            gold.shutdown()
-        g = sc.values[:, 0]
+        g, principles = _score_gold(cfg, rows)
         samples["score.gold"] = g.tolist()
-        for p, v in sc.principles.items():
+        for p, v in principles.items():
             samples[f"score.gold.{p}"] = v.tolist()
         D.write_table(samples, out / "samples_label_scored.parquet")
         if cfg.label.source == "ai":
             from orchestrator.run.rlaif import label_with_judge
 
-            return label_with_judge(cfg, run_dir, out, rows, samples, g, sc.principles, stream(cfg.seed, "label/ai"),
+            return label_with_judge(cfg, run_dir, out, rows, samples, g, principles, stream(cfg.seed, "label/ai"),
                                     progress)
         rng = np.random.default_rng(stream(cfg.seed, "label/noise"))
         by_prompt: dict[int, list[int]] = {}
@@ -386,14 +391,9 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
     def fn(out: Path) -> dict:
         samples, rows = _bon_rows(task, sample)
         uniq, back = _unique_rows(rows)
-        gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", [{"name": "oracle", "kind": "oracle"}],
-                          replicas=1)
-        try:
-            gs = ray.get(gold.one("score", uniq))
-        finally:
-            gold.shutdown()
-        samples["score.gold"] = gs.values[back, 0].tolist()
-        for p, v in gs.principles.items():
+        g, principles = _score_gold(cfg, uniq)
+        samples["score.gold"] = g[back].tolist()
+        for p, v in principles.items():
             samples[f"score.gold.{p}"] = v[back].tolist()
         names = []
         for p in proxies:

@@ -103,7 +103,8 @@ class RLRun:
             slot.reset(policy_dir, list(spec.members))
         self.slot = slot
         self.local = slot.local
-        self.learner, self.gen, self.proxy, self.gold = slot.learner, slot.gen, slot.proxy, slot.gold
+        self.learner, self.gen, self.proxy = slot.learner, slot.gen, slot.proxy
+        self.gold = slot.gold if gold else None  # a shared slot's gold stays out of a run without gold
         fetch(self.learner.one("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init")))
         self.kl = initial_kl_controller(cfg, spec.kl_coef)
         self.step = 0
