@@ -228,6 +228,12 @@ def test_resume_with_other_rl_config_is_refused(rl_inputs, tmp_path):
             other.restore()
     finally:
         other.shutdown()
+    # keys that choose the sweep's cells, not how a run goes, leave its checkpoints resumable
+    same = make_run(rl_inputs, tmp_path / "r", steps=2, checkpoint_every=2, ensemble_objectives=(), sizes=("1x16",))
+    try:
+        assert same.restore() == 2
+    finally:
+        same.shutdown()
 
 
 @pytest.mark.slow

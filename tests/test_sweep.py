@@ -195,31 +195,6 @@ def _history(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_failing_reward_member_named_then_trial_resumed_from_checkpoint(smoke_run, tmp_path):
-    """A proxy member that raises mid-run fails its step loudly, naming the member; Tune
-    (FailureConfig) retries the trial from its last checkpoint; every trial ends with the results
-    of a sweep that never failed, and no step is recorded twice or lost. (The sweep is cut to its
-    first cell: a trial's directory and numbers do not depend on the other cells; the NaN and
-    killed-process faults of every trial kind are in the next test.)"""
-    _, smoke_dir, _ = smoke_run
-    d = tmp_path / "run"
-    one = ["sweep.kl_coefs=[0.0]", "rl.ensemble_objectives=[]"]
-    _seed_stages(smoke_dir, d, one)
-    marker = tmp_path / "member-failed"
-    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", *one,
-             env={"RLHF_FRONTIER_FAIL_MEMBER": f"proxy/proxy-1x8:5:{marker}"})
-    _, err = r.communicate(timeout=900)
-    assert r.returncode == 0, err[-3000:]
-    assert marker.is_file(), "the member never failed"
-    assert "proxy member 'proxy-1x8' failed" in err, err[-3000:]
-    assert re.search(r"resumed from \S*step_0", err), err[-3000:]
-    (ref,) = smoke_dir.glob("rl/proxy-1x8-kl0-*")
-    got = json.loads((d / "rl" / ref.name / "DONE.json").read_text())
-    assert got["points"] == json.loads((ref / "DONE.json").read_text())["points"]
-    assert _history(d / "rl" / ref.name) == _history(ref)  # no step recorded twice or lost, same numbers
-
-
-@pytest.mark.slow
 def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
     """``proxy.seed_members``: extra proxies of one size that differ only in seed, a seed ensemble per
     objective in the sweep, and its check against the single proxy of that size -- while every
@@ -280,19 +255,23 @@ def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
     assert "seed ensembles (4 proxies of size 1x8" in (d / "report.md").read_text()
 
 
-def test_member_nan_drill_is_caught_naming_the_member(tmp_path, monkeypatch):
-    """``RLHF_FRONTIER_FAIL_MEMBER=...:nan``: the member gives a NaN score once (per marker); the
-    ensemble's finiteness check refuses it, naming the member, and the next call scores again."""
+@pytest.mark.parametrize("mode", ["nan", "raise"])
+def test_member_drill_is_caught_naming_the_member(tmp_path, monkeypatch, mode):
+    """``RLHF_FRONTIER_FAIL_MEMBER=...[:nan]``: the member raises, or gives a NaN score, once (per
+    marker); the ensemble refuses either as a ``RewardMemberError`` naming the member, and the next
+    call scores again. (In a sweep that error fails the trial and Tune retries it from its checkpoint:
+    ``test_nan_member_and_killed_role_processes_retried_from_checkpoint``; a raise takes the same path.)"""
     from actors.reward_ensemble import RewardEnsemble, RewardMemberError
 
-    marker = tmp_path / "nan"
-    monkeypatch.setenv("RLHF_FRONTIER_FAIL_MEMBER", f"gold/oracle:2:{marker}:nan")
+    marker = tmp_path / "fault"
+    monkeypatch.setenv("RLHF_FRONTIER_FAIL_MEMBER", f"gold/oracle:2:{marker}" + (":nan" if mode == "nan" else ""))
     ens = RewardEnsemble("gold", [{"name": "oracle", "kind": "oracle"}], num_cpus=1)
     rows = {"prompt": ["what is 3 plus 4 ?"] * 2, "response": ["3 plus 4 is 7 .", "3 plus 4 is 9 ."],
             "family": ["arith"] * 2, "meta": ['{"a": 3, "b": 4}'] * 2}
     first = ens.score(rows).values
-    with pytest.raises(RewardMemberError, match=r"gold member 'oracle' failed: gave 1 non-finite score\(s\), "
-                                                r"first on row 1"):
+    why = (r"gave 1 non-finite score\(s\), first on row 1" if mode == "nan"
+           else r"RuntimeError: fault drill: gold/oracle failed on scoring call 2")
+    with pytest.raises(RewardMemberError, match=r"gold member 'oracle' failed: " + why):
         ens.score(rows)
     assert marker.read_text() == "2"
     assert (ens.score(rows).values == first).all()  # once per marker; the member scores as before

@@ -79,6 +79,16 @@ def initial_kl_controller(cfg: RLConfig, kl_coef: float) -> R.KLController:
     return R.KLController(kl_coef, 0.0, cfg.kl_horizon)
 
 
+# rl keys that choose which runs the sweep makes, not how one run goes: a trial's directory and its
+# checkpoints do not depend on them (adding an ensemble objective leaves the other trials resumable)
+SWEEP_ONLY_KEYS = ("sizes", "ensemble_objectives", "enabled")
+
+
+def run_config(rl: dict) -> dict:
+    """The rl config of one run, as JSON would give it back: ``rl`` without ``SWEEP_ONLY_KEYS``."""
+    return {k: v for k, v in json.loads(json.dumps(rl)).items() if k not in SWEEP_ONLY_KEYS}
+
+
 class RLRun:
     """The state of one RL run on a ``Slot`` of actors.
 
@@ -297,7 +307,7 @@ class RLRun:
             except CheckpointError as e:
                 log.warning("rl %s: checkpoint %s is unusable (%s); trying the previous one", self.spec.name, d.name, e)
                 continue
-            if state["config"] != json.loads(json.dumps(asdict(self.cfg))) or state["seed"] != self.seed:
+            if run_config(state["config"]) != run_config(asdict(self.cfg)) or state["seed"] != self.seed:
                 raise ConfigError(f"--resume: {d} was written with another rl config or seed; "
                                   "resume with the config it was started with")
             if state["reference"] != self.reference_id:
