@@ -107,6 +107,9 @@ def test_smoke_sweep_map_and_report(smoke_run):
         best = ea.get_best_checkpoint(t, metric="eval/gold", mode="max")
         assert best is not None and (Path(best.path) / "manifest.json").is_file()
     assert list((run_dir / "wandb").rglob("offline-run-*"))  # wandb, offline by default
+    # wandb's temporary directories (never cleaned: Ray ends the logging actors' processes) stay in
+    # the run directory, not in the machine's /tmp
+    assert list((run_dir / "wandb" / "tmp").glob("*wandb-media"))
 
 
 def _cut_trial_with_tune_checkpoint(d: Path) -> Path | None:

@@ -495,8 +495,13 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
             if not self._remote_logger_class:
                 from ray.air.integrations.wandb import _force_on_current_node
 
+                # wandb makes two TemporaryDirectory at import; Ray ends the actor's process without
+                # running their finalizers, so they would pile up in /tmp: keep them in the run dir
+                tmp.mkdir(parents=True, exist_ok=True)
                 self._remote_logger_class = ray.remote(num_cpus=0, **_force_on_current_node(), max_restarts=-1,
-                                                       max_task_retries=-1)(self._logger_actor_cls)
+                                                       max_task_retries=-1,
+                                                       runtime_env={"env_vars": {"TMPDIR": str(tmp)}})(
+                    self._logger_actor_cls)
             super()._start_logging_actor(trial, exclude_results, **kwargs)
 
         def on_experiment_end(self, trials, **info):
@@ -507,6 +512,7 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
                 self._signal_logging_actor_stop(trial=trial)
             super().on_experiment_end(trials, **info)
 
+    tmp = (run_dir / "wandb" / "tmp").resolve()
     return [KeylessWandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}", log_config=True,
                                 save_checkpoints=False, mode=os.environ.get("WANDB_MODE", "offline"),
                                 upload_timeout=300,
