@@ -8,6 +8,7 @@ Cluster-dependent checks live in ``validate_resources``. Derived sizes are prope
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from orchestrator.config.cluster import (  # noqa: F401  (re-exported)
     ClusterConfig,
@@ -319,6 +320,9 @@ class RLConfig:
     """The RL loop (DESIGN.md "The RL loop"): one run per proxy size with no KL penalty (Gao et al.'s
     main sweep) plus proxy-ensemble runs, each optimizing the proxy while gold is measured live."""
 
+    SWEEP_ONLY: ClassVar[tuple[str, ...]] = ("sizes", "ensemble_objectives", "enabled")
+    """Keys that choose which runs the sweep makes, not how one run goes: a trial's directory and
+    its checkpoints do not depend on them (adding an ensemble objective leaves the others resumable)."""
     enabled: bool = True
     """Run the RL stage of ``jobs.frontier``."""
     algorithm: str = "rloo"

@@ -79,14 +79,9 @@ def initial_kl_controller(cfg: RLConfig, kl_coef: float) -> R.KLController:
     return R.KLController(kl_coef, 0.0, cfg.kl_horizon)
 
 
-# rl keys that choose which runs the sweep makes, not how one run goes: a trial's directory and its
-# checkpoints do not depend on them (adding an ensemble objective leaves the other trials resumable)
-SWEEP_ONLY_KEYS = ("sizes", "ensemble_objectives", "enabled")
-
-
 def run_config(rl: dict) -> dict:
-    """The rl config of one run, as JSON would give it back: ``rl`` without ``SWEEP_ONLY_KEYS``."""
-    return {k: v for k, v in json.loads(json.dumps(rl)).items() if k not in SWEEP_ONLY_KEYS}
+    """The rl config of one run, as JSON gives it back: ``rl`` without ``RLConfig.SWEEP_ONLY``."""
+    return {k: v for k, v in json.loads(json.dumps(rl)).items() if k not in RLConfig.SWEEP_ONLY}
 
 
 class RLRun:

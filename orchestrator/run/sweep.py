@@ -90,10 +90,8 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
 def trial_dir(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult, spec) -> Path:
     """A trial's directory, keyed by everything its result depends on (so a changed config never
     picks up another run's checkpoints, and an unchanged one never recomputes)."""
-    from orchestrator.run.rl_loop import SWEEP_ONLY_KEYS
-
     rl_cfg = to_dict(cfg.rl)
-    for k in SWEEP_ONLY_KEYS:
+    for k in cfg.rl.SWEEP_ONLY:
         rl_cfg.pop(k)
     key = digest({"stage": "rl", "v": 2, "task": task.key, "sft": sft.key, "rl": rl_cfg,
                   "seed": spec.labels.get("seed", cfg.seed), "objective": spec.objective, "kl_coef": spec.kl_coef,
