@@ -14,10 +14,12 @@ refuses a stopper or a checkpoint selection keyed to the proxy (``SweepConfig``)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -475,6 +477,12 @@ def _concurrent(cfg: FrontierConfig, n: int) -> int:
     return max(1, min(n, int(cpus // cfg.cluster.rl.num_cpus)))
 
 
+def wandb_tmp_prefix(run_dir: Path) -> str:
+    """Prefix of the temporary directory the sweep's wandb logging actors use, one per run dir."""
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    return f"rlhf-frontier-wandb-{digest}-"
+
+
 def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
     """wandb when enabled: offline unless the user set ``WANDB_MODE``; the API key only ever comes
     from the environment (``WANDB_API_KEY``), never from config or logs."""
@@ -493,9 +501,13 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
             if not self._remote_logger_class:
                 from ray.air.integrations.wandb import _force_on_current_node
 
-                # wandb makes two TemporaryDirectory at import; Ray ends the actor's process without
-                # running their finalizers, so they would pile up in /tmp: keep them in the run dir
-                tmp.mkdir(parents=True, exist_ok=True)
+                # wandb makes two TemporaryDirectory at import (one holds a unix socket); Ray ends
+                # the actor's process without running their finalizers, so they would pile up in
+                # /tmp. They go in one directory per sweep, removed when the experiment ends. Not in
+                # the run dir: a socket there breaks copying the run, and a deep run dir would pass
+                # the 108-byte limit on a socket's path.
+                self._wandb_tmp = tempfile.mkdtemp(prefix=wandb_tmp_prefix(run_dir))
+                tmp = self._wandb_tmp
                 self._remote_logger_class = ray.remote(num_cpus=0, **_force_on_current_node(), max_restarts=-1,
                                                        max_task_retries=-1,
                                                        runtime_env={"env_vars": {"TMPDIR": str(tmp)}})(
@@ -509,8 +521,9 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
             for trial in list(self._trial_queues):
                 self._signal_logging_actor_stop(trial=trial)
             super().on_experiment_end(trials, **info)
+            if getattr(self, "_wandb_tmp", None):
+                shutil.rmtree(self._wandb_tmp, ignore_errors=True)
 
-    tmp = (run_dir / "wandb" / "tmp").resolve()
     return [KeylessWandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}", log_config=True,
                                 save_checkpoints=False, mode=os.environ.get("WANDB_MODE", "offline"),
                                 upload_timeout=300,
