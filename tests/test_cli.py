@@ -99,3 +99,31 @@ def test_corrupt_preferences_file_is_named(tmp_path):
     p.write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="not a readable parquet"):
         read_table(p, PREFERENCES)
+
+
+def test_log_lines_follow_the_current_stderr():
+    """The job's log lines go to the ``sys.stderr`` of the moment they are written: one swapped in
+    later (and the old one closed) gets them, none is lost on the closed one. (Tune trial processes
+    log to the process's own stderr instead; the kill-and-resume drill in test_sweep.py checks a
+    resumed trial's ``resumed from`` line reaches the driver.)"""
+    import io
+    import logging
+    from contextlib import redirect_stderr
+
+    from orchestrator.run.cli import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        first, second = io.StringIO(), io.StringIO()
+        with redirect_stderr(first):
+            setup_logging()
+            logging.getLogger("rlhf.test").info("first trial")
+        first.close()
+        with redirect_stderr(second):
+            logging.getLogger("rlhf.test").info("second trial")
+        out = second.getvalue()
+        assert out.endswith(" second trial\n") and "Logging error" not in out, out
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])

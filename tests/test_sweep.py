@@ -298,17 +298,19 @@ def test_nan_member_and_killed_role_processes_retried_from_checkpoint(smoke_run,
     """One sweep, a fault in every trial: a proxy member of the ensemble trial returns NaN (the step
     fails naming the member), the learner's process of one single-proxy trial and the proxy
     ensemble's process of the other are SIGKILLed (per-role actors: the smoke profile does not
-    colocate). None of that state can be rebuilt in place: each trial fails, Tune retries it from its
-    checkpoint, and every trial ends with the undisturbed smoke sweep's results -- evaluations,
-    metric history, final learner weights."""
+    colocate here, unlike the smoke profile). None of that state can be rebuilt in place: each trial
+    fails, Tune retries it from its checkpoint, and every trial ends with the undisturbed (colocated)
+    smoke sweep's results -- evaluations, metric history, final learner weights: a trial's numbers do
+    not depend on its placement."""
     cfg, smoke_dir, _ = smoke_run
-    assert not cfg.cluster.rl.colocate  # the learner and the ensembles are processes of their own
+    assert cfg.cluster.rl.colocate
+    per_role = ["cluster.rl.colocate=false"]  # the learner and the ensembles are processes of their own
     d = tmp_path / "run"
-    _seed_stages(smoke_dir, d, [])
+    _seed_stages(smoke_dir, d, per_role)
     nan, kill_learner, kill_proxy = tmp_path / "nan", tmp_path / "kill-learner", tmp_path / "kill-proxy"
     # the ensemble's proxy actor scores: eval 0, step 0, eval 1, step 1, eval 2, step 2 (its 6th call:
     # after checkpoint step 2); a kill after step 2 finds checkpoint step 2, after step 3 step 4
-    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet",
+    r = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", *per_role,
              env={"RLHF_FRONTIER_FAIL_MEMBER": f"proxy/proxy-2x32:6:{nan}:nan",
                   "RLHF_FRONTIER_KILL_ROLE": f"proxy-1x8-kl0.1:learner:2:{kill_learner},"
                                              f"proxy-1x8-kl0:proxy:3:{kill_proxy}"})
@@ -352,7 +354,7 @@ def test_gold_stopper_ends_a_real_trial_past_its_gold_peak(smoke_run, tmp_path):
     _, smoke_dir, _ = smoke_run
     margin, patience, steps = 0.03, 2, 24
     ov = ["rl.lr=0.01", "rl.eval_every=1", f"rl.steps={steps}", "rl.ensemble_objectives=[]", "sweep.kl_coefs=[0.0]",
-          "rl.eval_prompts=64", "rl.eval_responses_per_prompt=2", "cluster.rl.colocate=true",
+          "rl.eval_prompts=64", "rl.eval_responses_per_prompt=2",
           "sweep.stopper.enabled=true", f"sweep.stopper.margin={margin}", f"sweep.stopper.patience={patience}"]
     d = tmp_path / "run"
     _seed_stages(smoke_dir, d, ov)

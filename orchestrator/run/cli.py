@@ -143,8 +143,30 @@ def save_config(cfg, run_dir: Path) -> None:
         tmp.replace(path)
 
 
-def setup_logging(run_dir: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a record is emitted, not when it was made (a
+    caller that swaps ``sys.stderr`` -- pytest's capture, ``contextlib.redirect_stderr`` -- gets
+    the lines that follow)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ / setStream assign it: the property decides
+        pass
+
+
+def setup_logging(run_dir: Path | None = None, process_stderr: bool = False) -> None:
+    """INFO lines to stderr (and ``RUN/job.log``). ``process_stderr``: to the process's own stderr
+    (``sys.__stderr__``, which Ray forwards to the driver), for Tune trial processes: Tune
+    (``log_to_file``) swaps ``sys.stderr`` for a tee into the trial's log file and closes it when a
+    reused process takes the next trial, and a trial after that one wrote into the closed tee --
+    every line lost (a resumed trial's ``resumed from`` among them)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.__stderr__) if process_stderr else _Stderr()]
     if run_dir is not None:
         handlers.append(logging.FileHandler(run_dir / "job.log"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",

@@ -202,7 +202,7 @@ def rl_trial(config: dict, ctx: dict) -> None:
 
     from orchestrator.run.cli import setup_logging
 
-    setup_logging()  # this process's INFO lines reach the driver's log (Ray forwards worker output)
+    setup_logging(process_stderr=True)  # this process's INFO lines reach the driver (Ray forwards its stderr)
     for name in ("ray.train", "ray.tune"):  # not a line per checkpoint: the sweep's progress says enough
         logging.getLogger(name).setLevel(logging.WARNING)
 
