@@ -488,8 +488,9 @@ def sweep(peaks=((1.0, 0.1), (2.0, 0.2), (4.0, 0.3)), penalty=ON_CURVE, sizes=SI
 def test_sweep_checks_pass_when_peaks_grow_and_penalty_runs_stay_on_the_frontier():
     c = sweep_checks([], sweep())
     assert c["proxies"] == ["a", "b", "c"] and c["kl_coefs"] == [0.0, 0.1]
+    reached = max(BASE[0])
     assert c["no_penalty_peaks"]["a"] == {"params": 10_000, "kl_peak_fit": 1.0, "gold_peak_fit": 0.1,
-                                          "gold_peak_empirical": 0.5}
+                                          "gold_peak_empirical": 0.5, "kl_reached": reached}
     assert c["spearman_size_kl_peak"] == pytest.approx(1.0) and c["spearman_size_gold_peak"] == pytest.approx(1.0)
     assert c["peak_kl_grows_with_size"] is True and c["peak_gold_grows_with_size"] is True
     assert set(c["penalty"]) == {"a@0.1", "b@0.1", "c@0.1"}
@@ -615,3 +616,56 @@ def test_sweep_proxy_with_penalty_runs_only():
     rl = sweep(sizes=SIZES[:2]) + [sw_run("c", 200_000, 0.1, ON_CURVE)]
     c = sweep_checks([], rl)
     assert "peak_kl_grows_with_size" in c["not_evaluated"]  # 2 proxy sizes with a no-penalty run
+
+
+def _goodhart_pools(P: int, N: int, exploit: dict[str, float], seed: int) -> dict:
+    """Best-of-n pools where a proxy rewards an exploit the gold penalizes: gold = q - x², proxy_k =
+    q + lam_k x + noise; a smaller lam_k (a better proxy) peaks later and higher (Gao et al.'s law
+    by construction)."""
+    rng = np.random.default_rng(seed)
+    q, x = rng.normal(size=(P, N)), np.abs(rng.normal(size=(P, N)))
+    out = {"prompt_id": np.repeat(np.arange(P), N).tolist(), "sample_id": np.tile(np.arange(N), P).tolist(),
+           "score.gold": (q - x**2).ravel().tolist()}
+    for name, lam in exploit.items():
+        out[f"score.{name}"] = (q + lam * x + 0.3 * rng.normal(size=(P, N))).ravel().tolist()
+    return out
+
+
+@pytest.mark.parametrize("order", ["law", "reversed"])
+def test_bon_size_trend_has_the_sign_of_the_law_with_an_interval(order):
+    """bon_summary's bootstrap over prompts (shared by the sizes) gives the size trend an interval:
+    on pools built so the better proxies peak later and higher the slopes of ln d* and ln(peak
+    gold) on ln params are positive with 90% intervals above 0; with the sizes swapped, negative."""
+    from orchestrator.math.bon import bon_summary
+
+    lams = {"p1": 2.0, "p2": 1.4, "p3": 1.0, "p4": 0.7}
+    params = {"p1": 10_000, "p2": 30_000, "p3": 100_000, "p4": 300_000}
+    if order == "reversed":
+        params = dict(zip(params, reversed(params.values())))
+    pools = _goodhart_pools(300, 64, lams, seed=1)
+    s = bon_summary(pools, list(lams), 64, 64, bootstrap=100, seed=2)
+    entries = [{"proxy": p, "proxy_params": params[p], **s[p]} for p in lams]
+    trend = bon_checks(entries)["size_trend"]
+    sign = 1 if order == "law" else -1
+    for k in ("d_peak", "gold_peak"):
+        t = trend[k]
+        assert sign * t["slope"] > 0 and sign * t["ci90"][0 if sign > 0 else 1] > 0, (k, t)
+        assert t["ci90"][0] <= t["slope"] <= t["ci90"][1] and t["se"] > 0
+        assert t["p_le0"] == (0.0 if sign > 0 else 1.0)
+    assert len(s["p1"]["bootstrap"]["kl_peak"]) == 100
+
+
+def test_size_trend_censors_peaks_past_the_data_and_weights_by_precision():
+    from orchestrator.math.scaling import size_slope, size_trend
+
+    params = [1e4, 1e5, 1e6]
+    assert size_slope(params, [1.0, 10.0, 100.0]) == pytest.approx(1.0)
+    # the smallest has no fitted peak: censored at the cap (the largest KL measured), which turns the trend
+    t = size_trend(params, [None, 2.0, 3.0], None, cap=4.0, sqrt=True)
+    assert t["censored"] == 1 and t["peaks"][0] == pytest.approx(2.0) and t["slope"] < 0 and t["ci90"] is None
+    # a noisy size counts less: the precise two set the slope
+    rng = np.random.default_rng(0)
+    boot = [list(1.0 * np.exp(rng.normal(0, 0.02, 200))), list(10.0 * np.exp(rng.normal(0, 0.02, 200))),
+            list(10.0 * np.exp(rng.normal(0, 2.0, 200)))]
+    t = size_trend(params, [1.0, 10.0, 10.0], boot, cap=1e9)
+    assert t["weights"][2] < 0.01 and t["slope"] > 0.9

@@ -24,6 +24,18 @@ def test_help(job):
     assert r.returncode == 0 and "--config" in r.stdout and "--run-dir" in r.stdout and "--resume" in r.stdout
 
 
+@pytest.mark.parametrize("job, needle", [("jobs.seeds", "--seeds"), ("jobs.sweep", "--list"),
+                                         ("jobs.bench", "frontier"), ("jobs.bon_power", "--bootstrap")])
+def test_every_job_has_help(job, needle):
+    r = run(job, "--help")
+    assert r.returncode == 0 and needle in r.stdout, r.stdout + r.stderr
+
+
+def test_bon_power_refuses_a_dir_that_is_not_a_run(tmp_path):
+    r = run("jobs.bon_power", str(tmp_path))
+    assert r.returncode == 2 and "not a finished run" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--config", "nope.yaml"], "no such file"),
     (["sft.stepz=3"], "sft.stepz"),

@@ -139,15 +139,19 @@ def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, boots
         kl_exact = bon_kl_exact(proxy, gold, text_ids, n_max)
         g_mean, p_mean = gb.mean(0) - gb[:, 0].mean(), pb.mean(0) - pb[:, 0].mean()
         fit = fit_bon(kl, g_mean, w)
-        peaks = []
+        peaks, golds = [], []
         for b in boots:
-            gm = gb[b].mean(0)
-            f = fit_bon(kl, gm - gm[0], w)
+            gm = gb[b].mean(0) - gb[b, 0].mean()
+            f = fit_bon(kl, gm, w)
             peaks.append(np.inf if f.kl_peak is None else f.kl_peak)
+            golds.append(float(gm.max()) if f.gold_peak is None else f.gold_peak)  # no peak: the best measured
         finite = np.where(np.isfinite(peaks), peaks, 1e12)  # "no peak" sorts above every peak
         ci = [float(np.percentile(finite, 5)), float(np.percentile(finite, 95))] if boots else None
         out[name] = {"points": [{"n": int(a), "kl": float(k), "gold": float(g), "proxy": float(p), "kl_exact": float(e)}
                                 for a, k, g, p, e in zip(n, kl, g_mean, p_mean, kl_exact)],
                      "fit": fit.to_dict(),
-                     "kl_peak_ci90": None if ci is None else [c if c < 1e11 else None for c in ci]}
+                     "kl_peak_ci90": None if ci is None else [c if c < 1e11 else None for c in ci],
+                     # the same prompt resamples for every proxy: the size trend's interval (checks.size_trend)
+                     "bootstrap": {"kl_peak": [None if not np.isfinite(x) else float(x) for x in peaks],
+                                   "gold_peak": [float(x) for x in golds]}}
     return out

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy.stats import spearmanr
 
-from orchestrator.math.scaling import spearman
+from orchestrator.math.scaling import size_trend, spearman
 
 
 def bon_checks(bon: list[dict]) -> dict:
@@ -49,10 +49,29 @@ def bon_checks(bon: list[dict]) -> dict:
             if math.isnan(out[k]):
                 out[k] = None
                 not_evaluated[k] = "no variation to rank (e.g. no fitted peak for any size)"
+        out["size_trend"] = bon_size_trend(by_size)
     out["not_evaluated"] = not_evaluated
     out["all_pass"] = bool(all(mono.values()) and out["smallest_rises_then_falls"] and out["r2_all_ge_0.9"]
                            and ("spearman_size_kl_peak" in not_evaluated or out["spearman_size_kl_peak"] > 0))
     return out
+
+
+def bon_size_trend(by_size: list[dict]) -> dict:
+    """Best-of-n's size law as slopes with intervals (``scaling.size_trend``): ln d* (d* = sqrt of
+    the fitted peak KL, censored at the pool's largest KL) and ln(peak gold) (the best measured
+    gold where the fit never turns down) on ln(proxy parameters), weighted by the bootstrap
+    variance over prompts, with the bootstrap's 90% interval. Runs written before the bootstrap
+    peaks were kept get the slope without an interval."""
+    params = [e["proxy_params"] for e in by_size]
+    cap = max(pt["kl"] for e in by_size for pt in e["points"])
+    boots = [e.get("bootstrap") or {} for e in by_size]
+    kb = [b.get("kl_peak") for b in boots]
+    gb = [b.get("gold_peak") for b in boots]
+    best = [max(pt["gold"] for pt in e["points"]) for e in by_size]
+    gold = [e["fit"]["gold_peak"] if e["fit"]["gold_peak"] is not None else g for e, g in zip(by_size, best)]
+    return {"d_peak": size_trend(params, [e["fit"]["kl_peak"] for e in by_size], None if None in kb else kb,
+                                 cap=cap, sqrt=True),
+            "gold_peak": size_trend(params, gold, None if None in gb else gb, cap=math.inf, floor=1e-3)}
 
 
 def _run_key(e: dict, per_seed: bool) -> str:
@@ -271,7 +290,8 @@ def sweep_checks(bon: list[dict], rl: list[dict]) -> dict:
                         "kl_peak_fit": float(np.mean(kl_pk)) if kl_pk and None not in kl_pk else None,
                         "gold_peak_fit": float(np.mean(g_pk)) if g_pk and None not in g_pk else None,
                         "gold_peak_empirical": _mean([r["gold_peak_empirical"]["gold"] for r in runs
-                                                      if r.get("gold_peak_empirical")])}
+                                                      if r.get("gold_peak_empirical")]),
+                        "kl_reached": max((pt["kl"] for r in runs for pt in r["points"]), default=None)}
         out["no_penalty_peaks"] = peaks
         trend = [p for p in proxies if peaks[p]["params"] is not None]  # proxies with a no-penalty run
         sizes = [peaks[p]["params"] for p in trend]
@@ -279,6 +299,16 @@ def sweep_checks(bon: list[dict], rl: list[dict]) -> dict:
             for k in ("peak_kl_grows_with_size", "peak_gold_grows_with_size"):
                 not_evaluated[k] = f"{len(trend)} proxy sizes with a no-penalty run: a size trend needs >= 3"
         else:
+            # the slopes of the same law as best-of-n's (bon_size_trend), one run per size: no interval
+            # within a seed (jobs.seeds pools the seeds); a peak past the KL its runs reached is censored there
+            kl_cap = [peaks[p]["kl_reached"] for p in trend]
+            out["size_trend"] = {
+                "d_peak": size_trend(sizes, [min(v, k) if v is not None else k
+                                             for v, k in zip((peaks[p]["kl_peak_fit"] for p in trend), kl_cap)],
+                                     None, cap=max(kl_cap), sqrt=True),
+                "gold_peak": size_trend(sizes, [v if v is not None else e for v, e in
+                                                ((peaks[p]["gold_peak_fit"], peaks[p]["gold_peak_empirical"])
+                                                 for p in trend)], None, cap=math.inf, floor=1e-3)}
             out["spearman_size_kl_peak"] = spearman(sizes, [peaks[p]["kl_peak_fit"] for p in trend])
             gp = [peaks[p]["gold_peak_fit"] for p in trend]  # no fitted peak: gold ranks lowest
             out["spearman_size_gold_peak"] = spearman(sizes, [-math.inf if v is None else v for v in gp])

@@ -100,3 +100,52 @@ def spearman(x: list[float], y: list[float | None]) -> float:
     if len(set(rx)) < 2 or len(set(ry)) < 2:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def size_slope(params: list[float], peaks: list[float], weights: list[float] | None = None) -> float:
+    """(Weighted) least-squares slope of ``ln peaks`` on ``ln params``: how fast a fitted peak grows
+    with reward-model size (Gao et al. 2022, fig. 3: peak gold and d* grow smoothly, roughly
+    log-linearly, in RM parameters). ``peaks`` must be > 0."""
+    x, y = np.log(np.asarray(params, float)), np.log(np.asarray(peaks, float))
+    w = np.ones_like(x) if weights is None else np.asarray(weights, float)
+    xm, ym = np.sum(w * x) / np.sum(w), np.sum(w * y) / np.sum(w)
+    return float(np.sum(w * (x - xm) * (y - ym)) / np.sum(w * (x - xm) ** 2))
+
+
+def size_trend(params: list[float], peaks: list[float | None], boot: list[list[float | None]] | None,
+               cap: float, floor: float = 1e-6, sqrt: bool = False) -> dict:
+    """The size trend of one kind of fitted peak in one run, with a bootstrap interval.
+
+    params: per size; peaks: the fitted peak per size (None: the fit never turns down); boot:
+    per size, the same quantity refitted on each bootstrap resample of the prompts (one resample
+    list shared by every size, so the sizes' errors stay paired). A peak beyond what the data
+    reach is censored at ``cap`` (the largest KL measured; for gold, the caller passes the best
+    measured gold for None): the data cannot place it further, and for a test of a positive trend
+    the cap is conservative (it can only pull a small model's runaway peak down toward the others).
+    ``sqrt``: the slope of ln sqrt(peak) (d* = sqrt(KL*), Gao et al.'s axis).
+
+    The slope is weighted by each size's inverse bootstrap variance of ln peak (floored at 0.05²,
+    so a size censored in every resample does not take all the weight); its 90% interval and
+    standard error are the percentiles and spread of the same weighted slope over the resamples.
+    Returns slope, ci90, se, p_le0 (the fraction of resamples with slope <= 0), the weights and
+    how many peaks were censored."""
+    def tr(v):
+        v = cap if v is None or not math.isfinite(v) or v > cap else v
+        v = max(v, floor)
+        return math.sqrt(v) if sqrt else v
+
+    ys = [tr(v) for v in peaks]
+    out = {"params": list(params), "peaks": ys, "censored": sum(v is None or not math.isfinite(v) or v > cap for v in peaks),
+           "cap": cap, "slope": None, "ci90": None, "se": None, "p_le0": None, "weights": None}
+    if len(params) < 2 or len(set(params)) < 2:
+        return out
+    w = None
+    if boot and all(len(b) == len(boot[0]) and len(b) > 1 for b in boot):
+        lb = np.log(np.array([[tr(v) for v in b] for b in boot]))  # [sizes, resamples]
+        w = 1.0 / np.maximum(lb.var(axis=1, ddof=1), 0.05**2)
+        slopes = np.array([size_slope(params, np.exp(lb[:, j]), w) for j in range(lb.shape[1])])
+        out.update(ci90=[float(np.percentile(slopes, 5)), float(np.percentile(slopes, 95))],
+                   se=float(slopes.std(ddof=1)), p_le0=float(np.mean(slopes <= 0)),
+                   weights=[float(x) for x in w / w.sum()])
+    out["slope"] = size_slope(params, ys, w)
+    return out

@@ -165,6 +165,23 @@ def md_to_html(md: str, images: dict[str, bytes], title: str) -> str:
             "</head><body>" + "\n".join(out) + "</body></html>")
 
 
+def _trend_lines(trend: dict | None) -> list[str]:
+    """The size law as slopes with their bootstrap intervals (``checks.bon_size_trend``)."""
+    if not trend:
+        return []
+    out = []
+    for k, what in (("d_peak", "ln d* (d* = sqrt of the fitted peak KL)"), ("gold_peak", "ln(fitted peak gold)")):
+        t = trend.get(k) or {}
+        if t.get("slope") is None:
+            continue
+        ci = t.get("ci90")
+        iv = (f", 90% interval [{ci[0]:+.3f}, {ci[1]:+.3f}] over prompt resamples, slope <= 0 in "
+              f"{100 * t['p_le0']:.0f}% of them" if ci else "")
+        cens = f"; {t['censored']} peak(s) past the data, censored at KL {t['cap']:.2f}" if t.get("censored") else ""
+        out.append(f"- size law: slope of {what} on ln(proxy params) = {t['slope']:+.3f}{iv}{cens}")
+    return out
+
+
 def _not_evaluated(section: dict) -> list[str]:
     """A line per check the runs could not evaluate, with the reason (``math.checks``)."""
     return [f"- **not evaluated**: `{k}`: {why}" for k, why in (section.get("not_evaluated") or {}).items()]
@@ -211,6 +228,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
               f"- BoN fit R² >= 0.9 for every size: {c['r2_all_ge_0.9']}",
               f"- Spearman(size, fitted peak KL) = {_fmt(c.get('spearman_size_kl_peak'), 2)}; "
               f"Spearman(size, peak gold) = {_fmt(c.get('spearman_size_gold_peak'), 2)}",
+              *_trend_lines(c.get("size_trend")),
               *_not_evaluated(c), ""]
     if frontier.get("rl"):
         rc = c.get("rl", {})

@@ -92,6 +92,34 @@ def _rl_effects(rl: dict) -> dict[str, float | None]:
     return out
 
 
+TRENDS = {  # the size law (finding 3) as slopes on ln(proxy parameters): label -> path in checks
+    "size law, best-of-n: slope of ln d* (peak KL)": ("size_trend", "d_peak"),
+    "size law, best-of-n: slope of ln(peak gold)": ("size_trend", "gold_peak"),
+    "size law, RL: slope of ln d* (peak KL)": ("sweep", "size_trend", "d_peak"),
+    "size law, RL: slope of ln(peak gold)": ("sweep", "size_trend", "gold_peak"),
+}
+
+
+def _trend_effects(checks: dict) -> dict[str, float | None]:
+    """Finding 3 of one seed as signed effects: the slopes of ``checks.bon_size_trend`` and of the
+    sweep's no-penalty peaks (> 0 where the peak grows with proxy size)."""
+    return {label: _num((_get(checks, path) or {}).get("slope")) for label, path in TRENDS.items()}
+
+
+def _ivw(per_seed: dict[str, dict]) -> dict | None:
+    """Best-of-n slopes pooled by inverse variance (each seed's bootstrap s.e. over prompts): the
+    pool's noise only, so its interval is narrower than the spread over seeds when proxies and
+    labels vary from seed to seed -- both are reported."""
+    got = [(t["slope"], t["se"]) for t in per_seed.values() if t and _num(t.get("slope")) is not None
+           and _num(t.get("se"))]
+    if len(got) < 2:
+        return None
+    w = np.array([1 / se**2 for _, se in got])
+    m = float(np.sum(w * np.array([b for b, _ in got])) / w.sum())
+    se = float(1 / math.sqrt(w.sum()))
+    return {"mean": m, "se": se, "z": m / se, "n": len(got)}
+
+
 def _get(d: dict, path: tuple, scale: float = 1):
     for k in path:
         if not isinstance(d, dict) or k not in d:
@@ -181,7 +209,8 @@ def aggregate(runs: list[dict]) -> dict:
     numbers = {label: {str(r["seed"]): _get(r["frontier"]["checks"], path, scale) for r in runs}
                for label, (path, scale) in NUMBERS.items()}
     numbers["job wall (s)"] = {str(r["seed"]): r["frontier"].get("wall_seconds") for r in runs}
-    per_effects = {str(r["seed"]): _rl_effects(r["frontier"]["checks"].get("rl") or {}) for r in runs}
+    per_effects = {str(r["seed"]): {**_trend_effects(r["frontier"]["checks"]),
+                                    **_rl_effects(r["frontier"]["checks"].get("rl") or {})} for r in runs}
     effects = {}
     for label in dict.fromkeys(k for e in per_effects.values() for k in e):
         vals = {s: e.get(label) for s, e in per_effects.items()}
@@ -216,6 +245,10 @@ def aggregate(runs: list[dict]) -> dict:
                     v = [sizes[p][q + "_over_seeds"][stat] for p in order]
                     out[f"spearman_size_{q}_of_{stat}s"] = (spearman([sizes[p]["params"] for p in order], v)
                                                            if None not in v else None)
+        if kind == "bon":
+            for q in ("d_peak", "gold_peak"):
+                out[f"{q}_slope_inverse_variance"] = _ivw(
+                    {str(r["seed"]): (r["frontier"]["checks"].get("size_trend") or {}).get(q) for r in runs})
         pooled[kind] = out
     return {"seeds": seeds, "runs": [r["dir"] for r in runs], "config_hash": runs[0]["frontier"].get("config_hash"),
             "checks": checks, "numbers": numbers, "effects": effects, "pooled": pooled}
@@ -281,7 +314,7 @@ def markdown(agg: dict) -> str:
                  else str(vals[str(s)]) for s in seeds]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if agg.get("effects"):
-        lines += ["", "## RL findings as effect sizes (> 0 where the finding holds)", "",
+        lines += ["", "## Findings as effect sizes (> 0 where the finding holds)", "",
                   "| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± s.e. | t | > 0 in |",
                   "|---|" + "---|" * (len(seeds) + 3)]
         for label, e in agg["effects"].items():
@@ -303,6 +336,12 @@ def markdown(agg: dict) -> str:
             if None not in rho:
                 lines.append(f"- Spearman(size, {q.replace('_', ' ')}) over seeds: of the means {rho[0]:+.2f}, "
                              f"of the medians {rho[1]:+.2f}")
+        for q, what in (("d_peak", "ln d*"), ("gold_peak", "ln(peak gold)")):
+            iv = p.get(f"{q}_slope_inverse_variance")
+            if iv:
+                lines.append(f"- slope of {what} on ln params, the seeds pooled by their bootstrap variance (the "
+                             f"pool's noise only): {iv['mean']:+.3f} ± {iv['se']:.3f} (z {iv['z']:+.1f}, "
+                             f"{iv['n']} seeds)")
     return "\n".join(lines) + "\n"
 
 

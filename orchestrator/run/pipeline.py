@@ -385,7 +385,7 @@ def _cost(size: str) -> int:
 
 def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
               proxies: list[StageResult], progress: bool) -> StageResult:
-    inputs = {"stage": "bon", "v": 3, "sample": sample.key, "proxies": [p.key for p in proxies],
+    inputs = {"stage": "bon", "v": 4, "sample": sample.key, "proxies": [p.key for p in proxies],
               "bon": to_dict(cfg.bon), "n_max": cfg.n_max, "seed": cfg.seed}
 
     def fn(out: Path) -> dict:

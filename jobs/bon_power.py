@@ -1,0 +1,168 @@
+"""``python -m jobs.bon_power``: where the spread of best-of-n's fitted peaks comes from.
+
+Gao et al. (2022)'s size law for best-of-n -- the gold peak's KL (d* = sqrt(KL*)) and height grow
+with reward-model size -- is read off four fitted peaks per run. This job takes finished runs
+(one per seed, one config) and splits the spread of ln d* per proxy size into
+
+- **pool, prompts**: the bootstrap over the pool's prompts (the job's own ``bon.bootstrap``);
+- **pool, samples**: the two halves of every prompt's samples fitted apart (N/2 each); their
+  difference's variance / 2 is the variance of one half, / 4 that of the full pool (sampling
+  variance goes as 1/N);
+- **the fit**: the same pool fitted with and without the d-spacing weights, and on n <= N/4, N/2;
+- **everything else** (the task's prompts, the LMs, the labels, the proxies' training): the
+  spread over seeds minus the pool's share.
+
+and gives, per run, the size trend (the weighted slope of ln d* and ln peak gold on ln params
+with its bootstrap interval, ``checks.size_trend``) and over runs the same slopes' mean, standard
+error and t.
+
+    python -m jobs.bon_power RUN_DIR [RUN_DIR ...] [--bootstrap 200] [--json OUT.json]
+
+Runs need ``stages/bon-*/bon_scores.parquet`` (any finished run has it; ``rl.enabled=false``
+runs best-of-n only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def _pool(run: Path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from orchestrator.run.cli import user_error
+
+    fr = run / "frontier.json"
+    files = sorted(run.glob("stages/bon-*/bon_scores.parquet"))
+    if not fr.is_file() or not files:
+        user_error(f"{run}: not a finished run (needs frontier.json and stages/bon-*/bon_scores.parquet)")
+    frontier = json.loads(fr.read_text())
+    t = pq.read_table(files[-1]).to_pydict()
+    pid, sid = np.array(t["prompt_id"]), np.array(t["sample_id"])
+    order = np.lexsort((sid, pid))
+    P = len(np.unique(pid))
+    N = len(pid) // P
+    gold = np.array(t["score.gold"])[order].reshape(P, N)
+    entries = sorted([e for e in frontier["bon"] if e.get("labels", "gold") == "gold"], key=lambda e: e["proxy_params"])
+    proxies = {e["proxy"]: np.array(t[f"score.{e['proxy']}"])[order].reshape(P, N) for e in entries}
+    return frontier, entries, gold, proxies
+
+
+def _peak(proxy, gold, n_max: int, weighted: bool = True) -> tuple[float | None, float | None, float]:
+    """(fitted peak KL, fitted peak gold, weighted R²) of best-of-n on one pool."""
+    from orchestrator.math.bon import bon_curves, kl_bon
+    from orchestrator.math.scaling import d_spacing_weights, fit_bon
+
+    _, gb = bon_curves(proxy, gold, n_max)
+    g = gb.mean(0) - gb[:, 0].mean()
+    kl = kl_bon(range(1, n_max + 1))
+    f = fit_bon(kl, g, d_spacing_weights(kl) if weighted else None)
+    return f.kl_peak, f.gold_peak, f.r2
+
+
+def _ln_d(kl: float | None, cap: float) -> float:
+    return 0.5 * math.log(min(kl, cap) if kl is not None else cap)
+
+
+def analyse(run: Path, bootstrap: int) -> dict:
+    import numpy as np
+
+    from orchestrator.math.bon import kl_bon
+    from orchestrator.math.checks import bon_size_trend
+
+    frontier, entries, gold, proxies = _pool(run)
+    P, N = gold.shape
+    cap = float(kl_bon(N))
+    rng = np.random.default_rng(12345)
+    boots = [rng.integers(0, P, P) for _ in range(bootstrap)]
+    sizes = {}
+    for e in entries:
+        name, px = e["proxy"], proxies[e["proxy"]]
+        kl_w, g_w, r2_w = _peak(px, gold, N)
+        kl_u, _, r2_u = _peak(px, gold, N, weighted=False)
+        h = N // 2
+        halves = [_peak(px[:, :h], gold[:, :h], h)[0], _peak(px[:, h:], gold[:, h:], h)[0]]
+        ln_b = [_ln_d(_peak(px[b], gold[b], N)[0], cap) for b in boots]
+        sizes[name] = {
+            "params": e["proxy_params"], "val_accuracy": e.get("val_accuracy"),
+            "kl_peak": kl_w, "gold_peak": g_w, "r2": r2_w, "kl_peak_unweighted": kl_u, "r2_unweighted": r2_u,
+            "kl_peak_n_quarter": _peak(px, gold, N // 4)[0], "kl_peak_n_half": _peak(px, gold, N // 2)[0],
+            "kl_peak_halves": halves,
+            "ln_d_prompts_sd": float(np.std(ln_b, ddof=1)) if len(ln_b) > 1 else None,
+            # one half's variance is (difference)² / 2; the full pool's half that (1/N sampling variance)
+            "ln_d_samples_sd": abs(_ln_d(halves[0], cap) - _ln_d(halves[1], cap)) / 2.0,
+            "censored": kl_w is None or kl_w > cap,
+        }
+    trend = bon_size_trend(entries)
+    return {"run": str(run), "seed": frontier["seed"], "prompts": P, "samples": N, "kl_cap": cap,
+            "label_pairs": (frontier.get("label") or {}).get("pairs"), "sizes": sizes, "size_trend": trend}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per size, the spread of ln d* over seeds against the pool's share of it; the slopes over runs."""
+    import numpy as np
+
+    names = list(runs[0]["sizes"])
+    out = {"sizes": {}, "slopes": {}}
+    for n in names:
+        lnd = [_ln_d(r["sizes"][n]["kl_peak"], r["kl_cap"]) for r in runs if n in r["sizes"]]
+        pr = [r["sizes"][n]["ln_d_prompts_sd"] for r in runs if n in r["sizes"]]
+        sa = [r["sizes"][n]["ln_d_samples_sd"] for r in runs if n in r["sizes"]]
+        total = float(np.var(lnd, ddof=1)) if len(lnd) > 1 else None
+        pool = float(np.mean(np.square(pr)) + np.mean(np.square(sa)))  # prompts and samples, both resampled per seed
+        out["sizes"][n] = {"ln_d_over_seeds_var": total, "ln_d_pool_var": pool,
+                           "pool_share": (min(pool / total, 1.0) if total else None),
+                           "ln_d_mean": float(np.mean(lnd)), "censored_in": sum(r["sizes"][n]["censored"] for r in runs)}
+    for q in ("d_peak", "gold_peak"):
+        s = [r["size_trend"][q]["slope"] for r in runs if r["size_trend"][q]["slope"] is not None]
+        m, se = (float(np.mean(s)), float(np.std(s, ddof=1) / math.sqrt(len(s)))) if len(s) > 1 else (None, None)
+        out["slopes"][q] = {"per_run": s, "mean": m, "se": se, "t": (m / se if se else None),
+                            "ci90_per_run": [r["size_trend"][q]["ci90"] for r in runs]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.bon_power", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs of one config (one per seed)")
+    p.add_argument("--bootstrap", type=int, default=200, help="prompt resamples per run (default 200)")
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = p.parse_args(argv)
+    res = [analyse(Path(r), args.bootstrap) for r in args.runs]
+    summ = summarize(res) if len(res) > 1 else None
+    for r in res:
+        print(f"seed {r['seed']}: {r['prompts']} prompts x {r['samples']} samples (KL up to {r['kl_cap']:.2f})")
+        print(f"  {'proxy':10s} {'params':>7s} {'val acc':>7s} {'KL* w':>6s} {'R² w':>5s} {'KL* unw':>7s} {'R² unw':>6s} "
+              f"{'KL* N/4':>7s} {'KL* N/2':>7s} {'halves':>11s} {'sd prompts':>10s} {'sd samples':>10s}")
+        for n, s in r["sizes"].items():
+            f = lambda v: "   none" if v is None else f"{v:7.2f}"  # noqa: E731
+            print(f"  {n:10s} {s['params']:7d} {s['val_accuracy'] or float('nan'):7.3f} {f(s['kl_peak'])[1:]} "
+                  f"{s['r2']:5.2f} {f(s['kl_peak_unweighted'])} {s['r2_unweighted']:6.2f} {f(s['kl_peak_n_quarter'])} "
+                  f"{f(s['kl_peak_n_half'])} {f(s['kl_peak_halves'][0])[2:]}/{f(s['kl_peak_halves'][1])[2:]} "
+                  f"{s['ln_d_prompts_sd']:10.3f} {s['ln_d_samples_sd']:10.3f}")
+        for q, t in r["size_trend"].items():
+            ci = t["ci90"]
+            print(f"  slope {q}: {t['slope']:+.3f}" + (f"  90% [{ci[0]:+.3f}, {ci[1]:+.3f}]  p(<=0) {t['p_le0']:.2f}"
+                                                      if ci else ""))
+    if summ:
+        print("over runs: ln d* variance over seeds vs the pool's (prompts + samples) share")
+        g = lambda v, f=".4f": "-" if v is None else format(v, f)  # noqa: E731
+        for n, s in summ["sizes"].items():
+            print(f"  {n:10s} over seeds {g(s['ln_d_over_seeds_var'])}  pool {g(s['ln_d_pool_var'])}  "
+                  f"share {g(s['pool_share'], '.2f')}  censored in {s['censored_in']} of {len(res)}")
+        for q, s in summ["slopes"].items():
+            if s["mean"] is not None:
+                print(f"  slope {q}: mean {s['mean']:+.3f} ± {g(s['se'], '.3f')} (t {g(s['t'], '+.1f')}) "
+                      f"over {len(s['per_run'])} runs")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": res, "summary": summ}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
