@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     for n, c in holds.items():
         print(f"{n:42s} holds in {len(c['holds_in'])} of {len(agg['seeds'])} seeds"
               + (f" (fails in {', '.join(map(str, c['fails_in']))})" if c["fails_in"] else ""))
+    for label in S.TRENDS:  # finding 3 pooled over seeds: one run cannot settle it (README, "the size law")
+        e = agg["effects"].get(label) or {}
+        if e.get("mean") is not None and e.get("t") is not None:
+            print(f"{label}: {e['mean']:+.3f} ± {e['se']:.3f} over {e['n']} seeds, t {e['t']:+.1f} "
+                  f"({'holds' if e['t'] > 2 else 'not shown'} at t > 2; > 0 in {e['positive_in']} of {e['n']})")
     print(f"report: {paths['html']}")
     return 0
 

@@ -669,3 +669,27 @@ def test_size_trend_censors_peaks_past_the_data_and_weights_by_precision():
             list(10.0 * np.exp(rng.normal(0, 2.0, 200)))]
     t = size_trend(params, [1.0, 10.0, 10.0], boot, cap=1e9)
     assert t["weights"][2] < 0.01 and t["slope"] > 0.9
+
+
+def test_seeds_pool_the_size_law_slopes():
+    """jobs.seeds' pooled view of finding 3: each seed's slopes (best-of-n and RL) become effects
+    with mean, s.e. and t over seeds; best-of-n's are also pooled by their bootstrap variance."""
+    from orchestrator.report.seeds import TRENDS, aggregate
+
+    def run(seed, b, se, r):
+        trend = {"slope": b, "se": se, "ci90": [b - 2 * se, b + 2 * se]}
+        return {"seed": seed, "dir": f"r{seed}", "config": {}, "frontier": {"checks": {
+            "size_trend": {"d_peak": trend, "gold_peak": trend},
+            "sweep": {"size_trend": {"d_peak": {"slope": r}, "gold_peak": {"slope": -r}}}}}}
+
+    agg = aggregate([run(0, 0.1, 0.1, 0.2), run(1, 0.2, 0.05, 0.4), run(2, 0.3, 0.1, 0.6)])
+    e = agg["effects"]
+    bon, rl = e[list(TRENDS)[0]], e[list(TRENDS)[2]]
+    assert bon["mean"] == pytest.approx(0.2) and bon["se"] == pytest.approx(0.1 / math.sqrt(3))
+    assert bon["t"] == pytest.approx(0.2 / (0.1 / math.sqrt(3))) and bon["positive_in"] == 3
+    assert rl["mean"] == pytest.approx(0.4) and e[list(TRENDS)[3]]["positive_in"] == 0
+    w = np.array([100, 400, 100])
+    from orchestrator.report.seeds import _ivw
+
+    iv = _ivw({"0": {"slope": 0.1, "se": 0.1}, "1": {"slope": 0.2, "se": 0.05}, "2": {"slope": 0.3, "se": 0.1}})
+    assert iv["mean"] == pytest.approx(float(w @ [0.1, 0.2, 0.3] / w.sum())) and iv["se"] == pytest.approx(w.sum() ** -0.5)
