@@ -21,13 +21,20 @@ def entry(name, params, alpha, beta, N=64, proxy_slope=1.0):
                        for a, k, g, x in zip(n, kl, gold, d)]}
 
 
-def test_checks_pass_on_gao_like_curves_and_fail_on_reversed_trend():
+def test_checks_pass_on_gao_like_curves_and_record_a_reversed_trend(tmp_path):
     good = [entry("a", 10_000, 0.3, 0.20), entry("b", 50_000, 0.4, 0.18), entry("c", 200_000, 0.5, 0.16)]
     c = checks(good)
     assert c["all_pass"] and c["smallest_rises_then_falls"] and c["spearman_size_kl_peak"] == 1.0
+    assert c["size_trend"]["d_peak"]["slope"] > 0
     bad = [entry("a", 10_000, 0.5, 0.16), entry("b", 50_000, 0.4, 0.18), entry("c", 200_000, 0.3, 0.20)]
     c = checks(bad)
-    assert not c["all_pass"] and c["spearman_size_kl_peak"] == -1.0
+    # one run's size trend is recorded and printed, judged over seeds (jobs.seeds), not failed here
+    assert c["all_pass"] and c["spearman_size_kl_peak"] == -1.0 and c["size_trend"]["d_peak"]["slope"] < 0
+    frontier = {"config_hash": "x" * 64, "versions": {}, "seed": 0, "bon": bad, "rl": [], "checks": c}
+    md = write_report(tmp_path, frontier, {"timings": {}})["md"].read_text()
+    slope = c["size_trend"]["d_peak"]["slope"]
+    assert f"slope of ln d* (d* = sqrt of the fitted peak KL) on ln(proxy params) = {slope:+.3f}" in md
+    assert "jobs.seeds" in md
 
 
 def test_monotone_check_catches_a_falling_proxy():

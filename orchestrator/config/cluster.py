@@ -85,10 +85,15 @@ class TrialResources:
                f"{self.strategy!r} must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
         _check(self.max_concurrent >= 0, "max_concurrent", "must be >= 0 (0 = as many as fit)")
 
+    def role_bundles(self) -> list[dict]:
+        """One bundle per actor: learner, generator replicas, proxy, gold (``slots.Slot``'s layout,
+        whatever ``colocate`` says)."""
+        return [role.bundle() for role in (self.learner, self.generator, self.proxy, self.gold)
+                for _ in range(role.replicas)]
+
     def bundles(self) -> list[dict]:
-        """One bundle per actor (learner, generator replicas, proxy, gold), or their sum when colocated."""
-        out = [role.bundle() for role in (self.learner, self.generator, self.proxy, self.gold)
-               for _ in range(role.replicas)]
+        """One bundle per actor (``role_bundles``), or their sum when colocated."""
+        out = self.role_bundles()
         if self.colocate:
             total: dict = {}
             for b in out:

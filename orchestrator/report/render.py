@@ -179,6 +179,10 @@ def _trend_lines(trend: dict | None) -> list[str]:
               f"{100 * t['p_le0']:.0f}% of them" if ci else "")
         cens = f"; {t['censored']} peak(s) past the data, censored at KL {t['cap']:.2f}" if t.get("censored") else ""
         out.append(f"- size law: slope of {what} on ln(proxy params) = {t['slope']:+.3f}{iv}{cens}")
+    if out:
+        out.append("- one run does not settle the size law: the interval covers the pool's prompts only, and "
+                   "the proxies of one seed (their LMs, labels, training) move the peaks far more; "
+                   "`python -m jobs.seeds` judges it over seeds (README, \"The size law over seeds\")")
     return out
 
 

@@ -60,6 +60,7 @@ def run_job(args, job: str) -> int:
     c = frontier["checks"]
     print(json.dumps({"run_dir": str(run_dir), "wall_seconds": frontier["wall_seconds"],
                       "checks_pass": c["all_pass"], "spearman_size_kl_peak": c.get("spearman_size_kl_peak"),
+                      "bon_size_slope": (c.get("size_trend") or {}).get("d_peak", {}).get("slope"),
                       "report": str(run_dir / "report.html")}))
     return 0
 

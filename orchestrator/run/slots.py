@@ -32,7 +32,7 @@ class Slot:
             from ray.util.placement_group import placement_group
 
             if pg is None:
-                group, o = placement_group(resources.bundles(), strategy=resources.strategy,
+                group, o = placement_group(resources.role_bundles(), strategy=resources.strategy,
                                            name=f"{name}-{os.urandom(4).hex()}"), 0
                 ray.get(group.ready())
                 self.pg = group  # ours to remove
