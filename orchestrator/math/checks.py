@@ -52,8 +52,8 @@ def bon_checks(bon: list[dict]) -> dict:
         out["size_trend"] = bon_size_trend(by_size)
     out["not_evaluated"] = not_evaluated
     # the size law is not a pass/fail of one run: the proxies of one seed (their LMs, labels and
-    # training) move ln d* about ten times more than the pool's prompts do (README, "The size law
-    # over seeds"), so one run's ranking of four sizes is mostly that seed's draw. The run records
+    # training) move ln d* several times more than the pool's prompts do (README, "The size law
+    # over seeds"), so one run's ranking of four sizes is largely that seed's draw. The run records
     # the slope with its interval (size_trend); jobs.seeds judges the law over seeds (t > 2).
     out["all_pass"] = bool(all(mono.values()) and out["smallest_rises_then_falls"] and out["r2_all_ge_0.9"])
     return out
