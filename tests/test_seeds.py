@@ -163,3 +163,20 @@ def test_rl_effects_are_positive_exactly_where_the_checks_hold(smoke_run, three_
             assert st["mean"] == pytest.approx(v) and st["se"] == pytest.approx(0.0)
             assert st["positive_in"] == (3 if v > 0 else 0)
     assert "effect sizes" in (out / "seeds.md").read_text()
+
+
+def test_bon_power_splits_the_spread_of_a_real_run(smoke_run, tmp_path):
+    """``jobs.bon_power`` on the smoke run's own pool: per size the pool's prompt and sample noise,
+    the fit's variants and the size trend, all from the run's best-of-n scores."""
+    _, run_dir, frontier = smoke_run
+    out = tmp_path / "power.json"
+    r = subprocess.run([sys.executable, "-m", "jobs.bon_power", str(run_dir), "--bootstrap", "20", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert set(run["sizes"]) == {e["proxy"] for e in frontier["bon"]}
+    for name, s in run["sizes"].items():
+        e = next(e for e in frontier["bon"] if e["proxy"] == name)
+        assert s["kl_peak"] == e["fit"]["kl_peak"]  # the job's own fit, recomputed from the pool
+        assert s["ln_d_prompts_sd"] >= 0 and s["ln_d_samples_sd"] >= 0
+    assert run["size_trend"] == frontier["checks"]["size_trend"]
