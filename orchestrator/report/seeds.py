@@ -103,7 +103,16 @@ TRENDS = {  # the size law (finding 3) as slopes on ln(proxy parameters): label 
 def _trend_effects(checks: dict) -> dict[str, float | None]:
     """Finding 3 of one seed as signed effects: the slopes of ``checks.bon_size_trend`` and of the
     sweep's no-penalty peaks (> 0 where the peak grows with proxy size)."""
-    return {label: _num((_get(checks, path) or {}).get("slope")) for label, path in TRENDS.items()}
+    out = {label: _num((_get(checks, path) or {}).get("slope")) for label, path in TRENDS.items()}
+    # best-of-n's other findings as effects (> 0 where the check holds)
+    drop = _num(checks.get("smallest_gold_drop_after_peak"))
+    peak_n = checks.get("smallest_gold_peak_n")
+    # 0 where gold peaks at n = 1 (never rose) or at the last n (never fell): the check fails there
+    out["best-of-n: smallest proxy's gold drop after its peak"] = (
+        None if drop is None else drop if isinstance(peak_n, int) and peak_n > 1 else 0.0)
+    r2 = [_num(v) for v in (checks.get("r2") or {}).values()]
+    out["best-of-n: min R² of the BoN form - 0.9"] = min(r2) - 0.9 if r2 and None not in r2 else None
+    return out
 
 
 def _ivw(per_seed: dict[str, dict]) -> dict | None:
