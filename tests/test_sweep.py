@@ -109,9 +109,10 @@ def test_smoke_sweep_map_and_report(smoke_run):
         assert best is not None and (Path(best.path) / "manifest.json").is_file()
     assert list((run_dir / "wandb").rglob("offline-run-*"))  # wandb, offline by default
     # wandb's temporary directories (wandb never cleans them: Ray ends the logging actors'
-    # processes) went in one directory per sweep, removed at the end; nothing but files and
-    # directories in the run dir (a socket there broke copying it)
-    assert not list(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(run_dir) + "*"))
+    # processes) went in one directory per sweep under the system's temp dir (removed when the job's
+    # process exits: the kill-and-resume drill checks that); nothing but files and directories in
+    # the run dir (a socket there broke copying it)
+    assert list(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(run_dir) + "*/*wandb-media"))
     odd = [p for p in run_dir.rglob("*") if not (p.is_file() or p.is_dir())]
     assert not odd, odd
 
@@ -129,6 +130,26 @@ def _cut_trial_with_tune_checkpoint(d: Path) -> Path | None:
             if not (x / "DONE.json").exists() and x.name.rsplit("-", 1)[0] == name:
                 return x
     return None
+
+
+def _state_knows_checkpoint(d: Path, cut: Path) -> bool:
+    """Tune's experiment state (snapshotted every 2 s) records a checkpoint of the cut trial, so a
+    restore hands it over. A fixed wait after the checkpoint's directory appeared was too short on
+    a loaded machine: Tune's controller registers a checkpoint after the trial wrote it."""
+    states = sorted(d.glob("tune/sweep/experiment_state-*.json"))  # named by the run's start
+    if not states:
+        return False
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"]
+    except (json.JSONDecodeError, KeyError, OSError):  # caught mid-write
+        return False
+    name = cut.name.rsplit("-", 1)[0]
+    for t in d.glob("tune/sweep/rl_trial*"):
+        rows = (t / "result.json").read_text().splitlines() if (t / "result.json").is_file() else []
+        if rows and json.loads(rows[0]).get("trial_name") == name:
+            return any(json.loads(meta)["relative_logdir"] == t.name and "checkpoint_0000" in run
+                       for meta, run in trials)
+    return False
 
 
 @pytest.mark.slow
@@ -149,8 +170,7 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     while time.time() < deadline and p.poll() is None:
         done = list(d.glob("rl/*/DONE.json"))
         cut = _cut_trial_with_tune_checkpoint(d)
-        if done and cut:
-            time.sleep(2.5)  # Tune's experiment state (snapshotted every 2 s) must know the checkpoint
+        if done and cut and _state_knows_checkpoint(d, cut):
             if (cut / "DONE.json").exists():
                 continue
             done_first = {x: x.stat().st_mtime_ns for x in d.glob("rl/*/DONE.json")}
@@ -164,6 +184,7 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     # resumed as the README says, by a user: a relative run directory, from its parent, in a shell
     # with none of the test harness's variables (no WANDB_MODE: the restored wandb callback must
     # still run offline) and a fresh HOME
+    killed_tmp = set(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(d) + "*"))  # SIGKILL: no exit handlers
     r = _job("--resume", d.name, "--quiet", cwd=d.parent, user=tmp_path / "home")
     _, err = r.communicate(timeout=900)
     assert r.returncode == 0, err[-3000:]
@@ -180,6 +201,8 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
             json.loads((ref / "DONE.json").read_text())["points"], ref.name
         assert _sha(_learner_file(got)) == _sha(_learner_file(ref)), ref.name
         assert _history(got) == _history(ref), ref.name
+    # the resumed job's wandb temporary directory went with its process
+    assert set(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(d) + "*")) == killed_tmp
     # a resume with nothing left to do is a user error, not a silent success
     r = _job("--resume", str(d), "--quiet")
     _, err = r.communicate(timeout=300)

@@ -14,6 +14,7 @@ refuses a stopper or a checkpoint selection keyed to the proxy (``SweepConfig``)
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -503,11 +504,12 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
 
                 # wandb makes two TemporaryDirectory at import (one holds a unix socket); Ray ends
                 # the actor's process without running their finalizers, so they would pile up in
-                # /tmp. They go in one directory per sweep, removed when the experiment ends. Not in
+                # /tmp. They go in one directory per sweep, removed when this process exits (after
+                # Ray's shutdown: the logging actors' own exit still talks over that socket). Not in
                 # the run dir: a socket there breaks copying the run, and a deep run dir would pass
                 # the 108-byte limit on a socket's path.
-                self._wandb_tmp = tempfile.mkdtemp(prefix=wandb_tmp_prefix(run_dir))
-                tmp = self._wandb_tmp
+                tmp = tempfile.mkdtemp(prefix=wandb_tmp_prefix(run_dir))
+                atexit.register(shutil.rmtree, tmp, True)
                 self._remote_logger_class = ray.remote(num_cpus=0, **_force_on_current_node(), max_restarts=-1,
                                                        max_task_retries=-1,
                                                        runtime_env={"env_vars": {"TMPDIR": str(tmp)}})(
@@ -521,8 +523,6 @@ def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
             for trial in list(self._trial_queues):
                 self._signal_logging_actor_stop(trial=trial)
             super().on_experiment_end(trials, **info)
-            if getattr(self, "_wandb_tmp", None):
-                shutil.rmtree(self._wandb_tmp, ignore_errors=True)
 
     return [KeylessWandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}", log_config=True,
                                 save_checkpoints=False, mode=os.environ.get("WANDB_MODE", "offline"),
