@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'proxy':10s} {'params':>7s} {'val acc':>7s} {'KL* w':>6s} {'R² w':>5s} {'KL* unw':>7s} {'R² unw':>6s} "
               f"{'KL* N/4':>7s} {'KL* N/2':>7s} {'halves':>11s} {'sd prompts':>10s} {'sd samples':>10s}")
         for n, s in r["sizes"].items():
-            f = lambda v: "   none" if v is None else f"{v:7.2f}"  # noqa: E731
+            f = lambda v: "   none" if v is None else f"{v:7.2f}"
             print(f"  {n:10s} {s['params']:7d} {s['val_accuracy'] or float('nan'):7.3f} {f(s['kl_peak'])[1:]} "
                   f"{s['r2']:5.2f} {f(s['kl_peak_unweighted'])} {s['r2_unweighted']:6.2f} {f(s['kl_peak_n_quarter'])} "
                   f"{f(s['kl_peak_n_half'])} {f(s['kl_peak_halves'][0])[2:]}/{f(s['kl_peak_halves'][1])[2:]} "
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       if ci else ""))
     if summ:
         print("over runs: ln d* variance over seeds vs the pool's (prompts + samples) share")
-        g = lambda v, f=".4f": "-" if v is None else format(v, f)  # noqa: E731
+        g = lambda v, f=".4f": "-" if v is None else format(v, f)
         for n, s in summ["sizes"].items():
             print(f"  {n:10s} over seeds {g(s['ln_d_over_seeds_var'])}  pool {g(s['ln_d_pool_var'])}  "
                   f"share {g(s['pool_share'], '.2f')}  censored in {s['censored_in']} of {len(res)}")

@@ -687,10 +687,11 @@ def test_seeds_pool_the_size_law_slopes():
 
     agg = aggregate([run(0, 0.1, 0.1, 0.2), run(1, 0.2, 0.05, 0.4), run(2, 0.3, 0.1, 0.6)])
     e = agg["effects"]
-    bon, rl = e[list(TRENDS)[0]], e[list(TRENDS)[2]]
+    labels = list(TRENDS)
+    bon, rl = e[labels[0]], e[labels[2]]
     assert bon["mean"] == pytest.approx(0.2) and bon["se"] == pytest.approx(0.1 / math.sqrt(3))
     assert bon["t"] == pytest.approx(0.2 / (0.1 / math.sqrt(3))) and bon["positive_in"] == 3
-    assert rl["mean"] == pytest.approx(0.4) and e[list(TRENDS)[3]]["positive_in"] == 0
+    assert rl["mean"] == pytest.approx(0.4) and e[labels[3]]["positive_in"] == 0
     w = np.array([100, 400, 100])
     from orchestrator.report.seeds import _ivw
 
