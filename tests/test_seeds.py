@@ -171,7 +171,7 @@ def test_bon_power_splits_the_spread_of_a_real_run(smoke_run, tmp_path):
     _, run_dir, frontier = smoke_run
     out = tmp_path / "power.json"
     r = subprocess.run([sys.executable, "-m", "jobs.bon_power", str(run_dir), "--bootstrap", "20", "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = json.loads(out.read_text())["runs"]
     assert set(run["sizes"]) == {e["proxy"] for e in frontier["bon"]}
