@@ -32,9 +32,9 @@ from pathlib import Path
 
 
 def _pool(run: Path):
-    import numpy as np
     import pyarrow.parquet as pq
 
+    from orchestrator.math.bon import pool_matrix
     from orchestrator.run.cli import user_error
 
     fr = run / "frontier.json"
@@ -43,13 +43,10 @@ def _pool(run: Path):
         user_error(f"{run}: not a finished run (needs frontier.json and stages/bon-*/bon_scores.parquet)")
     frontier = json.loads(fr.read_text())
     t = pq.read_table(files[-1]).to_pydict()
-    pid, sid = np.array(t["prompt_id"]), np.array(t["sample_id"])
-    order = np.lexsort((sid, pid))
-    P = len(np.unique(pid))
-    N = len(pid) // P
-    gold = np.array(t["score.gold"])[order].reshape(P, N)
+    N = len(t["prompt_id"]) // len(set(t["prompt_id"]))
+    gold = pool_matrix(t, "score.gold", N)
     entries = sorted([e for e in frontier["bon"] if e.get("labels", "gold") == "gold"], key=lambda e: e["proxy_params"])
-    proxies = {e["proxy"]: np.array(t[f"score.{e['proxy']}"])[order].reshape(P, N) for e in entries}
+    proxies = {e["proxy"]: pool_matrix(t, f"score.{e['proxy']}", N) for e in entries}
     return frontier, entries, gold, proxies
 
 

@@ -112,13 +112,19 @@ def bon_brute_force(proxy: np.ndarray, gold: np.ndarray, n: int) -> tuple[float,
     return tot_p / count, tot_g / count
 
 
+def pool_matrix(samples: dict, column: str, N: int) -> np.ndarray:
+    """``[P, N]``: a best-of-n pool's column (a flat table of prompt_id, sample_id, ...), one row
+    per prompt in prompt order, its samples in sample order."""
+    pid = np.array(samples["prompt_id"])
+    order = np.lexsort((np.array(samples["sample_id"]), pid))
+    return np.array(samples[column], dtype=object if column == "response" else float)[order].reshape(-1, N)
+
+
 def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, bootstrap: int, seed: int) -> dict:
     """Per proxy: mean best-of-n gold and proxy (relative to n = 1) for every n, the fit, and a
     bootstrap-over-prompts interval of the fitted peak KL."""
-    pid = np.array(samples["prompt_id"])
-    order = np.lexsort((np.array(samples["sample_id"]), pid))
-    P = len(np.unique(pid))
-    gold = np.array(samples["score.gold"])[order].reshape(P, N)
+    gold = pool_matrix(samples, "score.gold", N)
+    P = gold.shape[0]
     n = np.arange(1, n_max + 1)
     kl = kl_bon(n)
     w = d_spacing_weights(kl)
@@ -126,7 +132,7 @@ def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, boots
     rng = np.random.default_rng(seed)
     boots = [rng.integers(0, P, P) for _ in range(bootstrap)]
     if "response" in samples:  # identical texts are one outcome of the base distribution
-        responses = np.array(samples["response"], dtype=object)[order].reshape(P, N)
+        responses = pool_matrix(samples, "response", N)
         text_ids = np.zeros((P, N), dtype=np.int64)
         for p in range(P):
             ids: dict = {}
@@ -134,7 +140,7 @@ def bon_summary(samples: dict, proxy_names: list[str], N: int, n_max: int, boots
     else:  # no texts: every sample is its own outcome
         text_ids = np.tile(np.arange(N), (P, 1))
     for name in proxy_names:
-        proxy = np.array(samples[f"score.{name}"])[order].reshape(P, N)
+        proxy = pool_matrix(samples, f"score.{name}", N)
         pb, gb = bon_curves(proxy, gold, n_max)  # [P, n_max]
         kl_exact = bon_kl_exact(proxy, gold, text_ids, n_max)
         g_mean, p_mean = gb.mean(0) - gb[:, 0].mean(), pb.mean(0) - pb[:, 0].mean()
