@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config.schema import ConfigError, FrontierConfig, load
-from orchestrator.run.sweep import GoldStopper, wandb_tmp_prefix
+from orchestrator.run.sweep import GoldStopper
+from orchestrator.run.wandb_logging import wandb_tmp_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/smoke.yaml"

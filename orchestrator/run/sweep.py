@@ -14,13 +14,10 @@ refuses a stopper or a checkpoint selection keyed to the proxy (``SweepConfig``)
 
 from __future__ import annotations
 
-import atexit
-import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from ray.tune.stopper import Stopper
 
 from orchestrator.config.schema import ConfigError, FrontierConfig, digest, to_dict
 from orchestrator.run.stages import StageResult
+from orchestrator.run.wandb_logging import wandb_callbacks
 
 log = logging.getLogger("rlhf_frontier")
 
@@ -384,7 +382,7 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
                     # snapshot and its pruning leaves a restore pointing at a deleted checkpoint
                     checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=cfg.sweep.select_by,
                                                             checkpoint_score_order="max"),
-                    callbacks=[SweepProgress(len(todo), cfg.rl.steps, progress), *_callbacks(cfg, run_dir)],
+                    callbacks=[SweepProgress(len(todo), cfg.rl.steps, progress), *wandb_callbacks(cfg, run_dir)],
                     verbose=0,  # SweepProgress shows the sweep: a bar on a terminal, a log line every 30 s
                     log_to_file=True))
         grid = tuner.fit()
@@ -476,55 +474,3 @@ def _concurrent(cfg: FrontierConfig, n: int) -> int:
         return min(n, cfg.cluster.rl.max_concurrent)
     cpus = ray.cluster_resources().get("CPU", 1.0)
     return max(1, min(n, int(cpus // cfg.cluster.rl.num_cpus)))
-
-
-def wandb_tmp_prefix(run_dir: Path) -> str:
-    """Prefix of the temporary directory the sweep's wandb logging actors use, one per run dir."""
-    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
-    return f"rlhf-frontier-wandb-{digest}-"
-
-
-def _callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
-    """wandb when enabled: offline unless the user set ``WANDB_MODE``; the API key only ever comes
-    from the environment (``WANDB_API_KEY``), never from config or logs."""
-    if not cfg.sweep.wandb:
-        return []
-    import wandb
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
-    (run_dir / "wandb").mkdir(exist_ok=True)
-    class KeylessWandbLoggerCallback(WandbLoggerCallback):
-        """Ray's callback hands ``WANDB_API_KEY`` to its logging actor through a runtime_env, and
-        Ray writes every runtime_env, env_vars included, to the node's runtime_env_agent.log. The
-        actor inherits the key from its node's or job's environment anyway: pass none."""
-
-        def _start_logging_actor(self, trial, exclude_results, **kwargs):
-            if not self._remote_logger_class:
-                from ray.air.integrations.wandb import _force_on_current_node
-
-                # wandb makes two TemporaryDirectory at import (one holds a unix socket); Ray ends
-                # the actor's process without running their finalizers, so they would pile up in
-                # /tmp. They go in one directory per sweep, removed when this process exits (after
-                # Ray's shutdown: the logging actors' own exit still talks over that socket). Not in
-                # the run dir: a socket there breaks copying the run, and a deep run dir would pass
-                # the 108-byte limit on a socket's path.
-                tmp = tempfile.mkdtemp(prefix=wandb_tmp_prefix(run_dir))
-                atexit.register(shutil.rmtree, tmp, True)
-                self._remote_logger_class = ray.remote(num_cpus=0, **_force_on_current_node(), max_restarts=-1,
-                                                       max_task_retries=-1,
-                                                       runtime_env={"env_vars": {"TMPDIR": str(tmp)}})(
-                    self._logger_actor_cls)
-            super()._start_logging_actor(trial, exclude_results, **kwargs)
-
-        def on_experiment_end(self, trials, **info):
-            """Trials the experiment ended without a ``log_trial_end`` (a ``stop_all`` after a
-            permanent error) would keep their logging actors waiting for more results, and Ray's
-            callback would wait ``upload_timeout`` (30 min) for them: end their runs first."""
-            for trial in list(self._trial_queues):
-                self._signal_logging_actor_stop(trial=trial)
-            super().on_experiment_end(trials, **info)
-
-    return [KeylessWandbLoggerCallback(project=cfg.sweep.wandb_project, group=f"seed{cfg.seed}", log_config=True,
-                                save_checkpoints=False, mode=os.environ.get("WANDB_MODE", "offline"),
-                                upload_timeout=300,
-                                dir=str((run_dir / "wandb").resolve()), settings=wandb.Settings(silent=True))]
