@@ -139,3 +139,30 @@ def test_log_lines_follow_the_current_stderr():
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+
+
+@pytest.mark.parametrize("how", ["default run dir", "relative --run-dir", "relative --resume"])
+def test_relative_paths_leave_resolve_absolute(tmp_path, monkeypatch, how):
+    """Tune runs each trial in a working directory of its own: every path the job hands on must be
+    absolute, resolved against the directory the user typed the command in (not the project's)."""
+    from orchestrator.config.schema import FrontierConfig, config_digest, load
+    from orchestrator.run.cli import parser, resolve
+    from orchestrator.run.main import DEFAULT_CONFIG
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.yaml").write_text((ROOT / "jobs/configs/smoke.yaml").read_text())
+    monkeypatch.chdir(work)
+    if how == "relative --resume":
+        (work / "old").mkdir()
+        (work / "old" / "config.yaml").write_text((ROOT / "jobs/configs/smoke.yaml").read_text())
+    argv = {"default run dir": ["--config", "mine.yaml"],
+            "relative --run-dir": ["--config", "mine.yaml", "--run-dir", "out/run"],
+            "relative --resume": ["--resume", "old"]}[how]
+    args = parser("python -m jobs.frontier", "", DEFAULT_CONFIG, resume_dir=True).parse_args(argv)
+    cfg, run_dir = resolve("frontier", FrontierConfig, args)
+    expect = {"default run dir": work / "runs" / f"frontier-{config_digest(load(FrontierConfig, work / 'mine.yaml'))[:10]}",
+              "relative --run-dir": work / "out" / "run", "relative --resume": work / "old"}[how]
+    assert run_dir.is_absolute() and run_dir == expect
+    if how != "relative --resume":
+        assert Path(args.config) == work / "mine.yaml"

@@ -17,7 +17,6 @@ import torch
 from orchestrator.data.batch import BarrierError
 from orchestrator.run import rl_stage as P
 from orchestrator.run.actor_group import fetch
-from orchestrator.run.colocated import execute, make_slot
 from orchestrator.run.rl_loop import ALGORITHMS, RLRun, run_rl
 from orchestrator.run.stages import StageResult
 from orchestrator.run.sweep import trial_specs
@@ -93,31 +92,6 @@ def _learner_file(out: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_colocated_equals_actor_per_role(rl_inputs, tmp_path):
-    """``cluster.rl.colocate`` moves every role into one process; the numbers must not move: the
-    final weights are byte-identical and the metric histories equal to one actor per role."""
-    cfg, task, sft, specs, train_rows, eval_rows = rl_inputs
-    rl = dataclasses.replace(cfg.rl, steps=4, checkpoint_every=4)
-    spec = specs["ensemble-wco"] if "ensemble-wco" in specs else specs["proxy-1x8"]
-    results = {}
-    for colocate in (False, True):
-        res = dataclasses.replace(cfg.cluster.rl, colocate=colocate)
-        out = tmp_path / f"colocate-{colocate}"
-        slot = make_slot(res, str(sft.dir / "policy"), str(task.dir / "tokenizer"), list(spec.members), cfg.seed)
-        try:
-            summary = execute(slot, rl, spec, res, str(sft.dir / "policy"), str(task.dir / "tokenizer"),
-                              train_rows, eval_rows, out, cfg.seed)
-        finally:
-            slot.shutdown()
-        hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        results[colocate] = (summary, _stable(hist), _sha(_learner_file(out)))
-    assert len(results[True][1]) == 4 and "gold/mean" in results[True][1][-1]
-    assert results[True][2] == results[False][2]
-    assert results[True][1] == results[False][1]
-    assert results[True][0]["points"] == results[False][0]["points"]
 
 
 @pytest.mark.slow

@@ -108,14 +108,7 @@ def test_smoke_sweep_map_and_report(smoke_run):
     for t in ea.trials:
         best = ea.get_best_checkpoint(t, metric="eval/gold", mode="max")
         assert best is not None and (Path(best.path) / "manifest.json").is_file()
-    assert list((run_dir / "wandb").rglob("offline-run-*"))  # wandb, offline by default
-    # wandb's temporary directories (wandb never cleans them: Ray ends the logging actors'
-    # processes) went in one directory per sweep under the system's temp dir (removed when the job's
-    # process exits: the kill-and-resume drill checks that); nothing but files and directories in
-    # the run dir (a socket there broke copying it)
-    assert list(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(run_dir) + "*/*wandb-media"))
-    odd = [p for p in run_dir.rglob("*") if not (p.is_file() or p.is_dir())]
-    assert not odd, odd
+    assert not (run_dir / "wandb").exists()  # sweep.wandb: false (wandb's drill: the kill-and-resume test)
 
 
 def _cut_trial_with_tune_checkpoint(d: Path) -> Path | None:
@@ -163,10 +156,12 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     SIGKILL test and the sweep issue's restore test in one)."""
     _, smoke_dir, _ = smoke_run
     d = tmp_path / "run"
-    _seed_stages(smoke_dir, d, [])
+    wandb = ["sweep.wandb=true"]  # the smoke profile logs no wandb; this drill restores wandb's callback
+    _seed_stages(smoke_dir, d, wandb)
     # the ensemble trial is slowed (wall time only) so that a single-proxy trial finishes while it is
     # still running with a checkpoint: without it all three end within a second of each other
-    p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", env={"RLHF_FRONTIER_SLOW_TRIAL": "ensemble-wco:1.5"})
+    p = _job("--config", SMOKE, "--run-dir", str(d), "--quiet", *wandb,
+             env={"RLHF_FRONTIER_SLOW_TRIAL": "ensemble-wco:1.5"})
     deadline, done_first, cut = time.time() + 900, None, None
     while time.time() < deadline and p.poll() is None:
         done = list(d.glob("rl/*/DONE.json"))
@@ -190,6 +185,7 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     _, err = r.communicate(timeout=900)
     assert r.returncode == 0, err[-3000:]
     assert "restoring the Tune experiment" in err, err[-3000:]
+    assert "ValueError when calling" not in err, err[-3000:]
     assert re.search(r"resumed from \S*step_0", err), err[-3000:]
     assert f"{cut.name.rsplit('-', 1)[0]}: checkpoint step" in err, err[-3000:]
     for x, mtime in done_first.items():
@@ -202,8 +198,17 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
             json.loads((ref / "DONE.json").read_text())["points"], ref.name
         assert _sha(_learner_file(got)) == _sha(_learner_file(ref)), ref.name
         assert _history(got) == _history(ref), ref.name
-    # the resumed job's wandb temporary directory went with its process
+    # wandb logged every trial, offline by default (the user's shell has no WANDB_MODE)
+    assert list((d / "wandb").rglob("offline-run-*"))
+    # wandb's temporary directories (wandb never cleans them: Ray ends the logging actors'
+    # processes) go in one directory per sweep under the system's temp dir, removed when the job's
+    # process exits -- the resumed job's went with it; the SIGKILLed job's stays (no exit handler
+    # runs on SIGKILL). Nothing but files and directories in the run dir (a socket there broke
+    # copying it).
+    assert any(list(t.glob("*wandb-media")) for t in killed_tmp), killed_tmp
     assert set(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(d) + "*")) == killed_tmp
+    odd = [x for x in d.rglob("*") if not (x.is_file() or x.is_dir())]
+    assert not odd, odd
     # a resume with nothing left to do is a user error, not a silent success
     r = _job("--resume", str(d), "--quiet")
     _, err = r.communicate(timeout=300)
@@ -325,7 +330,9 @@ def test_nan_member_and_killed_role_processes_retried_from_checkpoint(smoke_run,
     colocate here, unlike the smoke profile). None of that state can be rebuilt in place: each trial
     fails, Tune retries it from its checkpoint, and every trial ends with the undisturbed (colocated)
     smoke sweep's results -- evaluations, metric history, final learner weights: a trial's numbers do
-    not depend on its placement."""
+    not depend on its placement. This is also the suite's test that ``cluster.rl.colocate`` moves no
+    number: every step of these three trials ran with one actor per role, and their weights,
+    histories and evaluations equal the colocated references bit for bit."""
     cfg, smoke_dir, _ = smoke_run
     assert cfg.cluster.rl.colocate
     per_role = ["cluster.rl.colocate=false"]  # the learner and the ensembles are processes of their own
@@ -343,6 +350,8 @@ def test_nan_member_and_killed_role_processes_retried_from_checkpoint(smoke_run,
     assert nan.read_text() == "6", "the member never returned NaN"
     assert kill_learner.read_text().startswith("learner pid ") and kill_proxy.read_text().startswith("proxy pid ")
     assert "proxy member 'proxy-2x32' failed: gave 1 non-finite score(s)" in err, err[-3000:]
+    # trial processes that took a second trial flushed no handler into the first one's closed log file
+    assert "ValueError when calling" not in err, err[-3000:]
     # Tune saw each trial fail, for the reason drilled, and retried it from the checkpoint before the fault
     errors = {t: _tune_error(d, t) for t in ("ensemble-wco", "proxy-1x8-kl0.1", "proxy-1x8-kl0")}
     assert "proxy member 'proxy-2x32' failed: gave 1 non-finite" in errors["ensemble-wco"]
@@ -410,3 +419,35 @@ def test_gold_stopper_ends_a_real_trial_past_its_gold_peak(smoke_run, tmp_path):
     assert sorted(ev) == list(range(done["steps"]))
     assert [ev[s] - ev[0] for s in sorted(ev)] == pytest.approx(gold, abs=1e-12)
     assert res[-1]["step"] == done["steps"] - 1 and "eval/gold" in res[-1]  # the last report stopped it
+
+
+def test_handlers_made_inside_a_trial_leave_its_tee_when_it_ends(monkeypatch):
+    """Tune tees a trial's ``sys.stderr`` into its log file and closes the tee when the process
+    takes the next trial. Handlers made inside the trial (torch's, transformers' -- whose flush is
+    pinned to the stream's) are pointed back at the process's own stderr by ``unbind_trial_streams``,
+    so no flush at the process's exit hits a closed file."""
+    import io
+    import logging
+
+    from orchestrator.run.cli import unbind_trial_streams
+
+    tee = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", tee)
+    bound = logging.StreamHandler()  # made inside the trial: takes the tee
+    pinned = logging.StreamHandler()
+    pinned.flush = sys.stderr.flush  # as transformers' default handler does
+    loose = logging.StreamHandler()  # held by no logger (logging flushes it at exit all the same)
+    other = logging.StreamHandler(io.StringIO())  # some other stream: left alone
+    lg = logging.getLogger("test-trial-tee")
+    for h in (bound, pinned, other):
+        lg.addHandler(h)
+    try:
+        assert unbind_trial_streams() >= 4
+        assert bound.stream is sys.__stderr__ and pinned.stream is sys.__stderr__ and loose.stream is sys.__stderr__
+        assert pinned.flush == sys.__stderr__.flush and other.stream is not sys.__stderr__
+        tee.close()  # what Tune does at the trial's end: nothing still writes there
+        for h in (bound, pinned, loose, other):
+            h.flush()
+    finally:
+        for h in (bound, pinned, other):
+            lg.removeHandler(h)

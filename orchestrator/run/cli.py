@@ -173,6 +173,33 @@ def setup_logging(run_dir: Path | None = None, process_stderr: bool = False) -> 
                         handlers=handlers, force=True)
 
 
+def unbind_trial_streams() -> int:
+    """Point every logging handler that writes to this trial's ``sys.stderr`` / ``sys.stdout`` --
+    Tune's tees into the trial's log files -- at the process's own streams; returns how many.
+
+    torch (~40 handlers), transformers and huggingface_hub make their handlers when first imported,
+    bound to the streams of that moment: inside the first trial of a process, that trial's tees.
+    Tune closes those when the process takes its next trial (or ends), and every later flush -- at
+    the latest at the process's exit -- printed "ValueError when calling 'flush' on stream", 40+
+    lines per trial process on the user's console."""
+    tees = {id(s) for s in (sys.stderr, sys.stdout) if s is not sys.__stderr__ and s is not sys.__stdout__}
+    handlers = {h for lg in [logging.root, *logging.root.manager.loggerDict.values()] for h in getattr(lg, "handlers", ())}
+    # ...and the handlers no logger holds (logging keeps weak references to all; they flush at exit)
+    handlers |= {r() for r in getattr(logging, "_handlerList", ())} - {None}
+    n = 0
+    for h in handlers:
+        if not isinstance(h, logging.StreamHandler) or isinstance(getattr(type(h), "stream", None), property):
+            continue  # (a ``stream`` property follows sys.stderr by itself)
+        own = sys.__stdout__ if h.stream is sys.stdout else sys.__stderr__
+        flush = vars(h).get("flush")  # transformers pins its handler's flush to sys.stderr.flush
+        if flush is not None and id(getattr(flush, "__self__", None)) in tees:
+            h.flush = own.flush
+            n += 1
+        if id(h.stream) in tees:
+            h.setStream(own)
+            n += 1
+    return n
+
 def joins_cluster(cluster) -> bool:
     """True when the job joins a running Ray cluster: ``cluster.address``, or ``RAY_ADDRESS`` (set
     for every driver that ``ray job submit`` starts)."""

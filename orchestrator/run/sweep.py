@@ -199,7 +199,7 @@ def rl_trial(config: dict, ctx: dict) -> None:
     Tune's best-checkpoint selection by ``eval/gold`` picks real policies."""
     import ray.tune as tune
 
-    from orchestrator.run.cli import setup_logging
+    from orchestrator.run.cli import setup_logging, unbind_trial_streams
 
     setup_logging(process_stderr=True)  # this process's INFO lines reach the driver (Ray forwards its stderr)
     for name in ("ray.train", "ray.tune"):  # not a line per checkpoint: the sweep's progress says enough
@@ -217,6 +217,9 @@ def rl_trial(config: dict, ctx: dict) -> None:
         _write_json(out / "FATAL.json", {"trial": spec.name, "type": type(e).__name__, "message": str(e)})
         log.error("rl %s: %s: %s (no retry can fix this: ending the sweep)", spec.name, type(e).__name__, e)
         tune.report({FATAL_METRIC: 1, "trial_name": spec.name})
+    finally:
+        unbind_trial_streams()  # handlers made in this trial must not write into its closed log file
+
 
 
 def _rl_trial(spec, out: Path, ctx: dict) -> None:
