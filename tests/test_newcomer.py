@@ -44,9 +44,10 @@ def _copy_stages(smoke_dir: Path, d: Path, config: Path = ROOT / SMOKE) -> None:
 
 def test_main_job_from_another_directory_with_the_default_run_dir(smoke_run, tmp_path):
     """README command 1 as typed (no ``--run-dir``: ``runs/frontier-<hash>`` under the working
-    directory), with a relative ``--config``, from a directory that is not the project's. (A relative
-    ``--run-dir`` resolves in the same place, ``cli.resolve``: ``tests/test_cli.py``; the killed
-    sweep's ``--resume RUN`` runs its trials from a relative one: ``tests/test_sweep.py``.)"""
+    directory), with a relative ``--config``, from a directory that is not the project's. The smoke
+    job with a relative ``--run-dir`` from a temporary working directory, and ``--resume`` of a
+    relative run directory: ``tests/test_sweep.py::test_kill_sweep_driver_then_resume``; how
+    ``cli.resolve`` makes each of them absolute: ``tests/test_cli.py``."""
     _, smoke_dir, _ = smoke_run
     work = tmp_path / "work"
     work.mkdir()

