@@ -183,7 +183,11 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     # resumed as the README says, by a user: a relative run directory, from its parent, in a shell
     # with none of the test harness's variables (no WANDB_MODE: the restored wandb callback must
     # still run offline) and a fresh HOME
-    killed_tmp = set(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(d) + "*"))  # SIGKILL: no exit handlers
+    # wandb's temporary directories (wandb never cleans them: Ray ends the logging actors'
+    # processes) go in one directory per sweep under the system's temp dir; the SIGKILLed job's
+    # stays behind (no exit handler runs on SIGKILL) until the next job on this run dir starts
+    killed_tmp = set(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(d) + "*"))
+    assert killed_tmp and all(list(t.glob("*wandb-media")) for t in killed_tmp), killed_tmp
     r = _job("--resume", d.name, "--quiet", cwd=d.parent, user=tmp_path / "home")
     _, err = r.communicate(timeout=900)
     assert r.returncode == 0, err[-3000:]
@@ -203,13 +207,9 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
         assert _history(got) == _history(ref), ref.name
     # wandb logged every trial, offline by default (the user's shell has no WANDB_MODE)
     assert list((d / "wandb").rglob("offline-run-*"))
-    # wandb's temporary directories (wandb never cleans them: Ray ends the logging actors'
-    # processes) go in one directory per sweep under the system's temp dir, removed when the job's
-    # process exits -- the resumed job's went with it; the SIGKILLed job's stays (no exit handler
-    # runs on SIGKILL). Nothing but files and directories in the run dir (a socket there broke
-    # copying it).
-    assert any(list(t.glob("*wandb-media")) for t in killed_tmp), killed_tmp
-    assert set(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(d) + "*")) == killed_tmp
+    # the resumed job removed the killed job's wandb directory as it started and its own as it
+    # exited. Nothing but files and directories in the run dir (a socket there broke copying it).
+    assert not list(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(d) + "*"))
     odd = [x for x in d.rglob("*") if not (x.is_file() or x.is_dir())]
     assert not odd, odd
     # a resume with nothing left to do is a user error, not a silent success
@@ -456,3 +456,26 @@ def test_handlers_made_inside_a_trial_leave_its_tee_when_it_ends(monkeypatch):
     finally:
         for h in (bound, pinned, other):
             lg.removeHandler(h)
+
+
+def test_stale_wandb_tmp_dirs_of_dead_jobs_are_cleared(tmp_path):
+    """A SIGKILLed job leaves its wandb temporary directory behind; the next job on the same run
+    dir removes it -- only when its owner process is gone, never a running job's or a stranger's."""
+    from orchestrator.run.wandb_logging import OWNER, clear_stale_tmp
+
+    run = tmp_path / "run"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    made = {}
+    for name, pid in (("dead", dead.pid), ("alive", os.getpid()), ("unowned", None)):
+        made[name] = Path(tempfile.mkdtemp(prefix=wandb_tmp_prefix(run)))
+        if pid is not None:
+            (made[name] / OWNER).write_text(str(pid))
+    other = Path(tempfile.mkdtemp(prefix=wandb_tmp_prefix(tmp_path / "another-run")))
+    (other / OWNER).write_text(str(dead.pid))
+    try:
+        assert clear_stale_tmp(run) == [made["dead"]]
+        assert not made["dead"].exists() and made["alive"].is_dir() and made["unowned"].is_dir() and other.is_dir()
+    finally:
+        for p in (*made.values(), other):
+            shutil.rmtree(p, ignore_errors=True)

@@ -27,7 +27,7 @@ from ray.tune.stopper import Stopper
 
 from orchestrator.config.schema import ConfigError, FrontierConfig, digest, to_dict
 from orchestrator.run.stages import StageResult
-from orchestrator.run.wandb_logging import wandb_callbacks
+from orchestrator.run.wandb_logging import clear_stale_tmp, wandb_callbacks
 
 log = logging.getLogger("rlhf_frontier")
 
@@ -349,6 +349,7 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
         # offline unless the user chose otherwise: set here, before a Tune experiment is built or
         # restored (a restored WandbLoggerCallback asks for an API key unless WANDB_MODE is offline)
         os.environ.setdefault("WANDB_MODE", "offline")
+    clear_stale_tmp(run_dir)  # wandb's temporary files of an earlier job here that was SIGKILLed
     specs = trial_specs(cfg, proxies)
     dirs = [trial_dir(cfg, run_dir, task, sft, s) for s in specs]
     todo = [i for i, d in enumerate(dirs) if not (d / "DONE.json").is_file()]

@@ -21,6 +21,32 @@ def wandb_tmp_prefix(run_dir: Path) -> str:
     return f"rlhf-frontier-wandb-{digest}-"
 
 
+OWNER = "owner.pid"  # in each sweep's wandb temporary directory: the job process that made it
+
+
+def clear_stale_tmp(run_dir: Path) -> list[Path]:
+    """Remove the wandb temporary directories of earlier jobs on ``run_dir`` whose process is gone
+    (a job killed with SIGKILL runs no exit handler, so its directory stayed); returns them. Called
+    as a sweep starts, fresh or restored (a restored experiment brings its pickled callback). A
+    directory whose owner still runs, or that names none, is left alone."""
+    gone = []
+    for d in Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(run_dir) + "*"):
+        try:
+            pid = int((d / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)  # signal 0: does the process exist?
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # another user's live process
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        gone.append(d)
+    return gone
+
+
 def wandb_callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
     """wandb when enabled: offline unless the user set ``WANDB_MODE``; the API key only ever comes
     from the environment (``WANDB_API_KEY``), never from config or logs."""
@@ -30,6 +56,7 @@ def wandb_callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     (run_dir / "wandb").mkdir(exist_ok=True)
+
     class KeylessWandbLoggerCallback(WandbLoggerCallback):
         """Ray's callback hands ``WANDB_API_KEY`` to its logging actor through a runtime_env, and
         Ray writes every runtime_env, env_vars included, to the node's runtime_env_agent.log. The
@@ -46,6 +73,7 @@ def wandb_callbacks(cfg: FrontierConfig, run_dir: Path) -> list:
                 # the run dir: a socket there breaks copying the run, and a deep run dir would pass
                 # the 108-byte limit on a socket's path.
                 tmp = tempfile.mkdtemp(prefix=wandb_tmp_prefix(run_dir))
+                (Path(tmp) / OWNER).write_text(str(os.getpid()))
                 atexit.register(shutil.rmtree, tmp, True)
                 self._remote_logger_class = ray.remote(num_cpus=0, **_force_on_current_node(), max_restarts=-1,
                                                        max_task_retries=-1,
