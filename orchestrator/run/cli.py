@@ -183,9 +183,9 @@ def unbind_trial_streams() -> int:
     the latest at the process's exit -- printed "ValueError when calling 'flush' on stream", 40+
     lines per trial process on the user's console."""
     tees = {id(s) for s in (sys.stderr, sys.stdout) if s is not sys.__stderr__ and s is not sys.__stdout__}
-    handlers = {h for lg in [logging.root, *logging.root.manager.loggerDict.values()] for h in getattr(lg, "handlers", ())}
-    # ...and the handlers no logger holds (logging keeps weak references to all; they flush at exit)
-    handlers |= {r() for r in getattr(logging, "_handlerList", ())} - {None}
+    # every handler ever made, held by a logger or not (logging keeps weak references to all of
+    # them, the list it flushes at exit)
+    handlers = {r() for r in logging._handlerList} - {None}
     n = 0
     for h in handlers:
         if not isinstance(h, logging.StreamHandler) or isinstance(getattr(type(h), "stream", None), property):
@@ -199,6 +199,7 @@ def unbind_trial_streams() -> int:
             h.setStream(own)
             n += 1
     return n
+
 
 def joins_cluster(cluster) -> bool:
     """True when the job joins a running Ray cluster: ``cluster.address``, or ``RAY_ADDRESS`` (set

@@ -221,7 +221,6 @@ def rl_trial(config: dict, ctx: dict) -> None:
         unbind_trial_streams()  # handlers made in this trial must not write into its closed log file
 
 
-
 def _rl_trial(spec, out: Path, ctx: dict) -> None:
     import ray.tune as tune
 
