@@ -1,8 +1,8 @@
 """Ray Jobs end to end, as an operator runs them (cluster-operations issue): a head started with
-``cluster/start_local_head.sh`` (token auth on, dashboard on 127.0.0.1), the smoke profile submitted
-with ``ray job submit`` and ``cluster/runtime_env.yaml``, then a second job stopped with
-``ray job stop`` mid-RL and resubmitted with ``--resume``: same final metrics as the uninterrupted
-job. Also: a client without the token is refused, the dashboard does not answer on the machine's
+``cluster/start_local_head.sh`` (token auth on, dashboard on 127.0.0.1), the smoke profile's beta-0
+cells submitted with ``ray job submit``, stopped with ``ray job stop`` mid-RL and resubmitted with
+``--resume`` and ``cluster/runtime_env.yaml``: same final metrics as the uninterrupted run.
+Also: a client without the token is refused, the dashboard does not answer on the machine's
 other addresses, and a secret in the cluster's environment never reaches a run directory or log.
 
 The head gets its own ``--temp-dir`` and ports, so it lives beside the test session's Ray; it is
@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from orchestrator.config.schema import FrontierConfig, load
-from orchestrator.run.cli import save_config
+from orchestrator.run.pipeline import run_frontier
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/smoke.yaml"
@@ -103,12 +103,14 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
     addr, env, temp, dash = head
     a, b = tmp_path / "a", tmp_path / "b"
     # the smoke run's finished stages and RL trials (the session already built them; a trial's
-    # directory does not depend on the sweep's other cells): job a runs what is left -- the report --
-    # and job b the sweep's beta-0 cells (the single proxy and the ensemble) again, cut and resumed
+    # directory does not depend on the sweep's other cells): a is the uninterrupted reference --
+    # only its report runs, in this process -- and job b runs the sweep's beta-0 cells (the single
+    # proxy and the ensemble) again, cut and resumed
     a.mkdir()
     shutil.copytree(smoke_run[1] / "stages", a / "stages", ignore=shutil.ignore_patterns("*.tmp"))
     shutil.copytree(smoke_run[1] / "rl", a / "rl", ignore=shutil.ignore_patterns("*.tmp"))
-    save_config(load(FrontierConfig, SMOKE, OVER), a)
+    frontier = run_frontier(load(FrontierConfig, SMOKE, OVER), a, progress=False)
+    assert sorted(e["trial"] for e in frontier["rl"]) == ["ensemble-wco", "proxy-1x8-kl0"]
 
     # auth stays on: a client shell without the token is refused
     no_token = {**env, "RAY_AUTH_MODE": "disabled"}
@@ -122,16 +124,10 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
             s.settimeout(2)
             assert s.connect_ex((ip, dash)) != 0, f"dashboard reachable on {ip}"
 
-    # 1. the smoke profile as a Ray job (its stages and trials cached, as on a rerun)
-    _submit(addr, env, "smoke-a", "--config", SMOKE, "--run-dir", str(a), "--quiet", *OVER)
     client = _client(addr, monkeypatch)
-    assert _wait(client, "smoke-a") == "SUCCEEDED", client.get_job_logs("smoke-a")[-4000:]
-    summary = json.loads(client.get_job_logs("smoke-a").strip().splitlines()[-1])
-    assert summary["run_dir"] == str(a) and (a / "frontier.json").is_file() and (a / "report.html").is_file()
-    frontier = json.loads((a / "frontier.json").read_text())
-    assert sorted(e["trial"] for e in frontier["rl"]) == ["ensemble-wco", "proxy-1x8-kl0"]
 
-    # 2. a longer job (trials slowed, wall time only) on the same stages, stopped mid-RL
+    # 1. the smoke profile's beta-0 cells as a Ray job (trials slowed, wall time only) on the same
+    #    stages, stopped mid-RL
     b.mkdir()
     shutil.copytree(a / "stages", b / "stages")  # not the trials: they run
     shutil.copy(a / "config.yaml", b / "config.yaml")
@@ -149,11 +145,13 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
     assert not list(b.glob("rl/ensemble-wco-*/DONE.json")), "the slowed trial finished before the stop"
     assert not (b / "frontier.json").exists()
 
-    # 3. resubmitted with --resume: finishes, same final metrics as the uninterrupted job
+    # 2. resubmitted with --resume: finishes, same final metrics as the uninterrupted job
     _submit(addr, env, "smoke-b-resume", "--resume", str(b), "--quiet")
     assert _wait(client, "smoke-b-resume") == "SUCCEEDED", client.get_job_logs("smoke-b-resume")[-4000:]
     logs = client.get_job_logs("smoke-b-resume")
     assert "restoring the Tune experiment" in logs or "resumed from" in logs, logs[-4000:]
+    summary = json.loads(logs.strip().splitlines()[-1])  # the job's last line: its summary
+    assert summary["run_dir"] == str(b) and (b / "report.html").is_file()
     refs = [ref for ref in a.glob("rl/*/DONE.json") if ref.parent.name.rsplit("-", 1)[0] in ("ensemble-wco",
                                                                                               "proxy-1x8-kl0")]
     assert len(refs) == 2
@@ -163,7 +161,7 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
     got = json.loads((b / "frontier.json").read_text())
     assert got["checks"] == frontier["checks"]
 
-    # 4. a finished run has nothing to resume; a changed config may not reuse the run directory
+    # 3. a finished run has nothing to resume; a changed config may not reuse the run directory
     #    (both refused before Ray starts, exit 2; a rerun's stage caching: tests/test_pipeline.py)
     py = [sys.executable, "-m", "jobs.frontier"]
     r3 = subprocess.run([*py, "--resume", str(a), "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -172,7 +170,7 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
                         capture_output=True, text=True)
     assert r4.returncode == 2 and "another config" in r4.stderr
 
-    # 5. the secret in the cluster's environment is in no run directory and no Ray log
+    # 4. the secret in the cluster's environment is in no run directory and no Ray log
     for root in (a, b, temp):
         for p in root.rglob("*"):
             if p.is_file() and p.stat().st_size < 50_000_000:

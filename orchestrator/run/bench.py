@@ -135,6 +135,19 @@ def _rate(hist: list[dict]) -> dict:
             "phases_s": phases, "mean_tokens": sum(m["response/tokens"] for m in hist) / len(hist)}
 
 
+RL_MODES = ("local", "colocated", "actors", "actors_async")
+
+
+def _modes(text: str) -> list[str]:
+    import argparse
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in RL_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"unknown placement(s) {bad or text!r}: choose from {', '.join(RL_MODES)}")
+    return ["local", *[m for m in modes if m != "local"]]
+
+
 def bench_rl(args) -> dict:
     """Our RLOO loop in Ray actors vs in one process vs TRL's RLOOTrainer, same setting."""
     import contextlib
@@ -158,6 +171,7 @@ def bench_rl(args) -> dict:
     # every placement keeps its run; rounds of ``steps / rounds`` steps alternate between them, so
     # a slow spell of the machine hits all alike and the overhead is a paired (per-round) ratio
     modes = {"local": one_thread, "colocated": one_cpu, "actors": one_thread, "actors_async": one_thread}
+    modes = {m: r for m, r in modes.items() if m in args.modes}  # "local" is always in: the baseline
     # our own Ray before anything touches Ray: building the inputs would otherwise auto-start one --
     # or join whatever cluster this machine or RAY_ADDRESS points at (a test session's, a `ray start`
     # head) and wait there for CPUs. All placements stay up between rounds but only one computes at a
@@ -204,12 +218,15 @@ def bench_rl(args) -> dict:
         ray.shutdown()
     out.update({f"ours_{m}": r for m, r in res.items()})
     # the Ray placement the default config uses (cluster.rl.colocate: true), synchronous
-    out["samples_per_s"] = res["colocated"]["samples_per_s"]
-    out["tokens_per_s"] = res["colocated"]["tokens_per_s"]
-    out["samples_per_s_actors"] = res["actors"]["samples_per_s"]
-    out["samples_per_s_async"] = res["actors_async"]["samples_per_s"]
-    out["actor_overhead_frac"] = overhead("colocated")
-    out["actor_overhead_frac_per_role_actors"] = overhead("actors")
+    for key, mode in (("samples_per_s", "colocated"), ("samples_per_s_actors", "actors"),
+                      ("samples_per_s_async", "actors_async")):
+        if mode in res:
+            out[key] = res[mode]["samples_per_s"]
+    if "colocated" in res:
+        out["tokens_per_s"] = res["colocated"]["tokens_per_s"]
+        out["actor_overhead_frac"] = overhead("colocated")
+    if "actors" in res:
+        out["actor_overhead_frac_per_role_actors"] = overhead("actors")
     out["rounds_step_s"] = rounds
     try:
         import trl  # noqa: F401
@@ -226,19 +243,23 @@ def bench_rl(args) -> dict:
                                   beta=args.kl_coef, lr=1e-5, threads=1, seed=args.seed)
         out["trl_samples_per_s"] = t["samples_per_s"]
         out["trl"] = {k: t[k] for k in ("trl_version", "steps", "seconds", "mean_completion_len")}
-        out["speedup_vs_trl"] = out["samples_per_s"] / t["samples_per_s"]
-        out["speedup_vs_trl_actors"] = out["samples_per_s_actors"] / t["samples_per_s"]
-        out["speedup_vs_trl_async"] = out["samples_per_s_async"] / t["samples_per_s"]
+        for key, ours in (("speedup_vs_trl", "samples_per_s"), ("speedup_vs_trl_actors", "samples_per_s_actors"),
+                          ("speedup_vs_trl_async", "samples_per_s_async")):
+            if ours in out:
+                out[key] = out[ours] / t["samples_per_s"]
+    names = {"local": "ours, one process", "colocated": "ours, colocated actor", "actors": "ours, actor per role",
+             "actors_async": "ours, per role, async"}
     print(f"{'':<22}{'samples/s':>10}{'tokens/s':>10}{'step ms':>9}")
-    for name, r in (("ours, one process", res["local"]), ("ours, colocated actor", res["colocated"]),
-                    ("ours, actor per role", res["actors"]), ("ours, per role, async", res["actors_async"])):
-        print(f"{name:<22}{r['samples_per_s']:>10.0f}{r['tokens_per_s']:>10.0f}{1000 * r['step_s']:>9.1f}")
+    for m, r in res.items():
+        print(f"{names[m]:<22}{r['samples_per_s']:>10.0f}{r['tokens_per_s']:>10.0f}{1000 * r['step_s']:>9.1f}")
     if have_trl:
         print(f"{'TRL RLOOTrainer':<22}{out['trl_samples_per_s']:>10.0f}")
-    for m in ("local", "colocated", "actors"):
-        print(f"phases (ms/step, {m}):", {k: round(1000 * v, 1) for k, v in res[m]["phases_s"].items()})
-    print(f"Ray overhead vs one process: colocated {100 * out['actor_overhead_frac']:+.1f}%, "
-          f"actor per role {100 * out['actor_overhead_frac_per_role_actors']:+.1f}%")
+    for m in res:
+        if m != "actors_async":
+            print(f"phases (ms/step, {m}):", {k: round(1000 * v, 1) for k, v in res[m]["phases_s"].items()})
+    over = [f"{names[m].split(', ')[1]} {100 * overhead(m):+.1f}%" for m in ("colocated", "actors") if m in res]
+    if over:
+        print("Ray overhead vs one process: " + ", ".join(over))
     return out
 
 
@@ -294,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rounds", type=int, default=4, help="timed steps alternate between placements in this many rounds")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
+    r.add_argument("--modes", type=_modes, default=list(RL_MODES),
+                   help=f"placements to time, comma-separated, from {','.join(RL_MODES)} (default: all; "
+                        "local, the baseline of the overheads, is always timed)")
     lb = sub.add_parser("label", help="RLAIF judge throughput, with and without chain of thought")
     lb.add_argument("--judge", default="smollm2-135m-instruct", help="the default packaged judge, an HF path or hub id")
     lb.add_argument("--pairs", type=int, default=64, help="pairs judged without CoT (a quarter of them with CoT)")
