@@ -97,12 +97,14 @@ def _learner_file(out: Path) -> Path:
 @pytest.mark.slow
 def test_gold_barrier_update_identical_without_gold(rl_inputs, tmp_path):
     """Gold is sealed inside RL: a run with gold completes and its policy updates are bit-identical
-    to a run with no gold ensemble at all; feeding the sealed scores to shaping, advantages or the
-    learner raises."""
+    to a run without gold (no gold scores, no call to a gold actor); feeding the sealed scores to
+    shaping, advantages or the learner raises."""
     with_gold = make_run(rl_inputs, tmp_path / "gold", steps=4)  # the shared slot, reset
-    without = make_run(rl_inputs, tmp_path / "none", gold=False, steps=4, own_slot=True)  # fresh actors
+    s1 = run_rl(with_gold, tensorboard=False)
+    # the same slot, reset again: its gold actor stays out of this run (no call reaches it)
+    without = make_run(rl_inputs, tmp_path / "none", gold=False, steps=4)
     try:
-        s1 = run_rl(with_gold, tensorboard=False)
+        assert without.gold is None
         s2 = run_rl(without, tensorboard=False)
         assert "gold/mean" in with_gold.history[-1] and "gold/mean" not in without.history[-1]
         assert _sha(_learner_file(tmp_path / "gold")) == _sha(_learner_file(tmp_path / "none"))

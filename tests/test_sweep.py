@@ -213,13 +213,10 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     assert list((d / "wandb").rglob("offline-run-*"))
     # the resumed job removed the killed job's wandb directory as it started and its own as it
     # exited. Nothing but files and directories in the run dir (a socket there broke copying it).
+    # (A resume of a finished run is refused with exit 2: tests/test_ray_jobs.py.)
     assert not list(Path(tempfile.gettempdir()).glob(wandb_tmp_prefix(d) + "*"))
     odd = [x for x in d.rglob("*") if not (x.is_file() or x.is_dir())]
     assert not odd, odd
-    # a resume with nothing left to do is a user error, not a silent success
-    r = _job("--resume", str(d), "--quiet")
-    _, err = r.communicate(timeout=300)
-    assert r.returncode == 2 and "nothing to resume" in err, err[-2000:]
 
 
 def _learner_file(run: Path) -> Path:
@@ -484,3 +481,19 @@ def test_stale_wandb_tmp_dirs_of_dead_jobs_are_cleared(tmp_path):
     finally:
         for p in (*made.values(), other):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def test_sweep_progress_counts_a_trials_final_evaluation_as_no_extra_step():
+    """A trial reports steps 0..steps-1 and then its final evaluation at ``step == steps``: the
+    progress line says ``6/6``, never ``7/6``, and the bar never passes its total."""
+    from types import SimpleNamespace
+
+    from orchestrator.run.sweep import SweepProgress
+
+    p = SweepProgress(trials=2, steps=6, bar=False)
+    t = SimpleNamespace(trial_id="t0")
+    for step in range(7):  # 0..5, then the final evaluation's report at step 6
+        p.on_trial_result(0, [], t, {"trial_name": "proxy-1x8-kl0", "step": step})
+    assert p.step == {"t0": 6}
+    p.on_step_end(0, [])
+    assert p._p.done == 6 and "proxy-1x8-kl0 6/6" in p._p.detail

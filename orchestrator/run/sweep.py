@@ -453,8 +453,8 @@ class SweepProgress(Callback):
         self.names[trial.trial_id] = result.get("trial_name", trial.trial_id)
         if result.get("done_before"):
             self.step[trial.trial_id] = self.steps
-        elif "step" in result:
-            self.step[trial.trial_id] = int(result["step"]) + 1
+        elif "step" in result:  # the final evaluation reports step == steps: not a step more
+            self.step[trial.trial_id] = min(int(result["step"]) + 1, self.steps)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished.add(trial.trial_id)
