@@ -16,7 +16,15 @@ and gives, per run, the size trend (the weighted slope of ln d* and ln peak gold
 with its bootstrap interval, ``checks.size_trend``) and over runs the same slopes' mean, standard
 error and t.
 
+``--factors order,labels,lm`` splits "everything else" further: every proxy size of each run is
+retrained ``--replicates`` times with exactly one input redrawn -- the head's seed and minibatch
+order, a bootstrap of the label pairs by prompt, or the starting LMs' seed
+(``orchestrator.run.proxy_factors``; cached stages of the run directory, minutes each on 2 cores:
+the ``lm`` factor trains four LMs) -- and the spread of ln d* and of the size slope over each
+factor's replicates is printed beside the pool's.
+
     python -m jobs.bon_power RUN_DIR [RUN_DIR ...] [--bootstrap 200] [--json OUT.json]
+    python -m jobs.bon_power RUN_DIR --factors order,labels,lm --replicates 2
 
 Runs need ``stages/bon-*/bon_scores.parquet`` (any finished run has it; ``rl.enabled=false``
 runs best-of-n only).
@@ -123,13 +131,85 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def _slope(params: list[int], lnd: list[float]) -> float | None:
+    """Ordinary least-squares slope of ln d* on ln params (one replicate set's size trend); None
+    for fewer than two sizes."""
+    import numpy as np
+
+    if len(params) < 2:
+        return None
+    x = np.log(np.asarray(params, float))
+    return float(np.polyfit(x, np.asarray(lnd, float), 1)[0])
+
+
+def factors(run: Path, which: list[str], replicates: int, progress: bool, sizes: list[str] | None = None) -> dict:
+    """Per factor: ln d* of every size (or of ``sizes``) in the run's own proxies and in each
+    replicate set (that factor redrawn), the s.d. over them per size, and the s.d. of the size slope."""
+    import dataclasses
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.math.bon import kl_bon, pool_matrix
+    from orchestrator.run.cli import init_ray
+    from orchestrator.run.proxy_factors import replicate_proxies
+
+    frontier, entries, gold, proxies = _pool(run)
+    cfg = load(FrontierConfig, run / "config.yaml")
+    if sizes:
+        missing = [z for z in sizes if f"proxy-{z}" not in proxies]
+        if missing:
+            from orchestrator.run.cli import user_error
+
+            user_error(f"--sizes: {missing} not among the run's proxies ({', '.join(proxies)})")
+        entries = [e for e in entries if e["proxy"].removeprefix("proxy-") in sizes]
+        cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, sizes=tuple(sizes)))
+    P, N = gold.shape
+    cap = float(kl_bon(N))
+    params = [e["proxy_params"] for e in entries]
+    own = [_ln_d(_peak(proxies[e["proxy"]], gold, N)[0], cap) for e in entries]
+    init_ray(cfg.cluster)
+    out = {"run": str(run), "seed": frontier["seed"], "sizes": [e["proxy"] for e in entries], "params": params,
+           "own": {"ln_d": own, "slope": _slope(params, own)}, "factors": {}}
+    for f in which:
+        sets = []
+        for k in range(1, replicates + 1):
+            st = replicate_proxies(cfg, run, f, k, progress)
+            lnd, acc = [], []
+            for e in entries:
+                size = e["proxy"].removeprefix("proxy-")
+                t = pq.read_table(st[size].dir / "bon_scores.parquet").to_pydict()
+                lnd.append(_ln_d(_peak(pool_matrix(t, "score", N), gold, N)[0], cap))
+                acc.append(st[size].meta.get("val_accuracy"))
+            sets.append({"ln_d": lnd, "val_accuracy": acc, "slope": _slope(params, lnd)})
+        allv = np.array([own] + [x["ln_d"] for x in sets])
+        slopes = [out["own"]["slope"]] + [x["slope"] for x in sets]
+        out["factors"][f] = {"replicates": sets, "ln_d_sd": np.std(allv, axis=0, ddof=1).tolist(),
+                             "slope_sd": float(np.std(slopes, ddof=1)) if None not in slopes else None}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bon_power", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs of one config (one per seed)")
     p.add_argument("--bootstrap", type=int, default=200, help="prompt resamples per run (default 200)")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("--factors", default="", metavar="F[,F...]",
+                   help="retrain the proxies with one input redrawn: order, labels, lm (see above)")
+    p.add_argument("--replicates", type=int, default=2, help="replicate sets per factor (default 2)")
+    p.add_argument("--sizes", default="", metavar="S[,S...]",
+                   help="with --factors: only these proxy sizes (default: all of the run's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (log lines only)")
     args = p.parse_args(argv)
+    from orchestrator.run.cli import setup_logging, user_error
+    from orchestrator.run.proxy_factors import FACTORS
+
+    which = [f.strip() for f in args.factors.split(",") if f.strip()]
+    bad = [f for f in which if f not in FACTORS]
+    if bad or args.replicates < 1:
+        user_error(f"--factors: {bad} not among {', '.join(FACTORS)}" if bad else "--replicates must be >= 1")
     res = [analyse(Path(r), args.bootstrap) for r in args.runs]
     summ = summarize(res) if len(res) > 1 else None
     for r in res:
@@ -156,8 +236,25 @@ def main(argv: list[str] | None = None) -> int:
             if s["mean"] is not None:
                 print(f"  slope {q}: mean {s['mean']:+.3f} ± {g(s['se'], '.3f')} (t {g(s['t'], '+.1f')}) "
                       f"over {len(s['per_run'])} runs")
+    fac = []
+    if which:
+        setup_logging()
+        for r, a in zip(args.runs, res):
+            fx = factors(Path(r), which, args.replicates, progress=not args.quiet and sys.stderr.isatty(),
+                         sizes=[z.strip() for z in args.sizes.split(",") if z.strip()] or None)
+            fac.append(fx)
+            sd_pr = [a["sizes"][n]["ln_d_prompts_sd"] for n in fx["sizes"]]
+            print(f"seed {fx['seed']}: s.d. of ln d* per size ({' / '.join(x.removeprefix('proxy-') for x in fx['sizes'])})"
+                  f" and of the size slope, over the run's own proxies and {args.replicates} replicate(s) per factor")
+            sl = "" if fx["own"]["slope"] is None else f"   slope {fx['own']['slope']:+.3f}"
+            print(f"  {'own proxies':24s} ln d* {' '.join(f'{v:6.3f}' for v in fx['own']['ln_d'])}{sl}")
+            print(f"  {'pool (prompts, bootstrap)':24s} s.d.  {' '.join(f'{v:6.3f}' for v in sd_pr)}")
+            for f, d in fx["factors"].items():
+                sl = "" if d["slope_sd"] is None else (
+                    f"   slope s.d. {d['slope_sd']:.3f}   slopes " + " ".join(format(x["slope"], "+.3f") for x in d["replicates"]))
+                print(f"  {f:24s} s.d.  {' '.join(f'{v:6.3f}' for v in d['ln_d_sd'])}{sl}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": res, "summary": summ}, indent=1))
+        Path(args.json).write_text(json.dumps({"runs": res, "summary": summ, "factors": fac}, indent=1))
     return 0
 
 

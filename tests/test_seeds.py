@@ -180,3 +180,78 @@ def test_bon_power_splits_the_spread_of_a_real_run(smoke_run, tmp_path):
         assert s["kl_peak"] == e["fit"]["kl_peak"]  # the job's own fit, recomputed from the pool
         assert s["ln_d_prompts_sd"] >= 0 and s["ln_d_samples_sd"] >= 0
     assert run["size_trend"] == frontier["checks"]["size_trend"]
+
+
+@pytest.mark.slow
+def test_bon_power_factors_retrain_proxies_with_one_input_redrawn(smoke_run, tmp_path, capsys):
+    """``jobs.bon_power --factors order,labels,lm``: each factor's replicate proxies are new cached
+    stages beside the run's own (which stay as they were), each differs from the own proxy of its
+    size in its best-of-n scores, the ``order`` replicates are the very stages ``proxy.seed_members``
+    trains, and a second call trains nothing."""
+    import pyarrow.parquet as pq
+
+    from jobs import bon_power
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.run.pipeline import (
+        _proxy_model,
+        stage_label,
+        stage_lms,
+        stage_sample,
+        stage_seed_members,
+        stage_task,
+    )
+
+    _, smoke_dir, frontier = smoke_run
+    run = tmp_path / "run"  # the factors add stages: a copy, not the session's shared run
+    shutil.copytree(smoke_dir / "stages", run / "stages")
+    for f in ("frontier.json", "config.yaml"):
+        shutil.copy(smoke_dir / f, run / f)
+    before = {d.name: (d / "DONE.json").stat().st_mtime_ns for d in (run / "stages").iterdir()}
+    sizes = ["1x8"]  # one size: four actor processes in all (the slope: test_bon_power_slope_...)
+    out = tmp_path / "f.json"
+    argv = [str(run), "--bootstrap", "5", "--factors", "order,labels,lm", "--replicates", "1",
+            "--sizes", ",".join(sizes), "--json", str(out), "--quiet"]
+    assert bon_power.main(argv) == 0
+    (fx,) = json.loads(out.read_text())["factors"]
+    assert fx["sizes"] == [f"proxy-{s}" for s in sizes] and set(fx["factors"]) == {"order", "labels", "lm"}
+    for d in fx["factors"].values():
+        assert len(d["replicates"]) == 1 and len(d["ln_d_sd"]) == 1 and d["ln_d_sd"][0] >= 0
+        assert d["slope_sd"] is None and d["replicates"][0]["slope"] is None  # one size: no slope
+    printed = capsys.readouterr().out
+    assert all(f"  {f}" in printed for f in ("order", "labels", "lm"))
+    new = {d.name: d for d in (run / "stages").iterdir() if d.name not in before}
+    assert all((run / "stages" / n / "DONE.json").stat().st_mtime_ns == t for n, t in before.items())
+    kinds = sorted(json.loads((d / "DONE.json").read_text())["inputs"]["stage"] for d in new.values())
+    # 3 factors x 1 size of proxies, its LM (the lm factor), 1 label bootstrap
+    assert kinds == ["label-bootstrap", "lm", "proxy", "proxy", "proxy"], kinds
+    own = {json.loads((d / "DONE.json").read_text())["size"]: d for d in (run / "stages").glob("proxy-*")
+           if d.name in before}
+    for d in new.values():
+        meta = json.loads((d / "DONE.json").read_text())
+        if meta["inputs"]["stage"] == "proxy":
+            a = pq.read_table(d / "bon_scores.parquet").column("score").to_pylist()
+            b = pq.read_table(own[meta["size"]] / "bon_scores.parquet").column("score").to_pylist()
+            assert a != b, d.name  # the redrawn input moved the proxy
+        if meta["inputs"]["stage"] == "label-bootstrap":
+            assert meta["distinct_prompts"] < meta["prompts"]  # drawn with replacement
+    # the order replicates are proxy.seed_members' stages: asking for member 1 of 1x8 trains nothing
+    cfg = load(FrontierConfig, run / "config.yaml", ["proxy.seed_members=1", "proxy.seed_member_size=1x8"])
+    task = stage_task(cfg, run)
+    lms = stage_lms(cfg, run, task, {"policy": (cfg.sft.policy, cfg.cluster.learner)}, False)
+    sample = stage_sample(cfg, run, task, lms["policy"], False)
+    label = stage_label(cfg, run, task, sample, False)
+    size_lms = stage_lms(cfg, run, task, {"1x8": (_proxy_model(cfg, "1x8"), cfg.cluster.proxy)}, False)
+    (m1,) = stage_seed_members(cfg, run, task, sample, label, size_lms, False)
+    assert m1.cached and m1.dir.name in new
+    # a second call: every replicate cached, nothing new
+    assert bon_power.main(argv) == 0
+    assert {d.name for d in (run / "stages").iterdir()} == set(before) | set(new)
+
+
+def test_bon_power_slope_is_the_least_squares_slope_on_log_params():
+    """The per-replicate size trend: ln d* = a + b ln(params) recovered exactly; one size has none."""
+    from jobs.bon_power import _slope
+
+    params = [1_000, 10_000, 100_000]
+    assert _slope(params, [0.1 + 0.05 * np.log(p) for p in params]) == pytest.approx(0.05)
+    assert _slope(params, [0.3, 0.2, 0.1]) < 0 and _slope([5_000], [0.4]) is None

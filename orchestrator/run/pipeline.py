@@ -75,10 +75,11 @@ def stage_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
     return run_stage(run_dir, "task", inputs, fn)
 
 
-def _lm_inputs(cfg: FrontierConfig, task: StageResult, model: ModelConfig) -> dict:
+def _lm_inputs(cfg: FrontierConfig, task: StageResult, model: ModelConfig, replicate: int = 0) -> dict:
     recipe = to_dict(cfg.sft)
     recipe.pop("policy")
-    return {"stage": "lm", "v": 1, "task": task.key, "model": to_dict(model), "recipe": recipe, "seed": cfg.seed}
+    return {"stage": "lm", "v": 1, "task": task.key, "model": to_dict(model), "recipe": recipe, "seed": cfg.seed,
+            **({"replicate": replicate} if replicate else {})}
 
 
 def _proxy_model(cfg: FrontierConfig, size: str) -> ModelConfig:
@@ -86,15 +87,18 @@ def _proxy_model(cfg: FrontierConfig, size: str) -> ModelConfig:
 
 
 def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
-              models: dict[str, tuple[ModelConfig, RoleResources]], progress: bool) -> dict[str, StageResult]:
+              models: dict[str, tuple[ModelConfig, RoleResources]], progress: bool,
+              replicate: int = 0) -> dict[str, StageResult]:
     """Causal LMs trained on the demonstrations with the SFT recipe, one cached stage per model.
 
     The policy is one of them (the SFT stage); a proxy of the same architecture starts from the
     very same LM, as Gao et al. (2022) start every proxy from a pretrained model of its size and
     InstructGPT starts its RM from the SFT model. Missing ones train in parallel, largest first,
     each on its role's resources (the policy: ``cluster.learner``; proxies' LMs: ``cluster.proxy``).
+    ``replicate`` k > 0: the same LMs from another initialization and demonstration order (seed
+    stream ``sft/r<k>``; ``jobs.bon_power --factors lm``), never the job's own.
     """
-    stages = {name: stage(run_dir, "sft", _lm_inputs(cfg, task, m)) for name, (m, _) in models.items()}
+    stages = {name: stage(run_dir, "sft", _lm_inputs(cfg, task, m, replicate)) for name, (m, _) in models.items()}
     out = {name: cached(st) for name, st in stages.items() if st.done}
     first: dict[str, str] = {}  # one run per distinct LM; the first name (the policy) picks resources
     for name, st in stages.items():
@@ -111,7 +115,7 @@ def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
         tmp = begin(st)
         model, resources = models[name]
         grp = ActorGroup(PolicyLearner, resources, str(task.dir / "tokenizer"), asdict(model),
-                         stream(cfg.seed, "sft"), replicas=1, progress=True)
+                         stream(cfg.seed, f"sft/r{replicate}" if replicate else "sft"), replicas=1, progress=True)
         tr = grp.one("sft", pairs, cfg.sft.steps, cfg.sft.sequences_per_step, cfg.sft.lr)
         calls[grp.one("save", str(tmp / "policy"))] = (name, grp, tr)
     poll = {f"lm-{models[n][0].size}": g.actors[0] for n, g, _ in calls.values()}
