@@ -204,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bars (log lines only)")
     args = p.parse_args(argv)
     from orchestrator.run.cli import setup_logging, user_error
-    from orchestrator.run.proxy_factors import FACTORS
 
     which = [f.strip() for f in args.factors.split(",") if f.strip()]
-    bad = [f for f in which if f not in FACTORS]
-    if bad or args.replicates < 1:
-        user_error(f"--factors: {bad} not among {', '.join(FACTORS)}" if bad else "--replicates must be >= 1")
+    if which:  # the retraining path imports the pipeline (torch, transformers): only when asked
+        from orchestrator.run.proxy_factors import FACTORS
+
+        bad = [f for f in which if f not in FACTORS]
+        if bad or args.replicates < 1:
+            user_error(f"--factors: {bad} not among {', '.join(FACTORS)}" if bad else "--replicates must be >= 1")
     res = [analyse(Path(r), args.bootstrap) for r in args.runs]
     summ = summarize(res) if len(res) > 1 else None
     for r in res:
