@@ -1,6 +1,6 @@
 """Ray Jobs end to end, as an operator runs them (cluster-operations issue): a head started with
-``cluster/start_local_head.sh`` (token auth on, dashboard on 127.0.0.1), the smoke profile's
-ensemble trial submitted with ``ray job submit``, stopped with ``ray job stop`` mid-RL and resubmitted with
+``cluster/start_local_head.sh`` (token auth on, dashboard on 127.0.0.1), the smoke profile's beta-0
+cells submitted with ``ray job submit``, stopped with ``ray job stop`` mid-RL and resubmitted with
 ``--resume`` and ``cluster/runtime_env.yaml``: same final metrics as the uninterrupted run.
 Also: a client without the token is refused, the dashboard does not answer on the machine's
 other addresses, and a secret in the cluster's environment never reaches a run directory or log.
@@ -26,8 +26,8 @@ from orchestrator.run.pipeline import run_frontier
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/smoke.yaml"
-# the smoke sweep's ensemble trial alone (one trial, not three), logged to wandb
-OVER = ["sweep.wandb=true", "sweep.kl_coefs=[0.0]", "rl.sizes=[]"]
+# the smoke sweep's beta-0 cells (two trials, not three), logged to wandb
+OVER = ["sweep.wandb=true", "sweep.kl_coefs=[0.0]"]
 CANARY = "canary-" + os.urandom(8).hex()  # a "secret" in the cluster's environment (not in this file)
 
 
@@ -104,13 +104,13 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     # the smoke run's finished stages and RL trials (the session already built them; a trial's
     # directory does not depend on the sweep's other cells): a is the uninterrupted reference --
-    # only its report runs, in this process -- and job b runs the sweep's ensemble trial again, cut
-    # and resumed
+    # only its report runs, in this process -- and job b runs the sweep's beta-0 cells (the single
+    # proxy and the ensemble) again, cut and resumed
     a.mkdir()
     shutil.copytree(smoke_run[1] / "stages", a / "stages", ignore=shutil.ignore_patterns("*.tmp"))
     shutil.copytree(smoke_run[1] / "rl", a / "rl", ignore=shutil.ignore_patterns("*.tmp"))
     frontier = run_frontier(load(FrontierConfig, SMOKE, OVER), a, progress=False)
-    assert [e["trial"] for e in frontier["rl"]] == ["ensemble-wco"]
+    assert sorted(e["trial"] for e in frontier["rl"]) == ["ensemble-wco", "proxy-1x8-kl0"]
 
     # auth stays on: a client shell without the token is refused
     no_token = {**env, "RAY_AUTH_MODE": "disabled"}
@@ -126,7 +126,7 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
 
     client = _client(addr, monkeypatch)
 
-    # 1. the smoke profile's ensemble trial as a Ray job (slowed, wall time only) on the same
+    # 1. the smoke profile's beta-0 cells as a Ray job (trials slowed, wall time only) on the same
     #    stages, stopped mid-RL
     b.mkdir()
     shutil.copytree(a / "stages", b / "stages")  # not the trials: they run
@@ -152,8 +152,9 @@ def test_ray_jobs_submit_stop_resume(head, smoke_run, tmp_path, monkeypatch):
     assert "restoring the Tune experiment" in logs or "resumed from" in logs, logs[-4000:]
     summary = json.loads(logs.strip().splitlines()[-1])  # the job's last line: its summary
     assert summary["run_dir"] == str(b) and (b / "report.html").is_file()
-    refs = [ref for ref in a.glob("rl/*/DONE.json") if ref.parent.name.rsplit("-", 1)[0] == "ensemble-wco"]
-    assert len(refs) == 1 and sorted(x.name for x in (b / "rl").iterdir()) == [refs[0].parent.name]
+    refs = [ref for ref in a.glob("rl/*/DONE.json") if ref.parent.name.rsplit("-", 1)[0] in ("ensemble-wco",
+                                                                                              "proxy-1x8-kl0")]
+    assert len(refs) == 2
     for ref in refs:
         got = json.loads((b / "rl" / ref.parent.name / "DONE.json").read_text())
         assert got["points"] == json.loads(ref.read_text())["points"], ref.parent.name
