@@ -89,12 +89,13 @@ def test_main_job_as_typed_stops_at_an_error_no_retry_can_fix_then_finishes(smok
     assert p.returncode == 2, err[-3000:]
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: sweep trial proxy-") and "another reference policy" in line, err[-3000:]
-    # the cause reached the user twice -- the trial's log line, the job's error line -- and never in a
-    # traceback of a failed (and retried) trial
-    assert err.count("trained from another reference policy") == 2, err[-3000:]
+    # the cause reached the user in the job's error line -- and the trial's own log line when Ray
+    # forwards it before the job exits (asynchronous: seen missing once in ~10 runs) -- and never in a
+    # traceback of a failed (and retried) trial; the trial recorded it in FATAL.json
+    assert 1 <= err.count("trained from another reference policy") <= 2, err[-3000:]
     assert "RayTaskError" not in err and "Failure # 1" not in err, err[-3000:]
     fatal = json.loads((trial / "FATAL.json").read_text())
-    assert fatal["type"] == "ConfigError"
+    assert fatal["type"] == "ConfigError" and "trained from another reference policy" in fatal["message"]
     assert list((run / "tune").glob("sweep.stopped-*")), "the stopped experiment is set aside"
     assert not (run / "frontier.json").exists()
     assert sorted(x.name for x in (trial / "checkpoints").iterdir()) == [x.name for x in last[:-1]]
