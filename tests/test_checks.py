@@ -697,3 +697,31 @@ def test_seeds_pool_the_size_law_slopes():
 
     iv = _ivw({"0": {"slope": 0.1, "se": 0.1}, "1": {"slope": 0.2, "se": 0.05}, "2": {"slope": 0.3, "se": 0.1}})
     assert iv["mean"] == pytest.approx(float(w @ [0.1, 0.2, 0.3] / w.sum())) and iv["se"] == pytest.approx(w.sum() ** -0.5)
+
+
+def test_seeds_for_t2_is_the_power_of_a_pooled_mean():
+    """The power statement beside every pooled finding: with the measured effect and spread over
+    seeds, m seeds give an expected t of mean * sqrt(m) / sd; the number printed is the smallest m
+    where that reaches 2 + z_0.8, and a simulation at that m shows t > 2 in about 80% of draws."""
+    from orchestrator.report.seeds import TRENDS, aggregate, seeds_for_t
+
+    # per-seed effects 1, 2, 3: mean 2, sd 1 -> ((2 + 0.8416) * 1 / 2)^2 = 2.02 -> 3 seeds
+    assert seeds_for_t(2.0, 1 / math.sqrt(3), 3) == 3
+    assert seeds_for_t(-0.1, 0.05, 3) is None and seeds_for_t(0.0, 0.05, 3) is None
+    assert seeds_for_t(0.1, None, 1) is None
+    m = seeds_for_t(0.02, 0.045 / math.sqrt(3), 3)
+    assert 0.02 * math.sqrt(m) / 0.045 >= 2.8416 > 0.02 * math.sqrt(m - 1) / 0.045
+    rng = np.random.default_rng(0)
+    draws = rng.normal(0.02, 0.045, (20000, m))
+    t = draws.mean(1) / (draws.std(1, ddof=1) / math.sqrt(m))
+    assert 0.75 < float(np.mean(t > 2)) < 0.9  # the t distribution's tails at m ~ 40: close to normal
+
+    def run(seed, b):
+        trend = {"slope": b, "se": 0.01}
+        return {"seed": seed, "dir": f"r{seed}", "config": {}, "frontier": {"checks": {
+            "size_trend": {"d_peak": trend, "gold_peak": trend}}}}
+
+    agg = aggregate([run(0, 1.0), run(1, 2.0), run(2, 3.0)])
+    assert agg["effects"][list(TRENDS)[0]]["seeds_for_t2"] == 3
+    agg = aggregate([run(0, -1.0), run(1, 0.5), run(2, 0.2)])
+    assert agg["effects"][list(TRENDS)[0]]["seeds_for_t2"] is None

@@ -7,7 +7,10 @@ for every boolean check, the seeds it holds in; the per-seed numbers behind the 
 those estimates averaged over seeds (mean, standard error), with the Spearman correlation of the
 means against proxy size -- the pooled view the per-seed checks cannot give. The RL findings are
 also given as signed effect sizes per seed (``_rl_effects``: > 0 where the check holds) with their
-mean, standard error and t over seeds: how far a finding holds, not only whether.
+mean, standard error and t over seeds: how far a finding holds, not only whether -- and the power
+statement that goes with it (``seeds_for_t``): how many seeds the measured effect and spread need
+for t > 2 with 80% probability, so a finding that misses t > 2 on three seeds says whether it is
+absent or only underpowered.
 """
 
 from __future__ import annotations
@@ -129,6 +132,19 @@ def _ivw(per_seed: dict[str, dict]) -> dict | None:
     return {"mean": m, "se": se, "z": m / se, "n": len(got)}
 
 
+def seeds_for_t(mean: float | None, se: float | None, n: int, t: float = 2.0, power: float = 0.8) -> int | None:
+    """How many seeds a pooled mean needs for ``t`` (mean / s.e. over seeds) to exceed ``t`` with
+    probability ``power``, if the effect and the spread over seeds are what ``n`` seeds measured:
+    the smallest m with mean * sqrt(m) / sd >= t + z_power (normal approximation; z_0.8 = 0.84).
+    None where the measured mean is not positive (no number of seeds would show it) or n < 2."""
+    if mean is None or se is None or n < 2 or not mean > 0:
+        return None
+    from statistics import NormalDist
+
+    sd = se * math.sqrt(n)
+    return max(2, math.ceil(((t + NormalDist().inv_cdf(power)) * sd / mean) ** 2))
+
+
 def _get(d: dict, path: tuple, scale: float = 1):
     for k in path:
         if not isinstance(d, dict) or k not in d:
@@ -227,6 +243,7 @@ def aggregate(runs: list[dict]) -> dict:
         effects[label] = {"per_seed": vals, **_mean_se(got), "positive_in": sum(v > 0 for v in got)}
         st = effects[label]
         st["t"] = st["mean"] / st["se"] if st["se"] else None  # mean over its standard error across seeds
+        st["seeds_for_t2"] = seeds_for_t(st["mean"], st["se"], st["n"])
     pooled: dict = {}
     for kind in ("bon", "rl"):
         sizes: dict[str, dict] = {}
@@ -324,13 +341,16 @@ def markdown(agg: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if agg.get("effects"):
         lines += ["", "## Findings as effect sizes (> 0 where the finding holds)", "",
-                  "| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± s.e. | t | > 0 in |",
-                  "|---|" + "---|" * (len(seeds) + 3)]
+                  "| | " + " | ".join(f"seed {s}" for s in seeds)
+                  + " | mean ± s.e. | t | > 0 in | seeds for t > 2 (80% power) |",
+                  "|---|" + "---|" * (len(seeds) + 4)]
         for label, e in agg["effects"].items():
             cells = ["-" if e["per_seed"].get(str(s)) is None else f"{e['per_seed'][str(s)]:+.3f}" for s in seeds]
             ms = "-" if e["mean"] is None else f"{e['mean']:+.3f}" + (f" ± {e['se']:.3f}" if e["se"] else "")
             t = "-" if e["t"] is None else f"{e['t']:+.1f}"
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {ms} | {t} | {e['positive_in']} of {e['n']} |")
+            need = e.get("seeds_for_t2")
+            need = "-" if need is None else str(need)
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {ms} | {t} | {e['positive_in']} of {e['n']} | {need} |")
     for kind, p in agg["pooled"].items():
         lines += ["", f"## {'Best-of-n' if kind == 'bon' else 'RL (no penalty)'}: fitted peaks over seeds", "",
                   "| proxy | params | peak KL: mean ± s.e. (median) | peak gold: mean ± s.e. (median) |",
