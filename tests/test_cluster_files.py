@@ -215,12 +215,11 @@ def test_rayjob_finishes_and_cleans_up():
 
 
 def test_gpu_config_is_the_default_experiment():
-    """cluster-gpu.yaml changes the hardware (cluster) and the sweep's breadth, not the science: it
-    is full.yaml's experiment (the default is that experiment cut to 10 minutes on 2 CPU cores)."""
-    gpu, full = to_dict(_job_config()), to_dict(load(FrontierConfig, ROOT / "jobs/configs/full.yaml"))
-    for key in full:
+    """cluster-gpu.yaml changes the hardware (cluster) and the sweep's breadth, not the science."""
+    gpu, default = to_dict(_job_config()), to_dict(load(FrontierConfig, ROOT / "jobs/configs/default.yaml"))
+    for key in default:
         if key not in ("cluster", "sweep"):
-            assert gpu[key] == full[key], f"{key} differs from full.yaml"
+            assert gpu[key] == default[key], f"{key} differs from default.yaml"
 
 
 # --------------------------------------------------------------------------------------------
