@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     for label in S.TRENDS:  # finding 3 pooled over seeds: one run cannot settle it (README, "the size law")
         e = agg["effects"].get(label) or {}
         if e.get("mean") is not None and e.get("t") is not None:
+            need = e.get("seeds_for_t2")
+            power = ("" if e["t"] > 2 else "; its mean is <= 0, so more seeds would not show it" if need is None
+                     else f"; {need} seeds would show it at 80% power if the effect is what these measured")
             print(f"{label}: {e['mean']:+.3f} ± {e['se']:.3f} over {e['n']} seeds, t {e['t']:+.1f} "
-                  f"({'holds' if e['t'] > 2 else 'not shown'} at t > 2; > 0 in {e['positive_in']} of {e['n']})")
+                  f"({'holds' if e['t'] > 2 else 'not shown'} at t > 2; > 0 in {e['positive_in']} of {e['n']}{power})")
     print(f"report: {paths['html']}")
     return 0
 

@@ -723,5 +723,10 @@ def test_seeds_for_t2_is_the_power_of_a_pooled_mean():
 
     agg = aggregate([run(0, 1.0), run(1, 2.0), run(2, 3.0)])
     assert agg["effects"][list(TRENDS)[0]]["seeds_for_t2"] == 3
+    from orchestrator.report.seeds import markdown
+
+    md = markdown(agg)
+    assert "seeds for t > 2 (80% power) |" in md
+    assert f"| {list(TRENDS)[0]} | +1.000 | +2.000 | +3.000 | +2.000 ± 0.577 | +3.5 | 3 of 3 | 3 |" in md
     agg = aggregate([run(0, -1.0), run(1, 0.5), run(2, 0.2)])
     assert agg["effects"][list(TRENDS)[0]]["seeds_for_t2"] is None
