@@ -167,3 +167,14 @@ def test_resources_the_cluster_lacks():
     cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", ["cluster.learner.num_gpus=1"])
     with pytest.raises(ConfigError, match="cluster.learner.num_gpus"):
         validate_resources(cfg, {"CPU": 2.0})
+
+
+def test_quick_profile_is_the_default_with_its_four_cuts():
+    """quick.yaml is default.yaml at about half the compute: it differs in exactly the keys its header
+    names (SFT steps, RL steps, the KL coefficients, the late-evaluation schedule it no longer
+    reaches), so a change to the default cannot leave the profile measuring something else."""
+    default = _leaves(load(FrontierConfig, "jobs/configs/default.yaml"))
+    quick = _leaves(load(FrontierConfig, "jobs/configs/quick.yaml"))
+    diff = sorted(k for k in default if default[k] != quick[k])
+    assert diff == ["rl.eval_every_late", "rl.eval_late_from", "rl.steps", "sft.steps", "sweep.kl_coefs"], diff
+    assert (quick["sft.steps"], quick["rl.steps"], quick["sweep.kl_coefs"]) == (750, 40, [0.0, 0.1])

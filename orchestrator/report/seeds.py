@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -139,8 +140,6 @@ def seeds_for_t(mean: float | None, se: float | None, n: int, t: float = 2.0, po
     None where the measured mean is not positive (no number of seeds would show it) or n < 2."""
     if mean is None or se is None or n < 2 or not mean > 0:
         return None
-    from statistics import NormalDist
-
     sd = se * math.sqrt(n)
     return max(2, math.ceil(((t + NormalDist().inv_cdf(power)) * sd / mean) ** 2))
 
