@@ -21,22 +21,21 @@ from safetensors.torch import load_file, save_file
 from orchestrator.config.schema import ModelConfig
 from orchestrator.data.batch import RolloutBatch
 from orchestrator.math import rl as R
-from orchestrator.nn.models import (
-    build_policy,
-    encode_pair,
-    encode_prompt,
-    load_tokenizer,
-    n_params,
-    pad_right,
-    set_threads,
-)
+from orchestrator.nn.codec import load_codec
+from orchestrator.nn.models import build_policy, n_params, pad_right, set_threads
 from orchestrator.nn.sampling import response_forward
 
 
 class PolicyLearner:
-    def __init__(self, tokenizer_dir: str, model: dict, seed: int, num_cpus: float = 1.0):
+    def __init__(self, tokenizer_dir: str, model: dict, seed: int, num_cpus: float = 1.0,
+                 chat_template: str = "auto"):
+        """``model``: a ``ModelConfig`` as a dict; with ``path`` the policy and its own tokenizer
+        (and chat template, unless ``chat_template`` is ``none``) load from there, else the policy is
+        built from config over the task's tokenizer in ``tokenizer_dir``."""
         self.threads = set_threads(num_cpus)
-        self.tok = load_tokenizer(tokenizer_dir)
+        self.chat_template = chat_template
+        self.codec = load_codec(model.get("path") or tokenizer_dir, chat_template)
+        self.tok = self.codec.tok
         self.seed = seed
         self.model = build_policy(ModelConfig(**model), self.tok, seed)
         self.value_head: torch.nn.Linear | None = None
@@ -66,7 +65,10 @@ class PolicyLearner:
         torch.set_num_threads(self.threads)  # per calling thread under OpenMP (a threaded actor's pool)
         torch.manual_seed(self.seed)
         rng = random.Random(self.seed)
-        enc = [(len(encode_prompt(self.tok, p)), encode_pair(self.tok, p, r)) for p, r in pairs]
+        if steps == 0:  # sft.steps 0: the policy as it is
+            return {"loss_first": None, "loss_last": None, "seconds": time.perf_counter() - t0, "tokens_per_s": 0.0,
+                    "steps": 0, "params": self.n_params()}
+        enc = [(len(self.codec.prompt(p)), self.codec.sequence(p, r)) for p, r in pairs]
         self._progress = {"what": "sft step", "done": 0, "total": steps}
         opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
         warm = max(1, steps // 20)
@@ -77,7 +79,7 @@ class PolicyLearner:
         losses, tokens = [], 0
         for step in range(steps):
             idx = next(batches)
-            ids, mask = pad_right([enc[i][1] for i in idx], self.tok.pad_token_id)
+            ids, mask = pad_right([enc[i][1] for i in idx], self.codec.pad_id)
             labels = ids.clone()
             labels[mask == 0] = -100
             for row, i in enumerate(idx):
@@ -121,7 +123,7 @@ class PolicyLearner:
     def save(self, out_dir: str) -> str:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out_dir)
-        self.tok.save_pretrained(out_dir)
+        self.codec.save(out_dir)
         return out_dir
 
     # ------------------------------------------------------------------------------------------
@@ -129,6 +131,8 @@ class PolicyLearner:
 
     def reset(self, policy_dir: str) -> None:
         """Reload the policy from ``policy_dir`` and drop any RL state (an RL slot's next run)."""
+        self.codec = load_codec(policy_dir, self.chat_template)
+        self.tok = self.codec.tok
         self.model = build_policy(ModelConfig(path=policy_dir), self.tok, self.seed)
         self.value_head, self.opt, self.version = None, None, 0
 
@@ -137,7 +141,7 @@ class PolicyLearner:
         ``AutoModelForCausalLMWithValueHead``) and AdamW over everything trained. Returns params."""
         torch.manual_seed(seed)
         if value_head:
-            self.value_head = torch.nn.Linear(self.model.config.n_embd, 1)
+            self.value_head = torch.nn.Linear(self.model.config.get_text_config().hidden_size, 1)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
         params = list(self.model.parameters()) + (list(self.value_head.parameters()) if self.value_head else [])
@@ -151,7 +155,7 @@ class PolicyLearner:
         t = int(mask.sum(1).max())
         with torch.set_grad_enabled(grad):
             logp, logits, h = response_forward(self.model, [batch.prompt_ids[i] for i in rows],
-                                               batch.response_ids[rows, :t], mask[:, :t], self.tok.pad_token_id,
+                                               batch.response_ids[rows, :t], mask[:, :t], self.codec.pad_id,
                                                temperature, hidden=self.value_head is not None)
             values = self.value_head(h).squeeze(-1) * mask[:, :t] if self.value_head is not None else None
         return logp, logits, values, mask[:, :t], t

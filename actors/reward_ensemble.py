@@ -74,9 +74,14 @@ def _drill(role: str, name: str, calls: dict) -> str:
 
 
 class RewardEnsemble:
-    def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0):
+    def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0,
+                 chat_template: str = "auto"):
         """members: ``{"name", "kind": "oracle"}`` or ``{"name", "kind": "hf", "size" | "path", "seed",
-        "norm": (shift, scale) (optional)}``."""
+        "norm": (shift, scale) (optional), "head": "new" | "trained"}``. An ``hf`` member loaded by
+        path reads text through the tokenizer saved there (its own codec: tokenizer, chat template
+        unless ``chat_template`` is ``none``, pad / eos), a member built from ``size`` through the
+        task's tokenizer in ``tokenizer_dir``. ``head: trained`` (gold RMs, trained proxies) requires
+        the checkpoint's one-label score head; ``new`` (default) adds one to a causal LM."""
         if role not in ("proxy", "gold"):
             raise ValueError(f"role {role!r} must be 'proxy' or 'gold'")
         if not members:
@@ -87,7 +92,7 @@ class RewardEnsemble:
         else:
             self.threads = max(1, int(num_cpus))
             torch.set_num_threads(self.threads)
-        self.tok = _hf().load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        self.tokenizer_dir, self.chat_template = tokenizer_dir, chat_template
         self._calls: dict[str, int] = {}
         self._progress: dict = {}
         self.set_members(members)
@@ -113,20 +118,40 @@ class RewardEnsemble:
         # run's proxy member: its mean and std on the SFT policy's samples)
         self.norms = [tuple(m.get("norm", (0.0, 1.0))) for m in members]
         self.members: list = []
+        self.codecs: list = []
         for m in members:
             if m["kind"] == "oracle":
                 self.members.append("oracle")
+                self.codecs.append(None)
             elif m["kind"] == "hf":
+                from orchestrator.nn.codec import (
+                    has_tokenizer,
+                    load_codec,
+                    max_positions,
+                )
+
                 if m.get("path"):
                     torch.manual_seed(m.get("seed", 0))  # a causal LM's checkpoint has no score head yet
                     from transformers import AutoModelForSequenceClassification
 
-                    model = AutoModelForSequenceClassification.from_pretrained(m["path"], num_labels=1)
+                    if m.get("head") == "trained":
+                        model = AutoModelForSequenceClassification.from_pretrained(m["path"])
+                        if model.config.num_labels != 1:
+                            raise ValueError(f"member {m['name']}: {m['path']} has a {model.config.num_labels}-label "
+                                             "head; a reward model needs one label")
+                    else:
+                        model = AutoModelForSequenceClassification.from_pretrained(m["path"], num_labels=1)
+                    src = m["path"] if has_tokenizer(m["path"]) else self.tokenizer_dir
                 else:
+                    src = self.tokenizer_dir
                     model = _hf().build_reward_model(ModelConfig(size=m["size"], n_head=m.get("n_head", 4),
-                                                           n_positions=m.get("n_positions", 96)),
-                                               self.tok, m.get("seed", 0))
+                                                                 n_positions=m.get("n_positions", 96)),
+                                                     load_codec(src).tok, m.get("seed", 0))
+                codec = load_codec(src, self.chat_template, max_positions(model.config))
+                if model.config.pad_token_id is None:  # the score is read at the last non-pad token
+                    model.config.pad_token_id = codec.pad_id
                 self.members.append(model.eval())
+                self.codecs.append(codec)
             else:
                 raise ValueError(f"member {m['name']}: unknown kind {m['kind']!r}")
         return self.names
@@ -136,12 +161,12 @@ class RewardEnsemble:
 
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _rm_scores(self, model, seqs: list[list[int]], batch: int = 1024) -> np.ndarray:
+    def _rm_scores(self, model, seqs: list[list[int]], pad_id: int, batch: int = 1024) -> np.ndarray:
         out = []
         order = np.argsort([len(s) for s in seqs])  # similar lengths together: less padding
         for i in range(0, len(seqs), batch):
             idx = order[i: i + batch]
-            ids, mask = _hf().pad_right([seqs[j] for j in idx], self.tok.pad_token_id)
+            ids, mask = _hf().pad_right([seqs[j] for j in idx], pad_id)
             out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float().numpy())
         res = np.empty(len(seqs), np.float64)
         res[order] = np.concatenate(out) if out else np.zeros(0)
@@ -155,7 +180,7 @@ class RewardEnsemble:
         b = len(rows["response"])
         values = np.zeros((b, len(self.members)))
         principles: dict[str, np.ndarray] = {}
-        seqs = None
+        seqs: dict[str, list] = {}  # per codec: members sharing a tokenizer encode the texts once
         for j, m in enumerate(self.members):
             name = self.names[j]
             try:
@@ -166,10 +191,11 @@ class RewardEnsemble:
                     for p in PRINCIPLES:
                         principles[p] = np.array([x[p] for x in res])
                 else:
-                    if seqs is None:
-                        seqs = [_hf().encode_pair(self.tok, p, r) for p, r in zip(rows["prompt"], rows["response"])]
+                    c = self.codecs[j]
+                    if c.key not in seqs:
+                        seqs[c.key] = [c.score_input(p, r) for p, r in zip(rows["prompt"], rows["response"])]
                     shift, scale = self.norms[j]
-                    values[:, j] = (self._rm_scores(m, seqs) - shift) / scale
+                    values[:, j] = (self._rm_scores(m, seqs[c.key], c.pad_id) - shift) / scale
                 if drill == "nan":
                     values[len(values) // 2, j] = np.nan
             except Exception as e:
@@ -201,7 +227,6 @@ class RewardEnsemble:
         encoded once per step however many pairs it is in (4 responses -> 6 pairs, 4 forwards).
         """
         torch.set_num_threads(self.threads)  # per calling thread under OpenMP (a threaded actor's pool)
-        seqs = [_hf().encode_pair(self.tok, p, r) for p, r in data["texts"]]
         a, b = np.asarray(data["a"]), np.asarray(data["b"])
         p_a, val = np.asarray(data["p_a"], float), np.asarray(data["val"], bool)
         group = np.asarray(data["group"])
@@ -209,12 +234,14 @@ class RewardEnsemble:
         by_group: dict[int, list[int]] = {}
         for i in np.flatnonzero(~val):
             by_group.setdefault(int(group[i]), []).append(int(i))
-        group_len = {g: max(len(seqs[x]) for i in idx for x in (a[i], b[i])) for g, idx in by_group.items()}
         stats = {}
         done_before = 0  # steps of the members trained before this one
         for j, (name, m) in enumerate(zip(self.names, self.members)):
             if m == "oracle":
                 continue
+            codec = self.codecs[j]
+            seqs = [codec.score_input(p, r) for p, r in data["texts"]]
+            group_len = {g: max(len(seqs[x]) for i in idx for x in (a[i], b[i])) for g, idx in by_group.items()}
             t0 = time.perf_counter()
             torch.manual_seed(seed + j)
             rng = random.Random(seed + j)
@@ -231,7 +258,7 @@ class RewardEnsemble:
                     pairs = [i for g in step_groups for i in by_group[g]]
                     uniq = sorted(set(a[pairs].tolist()) | set(b[pairs].tolist()))
                     where = {u: k for k, u in enumerate(uniq)}
-                    ids, mask = _hf().pad_right([seqs[u] for u in uniq], self.tok.pad_token_id)
+                    ids, mask = _hf().pad_right([seqs[u] for u in uniq], codec.pad_id)
                     r = m(input_ids=ids, attention_mask=mask).logits[:, 0]
                     ia = torch.tensor([where[x] for x in a[pairs].tolist()])
                     ib = torch.tensor([where[x] for x in b[pairs].tolist()])
@@ -249,7 +276,7 @@ class RewardEnsemble:
             st = {"seconds": time.perf_counter() - t0, "loss_last": float(np.mean(losses[-20:])),
                   "steps": total, "params": _hf().n_params(m)}
             if val.any():
-                r = self._rm_scores(m, seqs)
+                r = self._rm_scores(m, seqs, codec.pad_id)
                 ra, rb, pv = r[a[val]], r[b[val]], p_a[val]
                 st["val_accuracy"] = pair_accuracy(ra, rb, pv)
                 hard = pv != 0.5
@@ -260,10 +287,10 @@ class RewardEnsemble:
 
     def save(self, out_dir: str) -> dict[str, str]:
         paths = {}
-        for name, m in zip(self.names, self.members):
+        for name, m, c in zip(self.names, self.members, self.codecs):
             if m != "oracle":
                 d = Path(out_dir) / name
                 m.save_pretrained(d)
-                self.tok.save_pretrained(d)
+                c.save(d)
                 paths[name] = str(d)
         return paths

@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from orchestrator.data.batch import RolloutBatch
-from orchestrator.nn.models import encode_prompt, load_tokenizer, set_threads
+from orchestrator.nn.codec import load_codec
+from orchestrator.nn.models import set_threads
 from orchestrator.nn.sampling import response_logprobs, sample
 
 
@@ -39,7 +40,7 @@ class RolloutGenerator:
         """Start over from ``policy_dir`` (policy = reference, version 0); cheap when it is the one
         already loaded (the policy is copied from the untouched reference)."""
         if policy_dir != self.policy_dir:
-            self.tok = load_tokenizer(policy_dir)
+            self.codec = load_codec(policy_dir)  # the policy's own tokenizer and template, as saved with it
             self.policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
             self.ref = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
             for p in self.ref.parameters():
@@ -79,15 +80,14 @@ class RolloutGenerator:
             self._die_after -= 1
             if self._die_after < 0:
                 os.kill(os.getpid(), signal.SIGKILL)
-        enc = [encode_prompt(self.tok, p) for p in prompts]
+        enc = [self.codec.prompt(p) for p in prompts]
         rows = [e for e in enc for _ in range(n)]
-        ids, mask, lps = sample(self.policy, rows, max_new_tokens, temperature, self.tok.eos_token_id,
-                                self.tok.pad_token_id, g, fast=fast)
-        pad = self.tok.pad_token_id
+        pad = self.codec.pad_id
+        ids, mask, lps = sample(self.policy, rows, max_new_tokens, temperature, self.codec.eos_id, pad, g, fast=fast)
         ref = response_logprobs(self.ref, rows, ids, mask, pad, temperature) if with_ref else None
         if recompute:
             lps = response_logprobs(self.policy, rows, ids, mask, pad, temperature)
-        texts = self.tok.batch_decode([r[m.bool()].tolist() for r, m in zip(ids, mask)], skip_special_tokens=True)
+        texts = self.codec.decode([r[m.bool()].tolist() for r, m in zip(ids, mask)])
         return RolloutBatch(prompt_index=np.repeat(np.arange(len(prompts)), n), response_ids=ids,
                             response_mask=mask, logprobs=lps, ref_logprobs=ref, texts=texts,
                             prompt_ids=rows, policy_version=self.version)

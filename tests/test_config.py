@@ -93,7 +93,7 @@ def test_overrides_apply_and_parse_types():
 @pytest.mark.parametrize("overrides, key", [
     (["sft.stepz=3"], "sft.stepz"),
     (["bogus=1"], "bogus"),
-    (["sft.steps=0"], "sft.steps"),
+    (["sft.steps=-1"], "sft.steps"),
     (["sft.steps=abc"], "sft.steps"),
     (["sft.lr=-1"], "sft.lr"),
     (["sample.bon_responses_per_prompt=8", "bon.n_max=16"], "bon.n_max"),

@@ -68,6 +68,87 @@ class ModelConfig:
         return _parse_size(self.size, "size")[1]
 
 
+def model_key(ref: str) -> str:
+    """The name a model reference goes by in stage, trial and report names: the last part of its
+    path or hub id (``EleutherAI/pythia-70m`` -> ``pythia-70m``; ``tiny:llama-2x32`` -> ``llama-2x32``)."""
+    import re
+
+    tail = ref.removeprefix("tiny:").rstrip("/").split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", tail) or "model"
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Prompts from a dataset (``task.name: dataset``): a local parquet / jsonl / csv file or a hub id."""
+
+    path: str = ""
+    """A local file (``.parquet``, ``.jsonl``/``.json``, ``.csv``), a hub dataset id, or ``tiny:prompts``."""
+    split: str = "train"
+    """The split read (hub ids and local files alike: a local file is split ``train``)."""
+    prompt_column: str = "prompt"
+    """The column holding the prompt text."""
+    eval_fraction: float = 0.1
+    """Share of the prompts held out (drawn by seed): the best-of-n pool and the RL evaluation come
+    from them, labelling and RL training from the rest."""
+    chat_template: str = "auto"
+    """``auto``: every model whose tokenizer has a chat template reads prompts through it (the
+    policy generates after the user turn; RMs score the two-turn conversation); ``none``: plain text."""
+    max_prompt_tokens: int = 0
+    """Prompts longer than this (in the policy's tokens, template included) are dropped and counted;
+    0 = the policy's context minus the longest response."""
+
+    def __post_init__(self):
+        _check(0.0 < self.eval_fraction < 1.0, "eval_fraction", f"{self.eval_fraction} must be in (0, 1)")
+        _check(self.chat_template in ("auto", "none"), "chat_template", f"{self.chat_template!r} must be auto or none")
+        _check(self.max_prompt_tokens >= 0, "max_prompt_tokens", f"{self.max_prompt_tokens} must be >= 0")
+        _check(bool(self.prompt_column), "prompt_column", "must name a column")
+
+
+@dataclass(frozen=True)
+class DemoDatasetConfig:
+    """Demonstrations for SFT from a dataset (``sft.dataset``)."""
+
+    path: str = ""
+    """A local file or hub id (``tiny:demos`` for the tiny profile); empty = none."""
+    split: str = "train"
+    """The split read."""
+    prompt_column: str = "prompt"
+    """The prompt column."""
+    response_column: str = "response"
+    """The demonstration column."""
+
+
+@dataclass(frozen=True)
+class PreferenceDatasetConfig:
+    """Human (or any) preference labels from a dataset (``label.source: dataset``)."""
+
+    path: str = ""
+    """A local file or hub id (``tiny:preferences`` for the tiny profile)."""
+    split: str = "train"
+    """The split read."""
+    prompt_column: str = "prompt"
+    """The prompt column."""
+    chosen_column: str = "chosen"
+    """The preferred response."""
+    rejected_column: str = "rejected"
+    """The other response."""
+
+
+@dataclass(frozen=True)
+class GoldConfig:
+    """The gold reward: the task's oracle (synthetic) or an ensemble of reward models."""
+
+    models: tuple[str, ...] = ()
+    """Sequence-classification RMs with a one-label head (local paths, hub ids or ``tiny:ARCH-LxW-rm``),
+    each scored through its own tokenizer and template; gold = their mean. Empty = the synthetic
+    task's oracle (a dataset task needs at least one)."""
+
+    def __post_init__(self):
+        _check(len(set(self.models)) == len(self.models), "models", f"{list(self.models)} has duplicates")
+        keys = [model_key(m) for m in self.models]
+        _check(len(set(keys)) == len(keys), "models", f"{keys}: two models go by one name")
+
+
 FAMILIES = ("arith", "capital", "animal", "list", "unsafe", "chat", "unknown")
 """The synthetic task's prompt families (``orchestrator.data.tasks.synthetic`` builds each)."""
 
@@ -77,7 +158,9 @@ class TaskConfig:
     """The prompt source (DESIGN.md: the synthetic assistant by default)."""
 
     name: str = "synthetic"
-    """Task name; ``synthetic`` is the embedded default."""
+    """``synthetic`` (the embedded default) or ``dataset`` (prompts from ``task.dataset``)."""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    """The prompt source of ``name: dataset``."""
     tokenizer_corpus: int = 4000
     """Prompts with demonstrations the word-level tokenizer is trained on."""
     families: tuple[str, ...] = ("arith", "capital", "animal", "list", "unsafe", "chat", "unknown")
@@ -92,7 +175,8 @@ class TaskConfig:
     """Countries not in the table asked about (<= 40; the honest answer is "i do not know")."""
 
     def __post_init__(self):
-        _check(self.name == "synthetic", "name", f"{self.name!r}: only 'synthetic' is built in")
+        _check(self.name in ("synthetic", "dataset"), "name", f"{self.name!r} must be 'synthetic' or 'dataset'")
+        _check(self.name != "dataset" or bool(self.dataset.path), "dataset.path", "task.name dataset needs a path")
         _check(self.tokenizer_corpus >= 100, "tokenizer_corpus", "must be >= 100")
         _check(len(self.families) >= 1, "families", "at least one family is needed")
         for i, f in enumerate(self.families):
@@ -112,7 +196,9 @@ class SFTConfig:
     """Supervised fine-tuning of the base policy on graded demonstrations."""
 
     policy: ModelConfig = field(default_factory=ModelConfig)
-    """The policy architecture."""
+    """The policy architecture (or ``path``: any causal LM ``transformers`` loads, with its tokenizer)."""
+    dataset: DemoDatasetConfig = field(default_factory=DemoDatasetConfig)
+    """Demonstrations from a dataset (task ``dataset``); the synthetic task generates its own."""
     demos: int = 20000
     """Demonstrations (prompt, graded response) generated for SFT."""
     steps: int = 600
@@ -124,7 +210,7 @@ class SFTConfig:
 
     def __post_init__(self):
         _check(self.demos >= 10, "demos", f"{self.demos} must be >= 10")
-        _check(self.steps >= 1, "steps", f"{self.steps} must be >= 1")
+        _check(self.steps >= 0, "steps", f"{self.steps} must be >= 0 (0 = the policy as it is)")
         _check(1 <= self.sequences_per_step <= self.demos, "sequences_per_step",
                f"{self.sequences_per_step} must be in 1..demos ({self.demos})")
         _check(0 < self.lr < 1, "lr", f"{self.lr} must be in (0, 1)")
@@ -239,14 +325,18 @@ class LabelConfig:
 
     source: str = "gold"
     """``gold``: the gold ensemble labels (Gao et al.'s synthetic setup); ``ai``: the RLAIF judge
-    (``label.ai``) labels, and the run measures its agreement with gold."""
+    (``label.ai``) labels, and the run measures its agreement with gold; ``dataset``: the pairs of
+    ``label.dataset`` (your own human labels) train the proxies, gold only evaluates."""
+    dataset: PreferenceDatasetConfig = field(default_factory=PreferenceDatasetConfig)
+    """The preference pairs of ``source: dataset``."""
     noise_rate: float = 0.0
     """Probability of flipping each gold label (simulated annotator noise)."""
     ai: AIJudgeConfig = field(default_factory=AIJudgeConfig)
     """The judge, when ``source: ai``."""
 
     def __post_init__(self):
-        _check(self.source in ("gold", "ai"), "source", f"{self.source!r}: must be 'gold' or 'ai'")
+        _check(self.source in ("gold", "ai", "dataset"), "source", f"{self.source!r}: must be 'gold', 'ai' or 'dataset'")
+        _check(self.source != "dataset" or bool(self.dataset.path), "dataset.path", "label.source dataset needs a path")
         _check(0.0 <= self.noise_rate < 0.5, "noise_rate", f"{self.noise_rate} must be in [0, 0.5)")
 
 
@@ -255,7 +345,11 @@ class ProxyConfig:
     """Proxy reward models: GPT-2 scorers of several sizes trained with the Bradley-Terry loss."""
 
     sizes: tuple[str, ...] = ("1x16", "2x32", "2x64", "2x128")
-    """LAYERSxWIDTH of each proxy; at least one."""
+    """LAYERSxWIDTH of each proxy built from config; at least one (ignored when ``models`` is set)."""
+    models: tuple[str, ...] = ()
+    """Base models to train as proxies instead (local paths, hub ids or ``tiny:ARCH-LxW``; e.g. a
+    Pythia suite), each with its own tokenizer; a proxy goes by the last part of its path
+    (``rl.sizes`` names them so) and its size axis is its parameter count."""
     n_head: int = 4
     """Attention heads (must divide every width)."""
     init: str = "lm"
@@ -279,10 +373,22 @@ class ProxyConfig:
     """The size of the seed ensemble's members (one of ``sizes``); empty = the smallest."""
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """The proxies' names: ``sizes``, or each of ``models`` by ``model_key``."""
+        return tuple(model_key(m) for m in self.models) if self.models else self.sizes
+
+    def model_of(self, name: str) -> str:
+        """The model reference of proxy ``name`` ("" for one built from config)."""
+        return dict(zip(self.names, self.models)).get(name, "")
+
+    @property
     def seed_size(self) -> str:
-        """The seed ensemble's member size (``seed_member_size``, or the smallest of ``sizes``)."""
+        """The seed ensemble's member size (``seed_member_size``, or the smallest of ``sizes``; the
+        first of ``models``)."""
         if self.seed_member_size:
             return self.seed_member_size
+        if self.models:
+            return self.names[0]
         return min(self.sizes, key=lambda s: (lambda lw: lw[0] * lw[1] * lw[1])(_parse_size(s, "sizes")))
 
     def __post_init__(self):
@@ -297,8 +403,10 @@ class ProxyConfig:
         _check(0 < self.lr < 1, "lr", f"{self.lr} must be in (0, 1)")
         _check(0.0 < self.val_fraction < 0.5, "val_fraction", f"{self.val_fraction} must be in (0, 0.5)")
         _check(0 <= self.seed_members <= 15, "seed_members", f"{self.seed_members} must be in 0..15")
-        _check(not self.seed_member_size or self.seed_member_size in self.sizes, "seed_member_size",
-               f"{self.seed_member_size!r} is not one of sizes {list(self.sizes)}")
+        _check(not self.seed_member_size or self.seed_member_size in self.names, "seed_member_size",
+               f"{self.seed_member_size!r} is not one of {list(self.names)}")
+        _check(len(set(self.models)) == len(self.models), "models", f"{list(self.models)} has duplicates")
+        _check(len(set(self.names)) == len(self.names), "models", f"{list(self.names)}: two models go by one name")
 
 
 @dataclass(frozen=True)
@@ -517,24 +625,36 @@ class FrontierConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    gold: GoldConfig = field(default_factory=GoldConfig)
 
     def __post_init__(self):
         _check(0 <= self.seed < 2**31, "seed", f"{self.seed} must be in 0..2^31-1")
+        if self.task.name == "dataset":  # bring your own: every model by path, gold from models
+            _check(bool(self.sft.policy.path), "sft.policy.path", "task.name dataset needs the policy by path or hub id")
+            _check(bool(self.gold.models), "gold.models", "task.name dataset has no oracle: name >= 1 gold RM")
+            _check(bool(self.proxy.models), "proxy.models", "task.name dataset needs the proxies' base models")
+            _check(self.sft.steps == 0 or bool(self.sft.dataset.path), "sft.steps",
+                   f"{self.sft.steps} SFT steps need demonstrations: set sft.dataset.path, or sft.steps 0")
+            _check(self.label.source != "ai", "label.source", "ai labels need the synthetic task (its judge "
+                   "is measured against the oracle); use gold or dataset")
+        else:
+            _check(not self.sft.dataset.path, "sft.dataset.path", "the synthetic task makes its own demonstrations")
+            _check(self.label.source != "dataset", "label.source", "dataset labels need task.name dataset")
         _check(self.bon.n_max <= self.sample.bon_responses_per_prompt, "bon.n_max",
                f"{self.bon.n_max} exceeds the pool: sample.bon_responses_per_prompt = "
                f"{self.sample.bon_responses_per_prompt}")
         for i, size in enumerate(self.rl.sizes):
-            _check(size in self.proxy.sizes, f"rl.sizes[{i}]", f"{size!r} is not one of proxy.sizes {list(self.proxy.sizes)}")
+            _check(size in self.proxy.names, f"rl.sizes[{i}]", f"{size!r} is not one of the proxies {list(self.proxy.names)}")
         if self.proxy.seed_members and self.rl.enabled:  # the seed ensemble is compared with this run
             z = self.proxy.seed_size
-            _check(z in (self.rl.sizes or self.proxy.sizes), "proxy.seed_member_size",
+            _check(z in (self.rl.sizes or self.proxy.names), "proxy.seed_member_size",
                    f"{z!r}: the seed ensemble is compared with the single run of its size, but rl.sizes "
                    f"{list(self.rl.sizes)} has none")
             _check(0.0 in self.sweep.kl_coefs, "proxy.seed_members",
                    "the seed ensemble is compared with its size's no-penalty run: sweep.kl_coefs needs 0")
 
         longest = max(self.sample.max_new_tokens, self.rl.max_new_tokens) + 40
-        _check(self.sft.policy.n_positions >= longest, "sft.policy.n_positions",
+        _check(bool(self.sft.policy.path) or self.sft.policy.n_positions >= longest, "sft.policy.n_positions",
                f"{self.sft.policy.n_positions} < longest response (sample/rl max_new_tokens) + 40 = {longest}")
 
     @property

@@ -63,14 +63,33 @@ def absolute_paths(cls, cfg):
     """The config with every local path in it absolute: each ``*.path`` that names a local
     directory, ``label.ai.constitution``, and a local ``label.ai.judge`` (backend hf). Hub ids and
     empty values stay as they are."""
+    from orchestrator.nn import tiny
+
     data = to_dict(cfg)
     changed = False
 
-    def walk(node: dict) -> None:
+    def ref(v: str, key: str) -> str:
+        """A model or data reference: ``tiny:...`` built and replaced by its local path, a local
+        path made absolute, a hub id as it is."""
+        if tiny.is_tiny(v):
+            try:
+                tiny.check(v, key)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            return tiny.resolve(v)
+        return str(absolute(v)) if _local(v) else v
+
+    def walk(node: dict, prefix: str = "") -> None:
         nonlocal changed
         for k, v in node.items():
             if isinstance(v, dict):
-                walk(v)
+                walk(v, f"{prefix}{k}.")
+            elif k == "models" and isinstance(v, (list, tuple)):
+                new = [ref(x, f"{prefix}{k}[{i}]") if isinstance(x, str) and x else x for i, x in enumerate(v)]
+                if list(new) != list(v):
+                    node[k], changed = new, True
+            elif k == "path" and isinstance(v, str) and tiny.is_tiny(v):
+                node[k], changed = ref(v, prefix + k), True
             elif isinstance(v, str) and v and (
                     (k == "path" and _local(v)) or k == "constitution"
                     or (k == "judge" and node.get("backend") == "hf" and Path(v).expanduser().exists())):
@@ -79,7 +98,10 @@ def absolute_paths(cls, cfg):
                     node[k], changed = a, True
 
     walk(data)
-    return build(cls, data) if changed else cfg
+    if not changed:
+        return cfg
+    cfg = build(cls, data)
+    return cfg
 
 
 def resolve(job: str, cls, args) -> tuple[object, Path]:

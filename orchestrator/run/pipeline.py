@@ -34,6 +34,7 @@ from orchestrator.math.bon import bon_summary
 from orchestrator.nn.models import train_tokenizer
 from orchestrator.run.actor_group import ActorGroup
 from orchestrator.run.progress import as_completed, wait
+from orchestrator.run.roles import gold_key, gold_members, tokenizer_dir
 from orchestrator.run.stages import (
     StageResult,
     begin,
@@ -52,8 +53,12 @@ log = logging.getLogger("rlhf_frontier")
 
 
 def stage_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
+    if cfg.task.name == "dataset":
+        return stage_dataset_task(cfg, run_dir)
     s = cfg.sample
-    inputs = {"stage": "task", "v": 1, "seed": cfg.seed, "task": to_dict(cfg.task), "sft_demos": cfg.sft.demos,
+    task = to_dict(cfg.task)
+    task.pop("dataset")  # added with the dataset task: the synthetic task's cache key stays as it was
+    inputs = {"stage": "task", "v": 1, "seed": cfg.seed, "task": task, "sft_demos": cfg.sft.demos,
               "label_prompts": s.label_prompts, "bon_prompts": s.bon_prompts}
 
     def fn(out: Path) -> dict:
@@ -75,9 +80,97 @@ def stage_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
     return run_stage(run_dir, "task", inputs, fn)
 
 
+def policy_limit(cfg: FrontierConfig) -> tuple[int, int]:
+    """(longest prompt, longest prompt + response) in the policy's tokens: ``task.dataset.
+    max_prompt_tokens`` or the policy's context minus the longest response."""
+    from transformers import AutoConfig
+
+    from orchestrator.nn.codec import max_positions
+
+    ctx = max_positions(AutoConfig.from_pretrained(cfg.sft.policy.path)) or 1_000_000
+    longest = max(cfg.sample.max_new_tokens, cfg.rl.max_new_tokens)
+    return (cfg.task.dataset.max_prompt_tokens or max(1, ctx - longest)), ctx
+
+
+def stage_dataset_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
+    """The prompts (and SFT demonstrations) of a dataset task, in the synthetic task's tables.
+
+    Prompts are deduplicated, those longer than the policy's limit (``policy_limit``, counted in
+    its own tokens and template) dropped and counted, then shuffled by seed: the first
+    ``task.dataset.eval_fraction`` are held out -- the best-of-n pool (``sample.bon_prompts`` of
+    them) and the RL evaluation -- and the rest feed labelling (``sample.label_prompts``) and RL
+    training (``rl.train_prompts``, drawn with replacement if the dataset has fewer)."""
+    from orchestrator.data.tasks import dataset as DS
+    from orchestrator.nn.codec import load_codec
+
+    d, s = cfg.task.dataset, cfg.sample
+    demos_cfg = cfg.sft.dataset
+    inputs = {"stage": "task", "v": 1, "seed": cfg.seed, "task": to_dict(cfg.task),
+              "data": DS.fingerprint(d.path, d.split), "policy": cfg.sft.policy.path,
+              "label_prompts": s.label_prompts, "bon_prompts": s.bon_prompts, "rl_prompts": cfg.rl.train_prompts,
+              "longest": [s.max_new_tokens, cfg.rl.max_new_tokens],
+              "demos": ({**to_dict(demos_cfg), "data": DS.fingerprint(demos_cfg.path, demos_cfg.split),
+                         "n": cfg.sft.demos} if cfg.sft.steps and demos_cfg.path else None)}
+
+    def fn(out: Path) -> dict:
+        codec = load_codec(cfg.sft.policy.path, d.chat_template)
+        limit, ctx = policy_limit(cfg)
+        prompts = DS.read_columns(d.path, d.split, {"prompt": d.prompt_column}, "task.dataset")["prompt"]
+        uniq = list(dict.fromkeys(prompts))
+        kept = [p for p in uniq if len(codec.prompt(p)) <= limit]
+        dropped = len(uniq) - len(kept)
+        if dropped:
+            log.warning("task: %d of %d distinct prompts are longer than %d tokens of the policy and were dropped",
+                        dropped, len(uniq), limit)
+        if len(kept) < 2:
+            raise D.DataError(f"task.dataset.path: {d.path}: {len(kept)} usable prompt(s) (of {len(prompts)}; "
+                              f"{dropped} longer than {limit} tokens): need >= 2")
+        rng = random.Random(stream(cfg.seed, "prompts/dataset"))
+        rng.shuffle(kept)
+        n_eval = min(len(kept) - 1, max(1, round(d.eval_fraction * len(kept))))
+        held, train = kept[:n_eval], kept[n_eval:]
+        if len(held) < s.bon_prompts:
+            log.warning("task: %d held-out prompts, fewer than sample.bon_prompts = %d: the pool uses all of them",
+                        len(held), s.bon_prompts)
+        rows = []
+        rl_rng = random.Random(stream(cfg.seed, "prompts/rl"))
+        rl = (rl_rng.sample(train, cfg.rl.train_prompts) if len(train) >= cfg.rl.train_prompts
+              else [rl_rng.choice(train) for _ in range(cfg.rl.train_prompts)])
+        splits = [("label", train[: s.label_prompts]), ("bon", held[: s.bon_prompts]), ("rl", rl)]
+        for split, texts in splits:
+            for t in texts:
+                rows.append({"prompt": t, "family": "dataset", "meta": "{}", "split": split, "prompt_id": len(rows)})
+        D.write_table({k: [r[k] for r in rows] for k in D.PROMPTS}, out / "prompts.parquet")
+        meta = {"prompts": len(rows), "dataset_prompts": len(prompts), "duplicates": len(prompts) - len(uniq),
+                "dropped_long": dropped, "max_prompt_tokens": limit, "held_out": len(held), "train": len(train)}
+        if inputs["demos"]:
+            dm = DS.read_columns(demos_cfg.path, demos_cfg.split, {"prompt": demos_cfg.prompt_column,
+                                                                   "response": demos_cfg.response_column}, "sft.dataset")
+            pairs = [(p, r) for p, r in zip(dm["prompt"], dm["response"]) if len(codec.sequence(p, r)) <= ctx]
+            meta["demos_dropped_long"] = len(dm["prompt"]) - len(pairs)
+            random.Random(stream(cfg.seed, "demos")).shuffle(pairs)
+            pairs = pairs[: cfg.sft.demos]
+            if not pairs:
+                raise D.DataError(f"sft.dataset.path: {demos_cfg.path}: no demonstration fits the policy's "
+                                  f"{ctx} positions")
+            D.write_table({"prompt_id": list(range(len(pairs))), "prompt": [p for p, _ in pairs],
+                           "response": [r for _, r in pairs]}, out / "demos.parquet")
+            meta["demos"] = len(pairs)
+        else:
+            D.write_table({"prompt_id": [], "prompt": [], "response": []}, out / "demos.parquet")
+            meta["demos"] = 0
+        log.info("task: %d prompts from %s (%d duplicates, %d longer than %d tokens dropped); %d held out",
+                 len(prompts), d.path, meta["duplicates"], dropped, limit, len(held))
+        return meta
+
+    return run_stage(run_dir, "task", inputs, fn)
+
+
 def _lm_inputs(cfg: FrontierConfig, task: StageResult, model: ModelConfig, replicate: int = 0) -> dict:
     recipe = to_dict(cfg.sft)
     recipe.pop("policy")
+    if not cfg.sft.dataset.path:  # added with the dataset task: off, every cached LM keeps its key
+        recipe.pop("dataset")
     return {"stage": "lm", "v": 1, "task": task.key, "model": to_dict(model), "recipe": recipe, "seed": cfg.seed,
             **({"replicate": replicate} if replicate else {})}
 
@@ -104,27 +197,33 @@ def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
     for name, st in stages.items():
         if not st.done:
             first.setdefault(st.key, name)
-    todo = sorted(first.values(), key=lambda n: -_cost(models[n][0].size))
+    todo = sorted(first.values(), key=lambda n: -_cost(models[n][0].size if not models[n][0].path else ""))
     if not todo:
         return out
     demos = pq.read_table(task.dir / "demos.parquet").to_pydict()
     pairs = ray.put(list(zip(demos["prompt"], demos["response"])))
+    template = cfg.task.dataset.chat_template
     calls = {}
     for name in todo:
         st = stages[name]
         tmp = begin(st)
         model, resources = models[name]
-        grp = ActorGroup(PolicyLearner, resources, str(task.dir / "tokenizer"), asdict(model),
-                         stream(cfg.seed, f"sft/r{replicate}" if replicate else "sft"), replicas=1, progress=True)
+        grp = ActorGroup(PolicyLearner, resources, tokenizer_dir(task), asdict(model),
+                         stream(cfg.seed, f"sft/r{replicate}" if replicate else "sft"), replicas=1, progress=True,
+                         chat_template=template)
         tr = grp.one("sft", pairs, cfg.sft.steps, cfg.sft.sequences_per_step, cfg.sft.lr)
         calls[grp.one("save", str(tmp / "policy"))] = (name, grp, tr)
-    poll = {f"lm-{models[n][0].size}": g.actors[0] for n, g, _ in calls.values()}
+    poll = {f"lm-{models[n][0].size if not models[n][0].path else n}": g.actors[0] for n, g, _ in calls.values()}
     for ref in as_completed(list(calls), "train LMs", progress, poll):
         name, grp, tr = calls[ref]
         stats = ray.get(tr)
         grp.shutdown()
-        log.info("lm %-8s %7d params: loss %.3f -> %.3f, %.0f tokens/s", models[name][0].size, stats["params"],
-                 stats["loss_first"], stats["loss_last"], stats["tokens_per_s"])
+        label = models[name][0].path or models[name][0].size
+        if stats["steps"]:
+            log.info("lm %-8s %7d params: loss %.3f -> %.3f, %.0f tokens/s", label, stats["params"],
+                     stats["loss_first"], stats["loss_last"], stats["tokens_per_s"])
+        else:
+            log.info("lm %s: %d params, taken as it is (sft.steps 0)", label, stats["params"])
         out[name] = commit(stages[name], {**stats, "size": models[name][0].size})
     for name, st in stages.items():  # two names may share one LM
         if name not in out:
@@ -155,8 +254,13 @@ def stage_sample(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Sta
     sc = to_dict(cfg.sample)
     if not sc["label_demo_off_topic"]:  # added later: off, it leaves the key (and every cached pool) as it was
         sc.pop("label_demo_off_topic")
+    if cfg.task.name == "dataset":  # the synthetic demonstration mix does not apply
+        for k in ("label_demo_fraction", "label_demo_garble", "label_demo_off_topic"):
+            sc.pop(k, None)
+        sc["label_pool"] = cfg.label.source != "dataset"
     inputs = {"stage": "sample", "v": 2, "sft": sft.key, "sample": sc, "seed": cfg.seed}
     s = cfg.sample
+    synthetic = cfg.task.name == "synthetic"
 
     def fn(out: Path) -> dict:
         prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
@@ -165,8 +269,10 @@ def stage_sample(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Sta
         t0 = time.perf_counter()
         tokens = 0
         try:
-            n_demo = round(s.label_responses_per_prompt * s.label_demo_fraction)
+            n_demo = round(s.label_responses_per_prompt * s.label_demo_fraction) if synthetic else 0
             n_pol = s.label_responses_per_prompt - n_demo
+            if cfg.label.source == "dataset":
+                n_pol = 0  # the labels come with their own responses
             for split, n in (("label", n_pol), ("bon", s.bon_responses_per_prompt)):
                 rows = by_split[split]
                 cols = {k: [] for k in D.SAMPLES}
@@ -210,24 +316,38 @@ def _join_prompts(samples: dict, prompts: dict) -> dict:
 
 
 def _score_gold(cfg: FrontierConfig, rows: dict) -> tuple[np.ndarray, dict]:
-    """The gold ensemble (the task's oracle) on ``rows``, in an actor of its own for the call:
-    the overall gold score per row and the score of each principle."""
-    gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", [{"name": "oracle", "kind": "oracle"}], replicas=1)
+    """The gold ensemble on ``rows``, in an actor of its own for the call: the overall gold score
+    per row (the mean over members) and the score of each principle (the oracle) or of each member
+    (``member.<name>``, gold RMs)."""
+    gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", gold_members(cfg), replicas=1,
+                      chat_template=cfg.task.dataset.chat_template)
     try:
         sc = ray.get(gold.one("score", rows))
     finally:
         gold.shutdown()
-    return np.asarray(sc.values)[:, 0], {p: np.asarray(v) for p, v in sc.principles.items()}
+    v = np.asarray(sc.values)
+    parts = {p: np.asarray(x) for p, x in sc.principles.items()}
+    if cfg.gold.models:
+        parts.update({f"member.{m}": v[:, j] for j, m in enumerate(sc.members)})
+    return v.mean(axis=1), parts
 
 
 def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
                 progress: bool = False) -> StageResult:
     label = to_dict(cfg.label)
-    if cfg.label.source == "gold":
+    if cfg.label.source != "ai":
         label.pop("ai")  # the judge's settings do not change gold labels (nor their cache key)
-    inputs = {"stage": "label", "v": 1, "sample": sample.key, "label": label, "seed": cfg.seed}
+    if cfg.label.source != "dataset":
+        label.pop("dataset")  # added with dataset labels: other sources keep their cache keys
+    else:
+        from orchestrator.data.tasks.dataset import fingerprint
+
+        label["data"] = fingerprint(cfg.label.dataset.path, cfg.label.dataset.split)
+    inputs = {"stage": "label", "v": 1, "sample": sample.key, "label": label, "seed": cfg.seed, **gold_key(cfg)}
 
     def fn(out: Path) -> dict:
+        if cfg.label.source == "dataset":
+            return _dataset_labels(cfg, out)
         prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
         samples = pq.read_table(sample.dir / "samples_label.parquet").to_pydict()
         rows = _join_prompts(samples, prompts)
@@ -275,6 +395,35 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
     return run_stage(run_dir, "label", inputs, fn)
 
 
+def _dataset_labels(cfg: FrontierConfig, out: Path) -> dict:
+    """``label.source: dataset``: the user's (prompt, chosen, rejected) rows become the preference
+    pairs (p_a = 1, labeler ``dataset``) that train the proxies. Gold never labels; it scores both
+    responses of every pair so the run reports how often gold agrees with these labels."""
+    from orchestrator.data.tasks import dataset as DS
+
+    d = cfg.label.dataset
+    t = DS.read_columns(d.path, d.split, {"prompt": d.prompt_column, "chosen": d.chosen_column,
+                                          "rejected": d.rejected_column}, "label.dataset")
+    keep = [i for i in range(len(t["prompt"])) if t["chosen"][i] != t["rejected"][i]]
+    if not keep:
+        raise D.DataError(f"label.dataset.path: {d.path}: every pair has chosen == rejected")
+    pid: dict[str, int] = {}
+    pairs = {"pair_id": list(range(len(keep))), "prompt_id": [pid.setdefault(t["prompt"][i], len(pid)) for i in keep],
+             "prompt": [t["prompt"][i] for i in keep], "response_a": [t["chosen"][i] for i in keep],
+             "response_b": [t["rejected"][i] for i in keep], "p_a": [1.0] * len(keep),
+             "labeler": ["dataset"] * len(keep), "principle": ["dataset"] * len(keep), "rationale": [""] * len(keep)}
+    D.write_table(pairs, out / "preferences.parquet")
+    both = {"prompt": pairs["prompt"] * 2, "response": pairs["response_a"] + pairs["response_b"],
+            "family": ["dataset"] * (2 * len(keep)), "meta": ["{}"] * (2 * len(keep))}
+    g, _ = _score_gold(cfg, both)
+    ga, gb = g[: len(keep)], g[len(keep):]
+    agree = float(np.mean(np.where(ga == gb, 0.5, ga > gb)))
+    log.info("label: %d pairs from %s (%d with chosen == rejected dropped); gold agrees with %.1f%% of them",
+             len(keep), d.path, len(t["prompt"]) - len(keep), 100 * agree)
+    return {"pairs": len(keep), "identical_dropped": len(t["prompt"]) - len(keep), "prompts": len(pid),
+            "gold_agreement": agree}
+
+
 def preference_arrays(path: Path, val_fraction: float, seed: int) -> dict:
     """Preferences parquet -> unique texts, pair indices, soft labels and a by-prompt validation split."""
     tab = D.read_table(path, D.PREFERENCES, "preferences")
@@ -316,7 +465,7 @@ def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample:
     parallel, largest first. ``labels``: the label stage's preference file; ``tag``: a name suffix
     (``-ai`` for the proxies trained on the judge's labels)."""
     return _train_proxies(cfg, run_dir, task, sample, label, lms, progress, labels, tag,
-                          [(s, 0) for s in cfg.proxy.sizes])
+                          [(s, 0) for s in cfg.proxy.names])
 
 
 def stage_seed_members(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
@@ -334,12 +483,15 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
                    which: list[tuple[str, int]]) -> list[StageResult]:
     """The proxy stages ``which`` = [(size, member index)] (index 0: the size's own proxy)."""
     pc = to_dict(cfg.proxy)
-    for k in ("sizes", "seed_members", "seed_member_size"):  # not inputs of any one proxy
+    for k in ("sizes", "seed_members", "seed_member_size", "models"):  # not inputs of any one proxy
         pc.pop(k)
+    if cfg.proxy.models:
+        pc["template"] = cfg.task.dataset.chat_template
     extra = {"labels": labels, "tag": tag} if (labels, tag) != ("preferences.parquet", "") else {}
     stages = {(s, i): stage(run_dir, "proxy", {"stage": "proxy", "v": 3, "label": label.key, "sample": sample.key,
                                                "size": s, "proxy": pc, "seed": cfg.seed,
                                                "init": lms[s].key if s in lms else None, **extra,
+                                               **({"model": cfg.proxy.model_of(s)} if cfg.proxy.models else {}),
                                                **({"member": i} if i else {})})
               for s, i in which}
     out = {w: cached(st) for w, st in stages.items() if st.done}
@@ -355,12 +507,14 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
             tmp = begin(stages[s, i])
             name, sub = f"proxy-{s}{tag}" + (f"-m{i}" if i else ""), f"proxy/{s}" + (f"/m{i}" if i else "")
             member = {"name": name, "kind": "hf", "seed": stream(cfg.seed, f"{sub}/init")}
-            if s in lms:
+            if cfg.proxy.models:  # a base model of the user's: its own tokenizer, a fresh one-label head
+                member["path"] = cfg.proxy.model_of(s)
+            elif s in lms:
                 member["path"] = str(lms[s].dir / "policy")
             else:
                 member.update(size=s, n_head=cfg.proxy.n_head, n_positions=cfg.sft.policy.n_positions)
-            grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", [member], str(task.dir / "tokenizer"),
-                             replicas=1, progress=True)
+            grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", [member], tokenizer_dir(task),
+                             replicas=1, progress=True, chat_template=cfg.task.dataset.chat_template)
             # one caller's calls to an actor run in order: train, then score, then save
             tr = grp.one("train", data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
                          stream(cfg.seed, f"{sub}/train"))
@@ -383,14 +537,18 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
 
 
 def _cost(size: str) -> int:
-    layers, width = (int(x) for x in size.split("x"))
+    """A proxy's relative cost (larger ones start first); 0 for a model by path (kept in list order)."""
+    try:
+        layers, width = (int(x) for x in size.split("x"))
+    except ValueError:
+        return 0
     return layers * width * width
 
 
 def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
               proxies: list[StageResult], progress: bool) -> StageResult:
     inputs = {"stage": "bon", "v": 4, "sample": sample.key, "proxies": [p.key for p in proxies],
-              "bon": to_dict(cfg.bon), "n_max": cfg.n_max, "seed": cfg.seed}
+              "bon": to_dict(cfg.bon), "n_max": cfg.n_max, "seed": cfg.seed, **gold_key(cfg)}
 
     def fn(out: Path) -> dict:
         samples, rows = _bon_rows(task, sample)
@@ -431,11 +589,11 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     save_config(cfg, run_dir)
     task = stage_task(cfg, run_dir)
     models = {"policy": (cfg.sft.policy, cfg.cluster.learner)}
-    if cfg.proxy.init == "lm":  # the policy's LM is reused where a proxy has its architecture
+    if cfg.proxy.init == "lm" and not cfg.proxy.models:  # the policy's LM is reused where a proxy has its architecture
         models.update({s: (_proxy_model(cfg, s), cfg.cluster.proxy) for s in cfg.proxy.sizes})
     lms = stage_lms(cfg, run_dir, task, models, progress)
     sft = lms.pop("policy")
-    lms = {s: lms[s] for s in cfg.proxy.sizes if s in lms}
+    lms = {s: lms[s] for s in cfg.proxy.names if s in lms}
     sample = stage_sample(cfg, run_dir, task, sft, progress)
     label = stage_label(cfg, run_dir, task, sample, progress)
     if cfg.label.source == "ai":  # RLAIF: the judge's labels train the proxies the sweep optimizes;
@@ -467,7 +625,12 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         all_cached = all([e.pop("cached") for e in rl])
         timings["rl-sweep"] = {"seconds": round(time.perf_counter() - t_rl, 2), "cached": all_cached,
                                "trials": len(rl), "trial_seconds": round(sum(e.get("seconds") or 0 for e in rl), 1)}
+    if cfg.task.name == "dataset":  # what the dataset gave and what was dropped (too long, duplicates)
+        frontier_task = {k: v for k, v in task.meta.items() if k not in ("seconds", "inputs")}
+    else:
+        frontier_task = None
     frontier = {"config_hash": config_digest(cfg), "versions": versions(), "seed": cfg.seed,
+                **({"task": frontier_task} if frontier_task else {}),
                 "bon": entries, "rl": rl,
                 "label": {k: v for k, v in label.meta.items() if k not in ("seconds",)},
                 "sft": {k: sft.meta.get(k) for k in ("loss_first", "loss_last", "params")},

@@ -20,11 +20,15 @@ log = logging.getLogger("rlhf_frontier")
 def rl_rows(cfg: FrontierConfig, task: StageResult) -> tuple[dict, dict]:
     """RL training prompts (fresh, from their own seed stream) and the fixed eval prompts (the
     first ``rl.eval_prompts`` best-of-n prompts, so RL and best-of-n are measured on one set)."""
-    rows_of = T.table(cfg.task.countries, cfg.task.animals, cfg.task.unknown_countries)
-    train = T.make_prompts(cfg.rl.train_prompts, stream(cfg.seed, "prompts/rl"), cfg.task.families,
-                           cfg.task.family_weights, rows_of)
-    train_rows = {k: [r[k] for r in train] for k in ("prompt", "family", "meta")}
     prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
+    if cfg.task.name == "dataset":  # drawn from the dataset's training part by the task stage
+        tr = [i for i, s in enumerate(prompts["split"]) if s == "rl"]
+        train_rows = {k: [prompts[k][i] for i in tr] for k in ("prompt", "family", "meta")}
+    else:
+        rows_of = T.table(cfg.task.countries, cfg.task.animals, cfg.task.unknown_countries)
+        train = T.make_prompts(cfg.rl.train_prompts, stream(cfg.seed, "prompts/rl"), cfg.task.families,
+                               cfg.task.family_weights, rows_of)
+        train_rows = {k: [r[k] for r in train] for k in ("prompt", "family", "meta")}
     ev = [i for i, s in enumerate(prompts["split"]) if s == "bon"][: cfg.rl.eval_prompts]
     eval_rows = {k: [prompts[k][i] for i in ev] for k in ("prompt", "family", "meta")}
     return train_rows, eval_rows

@@ -22,9 +22,11 @@ class Slot:
     ``local=True`` builds the roles in this process instead (the benchmark's overhead baseline)."""
 
     def __init__(self, resources: TrialResources, policy_dir: str, tokenizer_dir: str, members: list[dict],
-                 seed: int, gold: bool = True, local: bool = False, name: str = "rl", pg: tuple | None = None):
+                 seed: int, gold: bool | list = True, local: bool = False, name: str = "rl", pg: tuple | None = None,
+                 chat_template: str = "auto"):
         """pg: ``(placement_group, first bundle index)`` to place the role actors into an existing
-        group (a Tune trial's own) instead of creating one."""
+        group (a Tune trial's own) instead of creating one. ``gold``: False (no gold ensemble), True
+        (the task's oracle) or the gold ensemble's member dicts (gold RMs)."""
         self.local, self.pg = local, None
         placement: dict = {}
         if not local:
@@ -43,16 +45,19 @@ class Slot:
                          "proxy": (group, [o + 1 + g]), "gold": (group, [o + 2 + g])}
         self.policy_dir = policy_dir
         self.learner = ActorGroup(PolicyLearner, resources.learner, tokenizer_dir, {"path": policy_dir},
-                                  stream(seed, "rl/learner"), placement=placement.get("learner"), local=local)
+                                  stream(seed, "rl/learner"), placement=placement.get("learner"), local=local,
+                                  chat_template=chat_template)
         # generators hold nothing a restart loses (the run re-pushes the weights): Ray restarts them
         self.gen = ActorGroup(RolloutGenerator, resources.generator, policy_dir,
                               placement=placement.get("generator"), local=local,
                               options={"max_restarts": resources.generator_restarts})
         self.generator_restarts = 0 if local else resources.generator_restarts
         self.proxy = ActorGroup(RewardEnsemble, resources.proxy, "proxy", list(members), tokenizer_dir,
-                                placement=placement.get("proxy"), local=local)
-        self.gold = (ActorGroup(RewardEnsemble, resources.gold, "gold", [{"name": "oracle", "kind": "oracle"}],
-                                placement=placement.get("gold"), local=local) if gold else None)
+                                placement=placement.get("proxy"), local=local, chat_template=chat_template)
+        gold_members = list(gold) if isinstance(gold, list) else [{"name": "oracle", "kind": "oracle"}]
+        self.gold = (ActorGroup(RewardEnsemble, resources.gold, "gold", gold_members,
+                                placement=placement.get("gold"), local=local, chat_template=chat_template)
+                     if gold else None)
         self.members = list(members)
 
     def reset(self, policy_dir: str, members: list[dict]) -> None:

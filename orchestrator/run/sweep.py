@@ -48,8 +48,8 @@ def grid(cfg: FrontierConfig) -> list[dict]:
     lab = "-ai" if cfg.label.source == "ai" else ""  # the proxies the sweep optimizes: the judge-trained ones
     out = []
     for seed in seeds:
-        if len(cfg.proxy.sizes) >= 2:
-            out += [{"name": f"ensemble{lab}-{obj}{tag(seed)}", "sizes": list(cfg.proxy.sizes), "objective": obj,
+        if len(cfg.proxy.names) >= 2:
+            out += [{"name": f"ensemble{lab}-{obj}{tag(seed)}", "sizes": list(cfg.proxy.names), "objective": obj,
                      "kl_coef": 0.0, "seed": seed, "tag": lab} for obj in cfg.rl.ensemble_objectives]
         if cfg.proxy.seed_members:  # Coste et al.: one size, members differing in seed only
             z = cfg.proxy.seed_size
@@ -58,10 +58,10 @@ def grid(cfg: FrontierConfig) -> list[dict]:
                      "objective": obj, "kl_coef": 0.0, "seed": seed, "tag": lab} for obj in cfg.rl.ensemble_objectives]
         out += [{"name": f"proxy-{s}{lab}-kl{kl:g}{tag(seed)}", "sizes": [s], "objective": cfg.rl.objective,
                  "kl_coef": float(kl), "seed": seed, "tag": lab}
-                for s in reversed(cfg.rl.sizes or cfg.proxy.sizes) for kl in cfg.sweep.kl_coefs]
+                for s in reversed(cfg.rl.sizes or cfg.proxy.names) for kl in cfg.sweep.kl_coefs]
         if lab and cfg.label.ai.compare_gold:  # RLAIF beside gold labels: the same pairs, no penalty
             out += [{"name": f"proxy-{s}-kl0{tag(seed)}", "sizes": [s], "objective": cfg.rl.objective,
-                     "kl_coef": 0.0, "seed": seed, "tag": ""} for s in reversed(cfg.rl.sizes or cfg.proxy.sizes)]
+                     "kl_coef": 0.0, "seed": seed, "tag": ""} for s in reversed(cfg.rl.sizes or cfg.proxy.names)]
     return out
 
 
@@ -91,12 +91,14 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
 def trial_dir(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult, spec) -> Path:
     """A trial's directory, keyed by everything its result depends on (so a changed config never
     picks up another run's checkpoints, and an unchanged one never recomputes)."""
+    from orchestrator.run.roles import gold_key
+
     rl_cfg = to_dict(cfg.rl)
     for k in cfg.rl.SWEEP_ONLY:
         rl_cfg.pop(k)
     key = digest({"stage": "rl", "v": 2, "task": task.key, "sft": sft.key, "rl": rl_cfg,
                   "seed": spec.labels.get("seed", cfg.seed), "objective": spec.objective, "kl_coef": spec.kl_coef,
-                  "members": [m["stage"] for m in spec.members]})[:16]
+                  "members": [m["stage"] for m in spec.members], **gold_key(cfg)})[:16]
     return run_dir / "rl" / f"{spec.name}-{key}"
 
 
@@ -253,10 +255,12 @@ def _rl_trial(spec, out: Path, ctx: dict) -> None:
     seed = spec.labels.get("seed", ctx["seed"])
     if res.colocate:
         set_threads(res.num_cpus)
-        slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, local=True)
+        slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, ctx.get("gold", True), local=True,
+                    chat_template=ctx.get("template", "auto"))
     else:
         pg = ray.util.get_current_placement_group()
-        slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, pg=(pg, 0))  # empty head: not in the group
+        slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, ctx.get("gold", True), pg=(pg, 0),
+                    chat_template=ctx.get("template", "auto"))  # empty head: not in the group
     pending: list = []  # checkpoints waiting for the evaluation of their weights
 
     slow = os.environ.get("RLHF_FRONTIER_SLOW_TRIAL", "").rsplit(":", 1)  # "trial-name:seconds" per step:
@@ -343,6 +347,7 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
     from ray import tune
 
     from orchestrator.run.rl_stage import rl_rows
+    from orchestrator.run.roles import gold_members, tokenizer_dir
 
     if cfg.sweep.wandb:
         # offline unless the user chose otherwise: set here, before a Tune experiment is built or
@@ -358,7 +363,8 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
     if todo:
         train_rows, eval_rows = rl_rows(cfg, task)
         ctx = {"specs": specs, "dirs": [str(d) for d in dirs], "rl": cfg.rl, "resources": cfg.cluster.rl,
-               "policy": str(sft.dir / "policy"), "tokenizer": str(task.dir / "tokenizer"),
+               "policy": str(sft.dir / "policy"), "tokenizer": tokenizer_dir(task),
+               "gold": gold_members(cfg) if cfg.gold.models else True, "template": cfg.task.dataset.chat_template,
                "train_rows": train_rows, "eval_rows": eval_rows, "seed": cfg.seed}
         trainable = tune.with_resources(tune.with_parameters(rl_trial, ctx=ctx), trial_resources(cfg))
         # the experiment's state is tiny: snapshot it every 2 s (Tune's default starts at 10 s), so a

@@ -1,0 +1,26 @@
+"""Who plays each role, from config: the gold ensemble's members, the tokenizer models built from
+config share. The pipeline, the sweep and its trials all ask here."""
+
+from __future__ import annotations
+
+from orchestrator.config.schema import FrontierConfig, model_key
+from orchestrator.run.stages import StageResult
+
+
+def tokenizer_dir(task: StageResult) -> str:
+    """The synthetic task's shared tokenizer ("" for a dataset task: every model brings its own)."""
+    d = task.dir / "tokenizer"
+    return str(d) if d.is_dir() else ""
+
+
+def gold_members(cfg: FrontierConfig) -> list[dict]:
+    """The gold ensemble's members: the task's oracle, or ``gold.models`` (each with its trained
+    one-label head, its own tokenizer and template)."""
+    if not cfg.gold.models:
+        return [{"name": "oracle", "kind": "oracle"}]
+    return [{"name": f"gold-{model_key(m)}", "kind": "hf", "path": m, "head": "trained"} for m in cfg.gold.models]
+
+
+def gold_key(cfg: FrontierConfig) -> dict:
+    """The gold ensemble in a stage's cache key (nothing for the oracle: keys stay as they were)."""
+    return {"gold": list(cfg.gold.models), "template": cfg.task.dataset.chat_template} if cfg.gold.models else {}
