@@ -125,6 +125,9 @@ def _build_model(arch: str, layers: int, width: int, rm: bool, out: Path) -> Non
         Qwen2Config,
     )
 
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # a job's stderr stays one line on a user error
     tok = _tokenizer(arch)
     ids = {"vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
            "pad_token_id": tok.pad_token_id}

@@ -42,6 +42,8 @@ def _load(path: str, split: str, key: str):
     p = Path(path).expanduser()
     try:
         if p.is_file():
+            if p.stat().st_size == 0:
+                raise DataError(f"{key}: {path} (split {split!r}) is empty")
             builder = BUILDERS.get("".join(p.suffixes[-1:]).lower())
             if builder is None:
                 raise DataError(f"{key}: {path}: unknown file type {p.suffix!r}; use "
@@ -53,6 +55,8 @@ def _load(path: str, split: str, key: str):
     except DataError:
         raise
     except Exception as e:  # a hub id offline, a malformed file, an unknown split
+        if "corresponds to no data" in str(e):  # datasets' word for a file without rows
+            raise DataError(f"{key}: {path} (split {split!r}) is empty") from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(f"{key}: {path}: cannot be read ({e.__class__.__name__}: {msg[:300]})") from None
 

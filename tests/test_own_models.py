@@ -1,0 +1,240 @@
+"""Bring your own models (issue 17): tiny random models of real architectures, saved to a temporary
+directory by ``orchestrator.nn.tiny`` and loaded by path, each through its own tokenizer."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from orchestrator.nn import tiny
+from orchestrator.nn.codec import Codec, CodecError, load_codec
+
+ARCHS = ("gpt2", "llama", "qwen2", "gpt_neox")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """``tiny:`` references built into this module's own cache directory (nothing shared)."""
+    cache = tmp_path_factory.mktemp("xdg")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(cache))
+    yield lambda ref: tiny.resolve(ref)
+    mp.undo()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kv_cache_sampling_logprobs_equal_a_full_forward(models, arch):
+    """Batched, left-padded generation with a KV cache through the architecture's own HF model
+    gives per-token log-probs equal to one full forward pass over prompt + response (the function
+    the learner and the reference use), and stops rows at the tokenizer's eos."""
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.data.tasks import synthetic as T
+    from orchestrator.nn.sampling import response_logprobs, sample
+
+    path = models(f"tiny:{arch}-2x32")
+    codec = load_codec(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert model.config.model_type == arch
+    prompts = [codec.prompt(r["prompt"]) for r in T.make_prompts(5, 3)]
+    assert len({len(p) for p in prompts}) > 1  # rows of several lengths: left padding is exercised
+    rows = [p for p in prompts for _ in range(3)]
+    ids, mask, lps = sample(model, rows, 12, 1.0, codec.eos_id, codec.pad_id, torch.Generator().manual_seed(0))
+    full = response_logprobs(model, rows, ids, mask, codec.pad_id)
+    assert mask.sum() > len(rows)  # responses of more than one token
+    assert torch.allclose(lps, full, atol=2e-4), (lps - full).abs().max()
+    assert torch.all(lps[mask.bool()] < 0) and torch.all(lps[~mask.bool()] == 0)
+    for r, m in zip(ids, mask):  # nothing after eos
+        n = int(m.sum())
+        assert codec.eos_id not in r[: n - 1].tolist()
+
+
+def test_each_tokenizer_brings_its_format(models):
+    """Qwen2's chat template wraps the prompt as a user turn and a scored pair as a conversation;
+    ``chat_template: none`` turns it off; Llama's tokenizer adds its BOS; GPT-2's, without a pad
+    token, pads with eos; the synthetic task's tokenizer keeps ``[BOS] p [SEP] r [EOS]`` exactly."""
+    from orchestrator.data.tasks import synthetic as T
+    from orchestrator.nn.models import encode_pair, encode_prompt, load_tokenizer, train_tokenizer
+
+    q = load_codec(models("tiny:qwen2-2x32"))
+    assert q.format == "chat"
+    start = q.tok.convert_tokens_to_ids("<|im_start|>")
+    assert q.prompt("hello !")[0] == start and q.prompt("hello !").count(start) == 2  # user turn + generation prompt
+    assert q.score_input("hello !", "hi !").count(start) == 2 and q.score_input("hello !", "hi !")[-1] == q.eos_id
+    plain = load_codec(models("tiny:qwen2-2x32"), chat_template="none")
+    assert plain.format == "plain" and start not in plain.prompt("hello !")
+    llama = load_codec(models("tiny:llama-2x32"))
+    assert llama.prompt("hello !")[0] == llama.tok.bos_token_id
+    gpt2 = load_codec(models("tiny:gpt2-2x32"))
+    assert gpt2.tok.pad_token_id is None and gpt2.pad_id == gpt2.eos_id
+    assert gpt2.decode([gpt2.response("the answer is 7 .")]) == ["the answer is 7 ."]
+
+    d = models("tiny:prompts").rsplit("/", 1)[0] + "/task-tok"
+    tok = train_tokenizer(T.corpus(0, 200), d)
+    task = load_codec(d)
+    assert task.format == "task"
+    for r in T.make_prompts(20, 1):
+        resp = T.make_demonstration(r["family"], r["meta"], random.Random(1))
+        assert task.prompt(r["prompt"]) == encode_prompt(load_tokenizer(d), r["prompt"])
+        assert task.score_input(r["prompt"], resp) == task.sequence(r["prompt"], resp) == encode_pair(tok, r["prompt"], resp)
+
+
+def test_tokenizer_without_pad_or_eos_and_broken_template_are_refused(models):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")))
+    with pytest.raises(CodecError, match="neither a pad nor an eos"):
+        Codec(bare)
+    q = load_codec(models("tiny:qwen2-2x32"))
+    q.tok.chat_template = "{{ raise_exception('system turn required') }}"
+    with pytest.raises(CodecError, match="chat template failed to render"):
+        q.prompt("hello !")
+
+
+def test_proxy_of_a_model_by_path_trains_saves_and_reloads_in_plain_transformers(models, tmp_path):
+    """A proxy from a base model of another architecture and tokenizer than the policy: Bradley-Terry
+    training through its own codec, saved as a one-label ``AutoModelForSequenceClassification`` that
+    plain ``transformers`` loads and that scores exactly as the ensemble did; a gold member with a
+    multi-label head is refused."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from actors.reward_ensemble import RewardEnsemble
+    from orchestrator.data.tasks import synthetic as T
+
+    rows = T.make_prompts(60, 2, families=("arith",))
+    rng = random.Random(0)
+    texts, a, b, p, group = [], [], [], [], []
+    for i, r in enumerate(rows):
+        x, y = (T.make_demonstration(r["family"], r["meta"], rng) for _ in range(2))
+        texts += [(r["prompt"], x), (r["prompt"], y)]
+        a.append(2 * i), b.append(2 * i + 1), p.append(1.0), group.append(i)
+    data = {"texts": texts, "a": a, "b": b, "p_a": p, "group": group, "val": [g >= 50 for g in group]}
+    ens = RewardEnsemble("proxy", [{"name": "rm", "kind": "hf", "path": models("tiny:gpt_neox-2x32"), "seed": 1}])
+    stats = ens.train(data, 1, 8, 1e-3, 0)
+    assert stats["rm"]["steps"] >= 1 and stats["rm"]["params"] > 0
+    sample = {"prompt": [t[0] for t in texts[:6]], "response": [t[1] for t in texts[:6]]}
+    before = ens.score(sample).values[:, 0]
+    saved = ens.save(str(tmp_path))["rm"]
+    model = AutoModelForSequenceClassification.from_pretrained(saved).eval()
+    tok = AutoTokenizer.from_pretrained(saved)
+    assert model.config.num_labels == 1 and model.config.model_type == "gpt_neox" and len(tok) == len(ens.codecs[0].tok)
+    gold = RewardEnsemble("gold", [{"name": "g", "kind": "hf", "path": saved, "head": "trained"}])
+    assert torch.allclose(torch.tensor(gold.score(sample).values[:, 0]), torch.tensor(before), atol=1e-5)
+
+    two = tmp_path / "two-labels"
+    AutoModelForSequenceClassification.from_pretrained(models("tiny:llama-2x32"), num_labels=2).save_pretrained(two)
+    AutoTokenizer.from_pretrained(models("tiny:llama-2x32")).save_pretrained(two)
+    with pytest.raises(ValueError, match="2-label head"):
+        RewardEnsemble("gold", [{"name": "g", "kind": "hf", "path": str(two), "head": "trained"}])
+
+
+def test_dataset_columns_rows_and_emptiness_are_checked(tmp_path):
+    from orchestrator.data.tables import DataError
+    from orchestrator.data.tasks.dataset import read_columns
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"q": f"question {i}"}) + "\n" for i in range(5)))
+    assert read_columns(str(f), "train", {"prompt": "q"}, "task.dataset")["prompt"][4] == "question 4"
+    with pytest.raises(DataError, match=r"task.dataset.prompt_column: .* has no column 'prompt' \(columns: q\)"):
+        read_columns(str(f), "train", {"prompt": "prompt"}, "task.dataset")
+    f.write_text(json.dumps({"q": "fine"}) + "\n" + json.dumps({"q": ""}) + "\n")
+    with pytest.raises(DataError, match="column 'q', row 1"):
+        read_columns(str(f), "train", {"prompt": "q"}, "task.dataset")
+    e = tmp_path / "e.csv"
+    e.write_text("q\n")
+    with pytest.raises(DataError, match="is empty"):
+        read_columns(str(e), "train", {"prompt": "q"}, "task.dataset")
+    with pytest.raises(DataError, match="no such file"):
+        read_columns(str(tmp_path / "missing.parquet"), "train", {"prompt": "q"}, "task.dataset")
+
+
+# ---- bad input: one line naming the key, exit 2, nothing written, Ray never started ----------
+
+HF_TINY = "jobs/configs/hf-tiny.yaml"
+
+
+def _copy(models, ref, tmp, name, edit):
+    import shutil
+    from pathlib import Path
+
+    d = Path(tmp) / name
+    shutil.copytree(models(ref), d)
+    edit(d)
+    return str(d)
+
+
+def _no_weights(d):
+    for f in d.glob("*.safetensors"):
+        f.unlink()
+
+
+def _pickled(d):
+    _no_weights(d)
+    torch.save({"w": torch.zeros(2)}, d / "pytorch_model.bin")
+
+
+def _no_pad_no_eos(d):
+    conf = json.loads((d / "tokenizer_config.json").read_text())
+    for k in ("bos_token", "eos_token", "pad_token"):
+        conf.pop(k, None)
+    (d / "tokenizer_config.json").write_text(json.dumps(conf))
+
+
+def _bad_template(d):
+    (d / "chat_template.jinja").write_text("{{ raise_exception('this template needs a system turn') }}")
+
+
+def _empty_file(tmp):
+    f = tmp / "empty.jsonl"
+    f.write_text("")
+    return str(f)
+
+
+BYO_CASES = [
+    ("proxy model without weights", lambda m, t: [f"proxy.models=[{_copy(m, 'tiny:gpt2-2x16', t, 'p', _no_weights)}]", "rl.sizes=[p]"],
+     "proxy.models[0]: ", "no *.safetensors weights"),
+    ("gold model with only pickled weights",
+     lambda m, t: [f"gold.models=[{_copy(m, 'tiny:llama-2x64-rm', t, 'g', _pickled)}]"],
+     "gold.models[0]: ", "pytorch_model.bin are pickled"),
+    ("gold model without a one-label head", lambda m, t: [f"gold.models=[{m('tiny:llama-2x32')}]"],
+     "gold.models[0]: ", "one-label sequence-classification head"),
+    ("dataset without the named column", lambda m, t: ["task.dataset.prompt_column=question"],
+     "task.dataset.prompt_column: ", "has no column 'question'"),
+    ("empty dataset", lambda m, t: [f"task.dataset.path={_empty_file(t)}"], "task.dataset.path: ", "is empty"),
+    ("preference dataset without its columns", lambda m, t: ["label.source=dataset", "label.dataset.path=tiny:prompts"],
+     "label.dataset.chosen_column: ", "has no column 'chosen'"),
+    ("tokenizer with neither pad nor eos",
+     lambda m, t: [f"proxy.models=[{_copy(m, 'tiny:gpt2-2x16', t, 'p', _no_pad_no_eos)}]", "rl.sizes=[p]"],
+     "proxy.models[0]: ", "neither a pad nor an eos token"),
+    ("chat template that fails to render",
+     lambda m, t: [f"sft.policy.path={_copy(m, 'tiny:qwen2-2x64', t, 'pol', _bad_template)}"],
+     "sft.policy.path: ", "chat template failed to render"),
+]
+
+
+@pytest.mark.parametrize("case, make, key, needle", BYO_CASES, ids=[c[0] for c in BYO_CASES])
+def test_bad_own_model_or_dataset_exits_2_naming_the_key(case, make, key, needle, models, tmp_path, capsys,
+                                                         monkeypatch):
+    from pathlib import Path
+
+    import jobs.frontier
+    import orchestrator.run.main as main
+
+    def tripwire(*a, **k):
+        raise AssertionError(f"{case}: got past validation, Ray was about to start")
+
+    monkeypatch.setattr(main, "init_ray", tripwire)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    overrides = make(models, tmp_path)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        jobs.frontier.main(["--config", HF_TINY, "--run-dir", str(run), "--quiet", *overrides])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert e.value.code == 2, (case, err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}") and needle in lines[0], (case, err[-2000:])
+    assert not run.exists(), f"{case}: the run directory was created"
