@@ -55,7 +55,12 @@ def test_each_tokenizer_brings_its_format(models):
     ``chat_template: none`` turns it off; Llama's tokenizer adds its BOS; GPT-2's, without a pad
     token, pads with eos; the synthetic task's tokenizer keeps ``[BOS] p [SEP] r [EOS]`` exactly."""
     from orchestrator.data.tasks import synthetic as T
-    from orchestrator.nn.models import encode_pair, encode_prompt, load_tokenizer, train_tokenizer
+    from orchestrator.nn.models import (
+        encode_pair,
+        encode_prompt,
+        load_tokenizer,
+        train_tokenizer,
+    )
 
     q = load_codec(models("tiny:qwen2-2x32"))
     assert q.format == "chat"
@@ -238,3 +243,94 @@ def test_bad_own_model_or_dataset_exits_2_naming_the_key(case, make, key, needle
     assert e.value.code == 2, (case, err[-2000:])
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}") and needle in lines[0], (case, err[-2000:])
     assert not run.exists(), f"{case}: the run directory was created"
+
+
+# ---- the whole job on hf-tiny.yaml --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_run(ray_session, models, tmp_path_factory):
+    """``jobs/configs/hf-tiny.yaml`` end to end, in-process on the shared Ray: its ``tiny:`` models
+    built into this module's cache, then loaded by path like a user's."""
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.run.cli import absolute_paths
+    from orchestrator.run.pipeline import run_frontier
+    from orchestrator.run.preflight import preflight
+
+    cfg = absolute_paths(FrontierConfig, load(FrontierConfig, HF_TINY))
+    run_dir = tmp_path_factory.mktemp("hf-tiny")
+    preflight(cfg, run_dir)
+    return cfg, run_dir, run_frontier(cfg, run_dir, progress=False)
+
+
+@pytest.mark.slow
+def test_hf_tiny_profile_runs_the_whole_frontier_on_models_by_path(hf_run):
+    import numpy as np
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from orchestrator.run.pipeline import run_frontier
+
+    cfg, run_dir, fr = hf_run
+    assert [e["proxy"] for e in fr["bon"]] == ["proxy-gpt2-2x16", "proxy-gpt_neox-2x32", "proxy-llama-2x48"]
+    stages = {json.loads((d / "DONE.json").read_text()).get("name", f"proxy-{json.loads((d / 'DONE.json').read_text())['size']}"): d
+              for d in run_dir.glob("stages/proxy-*") if not d.name.endswith(".tmp")}
+    for e, arch in zip(fr["bon"], ("gpt2", "gpt_neox", "llama")):
+        saved = stages[e["proxy"]] / "model"  # plain transformers loads every proxy, with its own tokenizer
+        rm = AutoModelForSequenceClassification.from_pretrained(saved)
+        assert rm.config.model_type == arch and rm.config.num_labels == 1
+        assert e["proxy_params"] == sum(p.numel() for p in rm.parameters())  # the size axis: read from the model
+        assert len(AutoTokenizer.from_pretrained(saved)) > 100
+        assert len(e["points"]) == cfg.n_max and e["fit"]["r2"] is not None
+    assert fr["task"]["dropped_long"] == 0 and fr["task"]["held_out"] >= cfg.sample.bon_prompts
+    assert fr["task"]["prompts"] == cfg.sample.label_prompts + cfg.sample.bon_prompts + cfg.rl.train_prompts
+    bon = pq.read_table(next(run_dir.glob("stages/bon-*/bon_scores.parquet"))).to_pydict()
+    members = [np.array(bon[f"score.gold.member.gold-{k}"]) for k in ("llama-2x64-rm", "qwen2-2x32-rm")]
+    assert np.allclose(np.array(bon["score.gold"]), np.mean(members, axis=0))  # gold = the members' mean
+    assert len(set(np.round(members[1], 6))) > len(bon["score.gold"]) // 4  # each member reads the text
+    texts = [t for t in bon["response"] if t]
+    assert texts and sum(" " in t for t in texts) > len(texts) // 2  # decoded words, re-tokenized by each RM
+    assert {t["trial"] for t in fr["rl"]} == {"proxy-gpt2-2x16-kl0", "proxy-gpt2-2x16-kl0.1"}
+    assert all(len(t["points"]) >= 2 for t in fr["rl"])
+    assert (run_dir / "report.html").is_file()
+    again = run_frontier(cfg, run_dir, progress=False)  # resumed: every stage and trial cached
+    assert all(t["cached"] for t in again["timings"].values()) and again["bon"] == fr["bon"]
+
+
+@pytest.mark.slow
+def test_gold_barrier_holds_with_model_gold(hf_run, tmp_path):
+    """With gold RMs in place of the oracle the RL updates stay bit-identical to a run without gold."""
+    import hashlib
+
+    from orchestrator.run.rl_loop import RLRun, run_rl
+    from orchestrator.run.rl_stage import rl_rows
+    from orchestrator.run.roles import gold_members
+    from orchestrator.run.slots import Slot
+    from orchestrator.run.stages import StageResult
+    from orchestrator.run.sweep import trial_specs
+
+    cfg, run_dir, _ = hf_run
+
+    def stage(name):
+        d = next(d for d in sorted(run_dir.glob(f"stages/{name}-*")) if not d.name.endswith(".tmp"))
+        return StageResult(name, d.name.rsplit("-", 1)[1], d, json.loads((d / "DONE.json").read_text()), True)
+
+    task, sft = stage("task"), stage("sft")
+    proxies = [StageResult("proxy", d.name.rsplit("-", 1)[1], d, json.loads((d / "DONE.json").read_text()), True)
+               for d in sorted(run_dir.glob("stages/proxy-*")) if not d.name.endswith(".tmp")]
+    spec = next(s for s in trial_specs(cfg, proxies) if s.name == "proxy-gpt2-2x16-kl0")
+    train_rows, eval_rows = rl_rows(cfg, task)
+    files = {}
+    for gold in (gold_members(cfg), False):
+        slot = Slot(cfg.cluster.rl, str(sft.dir / "policy"), "", list(spec.members), cfg.seed, gold, local=True)
+        out = tmp_path / ("gold" if gold else "none")
+        run = RLRun(cfg.rl, spec, cfg.cluster.rl, str(sft.dir / "policy"), "", train_rows, eval_rows, out, cfg.seed,
+                    gold=bool(gold), slot=slot)
+        try:
+            run_rl(run, tensorboard=False)
+            assert ("gold/mean" in run.history[-1]) == bool(gold)
+        finally:
+            slot.shutdown()
+        last = sorted((out / "checkpoints").glob("step_*[0-9]"))[-1] / "learner.safetensors"
+        files[bool(gold)] = hashlib.sha256(last.read_bytes()).hexdigest()
+    assert files[True] == files[False]

@@ -116,6 +116,7 @@ def _tokenizer(arch: str):
 
 def _build_model(arch: str, layers: int, width: int, rm: bool, out: Path) -> None:
     import torch
+    import transformers
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
@@ -124,8 +125,6 @@ def _build_model(arch: str, layers: int, width: int, rm: bool, out: Path) -> Non
         LlamaConfig,
         Qwen2Config,
     )
-
-    import transformers
 
     transformers.utils.logging.disable_progress_bar()  # a job's stderr stays one line on a user error
     tok = _tokenizer(arch)
