@@ -28,12 +28,13 @@ from orchestrator.nn.sampling import response_forward
 
 class PolicyLearner:
     def __init__(self, tokenizer_dir: str, model: dict, seed: int, num_cpus: float = 1.0,
-                 chat_template: str = "auto"):
+                 chat_template: str = "auto", batch_tokens: int = 0):
         """``model``: a ``ModelConfig`` as a dict; with ``path`` the policy and its own tokenizer
         (and chat template, unless ``chat_template`` is ``none``) load from there, else the policy is
         built from config over the task's tokenizer in ``tokenizer_dir``."""
         self.threads = set_threads(num_cpus)
         self.chat_template = chat_template
+        self.batch_tokens = batch_tokens  # most padded tokens per forward pass (0: whole SFT steps, 32-row RL chunks)
         self.codec = load_codec(model.get("path") or tokenizer_dir, chat_template)
         self.tok = self.codec.tok
         self.seed = seed
@@ -79,25 +80,51 @@ class PolicyLearner:
         losses, tokens = [], 0
         for step in range(steps):
             idx = next(batches)
-            ids, mask = pad_right([enc[i][1] for i in idx], self.codec.pad_id)
-            labels = ids.clone()
-            labels[mask == 0] = -100
-            for row, i in enumerate(idx):
-                labels[row, : enc[i][0]] = -100  # no loss on the prompt
-            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, n_tok = self._sft_backward([enc[i] for i in idx])
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(loss.item())
-            tokens += int(mask.sum())
+            losses.append(loss)
+            tokens += n_tok
             self._progress = {"what": "sft step", "done": step + 1, "total": steps, "loss": losses[-1]}
         self.model.eval()
         secs = time.perf_counter() - t0
         tail = losses[-max(1, steps // 10):]
         return {"loss_first": losses[0], "loss_last": sum(tail) / len(tail), "seconds": secs,
                 "tokens_per_s": tokens / secs, "steps": steps, "params": self.n_params()}
+
+    def _sft_backward(self, batch: list[tuple[int, list[int]]]) -> tuple[float, int]:
+        """Next-token loss on the response tokens of ``batch`` [(prompt length, ids)] and its
+        gradient: one forward pass, or -- past ``batch_tokens`` padded tokens -- length-bounded
+        pieces, each piece's mean loss weighted by its share of the step's response tokens (the
+        same objective). Returns (loss, tokens)."""
+        from orchestrator.nn.models import token_chunks
+
+        def piece(rows):
+            ids, mask = pad_right([batch[i][1] for i in rows], self.codec.pad_id)
+            labels = ids.clone()
+            labels[mask == 0] = -100
+            for row, i in enumerate(rows):
+                labels[row, : batch[i][0]] = -100  # no loss on the prompt
+            return ids, mask, labels
+
+        longest = max(len(x[1]) for x in batch)
+        if not self.batch_tokens or len(batch) * longest <= self.batch_tokens:
+            ids, mask, labels = piece(range(len(batch)))
+            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            return loss.item(), int(mask.sum())
+        pieces = [piece(c) for c in token_chunks([len(x[1]) for x in batch], self.batch_tokens, len(batch))]
+        total = sum(int((lab[:, 1:] != -100).sum()) for _, _, lab in pieces)  # predicted tokens (HF shifts)
+        loss_sum, tokens = 0.0, 0
+        for ids, mask, labels in pieces:
+            w = int((labels[:, 1:] != -100).sum()) / total
+            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss * w
+            loss.backward()
+            loss_sum += loss.item()
+            tokens += int(mask.sum())
+        return loss_sum, tokens
 
     @staticmethod
     def _length_bucketed(enc: list, size: int, rng: random.Random, pool: int = 16):
@@ -188,8 +215,14 @@ class PolicyLearner:
             perm = torch.randperm(b, generator=g)
             for m in range(hp["minibatches"]):
                 rows = sorted(perm[m * size: (m + 1) * size].tolist(), key=lambda i: (lengths[i], i))
-                n_chunks = max(1, round(len(rows) / hp.get("chunk_rows", 32)))
-                chunks = [c.tolist() for c in np.array_split(np.array(rows), n_chunks)]
+                if self.batch_tokens:  # length-bounded pieces: the learner's memory set in tokens
+                    from orchestrator.nn.models import token_chunks
+
+                    chunks = [[rows[i] for i in c] for c in
+                              token_chunks([lengths[r] for r in rows], self.batch_tokens, len(rows))]
+                else:
+                    n_chunks = max(1, round(len(rows) / hp.get("chunk_rows", 32)))
+                    chunks = [c.tolist() for c in np.array_split(np.array(rows), n_chunks)]
                 total = float(batch.response_mask[rows].sum())
                 self.opt.zero_grad(set_to_none=True)
                 acc: dict[str, float] = {}

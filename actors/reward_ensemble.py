@@ -75,7 +75,7 @@ def _drill(role: str, name: str, calls: dict) -> str:
 
 class RewardEnsemble:
     def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0,
-                 chat_template: str = "auto"):
+                 chat_template: str = "auto", batch_tokens: int = 0):
         """members: ``{"name", "kind": "oracle"}`` or ``{"name", "kind": "hf", "size" | "path", "seed",
         "norm": (shift, scale) (optional), "head": "new" | "trained"}``. An ``hf`` member loaded by
         path reads text through the tokenizer saved there (its own codec: tokenizer, chat template
@@ -93,6 +93,7 @@ class RewardEnsemble:
             self.threads = max(1, int(num_cpus))
             torch.set_num_threads(self.threads)
         self.tokenizer_dir, self.chat_template = tokenizer_dir, chat_template
+        self.batch_tokens = batch_tokens  # most padded tokens per forward pass (0: 1024 rows to score)
         self._calls: dict[str, int] = {}
         self._progress: dict = {}
         self.set_members(members)
@@ -135,7 +136,8 @@ class RewardEnsemble:
                     from transformers import AutoModelForSequenceClassification
 
                     if m.get("head") == "trained":
-                        model = AutoModelForSequenceClassification.from_pretrained(m["path"])
+                        model = AutoModelForSequenceClassification.from_pretrained(
+                            m["path"], dtype=getattr(torch, m.get("dtype", "float32")))
                         if model.config.num_labels != 1:
                             raise ValueError(f"member {m['name']}: {m['path']} has a {model.config.num_labels}-label "
                                              "head; a reward model needs one label")
@@ -162,15 +164,46 @@ class RewardEnsemble:
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def _rm_scores(self, model, seqs: list[list[int]], pad_id: int, batch: int = 1024) -> np.ndarray:
+        res = np.empty(len(seqs), np.float64)
+        if self.batch_tokens:  # length-bounded batches: memory set in tokens, not rows
+            for idx in _hf().token_chunks([len(s) for s in seqs], self.batch_tokens, batch):
+                ids, mask = _hf().pad_right([seqs[j] for j in idx], pad_id)
+                res[idx] = model(input_ids=ids, attention_mask=mask).logits[:, 0].float().numpy()
+            return res
         out = []
         order = np.argsort([len(s) for s in seqs])  # similar lengths together: less padding
         for i in range(0, len(seqs), batch):
             idx = order[i: i + batch]
             ids, mask = _hf().pad_right([seqs[j] for j in idx], pad_id)
             out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float().numpy())
-        res = np.empty(len(seqs), np.float64)
         res[order] = np.concatenate(out) if out else np.zeros(0)
         return res
+
+    def _bt_backward(self, model, useqs: list[list[int]], pad_id: int, ia, ib, p_a) -> torch.Tensor:
+        """The Bradley-Terry loss of one step and its gradient, in one forward pass or -- when the
+        step's padded tokens exceed ``batch_tokens`` -- in two passes over length-bounded pieces:
+        every score without grad, the loss's gradient with respect to the scores, then each piece's
+        forward again backpropagating its share (the same gradient as one pass)."""
+        longest = max(len(s) for s in useqs)
+        if not self.batch_tokens or len(useqs) * longest <= self.batch_tokens:
+            ids, mask = _hf().pad_right(useqs, pad_id)
+            r = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+            loss = bradley_terry_loss(r[ia], r[ib], torch.tensor(p_a, dtype=r.dtype))
+            loss.backward()
+            return loss
+        pieces = _hf().token_chunks([len(s) for s in useqs], self.batch_tokens, len(useqs))
+        r = torch.zeros(len(useqs))
+        with torch.no_grad():
+            for c in pieces:
+                ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
+                r[c] = model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+        r.requires_grad_(True)
+        loss = bradley_terry_loss(r[ia], r[ib], torch.tensor(p_a, dtype=r.dtype))
+        loss.backward()
+        for c in pieces:
+            ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
+            model(input_ids=ids, attention_mask=mask).logits[:, 0].float().backward(r.grad[c])
+        return loss.detach()
 
     def score(self, rows: dict[str, list], sealed: bool = False) -> Scores:
         """rows: columns ``prompt``, ``response`` (and ``family``, ``meta`` for the oracle).
@@ -258,13 +291,10 @@ class RewardEnsemble:
                     pairs = [i for g in step_groups for i in by_group[g]]
                     uniq = sorted(set(a[pairs].tolist()) | set(b[pairs].tolist()))
                     where = {u: k for k, u in enumerate(uniq)}
-                    ids, mask = _hf().pad_right([seqs[u] for u in uniq], codec.pad_id)
-                    r = m(input_ids=ids, attention_mask=mask).logits[:, 0]
                     ia = torch.tensor([where[x] for x in a[pairs].tolist()])
                     ib = torch.tensor([where[x] for x in b[pairs].tolist()])
-                    loss = bradley_terry_loss(r[ia], r[ib], torch.tensor(p_a[pairs], dtype=r.dtype))
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss = self._bt_backward(m, [seqs[u] for u in uniq], codec.pad_id, ia, ib, p_a[pairs])
                     torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
                     opt.step()
                     sched.step()

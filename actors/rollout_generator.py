@@ -16,10 +16,11 @@ from orchestrator.nn.sampling import response_logprobs, sample
 
 
 class RolloutGenerator:
-    def __init__(self, policy_dir: str, num_cpus: float = 1.0):
+    def __init__(self, policy_dir: str, num_cpus: float = 1.0, batch_tokens: int = 0):
         """``policy_dir``: a ``save_pretrained`` directory; it is both the starting policy and the
         frozen reference (the reference is never updated)."""
         self.threads = set_threads(num_cpus)
+        self.batch_tokens = batch_tokens  # the role's token budget of a log-prob pass (0 = 32 rows)
         self.policy_dir = None
         self._die_after: int | None = None
         self.reset(policy_dir)
@@ -84,9 +85,10 @@ class RolloutGenerator:
         rows = [e for e in enc for _ in range(n)]
         pad = self.codec.pad_id
         ids, mask, lps = sample(self.policy, rows, max_new_tokens, temperature, self.codec.eos_id, pad, g, fast=fast)
-        ref = response_logprobs(self.ref, rows, ids, mask, pad, temperature) if with_ref else None
+        bt = self.batch_tokens
+        ref = response_logprobs(self.ref, rows, ids, mask, pad, temperature, batch_tokens=bt) if with_ref else None
         if recompute:
-            lps = response_logprobs(self.policy, rows, ids, mask, pad, temperature)
+            lps = response_logprobs(self.policy, rows, ids, mask, pad, temperature, batch_tokens=bt)
         texts = self.codec.decode([r[m.bool()].tolist() for r, m in zip(ids, mask)])
         return RolloutBatch(prompt_index=np.repeat(np.arange(len(prompts)), n), response_ids=ids,
                             response_mask=mask, logprobs=lps, ref_logprobs=ref, texts=texts,

@@ -334,3 +334,34 @@ def test_gold_barrier_holds_with_model_gold(hf_run, tmp_path):
         last = sorted((out / "checkpoints").glob("step_*[0-9]"))[-1] / "learner.safetensors"
         files[bool(gold)] = hashlib.sha256(last.read_bytes()).hexdigest()
     assert files[True] == files[False]
+
+
+def test_token_budget_splits_batches_without_changing_the_objective(models):
+    """``batch_tokens`` (per role) bounds the padded tokens of a forward pass; SFT and Bradley-Terry
+    steps split past it accumulate the same gradient, and split scoring gives the same scores."""
+    from actors.policy_learner import PolicyLearner
+    from actors.reward_ensemble import RewardEnsemble
+    from orchestrator.data.tasks import synthetic as T
+    from orchestrator.nn.models import token_chunks
+
+    assert token_chunks([5, 1, 3, 9], 10, 8) == [[1, 2], [0], [3]]  # rows x longest <= 10; a long row alone
+    rng = random.Random(0)
+    rows = T.make_prompts(40, 5)
+    pairs = [(r["prompt"], T.make_demonstration(r["family"], r["meta"], rng)) for r in rows]
+    weights = []
+    for bt in (0, 64):
+        pol = PolicyLearner("", {"path": models("tiny:llama-2x32")}, seed=3, batch_tokens=bt)
+        st = pol.sft(pairs, steps=3, sequences_per_step=16, lr=1e-3)
+        weights.append(pol.weights())
+    assert st["loss_last"] > 0 and abs(weights[0] - weights[1]).max() < 1e-5
+
+    texts = pairs[:24]
+    data = {"texts": texts, "a": list(range(0, 24, 2)), "b": list(range(1, 24, 2)), "p_a": [1.0, 0.0] * 6,
+            "group": list(range(12)), "val": [False] * 10 + [True] * 2}
+    scores = []
+    for bt in (0, 48):
+        ens = RewardEnsemble("proxy", [{"name": "rm", "kind": "hf", "path": models("tiny:qwen2-2x32"), "seed": 1}],
+                             batch_tokens=bt)
+        ens.train(data, 1, 4, 1e-3, 0)
+        scores.append(ens.score({"prompt": [t[0] for t in texts], "response": [t[1] for t in texts]}).values[:, 0])
+    assert abs(scores[0] - scores[1]).max() < 1e-4 and scores[0].std() > 0

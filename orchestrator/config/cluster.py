@@ -23,9 +23,16 @@ class RoleResources:
     """Custom Ray resources per actor, e.g. ``{rollout_node: 0.01}``: start nodes with
     ``ray start --resources='{"rollout_node": 1}'`` (or the autoscaler's node types) and the role
     only lands on those nodes. Placement-group bundles carry them too."""
+    batch_tokens: int = 0
+    """The most tokens (rows x padded length) one forward pass of this role holds, so its memory is
+    bounded by length rather than by a row count: scoring splits larger batches; training (SFT,
+    Bradley-Terry, RL updates) accumulates gradients over pieces of the same step (the same
+    objective; float rounding may differ in the last bits). 0 = the recipes' row counts (scoring
+    1024 rows, RL updates 32). README "Your own models" sizes it per role."""
 
     def __post_init__(self):
         _check(self.replicas >= 1, "replicas", f"{self.replicas} must be >= 1")
+        _check(self.batch_tokens >= 0, "batch_tokens", f"{self.batch_tokens} must be >= 0 (0 = row counts)")
         _check(self.num_cpus > 0, "num_cpus", f"{self.num_cpus} must be > 0")
         _check(self.num_gpus >= 0, "num_gpus", f"{self.num_gpus} must be >= 0")
         for k, v in self.resources.items():

@@ -142,8 +142,13 @@ class GoldConfig:
     """Sequence-classification RMs with a one-label head (local paths, hub ids or ``tiny:ARCH-LxW-rm``),
     each scored through its own tokenizer and template; gold = their mean. Empty = the synthetic
     task's oracle (a dataset task needs at least one)."""
+    dtype: str = "float32"
+    """The gold RMs' weights in memory: ``float32``, or ``bfloat16`` / ``float16`` to halve a 7B gold's
+    memory (scores are returned as float)."""
 
     def __post_init__(self):
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", f"{self.dtype!r} must be float32, "
+               "bfloat16 or float16")
         _check(len(set(self.models)) == len(self.models), "models", f"{list(self.models)} has duplicates")
         keys = [model_key(m) for m in self.models]
         _check(len(set(keys)) == len(keys), "models", f"{keys}: two models go by one name")

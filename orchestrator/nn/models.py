@@ -96,3 +96,20 @@ def set_threads(num_cpus: float) -> int:
     n = max(1, int(num_cpus))
     torch.set_num_threads(n)
     return n
+
+
+def token_chunks(lengths: list[int], budget: int, max_rows: int) -> list[list[int]]:
+    """Indices into ``lengths`` sorted by length and cut into chunks of at most ``max_rows`` rows
+    whose padded size (rows x longest) stays within ``budget`` tokens (0 = rows only); a row longer
+    than the budget gets a chunk of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if cur and (len(cur) >= max_rows or (budget and (len(cur) + 1) * lengths[i] > budget)):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out

@@ -226,14 +226,15 @@ def _plain_ok(model) -> bool:
 @torch.no_grad()
 def response_logprobs(model, prompts: list[list[int]], response_ids: torch.Tensor,
                       response_mask: torch.Tensor, pad_id: int, temperature: float = 1.0,
-                      chunk_rows: int = 32) -> torch.Tensor:
+                      chunk_rows: int = 32, batch_tokens: int = 0) -> torch.Tensor:
     """``[b, t]`` log pi(response token) for given responses (e.g. under the frozen reference),
-    computed in chunks of rows of similar length (far less padding than one padded batch)."""
+    computed in chunks of rows of similar length (far less padding than one padded batch): at most
+    ``chunk_rows`` rows and, given, ``batch_tokens`` padded tokens each."""
+    from orchestrator.nn.models import token_chunks
+
     lengths = [len(p) + int(n) for p, n in zip(prompts, response_mask.sum(1))]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     out = torch.zeros(response_ids.shape, dtype=torch.float32)
-    for c in range(0, len(order), chunk_rows):
-        rows = order[c: c + chunk_rows]
+    for rows in token_chunks(lengths, batch_tokens, chunk_rows):
         mask = response_mask[rows]
         t = max(1, int(mask.sum(1).max()))
         lp = response_forward(model, [prompts[i] for i in rows], response_ids[rows, :t], mask[:, :t], pad_id,

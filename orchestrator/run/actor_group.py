@@ -65,6 +65,8 @@ class ActorGroup:
                  progress: bool = False, **kwargs):
         """progress: the actors answer ``progress()`` while another call runs (``with_progress``)."""
         n = resources.replicas if replicas is None else replicas
+        if resources.batch_tokens:  # the role's token budget per forward pass (actors that batch by length)
+            kwargs["batch_tokens"] = resources.batch_tokens
         self.name = name or cls.__name__
         self.local = local
         if local:

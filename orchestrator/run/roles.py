@@ -18,9 +18,13 @@ def gold_members(cfg: FrontierConfig) -> list[dict]:
     one-label head, its own tokenizer and template)."""
     if not cfg.gold.models:
         return [{"name": "oracle", "kind": "oracle"}]
-    return [{"name": f"gold-{model_key(m)}", "kind": "hf", "path": m, "head": "trained"} for m in cfg.gold.models]
+    return [{"name": f"gold-{model_key(m)}", "kind": "hf", "path": m, "head": "trained", "dtype": cfg.gold.dtype}
+            for m in cfg.gold.models]
 
 
 def gold_key(cfg: FrontierConfig) -> dict:
     """The gold ensemble in a stage's cache key (nothing for the oracle: keys stay as they were)."""
-    return {"gold": list(cfg.gold.models), "template": cfg.task.dataset.chat_template} if cfg.gold.models else {}
+    if not cfg.gold.models:
+        return {}
+    return {"gold": list(cfg.gold.models), "template": cfg.task.dataset.chat_template,
+            **({"dtype": cfg.gold.dtype} if cfg.gold.dtype != "float32" else {})}
