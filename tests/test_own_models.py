@@ -365,3 +365,89 @@ def test_token_budget_splits_batches_without_changing_the_objective(models):
         ens.train(data, 1, 4, 1e-3, 0)
         scores.append(ens.score({"prompt": [t[0] for t in texts], "response": [t[1] for t in texts]}).values[:, 0])
     assert abs(scores[0] - scores[1]).max() < 1e-4 and scores[0].std() > 0
+
+
+def test_dataset_task_holds_out_by_seed_and_counts_what_it_drops(models, tmp_path, caplog):
+    """The task stage of a dataset task (driver only, no Ray): distinct prompts, those longer than
+    ``max_prompt_tokens`` of the policy's own tokens (template included) dropped and counted; the
+    held-out best-of-n prompts are disjoint from labelling and RL training, and drawn by seed."""
+    import logging
+
+    import pyarrow.parquet as pq
+
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.run.cli import absolute_paths
+    from orchestrator.run.pipeline import stage_task
+
+    def run(seed, d):
+        cfg = absolute_paths(FrontierConfig, load(FrontierConfig, HF_TINY, ["task.dataset.max_prompt_tokens=18",
+                                                                           f"seed={seed}"]))
+        res = stage_task(cfg, d)
+        return cfg, res, pq.read_table(res.dir / "prompts.parquet").to_pydict()
+
+    with caplog.at_level(logging.INFO, logger="rlhf_frontier"):
+        cfg, res, t = run(0, tmp_path / "a")
+    codec = load_codec(cfg.sft.policy.path)
+    assert res.meta["dropped_long"] > 0 and res.meta["duplicates"] > 0
+    assert any("longer than 18 tokens" in r.getMessage() for r in caplog.records)
+    assert all(len(codec.prompt(p)) <= 18 for p in t["prompt"])
+    held = {p for p, s in zip(t["prompt"], t["split"]) if s == "bon"}
+    rest = {p for p, s in zip(t["prompt"], t["split"]) if s != "bon"}
+    assert len(held) == cfg.sample.bon_prompts and not held & rest
+    assert t["split"].count("rl") == cfg.rl.train_prompts and t["split"].count("label") == cfg.sample.label_prompts
+    assert run(0, tmp_path / "b")[2] == t  # the same seed: the same split
+    assert {p for p, s in zip(*(lambda x: (x["prompt"], x["split"]))(run(1, tmp_path / "c")[2])) if s == "bon"} != held
+
+
+@pytest.mark.slow
+def test_dataset_labels_train_the_proxies_and_gold_only_evaluates(hf_run):
+    """``label.source: dataset``: the user's (chosen, rejected) pairs are the preferences the proxies
+    train on; gold labels nothing, it scores both sides to report its agreement with them."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from orchestrator.config.schema import LabelConfig, PreferenceDatasetConfig
+    from orchestrator.run.pipeline import (
+        stage_label,
+        stage_proxies,
+        stage_sample,
+        stage_task,
+    )
+    from orchestrator.run.stages import StageResult
+
+    cfg, run_dir, _ = hf_run
+    prefs = tiny.resolve("tiny:preferences")
+    cfg = dataclasses.replace(cfg, label=LabelConfig(source="dataset", dataset=PreferenceDatasetConfig(path=prefs)),
+                              proxy=dataclasses.replace(cfg.proxy, models=cfg.proxy.models[:1]),
+                              rl=dataclasses.replace(cfg.rl, sizes=()))
+    task = stage_task(cfg, run_dir)
+    assert task.cached
+    sft_dir = next(d for d in run_dir.glob("stages/sft-*") if not d.name.endswith(".tmp"))
+    sft = StageResult("sft", sft_dir.name.rsplit("-", 1)[1], sft_dir, json.loads((sft_dir / "DONE.json").read_text()), True)
+    sample = stage_sample(cfg, run_dir, task, sft, False)
+    assert pq.read_table(sample.dir / "samples_label.parquet").num_rows == 0  # no label pool to sample
+    label = stage_label(cfg, run_dir, task, sample)
+    p = pq.read_table(label.dir / "preferences.parquet").to_pydict()
+    rows = [json.loads(x) for x in open(prefs)]
+    assert len(p["pair_id"]) == label.meta["pairs"] == sum(r["chosen"] != r["rejected"] for r in rows)
+    assert set(p["p_a"]) == {1.0} and set(p["labeler"]) == {"dataset"}
+    assert (p["response_a"][0], p["response_b"][0]) == (rows[0]["chosen"], rows[0]["rejected"])
+    assert 0.0 <= label.meta["gold_agreement"] <= 1.0
+    (proxy,) = stage_proxies(cfg, run_dir, task, sample, label, {}, False)
+    assert proxy.meta["val_pairs"] > 0 and proxy.meta["steps"] >= 1
+
+
+def test_sft_steps_0_takes_the_policy_as_it_is(models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from actors.policy_learner import PolicyLearner
+
+    path = models("tiny:gpt_neox-2x32")
+    pol = PolicyLearner("", {"path": path}, seed=0)
+    st = pol.sft([("hello !", "hi !")], steps=0, sequences_per_step=1, lr=1e-3)
+    assert st["steps"] == 0 and st["params"] == pol.n_params() and st["loss_last"] is None
+    pol.save(str(tmp_path / "policy"))
+    a = AutoModelForCausalLM.from_pretrained(path).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and load_codec(tmp_path / "policy").format == "plain"
