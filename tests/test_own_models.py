@@ -401,41 +401,36 @@ def test_dataset_task_holds_out_by_seed_and_counts_what_it_drops(models, tmp_pat
 
 @pytest.mark.slow
 def test_dataset_labels_train_the_proxies_and_gold_only_evaluates(hf_run):
-    """``label.source: dataset``: the user's (chosen, rejected) pairs are the preferences the proxies
-    train on; gold labels nothing, it scores both sides to report its agreement with them."""
+    """``label.source: dataset``: the user's (chosen, rejected) pairs become the preferences the
+    proxies train on (``preference_arrays``, the proxies' input); gold labels nothing, it scores
+    both sides to report its agreement with them; the gold-labelled stage is untouched."""
     import dataclasses
 
     import pyarrow.parquet as pq
 
     from orchestrator.config.schema import LabelConfig, PreferenceDatasetConfig
-    from orchestrator.run.pipeline import (
-        stage_label,
-        stage_proxies,
-        stage_sample,
-        stage_task,
-    )
+    from orchestrator.run.pipeline import preference_arrays, stage_label
     from orchestrator.run.stages import StageResult
 
-    cfg, run_dir, _ = hf_run
+    cfg, run_dir, fr = hf_run
     prefs = tiny.resolve("tiny:preferences")
-    cfg = dataclasses.replace(cfg, label=LabelConfig(source="dataset", dataset=PreferenceDatasetConfig(path=prefs)),
-                              proxy=dataclasses.replace(cfg.proxy, models=cfg.proxy.models[:1]),
-                              rl=dataclasses.replace(cfg.rl, sizes=()))
-    task = stage_task(cfg, run_dir)
-    assert task.cached
-    sft_dir = next(d for d in run_dir.glob("stages/sft-*") if not d.name.endswith(".tmp"))
-    sft = StageResult("sft", sft_dir.name.rsplit("-", 1)[1], sft_dir, json.loads((sft_dir / "DONE.json").read_text()), True)
-    sample = stage_sample(cfg, run_dir, task, sft, False)
-    assert pq.read_table(sample.dir / "samples_label.parquet").num_rows == 0  # no label pool to sample
-    label = stage_label(cfg, run_dir, task, sample)
+    cfg = dataclasses.replace(cfg, label=LabelConfig(source="dataset", dataset=PreferenceDatasetConfig(path=prefs)))
+
+    def done(name):
+        d = next(d for d in run_dir.glob(f"stages/{name}-*") if not d.name.endswith(".tmp"))
+        return StageResult(name, d.name.rsplit("-", 1)[1], d, json.loads((d / "DONE.json").read_text()), True)
+
+    gold_labels = done("label")
+    label = stage_label(cfg, run_dir, done("task"), done("sample"))  # the pool is not read: no label pool needed
+    assert label.key != gold_labels.key and not label.cached
     p = pq.read_table(label.dir / "preferences.parquet").to_pydict()
     rows = [json.loads(x) for x in open(prefs)]
     assert len(p["pair_id"]) == label.meta["pairs"] == sum(r["chosen"] != r["rejected"] for r in rows)
     assert set(p["p_a"]) == {1.0} and set(p["labeler"]) == {"dataset"}
     assert (p["response_a"][0], p["response_b"][0]) == (rows[0]["chosen"], rows[0]["rejected"])
     assert 0.0 <= label.meta["gold_agreement"] <= 1.0
-    (proxy,) = stage_proxies(cfg, run_dir, task, sample, label, {}, False)
-    assert proxy.meta["val_pairs"] > 0 and proxy.meta["steps"] >= 1
+    arr = preference_arrays(label.dir / "preferences.parquet", cfg.proxy.val_fraction, 0)
+    assert len(arr["a"]) == len(p["pair_id"]) and any(arr["val"]) and not all(arr["val"])
 
 
 def test_sft_steps_0_takes_the_policy_as_it_is(models, tmp_path):

@@ -85,6 +85,8 @@ class DatasetConfig:
     """A local file (``.parquet``, ``.jsonl``/``.json``, ``.csv``), a hub dataset id, or ``tiny:prompts``."""
     split: str = "train"
     """The split read (hub ids and local files alike: a local file is split ``train``)."""
+    subset: str = ""
+    """The dataset's configuration name, for hub datasets that have several (``load_dataset(path, subset)``)."""
     prompt_column: str = "prompt"
     """The column holding the prompt text."""
     eval_fraction: float = 0.1
@@ -112,6 +114,8 @@ class DemoDatasetConfig:
     """A local file or hub id (``tiny:demos`` for the tiny profile); empty = none."""
     split: str = "train"
     """The split read."""
+    subset: str = ""
+    """The dataset's configuration name, for hub datasets that have several (``load_dataset(path, subset)``)."""
     prompt_column: str = "prompt"
     """The prompt column."""
     response_column: str = "response"
@@ -126,6 +130,8 @@ class PreferenceDatasetConfig:
     """A local file or hub id (``tiny:preferences`` for the tiny profile)."""
     split: str = "train"
     """The split read."""
+    subset: str = ""
+    """The dataset's configuration name, for hub datasets that have several (``load_dataset(path, subset)``)."""
     prompt_column: str = "prompt"
     """The prompt column."""
     chosen_column: str = "chosen"
@@ -249,6 +255,10 @@ class SampleConfig:
     """Longest response."""
     sequences_per_batch: int = 512
     """Sequences a generator samples at once."""
+    tokens_per_batch: int = 0
+    """Also bound a sampling batch in tokens: sequences x (longest prompt + ``max_new_tokens``) of KV
+    cache at most this many (the generator's memory grows with length); 0 = sequences only. Changes
+    the batches, so the pools (each batch has its own seed) -- part of the sample stage's key."""
 
     def __post_init__(self):
         _check(self.label_prompts >= 2, "label_prompts", f"{self.label_prompts} must be >= 2")
@@ -263,6 +273,7 @@ class SampleConfig:
         _check(0.0 < self.temperature <= 10.0, "temperature", f"{self.temperature} must be in (0, 10]")
         _check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", "must be in 1..4096")
         _check(self.sequences_per_batch >= 1, "sequences_per_batch", "must be >= 1")
+        _check(self.tokens_per_batch >= 0, "tokens_per_batch", f"{self.tokens_per_batch} must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)

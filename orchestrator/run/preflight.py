@@ -80,14 +80,14 @@ def check_datasets(cfg) -> None:
 
     if cfg.task.name == "dataset":
         d = cfg.task.dataset
-        read_columns(d.path, d.split, {"prompt": d.prompt_column}, "task.dataset")
+        read_columns(d.path, d.split, {"prompt": d.prompt_column}, "task.dataset", d.subset)
         if cfg.sft.steps and cfg.sft.dataset.path:
             d = cfg.sft.dataset
-            read_columns(d.path, d.split, {"prompt": d.prompt_column, "response": d.response_column}, "sft.dataset")
+            read_columns(d.path, d.split, {"prompt": d.prompt_column, "response": d.response_column}, "sft.dataset", d.subset)
     if cfg.label.source == "dataset":
         d = cfg.label.dataset
         read_columns(d.path, d.split, {"prompt": d.prompt_column, "chosen": d.chosen_column,
-                                       "rejected": d.rejected_column}, "label.dataset")
+                                       "rejected": d.rejected_column}, "label.dataset", d.subset)
 
 
 def _models(obj, prefix: str = ""):

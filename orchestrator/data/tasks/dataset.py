@@ -20,7 +20,7 @@ def is_local(path: str) -> bool:
     return Path(path).expanduser().exists() or path.startswith((".", "/", "~")) or path.count("/") >= 2
 
 
-def fingerprint(path: str, split: str) -> dict:
+def fingerprint(path: str, split: str, subset: str = "") -> dict:
     """What identifies the data for a stage's cache key: a local file by size and modification
     time, a hub id by its id and split."""
     p = Path(path).expanduser()
@@ -31,10 +31,10 @@ def fingerprint(path: str, split: str) -> dict:
         files = sorted(x for x in p.rglob("*") if x.is_file())
         return {"path": str(p), "split": split, "files": [(str(x.relative_to(p)), x.stat().st_size,
                                                            x.stat().st_mtime_ns) for x in files]}
-    return {"path": path, "split": split}
+    return {"path": path, "split": split, **({"subset": subset} if subset else {})}
 
 
-def _load(path: str, split: str, key: str):
+def _load(path: str, split: str, key: str, subset: str = ""):
     import datasets
 
     datasets.disable_progress_bars()
@@ -51,7 +51,7 @@ def _load(path: str, split: str, key: str):
             return datasets.load_dataset(builder, data_files=str(p), split="train")
         if is_local(path) and not p.exists():
             raise DataError(f"{key}: {path}: no such file or directory")
-        return datasets.load_dataset(str(p) if p.is_dir() else path, split=split)
+        return datasets.load_dataset(str(p) if p.is_dir() else path, subset or None, split=split)
     except DataError:
         raise
     except Exception as e:  # a hub id offline, a malformed file, an unknown split
@@ -61,10 +61,10 @@ def _load(path: str, split: str, key: str):
         raise DataError(f"{key}: {path}: cannot be read ({e.__class__.__name__}: {msg[:300]})") from None
 
 
-def read_columns(path: str, split: str, columns: dict[str, str], key: str) -> dict[str, list[str]]:
+def read_columns(path: str, split: str, columns: dict[str, str], key: str, subset: str = "") -> dict[str, list[str]]:
     """``{name: column}`` of the dataset at ``path`` -> ``{name: [str, ...]}``; ``key`` names the
-    config section in errors (``task.dataset``)."""
-    ds = _load(path, split, f"{key}.path")
+    config section in errors (``task.dataset``); ``subset``: a hub dataset's configuration name."""
+    ds = _load(path, split, f"{key}.path", subset)
     for name, col in columns.items():
         if col not in ds.column_names:
             raise DataError(f"{key}.{name}_column: {path} has no column {col!r} (columns: "
