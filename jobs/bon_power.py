@@ -164,7 +164,15 @@ def factors(run: Path, which: list[str], replicates: int, progress: bool, sizes:
 
             user_error(f"--sizes: {missing} not among the run's proxies ({', '.join(proxies)})")
         entries = [e for e in entries if e["proxy"].removeprefix("proxy-") in sizes]
-        cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, sizes=tuple(sizes)))
+        if cfg.proxy.models:  # proxies of your own models go by name
+            keep = tuple(m for m, n in zip(cfg.proxy.models, cfg.proxy.names) if n in sizes)
+            cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, models=keep))
+        else:
+            cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, sizes=tuple(sizes)))
+    if "lm" in which and cfg.proxy.models:
+        from orchestrator.run.cli import user_error
+
+        user_error("--factors lm: this run's proxies are models of yours (proxy.models), with no LM to redraw")
     P, N = gold.shape
     cap = float(kl_bon(N))
     params = [e["proxy_params"] for e in entries]

@@ -65,10 +65,13 @@ def replicate_proxies(cfg: FrontierConfig, run_dir: Path, factor: str, k: int,
         raise ValueError(f"factor {factor!r}: one of {', '.join(FACTORS)}")
     if k < 1:
         raise ValueError("replicate k must be >= 1 (0 is the run's own proxies)")
-    sizes = list(cfg.proxy.sizes)
+    if factor == "lm" and cfg.proxy.models:
+        raise ValueError("factor 'lm' redraws the LMs proxies start from: proxies of proxy.models are "
+                         "pretrained models of yours, with nothing to redraw")
+    sizes = list(cfg.proxy.names)
     task = stage_task(cfg, run_dir)
     models = {"policy": (cfg.sft.policy, cfg.cluster.learner)}
-    if cfg.proxy.init == "lm":
+    if cfg.proxy.init == "lm" and not cfg.proxy.models:
         models.update({s: (_proxy_model(cfg, s), cfg.cluster.proxy) for s in sizes})
     lms = stage_lms(cfg, run_dir, task, models, progress)
     sft = lms.pop("policy")
