@@ -43,7 +43,7 @@ def test_kv_cache_sampling_logprobs_equal_a_full_forward(models, arch):
     ids, mask, lps = sample(model, rows, 12, 1.0, codec.eos_id, codec.pad_id, torch.Generator().manual_seed(0))
     full = response_logprobs(model, rows, ids, mask, codec.pad_id)
     assert mask.sum() > len(rows)  # responses of more than one token
-    assert torch.allclose(lps, full, atol=2e-4), (lps - full).abs().max()
+    assert torch.allclose(lps, full, atol=1e-5), (lps - full).abs().max()  # measured: 5e-7 on each
     assert torch.all(lps[mask.bool()] < 0) and torch.all(lps[~mask.bool()] == 0)
     for r, m in zip(ids, mask):  # nothing after eos
         n = int(m.sum())
