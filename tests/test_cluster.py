@@ -1,7 +1,7 @@
 """Placement and faults on a real 3-node Ray cluster (``ray.cluster_utils.Cluster``): roles land where
 ``cluster`` config says (custom resources mark the nodes), a RolloutGenerator killed mid-generation
-is restarted and the run's results equal an undisturbed run, and a worker node removed mid-run
-does not stop the run."""
+is restarted and a worker node removed mid-run (both in one run) leave the results of an undisturbed
+run."""
 
 import dataclasses
 import hashlib
@@ -109,24 +109,13 @@ class _Probe:
         return where()
 
 
-def test_generator_killed_mid_generation_is_restarted(three_nodes, rl_inputs, undisturbed, tmp_path, caplog):  # noqa: F811
-    out = tmp_path / "r"
-    run = _run(rl_inputs, out, _resources(rl_inputs[0]))
-    try:
-        before = fetch(run.gen.all("where"))
-        ray.get(run.gen.actors[0].drill_die_during_generate.remote(3))  # SIGKILL inside its 4th generate
-        with caplog.at_level(logging.WARNING, logger="rlhf_frontier"):
-            summary = run_rl(run, tensorboard=False)
-        after = fetch(run.gen.all("where"))
-    finally:
-        run.shutdown()
-    assert "a rollout generator died" in caplog.text and "re-pushing weights" in caplog.text, caplog.text
-    assert after[0]["pid"] != before[0]["pid"], "the killed generator was not restarted"
-    assert _result(out) == undisturbed[1]
-    assert summary["points"] == undisturbed[0]["points"]
-
-
-def test_worker_node_removed_mid_run(three_nodes, rl_inputs, undisturbed, tmp_path, caplog):  # noqa: F811
+def test_generator_killed_and_worker_node_removed_mid_run(three_nodes, rl_inputs, undisturbed, tmp_path, caplog):  # noqa: F811
+    """Two faults in one run (one run of the cluster fixture instead of two, ~35 s of the suite):
+    RolloutGenerator 0 is SIGKILLed inside its 4th ``generate`` (Ray restarts it in its bundle), and
+    the worker node of generator 1 is removed once the run passed step 2 (its bundle moves to the
+    surviving rollout node and the generator restarts there). The run completes all its steps, each
+    death is logged and handled by re-pushing the weights, and its results -- metric history, final
+    weights, evaluations -- equal the undisturbed run's bit for bit."""
     cluster, workers = three_nodes
     out = tmp_path / "r"
     run = _run(rl_inputs, out, _resources(rl_inputs[0]))
@@ -139,8 +128,11 @@ def test_worker_node_removed_mid_run(three_nodes, rl_inputs, undisturbed, tmp_pa
             box["error"] = e
 
     try:
-        victim_id = fetch(run.gen.all("where"))[0]["node_id"]
+        before = fetch(run.gen.all("where"))
+        victim_id = before[1]["node_id"]
         victim = next(w for w in workers if w.node_id == victim_id)
+        assert before[0]["node_id"] != victim_id  # SPREAD: the killed generator lives elsewhere
+        ray.get(run.gen.actors[0].drill_die_during_generate.remote(3))  # SIGKILL inside its 4th generate
         with caplog.at_level(logging.WARNING, logger="rlhf_frontier"):
             t = threading.Thread(target=go)
             t.start()
@@ -151,10 +143,12 @@ def test_worker_node_removed_mid_run(three_nodes, rl_inputs, undisturbed, tmp_pa
             cluster.remove_node(victim)
             t.join(timeout=300)
         assert not t.is_alive() and "error" not in box, box.get("error")
-        moved = {w["node_id"] for w in fetch(run.gen.all("where"))}
+        after = fetch(run.gen.all("where"))
     finally:
         run.shutdown()
-    assert victim_id not in moved
-    assert "a rollout generator died" in caplog.text, caplog.text
+    assert caplog.text.count("a rollout generator died") >= 2 and "re-pushing weights" in caplog.text, caplog.text
+    assert after[0]["pid"] != before[0]["pid"], "the killed generator was not restarted"
+    assert victim_id not in {w["node_id"] for w in after}
     assert box["summary"]["steps"] == 6
     assert _result(out) == undisturbed[1]
+    assert box["summary"]["points"] == undisturbed[0]["points"]
