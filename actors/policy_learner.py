@@ -42,6 +42,7 @@ class PolicyLearner:
         self.value_head: torch.nn.Linear | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.version = 0  # RL updates applied
+        self.rank, self.world = 0, 1  # a learner group (``join_group``): this replica's rank and the size
         self._progress: dict = {}
 
     def progress(self) -> dict:
@@ -215,14 +216,9 @@ class PolicyLearner:
             perm = torch.randperm(b, generator=g)
             for m in range(hp["minibatches"]):
                 rows = sorted(perm[m * size: (m + 1) * size].tolist(), key=lambda i: (lengths[i], i))
-                if self.batch_tokens:  # length-bounded pieces: the learner's memory set in tokens
-                    from orchestrator.nn.models import token_chunks
-
-                    chunks = [[rows[i] for i in c] for c in
-                              token_chunks([lengths[r] for r in rows], self.batch_tokens, len(rows))]
-                else:
-                    n_chunks = max(1, round(len(rows) / hp.get("chunk_rows", 32)))
-                    chunks = [c.tolist() for c in np.array_split(np.array(rows), n_chunks)]
+                chunks = self._chunks(rows, lengths, hp.get("chunk_rows", 32))
+                if self.world > 1:  # a learner group: this replica takes every world-th piece
+                    chunks = chunks[self.rank:: self.world]
                 total = float(batch.response_mask[rows].sum())
                 self.opt.zero_grad(set_to_none=True)
                 acc: dict[str, float] = {}
@@ -236,12 +232,82 @@ class PolicyLearner:
                     st["loss"] = float(loss.detach())
                     for k, v in st.items():
                         acc[k] = acc.get(k, 0.0) + w * v
+                if self.world > 1:  # the group's gradient: every replica's pieces summed (weights are global)
+                    acc = self._all_reduce(params, acc)
                 acc["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, hp["max_grad_norm"]))
                 self.opt.step()
                 for k, v in acc.items():
                     stats.setdefault(k, []).append(v)
         self.version += 1
         return {f"learner/{k}": float(np.mean(v)) for k, v in stats.items()}
+
+    def _chunks(self, rows: list[int], lengths: list[int], chunk_rows: int) -> list[list[int]]:
+        """A minibatch's rows (sorted by length) as the pieces one forward pass takes: at most
+        ``batch_tokens`` padded tokens each, else ~``chunk_rows`` rows; at least one per replica of
+        a learner group."""
+        if self.batch_tokens:  # length-bounded pieces: the learner's memory set in tokens
+            from orchestrator.nn.models import token_chunks
+
+            chunks = [[rows[i] for i in c] for c in
+                      token_chunks([lengths[r] for r in rows], self.batch_tokens, len(rows))]
+            if len(chunks) >= self.world:
+                return chunks
+        n_chunks = max(1, round(len(rows) / chunk_rows), self.world)
+        return [c.tolist() for c in np.array_split(np.array(rows), n_chunks)]
+
+    # ------------------------------------------------------------------------------------------
+    # a learner group: N replicas in one torch.distributed group, each with a shard of every
+    # minibatch, gradients all-reduced (OpenRLHF's and verl's data-parallel learner, without DeepSpeed)
+
+    def group_address(self) -> str:
+        """``host:port`` for the group's rendezvous (asked of rank 0): this node's IP and a free port."""
+        import socket
+
+        try:
+            import ray
+
+            host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        except Exception:  # noqa: BLE001 -- outside Ray (tests of the class itself)
+            host = "127.0.0.1"
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            return f"{host}:{sock.getsockname()[1]}"
+
+    def join_group(self, rank: int, world: int, address: str) -> int:
+        """Join the learner group (every replica at once: the call blocks until all have joined):
+        gloo on CPU, NCCL on CUDA. Replicas start from the same weights and draw the same seeds, so
+        with all-reduced gradients their parameters and optimizer states stay equal."""
+        import torch.distributed as dist
+
+        if world > 1 and not dist.is_initialized():
+            backend = "nccl" if next(self.model.parameters()).is_cuda else "gloo"
+            dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world)
+        self.rank, self.world = rank, world
+        return rank
+
+    def leave_group(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.rank, self.world = 0, 1
+
+    def _all_reduce(self, params: list, acc: dict) -> dict:
+        """Sum every replica's gradients (one flat buffer, one collective) and its token-weighted
+        statistics; returns the group's statistics."""
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        keys = sorted(acc)
+        flat = torch.cat([flat, torch.tensor([acc[k] for k in keys], dtype=flat.dtype)])
+        dist.all_reduce(flat)
+        i = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[i: i + n].view_as(p).clone()
+            i += n
+        return {k: float(v) for k, v in zip(keys, flat[i:])}
 
     def update_ppo(self, batch: RolloutBatch, old: dict, advantages: torch.Tensor, returns: torch.Tensor,
                    hp: dict, seed: int) -> dict:
