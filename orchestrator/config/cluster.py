@@ -61,7 +61,10 @@ class TrialResources:
     together in one placement group, so concurrent runs never deadlock on half-placed actors."""
 
     learner: RoleResources = field(default_factory=lambda: RoleResources(1, 0.4))
-    """The run's PolicyLearner (``replicas`` must be 1)."""
+    """The run's PolicyLearner; ``replicas`` N > 1 is a learner group: N actors in one
+    torch.distributed group (gloo on CPU, NCCL on GPUs), each with a shard of every minibatch and
+    the gradients all-reduced -- the same updates as one learner (to float rounding), N times the
+    devices (not with ``colocate``)."""
     generator: RoleResources = field(default_factory=lambda: RoleResources(1, 0.3))
     """The run's RolloutGenerator replicas."""
     proxy: RoleResources = field(default_factory=lambda: RoleResources(1, 0.2))
@@ -85,7 +88,8 @@ class TrialResources:
 
     def __post_init__(self):
         _check(self.generator_restarts >= 0, "generator_restarts", f"{self.generator_restarts} must be >= 0")
-        _check(self.learner.replicas == 1, "learner.replicas", "an RL run has exactly one learner")
+        _check(not self.colocate or self.learner.replicas == 1, "learner.replicas",
+               f"{self.learner.replicas}: a learner group needs one process per replica (colocate: false)")
         _check(self.proxy.replicas == 1 and self.gold.replicas == 1, "proxy.replicas",
                "proxy and gold ensembles have one actor per run")
         _check(self.strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), "strategy",

@@ -110,7 +110,7 @@ class RLRun:
         self.local = slot.local
         self.learner, self.gen, self.proxy = slot.learner, slot.gen, slot.proxy
         self.gold = slot.gold if gold else None  # a shared slot's gold stays out of a run without gold
-        fetch(self.learner.one("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init")))
+        fetch(self.learner.all("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init")))  # every replica
         self.kl = initial_kl_controller(cfg, spec.kl_coef)
         self.step = 0
         self.history: list[dict] = []
@@ -308,7 +308,7 @@ class RLRun:
             if state["reference"] != self.reference_id:
                 raise ConfigError(f"checkpoint {d} was trained from another reference policy than the SFT "
                                   f"policy this run starts from; remove {self.out} to train this run anew")
-            version = fetch(self.learner.one("load_checkpoint", str(d)))
+            version = fetch(self.learner.all("load_checkpoint", str(d)))[0]  # every replica of a learner group
             self.step = state["step"]
             self.kl.load_state_dict(state["kl_controller"])
             self.history, self.evals = state["history"], state["evals"]
@@ -365,8 +365,8 @@ def rl_step(run: RLRun) -> dict:
     if cfg.async_generation:
         run.prefetch(step + 1)  # generation of step t+1 overlaps the update of step t
     with T("update"):
-        stats = fetch(run.learner.one(method, batch_ref, old, **adv, hp=run.hp,
-                                      seed=stream(run.seed, f"rl/update/{step}")))
+        stats = fetch(run.learner.all(method, batch_ref, old, **adv, hp=run.hp,  # every replica of a group
+                                      seed=stream(run.seed, f"rl/update/{step}")))[0]
     run.step = step + 1
     with T("sync"):
         run.sync_weights()

@@ -40,13 +40,17 @@ class Slot:
                 self.pg = group  # ours to remove
             else:
                 group, o = pg
-            g = resources.generator.replicas
-            placement = {"learner": (group, [o]), "generator": (group, list(range(o + 1, o + 1 + g))),
-                         "proxy": (group, [o + 1 + g]), "gold": (group, [o + 2 + g])}
+            g, n = resources.generator.replicas, resources.learner.replicas
+            placement = {"learner": (group, list(range(o, o + n))),
+                         "generator": (group, list(range(o + n, o + n + g))),
+                         "proxy": (group, [o + n + g]), "gold": (group, [o + n + g + 1])}
         self.policy_dir = policy_dir
         self.learner = ActorGroup(PolicyLearner, resources.learner, tokenizer_dir, {"path": policy_dir},
                                   stream(seed, "rl/learner"), placement=placement.get("learner"), local=local,
                                   chat_template=chat_template)
+        if len(self.learner) > 1 and not local:  # a learner group: one torch.distributed group over the replicas
+            address = fetch(self.learner.actors[0].group_address.remote())
+            fetch([a.join_group.remote(r, len(self.learner), address) for r, a in enumerate(self.learner.actors)])
         # generators hold nothing a restart loses (the run re-pushes the weights): Ray restarts them
         self.gen = ActorGroup(RolloutGenerator, resources.generator, policy_dir,
                               placement=placement.get("generator"), local=local,
