@@ -75,7 +75,7 @@ def _drill(role: str, name: str, calls: dict) -> str:
 
 class RewardEnsemble:
     def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0,
-                 chat_template: str = "auto", batch_tokens: int = 0):
+                 chat_template: str = "auto", batch_tokens: int = 0, device: str = "cpu"):
         """members: ``{"name", "kind": "oracle"}`` or ``{"name", "kind": "hf", "size" | "path", "seed",
         "norm": (shift, scale) (optional), "head": "new" | "trained"}``. An ``hf`` member loaded by
         path reads text through the tokenizer saved there (its own codec: tokenizer, chat template
@@ -94,6 +94,7 @@ class RewardEnsemble:
             torch.set_num_threads(self.threads)
         self.tokenizer_dir, self.chat_template = tokenizer_dir, chat_template
         self.batch_tokens = batch_tokens  # most padded tokens per forward pass (0: 1024 rows to score)
+        self.device = torch.device("cuda") if device == "cuda" and torch.cuda.is_available() else torch.device("cpu")
         self._calls: dict[str, int] = {}
         self._progress: dict = {}
         self.set_members(members)
@@ -152,7 +153,7 @@ class RewardEnsemble:
                 codec = load_codec(src, self.chat_template, max_positions(model.config))
                 if model.config.pad_token_id is None:  # the score is read at the last non-pad token
                     model.config.pad_token_id = codec.pad_id
-                self.members.append(model.eval())
+                self.members.append(model.to(self.device).eval())
                 self.codecs.append(codec)
             else:
                 raise ValueError(f"member {m['name']}: unknown kind {m['kind']!r}")
@@ -168,14 +169,16 @@ class RewardEnsemble:
         if self.batch_tokens:  # length-bounded batches: memory set in tokens, not rows
             for idx in _hf().token_chunks([len(s) for s in seqs], self.batch_tokens, batch):
                 ids, mask = _hf().pad_right([seqs[j] for j in idx], pad_id)
-                res[idx] = model(input_ids=ids, attention_mask=mask).logits[:, 0].float().numpy()
+                res[idx] = model(input_ids=ids.to(self.device),
+                                 attention_mask=mask.to(self.device)).logits[:, 0].float().cpu().numpy()
             return res
         out = []
         order = np.argsort([len(s) for s in seqs])  # similar lengths together: less padding
         for i in range(0, len(seqs), batch):
             idx = order[i: i + batch]
             ids, mask = _hf().pad_right([seqs[j] for j in idx], pad_id)
-            out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float().numpy())
+            out.append(model(input_ids=ids.to(self.device),
+                             attention_mask=mask.to(self.device)).logits[:, 0].float().cpu().numpy())
         res[order] = np.concatenate(out) if out else np.zeros(0)
         return res
 
@@ -185,10 +188,11 @@ class RewardEnsemble:
         every score without grad, the loss's gradient with respect to the scores, then each piece's
         forward again backpropagating its share (the same gradient as one pass)."""
         longest = max(len(s) for s in useqs)
+        dev = self.device
         if not self.batch_tokens or len(useqs) * longest <= self.batch_tokens:
             ids, mask = _hf().pad_right(useqs, pad_id)
-            r = model(input_ids=ids, attention_mask=mask).logits[:, 0]
-            loss = bradley_terry_loss(r[ia], r[ib], torch.tensor(p_a, dtype=r.dtype))
+            r = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0]
+            loss = bradley_terry_loss(r[ia.to(dev)], r[ib.to(dev)], torch.tensor(p_a, dtype=r.dtype, device=dev))
             loss.backward()
             return loss
         pieces = _hf().token_chunks([len(s) for s in useqs], self.batch_tokens, len(useqs))
@@ -196,13 +200,13 @@ class RewardEnsemble:
         with torch.no_grad():
             for c in pieces:
                 ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
-                r[c] = model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+                r[c] = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float().cpu()
         r.requires_grad_(True)
         loss = bradley_terry_loss(r[ia], r[ib], torch.tensor(p_a, dtype=r.dtype))
         loss.backward()
         for c in pieces:
             ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
-            model(input_ids=ids, attention_mask=mask).logits[:, 0].float().backward(r.grad[c])
+            model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float().backward(r.grad[c].to(dev))
         return loss.detach()
 
     def score(self, rows: dict[str, list], sealed: bool = False) -> Scores:

@@ -16,11 +16,14 @@ from orchestrator.nn.sampling import response_logprobs, sample
 
 
 class RolloutGenerator:
-    def __init__(self, policy_dir: str, num_cpus: float = 1.0, batch_tokens: int = 0):
+    def __init__(self, policy_dir: str, num_cpus: float = 1.0, batch_tokens: int = 0, device: str = "cpu"):
         """``policy_dir``: a ``save_pretrained`` directory; it is both the starting policy and the
         frozen reference (the reference is never updated)."""
         self.threads = set_threads(num_cpus)
         self.batch_tokens = batch_tokens  # the role's token budget of a log-prob pass (0 = 32 rows)
+        from orchestrator.nn.models import role_device
+
+        self.device = role_device(device)  # policy, reference and KV cache live there
         self.policy_dir = None
         self._die_after: int | None = None
         self.reset(policy_dir)
@@ -42,8 +45,8 @@ class RolloutGenerator:
         already loaded (the policy is copied from the untouched reference)."""
         if policy_dir != self.policy_dir:
             self.codec = load_codec(policy_dir)  # the policy's own tokenizer and template, as saved with it
-            self.policy = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
-            self.ref = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+            self.policy = AutoModelForCausalLM.from_pretrained(policy_dir).to(self.device).eval()
+            self.ref = AutoModelForCausalLM.from_pretrained(policy_dir).to(self.device).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
             self.policy_dir = policy_dir

@@ -113,3 +113,9 @@ def token_chunks(lengths: list[int], budget: int, max_rows: int) -> list[list[in
     if cur:
         out.append(cur)
     return out
+
+
+def role_device(device: str = "cpu") -> torch.device:
+    """The device a role computes on: ``cuda`` when Ray gave the actor a GPU (``num_gpus > 0``:
+    ``ActorGroup`` passes ``device="cuda"``) and CUDA is there, else the CPU."""
+    return torch.device("cuda") if device == "cuda" and torch.cuda.is_available() else torch.device("cpu")

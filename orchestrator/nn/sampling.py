@@ -105,7 +105,9 @@ class GPT2Decoder:
         tr = self.model.transformer
         p = ids.shape[1]
         valid = attn.bool()
-        mask = (torch.ones(p, p, dtype=torch.bool).tril()[None] & valid[:, None, :]) | torch.eye(p, dtype=torch.bool)[None]
+        dev = ids.device
+        mask = ((torch.ones(p, p, dtype=torch.bool, device=dev).tril()[None] & valid[:, None, :])
+                | torch.eye(p, dtype=torch.bool, device=dev)[None])
         x = tr.wte(ids) + tr.wpe(pos)
         return self._layers(x, 0, p, mask[:, None], None, last_only=False, hidden=hidden, keep=keep)
 
@@ -113,11 +115,12 @@ class GPT2Decoder:
         tr = self.model.transformer
         b, p = ids.shape
         n = len(tr.h)
-        cache = [(torch.zeros(b, self.h, self.max_len, self.d), torch.zeros(b, self.h, self.max_len, self.d))
-                 for _ in range(n)]
+        dev, dt = ids.device, tr.wte.weight.dtype
+        cache = [(torch.zeros(b, self.h, self.max_len, self.d, device=dev, dtype=dt),
+                  torch.zeros(b, self.h, self.max_len, self.d, device=dev, dtype=dt)) for _ in range(n)]
         valid = attn.bool()
-        causal = torch.ones(p, p, dtype=torch.bool).tril()
-        mask = (causal[None] & valid[:, None, :]) | torch.eye(p, dtype=torch.bool)[None]  # pads see themselves
+        causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
+        mask = (causal[None] & valid[:, None, :]) | torch.eye(p, dtype=torch.bool, device=dev)[None]  # pads see themselves
         x = tr.wte(ids) + tr.wpe(pos)
         logits = self._layers(x, 0, p, mask[:, None], cache)
         return logits, {"cache": cache, "len": p, "valid": valid}
@@ -157,8 +160,10 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: fl
     batch of hundreds nearly always holds one that runs to ``max_new_tokens``. The random draws do
     not depend on compaction: each row draws from its own slice of one ``[b, V]`` uniform per step.
     """
+    dev = next(model.parameters()).device  # the model's device: inputs and logits there, bookkeeping on CPU
     ids, attn = left_pad(prompts, pad_id)
     pos = (attn.cumsum(1) - 1).clamp(min=0)
+    ids, attn, pos = ids.to(dev), attn.to(dev), pos.to(dev)
     dec = decoder_for(model, ids.shape[1] + max_new_tokens) if fast else HFDecoder(model)
     logits, past = dec.prefill(ids, attn, pos)
     next_pos = pos[:, -1:] + 1
@@ -173,21 +178,25 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: fl
         logp = torch.log_softmax(logits.float() / temperature, dim=-1)
         # Gumbel-max with one uniform per (original row, token) and step: the same samples whether
         # or not finished rows were compacted away.
-        u = torch.rand((b, logp.shape[1]), generator=generator)[rows]
+        # (drawn on the CPU generator whatever the device: the same samples on CPU and GPU, to rounding)
+        u = torch.rand((b, logp.shape[1]), generator=generator)[rows].to(dev)
         tok = torch.argmax(logp - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1)
+        tok_c, lp_c = tok.cpu(), logp.gather(1, tok[:, None]).squeeze(1).cpu()
         live = rows[~done]
-        toks[live, t] = tok[~done]
-        lps[live, t] = logp.gather(1, tok[:, None]).squeeze(1)[~done]
+        toks[live, t] = tok_c[~done]
+        lps[live, t] = lp_c[~done]
         mask[live, t] = 1
         length = t + 1
-        done = done | (tok == eos_id)
+        done = done | (tok_c == eos_id)
         if bool(done.all()):
             break
         if float((~done).float().mean()) < compact_below:
             keep = torch.nonzero(~done).squeeze(1)
-            past = dec.select(past, keep)
-            rows, tok, attn, next_pos, done = rows[keep], tok[keep], attn[keep], next_pos[keep], done[keep]
-        attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=attn.dtype)], dim=1)
+            kd = keep.to(dev)
+            past = dec.select(past, kd)
+            rows, done = rows[keep], done[keep]
+            tok, attn, next_pos = tok[kd], attn[kd], next_pos[kd]
+        attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=attn.dtype, device=dev)], dim=1)
         logits, past = dec.step(tok, attn, next_pos, past)
         next_pos = next_pos + 1
     return toks[:, :length], mask[:, :length], lps[:, :length]
@@ -200,9 +209,11 @@ def response_forward(model, prompts: list[list[int]], response_ids: torch.Tensor
     or None)`` at the positions that predict each response token (logits divided by ``temperature``).
     The learner (with grad) and the reference (without) use this same function, so a policy equal to
     its reference gives exactly zero KL."""
+    dev = next(model.parameters()).device
     p_ids, p_mask = left_pad(prompts, pad_id)
-    ids = torch.cat([p_ids, response_ids], 1)
-    attn = torch.cat([p_mask, response_mask.to(p_mask.dtype)], 1)
+    response_ids, response_mask = response_ids.to(dev), response_mask.to(dev)
+    ids = torch.cat([p_ids.to(dev), response_ids], 1)
+    attn = torch.cat([p_mask.to(dev), response_mask.to(p_mask.dtype)], 1)
     pos = (attn.cumsum(1) - 1).clamp(min=0)
     p, t = p_ids.shape[1], response_ids.shape[1]
     keep = slice(p - 1, p + t - 1)  # the positions that predict response tokens
@@ -239,5 +250,5 @@ def response_logprobs(model, prompts: list[list[int]], response_ids: torch.Tenso
         t = max(1, int(mask.sum(1).max()))
         lp = response_forward(model, [prompts[i] for i in rows], response_ids[rows, :t], mask[:, :t], pad_id,
                               temperature)[0]
-        out[rows, :t] = lp
+        out[rows, :t] = lp.cpu()
     return out

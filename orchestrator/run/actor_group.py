@@ -65,8 +65,13 @@ class ActorGroup:
                  progress: bool = False, **kwargs):
         """progress: the actors answer ``progress()`` while another call runs (``with_progress``)."""
         n = resources.replicas if replicas is None else replicas
-        if resources.batch_tokens:  # the role's token budget per forward pass (actors that batch by length)
+        import inspect
+
+        takes = inspect.signature(cls.__init__).parameters
+        if resources.batch_tokens and "batch_tokens" in takes:  # the role's token budget per forward pass
             kwargs["batch_tokens"] = resources.batch_tokens
+        if resources.num_gpus and "device" in takes and "device" not in kwargs:  # the role's GPU computes
+            kwargs["device"] = "cuda"
         self.name = name or cls.__name__
         self.local = local
         if local:
