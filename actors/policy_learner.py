@@ -28,7 +28,7 @@ from orchestrator.nn.sampling import response_forward
 
 class PolicyLearner:
     def __init__(self, tokenizer_dir: str, model: dict, seed: int, num_cpus: float = 1.0,
-                 chat_template: str = "auto", batch_tokens: int = 0, device: str = "cpu"):
+                 chat_template: str = "auto", batch_tokens: int = 0, device: str = "cpu", dtype: str = "float32"):
         """``model``: a ``ModelConfig`` as a dict; with ``path`` the policy and its own tokenizer
         (and chat template, unless ``chat_template`` is ``none``) load from there, else the policy is
         built from config over the task's tokenizer in ``tokenizer_dir``."""
@@ -41,6 +41,7 @@ class PolicyLearner:
         from orchestrator.nn.models import role_device
 
         self.device = role_device(device)  # fp32 weights, optimizer state and activations live there
+        self.dtype = dtype  # bfloat16: forward passes under autocast, fp32 master weights
         self.model = build_policy(ModelConfig(**model), self.tok, seed).to(self.device)
         self.value_head: torch.nn.Linear | None = None
         self.opt: torch.optim.Optimizer | None = None
@@ -114,9 +115,12 @@ class PolicyLearner:
             return ids.to(self.device), mask.to(self.device), labels.to(self.device)
 
         longest = max(len(x[1]) for x in batch)
+        from orchestrator.nn.models import autocast
+
         if not self.batch_tokens or len(batch) * longest <= self.batch_tokens:
             ids, mask, labels = piece(range(len(batch)))
-            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            with autocast(self.device, self.dtype):
+                loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             return loss.item(), int(mask.sum())
         pieces = [piece(c) for c in token_chunks([len(x[1]) for x in batch], self.batch_tokens, len(batch))]
@@ -124,7 +128,8 @@ class PolicyLearner:
         loss_sum, tokens = 0.0, 0
         for ids, mask, labels in pieces:
             w = int((labels[:, 1:] != -100).sum()) / total
-            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss * w
+            with autocast(self.device, self.dtype):
+                loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss * w
             loss.backward()
             loss_sum += loss.item()
             tokens += int(mask.sum())
@@ -186,7 +191,9 @@ class PolicyLearner:
         mask = batch.response_mask[rows]
         t = int(mask.sum(1).max())
         m = mask[:, :t].to(self.device)
-        with torch.set_grad_enabled(grad):
+        from orchestrator.nn.models import autocast
+
+        with torch.set_grad_enabled(grad), autocast(self.device, self.dtype):
             logp, logits, h = response_forward(self.model, [batch.prompt_ids[i] for i in rows],
                                                batch.response_ids[rows, :t], mask[:, :t], self.codec.pad_id,
                                                temperature, hidden=self.value_head is not None)

@@ -75,7 +75,7 @@ def _drill(role: str, name: str, calls: dict) -> str:
 
 class RewardEnsemble:
     def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0,
-                 chat_template: str = "auto", batch_tokens: int = 0, device: str = "cpu"):
+                 chat_template: str = "auto", batch_tokens: int = 0, device: str = "cpu", dtype: str = "float32"):
         """members: ``{"name", "kind": "oracle"}`` or ``{"name", "kind": "hf", "size" | "path", "seed",
         "norm": (shift, scale) (optional), "head": "new" | "trained"}``. An ``hf`` member loaded by
         path reads text through the tokenizer saved there (its own codec: tokenizer, chat template
@@ -95,6 +95,7 @@ class RewardEnsemble:
         self.tokenizer_dir, self.chat_template = tokenizer_dir, chat_template
         self.batch_tokens = batch_tokens  # most padded tokens per forward pass (0: 1024 rows to score)
         self.device = torch.device("cuda") if device == "cuda" and torch.cuda.is_available() else torch.device("cpu")
+        self.dtype = dtype  # bfloat16: forward passes under autocast (fp32 master weights for training)
         self._calls: dict[str, int] = {}
         self._progress: dict = {}
         self.set_members(members)
@@ -165,6 +166,10 @@ class RewardEnsemble:
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def _rm_scores(self, model, seqs: list[list[int]], pad_id: int, batch: int = 1024) -> np.ndarray:
+        with _hf().autocast(self.device, self.dtype):
+            return self._rm_scores_in(model, seqs, pad_id, batch)
+
+    def _rm_scores_in(self, model, seqs: list[list[int]], pad_id: int, batch: int) -> np.ndarray:
         res = np.empty(len(seqs), np.float64)
         if self.batch_tokens:  # length-bounded batches: memory set in tokens, not rows
             for idx in _hf().token_chunks([len(s) for s in seqs], self.batch_tokens, batch):
@@ -191,7 +196,8 @@ class RewardEnsemble:
         dev = self.device
         if not self.batch_tokens or len(useqs) * longest <= self.batch_tokens:
             ids, mask = _hf().pad_right(useqs, pad_id)
-            r = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0]
+            with _hf().autocast(dev, self.dtype):
+                r = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float()
             loss = bradley_terry_loss(r[ia.to(dev)], r[ib.to(dev)], torch.tensor(p_a, dtype=r.dtype, device=dev))
             loss.backward()
             return loss
@@ -200,13 +206,16 @@ class RewardEnsemble:
         with torch.no_grad():
             for c in pieces:
                 ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
-                r[c] = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float().cpu()
+                with _hf().autocast(dev, self.dtype):
+                    r[c] = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float().cpu()
         r.requires_grad_(True)
         loss = bradley_terry_loss(r[ia], r[ib], torch.tensor(p_a, dtype=r.dtype))
         loss.backward()
         for c in pieces:
             ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
-            model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float().backward(r.grad[c].to(dev))
+            with _hf().autocast(dev, self.dtype):
+                out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float()
+            out.backward(r.grad[c].to(dev))
         return loss.detach()
 
     def score(self, rows: dict[str, list], sealed: bool = False) -> Scores:

@@ -16,7 +16,8 @@ from orchestrator.nn.sampling import response_logprobs, sample
 
 
 class RolloutGenerator:
-    def __init__(self, policy_dir: str, num_cpus: float = 1.0, batch_tokens: int = 0, device: str = "cpu"):
+    def __init__(self, policy_dir: str, num_cpus: float = 1.0, batch_tokens: int = 0, device: str = "cpu",
+                 dtype: str = "float32"):
         """``policy_dir``: a ``save_pretrained`` directory; it is both the starting policy and the
         frozen reference (the reference is never updated)."""
         self.threads = set_threads(num_cpus)
@@ -24,6 +25,7 @@ class RolloutGenerator:
         from orchestrator.nn.models import role_device
 
         self.device = role_device(device)  # policy, reference and KV cache live there
+        self.dtype = getattr(torch, dtype)  # bfloat16: bf16 copies of policy and reference (sampling only)
         self.policy_dir = None
         self._die_after: int | None = None
         self.reset(policy_dir)
@@ -45,8 +47,8 @@ class RolloutGenerator:
         already loaded (the policy is copied from the untouched reference)."""
         if policy_dir != self.policy_dir:
             self.codec = load_codec(policy_dir)  # the policy's own tokenizer and template, as saved with it
-            self.policy = AutoModelForCausalLM.from_pretrained(policy_dir).to(self.device).eval()
-            self.ref = AutoModelForCausalLM.from_pretrained(policy_dir).to(self.device).eval()
+            self.policy = AutoModelForCausalLM.from_pretrained(policy_dir).to(self.device, self.dtype).eval()
+            self.ref = AutoModelForCausalLM.from_pretrained(policy_dir).to(self.device, self.dtype).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
             self.policy_dir = policy_dir

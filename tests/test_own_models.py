@@ -446,3 +446,37 @@ def test_sft_steps_0_takes_the_policy_as_it_is(models, tmp_path):
     a = AutoModelForCausalLM.from_pretrained(path).state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and load_codec(tmp_path / "policy").format == "plain"
+
+
+def test_bfloat16_roles_keep_fp32_master_weights_and_stay_close(models):
+    """A role's ``dtype: bfloat16``: the learner trains fp32 master weights under bf16 autocast (its
+    SFT losses within 0.1% of fp32's), the generator samples from bf16 copies (log-probs of the same
+    tokens within 0.01 nats of fp32's), a reward ensemble scores under autocast (within 0.01).
+    Measured on these tiny models: 0.002%, 1.7e-3 and 1.7e-3."""
+    from actors.policy_learner import PolicyLearner
+    from actors.reward_ensemble import RewardEnsemble
+    from actors.rollout_generator import RolloutGenerator
+    from orchestrator.data.tasks import synthetic as T
+    from orchestrator.nn.sampling import response_logprobs
+
+    rng = random.Random(0)
+    pairs = [(r["prompt"], T.make_demonstration(r["family"], r["meta"], rng)) for r in T.make_prompts(32, 6)]
+    path = models("tiny:llama-2x32")
+    loss = {}
+    for dt in ("float32", "bfloat16"):
+        pol = PolicyLearner("", {"path": path}, seed=2, dtype=dt)
+        loss[dt] = pol.sft(pairs, steps=3, sequences_per_step=16, lr=1e-3)["loss_last"]
+        assert next(pol.model.parameters()).dtype == torch.float32  # the master copy
+    assert abs(loss["bfloat16"] - loss["float32"]) < 1e-3 * loss["float32"], loss
+    gen = RolloutGenerator(path, dtype="bfloat16")
+    assert next(gen.policy.parameters()).dtype == torch.bfloat16
+    b = gen.generate([p for p, _ in pairs[:4]], 3, 5, 10)
+    ref = RolloutGenerator(path)
+    lp32 = response_logprobs(ref.policy, b.prompt_ids, b.response_ids, b.response_mask, ref.codec.pad_id)
+    m = b.response_mask.bool()
+    assert (b.logprobs[m] - lp32[m]).abs().max() < 0.01
+    rows = {"prompt": [p for p, _ in pairs], "response": [r for _, r in pairs]}
+    member = [{"name": "g", "kind": "hf", "path": models("tiny:llama-2x64-rm"), "head": "trained"}]
+    s32 = RewardEnsemble("gold", member).score(rows).values
+    s16 = RewardEnsemble("gold", member, dtype="bfloat16").score(rows).values
+    assert 0 < abs(s32 - s16).max() < 0.01 and s32.std() > 0.1  # bf16 did round, and little

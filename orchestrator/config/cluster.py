@@ -30,8 +30,14 @@ class RoleResources:
     objective; float rounding may differ in the last bits). 0 = the recipes' row counts (scoring
     1024 rows, RL updates 32). README "Your own models" sizes it per role."""
 
+    dtype: str = "float32"
+    """Compute precision of the role: ``float32``, or ``bfloat16`` -- the learner and reward ensembles
+    keep fp32 master weights and run their forward passes under bf16 autocast; the generators hold
+    bf16 copies of the policy and the reference (half the memory). Changes numbers (rounding)."""
+
     def __post_init__(self):
         _check(self.replicas >= 1, "replicas", f"{self.replicas} must be >= 1")
+        _check(self.dtype in ("float32", "bfloat16"), "dtype", f"{self.dtype!r} must be float32 or bfloat16")
         _check(self.batch_tokens >= 0, "batch_tokens", f"{self.batch_tokens} must be >= 0 (0 = row counts)")
         _check(self.num_cpus > 0, "num_cpus", f"{self.num_cpus} must be > 0")
         _check(self.num_gpus >= 0, "num_gpus", f"{self.num_gpus} must be >= 0")

@@ -72,6 +72,8 @@ class ActorGroup:
             kwargs["batch_tokens"] = resources.batch_tokens
         if resources.num_gpus and "device" in takes and "device" not in kwargs:  # the role's GPU computes
             kwargs["device"] = "cuda"
+        if resources.dtype != "float32" and "dtype" in takes and "dtype" not in kwargs:  # the role's precision
+            kwargs["dtype"] = resources.dtype
         self.name = name or cls.__name__
         self.local = local
         if local:
