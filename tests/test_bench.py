@@ -25,3 +25,24 @@ def test_bench_rl_runs_from_a_fresh_work_dir(ray_session, tmp_path):
     assert isinstance(out["actor_overhead_frac"], float) and "trl_samples_per_s" not in out
     for mode in ("local", "colocated"):
         assert {"generate", "update"} <= set(out[f"ours_{mode}"]["phases_s"]), mode
+
+
+def test_gpu_bench_without_cuda_says_so_and_dry_runs_on_cpu(capsys):
+    """``python -m jobs.bench gpu``: "no CUDA device" and exit 0 without CUDA; ``--device cpu`` runs
+    the same three phases (a dry run of the code) and ends with one JSON line holding each phase per
+    dtype and the FLOPs the MFU is computed from (6N + 12LdT per trained token)."""
+    import torch
+
+    from orchestrator.run import bench_gpu
+
+    if not torch.cuda.is_available():
+        assert bench_gpu.main([]) == 0 and capsys.readouterr().out.strip() == "no CUDA device"
+    argv = ["--device", "cpu", "--size", "1x32", "--prompts", "2", "--responses", "2", "--prompt-len", "8",
+            "--new-tokens", "4", "--chunk-tokens", "32"]
+    assert bench_gpu.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for dt in ("bfloat16", "float32"):
+        r = out[dt]
+        assert r["batch"] == 4 and all(r[k]["tokens_per_s"] > 0 for k in ("generate", "score", "update"))
+        assert r["update"]["flops"] >= 6 * r["params"] * 4 and r["rl_samples_per_s"] > 0
+    assert bench_gpu.flops_per_token(100, 2, 8, 10) == 6 * 100 + 12 * 2 * 8 * 10

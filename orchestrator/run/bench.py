@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--modes", type=_modes, default=list(RL_MODES),
                    help=f"placements to time, comma-separated, from {','.join(RL_MODES)} (default: all; "
                         "local, the baseline of the overheads, is always timed)")
+    sub.add_parser("gpu", help="one RL step's phases on one GPU, torch only (python -m jobs.bench gpu --help)")
     lb = sub.add_parser("label", help="RLAIF judge throughput, with and without chain of thought")
     lb.add_argument("--judge", default="smollm2-135m-instruct", help="the default packaged judge, an HF path or hub id")
     lb.add_argument("--pairs", type=int, default=64, help="pairs judged without CoT (a quarter of them with CoT)")
