@@ -22,7 +22,14 @@ from orchestrator.config.schema import ModelConfig
 from orchestrator.data.batch import RolloutBatch
 from orchestrator.math import rl as R
 from orchestrator.nn.codec import load_codec
-from orchestrator.nn.models import build_policy, n_params, pad_right, set_threads
+from orchestrator.nn.device import autocast, role_device
+from orchestrator.nn.models import (
+    build_policy,
+    n_params,
+    pad_right,
+    set_threads,
+    token_chunks,
+)
 from orchestrator.nn.sampling import response_forward
 
 
@@ -38,8 +45,6 @@ class PolicyLearner:
         self.codec = load_codec(model.get("path") or tokenizer_dir, chat_template)
         self.tok = self.codec.tok
         self.seed = seed
-        from orchestrator.nn.models import role_device
-
         self.device = role_device(device)  # fp32 weights, optimizer state and activations live there
         self.dtype = dtype  # bfloat16: forward passes under autocast, fp32 master weights
         self.model = build_policy(ModelConfig(**model), self.tok, seed).to(self.device)
@@ -104,7 +109,7 @@ class PolicyLearner:
         gradient: one forward pass, or -- past ``batch_tokens`` padded tokens -- length-bounded
         pieces, each piece's mean loss weighted by its share of the step's response tokens (the
         same objective). Returns (loss, tokens)."""
-        from orchestrator.nn.models import token_chunks
+
 
         def piece(rows):
             ids, mask = pad_right([batch[i][1] for i in rows], self.codec.pad_id)
@@ -115,8 +120,6 @@ class PolicyLearner:
             return ids.to(self.device), mask.to(self.device), labels.to(self.device)
 
         longest = max(len(x[1]) for x in batch)
-        from orchestrator.nn.models import autocast
-
         if not self.batch_tokens or len(batch) * longest <= self.batch_tokens:
             ids, mask, labels = piece(range(len(batch)))
             with autocast(self.device, self.dtype):
@@ -191,8 +194,6 @@ class PolicyLearner:
         mask = batch.response_mask[rows]
         t = int(mask.sum(1).max())
         m = mask[:, :t].to(self.device)
-        from orchestrator.nn.models import autocast
-
         with torch.set_grad_enabled(grad), autocast(self.device, self.dtype):
             logp, logits, h = response_forward(self.model, [batch.prompt_ids[i] for i in rows],
                                                batch.response_ids[rows, :t], mask[:, :t], self.codec.pad_id,
@@ -258,7 +259,7 @@ class PolicyLearner:
         ``batch_tokens`` padded tokens each, else ~``chunk_rows`` rows; at least one per replica of
         a learner group."""
         if self.batch_tokens:  # length-bounded pieces: the learner's memory set in tokens
-            from orchestrator.nn.models import token_chunks
+
 
             chunks = [[rows[i] for i in c] for c in
                       token_chunks([lengths[r] for r in rows], self.batch_tokens, len(rows))]

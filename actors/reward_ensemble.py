@@ -20,6 +20,7 @@ from orchestrator.config.schema import ModelConfig
 from orchestrator.data.batch import Scores, seal
 from orchestrator.data.tasks.synthetic import PRINCIPLES, oracle
 from orchestrator.math.calibration import bradley_terry_loss, ece, pair_accuracy
+from orchestrator.nn.device import autocast, role_device
 
 
 def _hf():
@@ -94,7 +95,7 @@ class RewardEnsemble:
             torch.set_num_threads(self.threads)
         self.tokenizer_dir, self.chat_template = tokenizer_dir, chat_template
         self.batch_tokens = batch_tokens  # most padded tokens per forward pass (0: 1024 rows to score)
-        self.device = torch.device("cuda") if device == "cuda" and torch.cuda.is_available() else torch.device("cpu")
+        self.device = role_device(device)
         self.dtype = dtype  # bfloat16: forward passes under autocast (fp32 master weights for training)
         self._calls: dict[str, int] = {}
         self._progress: dict = {}
@@ -166,7 +167,7 @@ class RewardEnsemble:
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def _rm_scores(self, model, seqs: list[list[int]], pad_id: int, batch: int = 1024) -> np.ndarray:
-        with _hf().autocast(self.device, self.dtype):
+        with autocast(self.device, self.dtype):
             return self._rm_scores_in(model, seqs, pad_id, batch)
 
     def _rm_scores_in(self, model, seqs: list[list[int]], pad_id: int, batch: int) -> np.ndarray:
@@ -196,7 +197,7 @@ class RewardEnsemble:
         dev = self.device
         if not self.batch_tokens or len(useqs) * longest <= self.batch_tokens:
             ids, mask = _hf().pad_right(useqs, pad_id)
-            with _hf().autocast(dev, self.dtype):
+            with autocast(dev, self.dtype):
                 r = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float()
             loss = bradley_terry_loss(r[ia.to(dev)], r[ib.to(dev)], torch.tensor(p_a, dtype=r.dtype, device=dev))
             loss.backward()
@@ -206,14 +207,14 @@ class RewardEnsemble:
         with torch.no_grad():
             for c in pieces:
                 ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
-                with _hf().autocast(dev, self.dtype):
+                with autocast(dev, self.dtype):
                     r[c] = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float().cpu()
         r.requires_grad_(True)
         loss = bradley_terry_loss(r[ia], r[ib], torch.tensor(p_a, dtype=r.dtype))
         loss.backward()
         for c in pieces:
             ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
-            with _hf().autocast(dev, self.dtype):
+            with autocast(dev, self.dtype):
                 out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float()
             out.backward(r.grad[c].to(dev))
         return loss.detach()

@@ -22,7 +22,7 @@ class RolloutGenerator:
         frozen reference (the reference is never updated)."""
         self.threads = set_threads(num_cpus)
         self.batch_tokens = batch_tokens  # the role's token budget of a log-prob pass (0 = 32 rows)
-        from orchestrator.nn.models import role_device
+        from orchestrator.nn.device import role_device
 
         self.device = role_device(device)  # policy, reference and KV cache live there
         self.dtype = getattr(torch, dtype)  # bfloat16: bf16 copies of policy and reference (sampling only)

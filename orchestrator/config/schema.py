@@ -28,6 +28,14 @@ from orchestrator.config.loading import (  # noqa: F401  (re-exported: the confi
     parse_overrides,
     to_dict,
 )
+from orchestrator.config.sources import (  # noqa: F401  (re-exported)
+    DatasetConfig,
+    DataSource,
+    DemoDatasetConfig,
+    GoldConfig,
+    PreferenceDatasetConfig,
+    model_key,
+)
 
 
 def _parse_size(spec: str, key: str) -> tuple[int, int]:
@@ -66,98 +74,6 @@ class ModelConfig:
     @property
     def n_embd(self) -> int:
         return _parse_size(self.size, "size")[1]
-
-
-def model_key(ref: str) -> str:
-    """The name a model reference goes by in stage, trial and report names: the last part of its
-    path or hub id (``EleutherAI/pythia-70m`` -> ``pythia-70m``; ``tiny:llama-2x32`` -> ``llama-2x32``)."""
-    import re
-
-    tail = ref.removeprefix("tiny:").rstrip("/").split("/")[-1]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", tail) or "model"
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    """Prompts from a dataset (``task.name: dataset``): a local parquet / jsonl / csv file or a hub id."""
-
-    path: str = ""
-    """A local file (``.parquet``, ``.jsonl``/``.json``, ``.csv``), a hub dataset id, or ``tiny:prompts``."""
-    split: str = "train"
-    """The split read (hub ids and local files alike: a local file is split ``train``)."""
-    subset: str = ""
-    """The dataset's configuration name, for hub datasets that have several (``load_dataset(path, subset)``)."""
-    prompt_column: str = "prompt"
-    """The column holding the prompt text."""
-    eval_fraction: float = 0.1
-    """Share of the prompts held out (drawn by seed): the best-of-n pool and the RL evaluation come
-    from them, labelling and RL training from the rest."""
-    chat_template: str = "auto"
-    """``auto``: every model whose tokenizer has a chat template reads prompts through it (the
-    policy generates after the user turn; RMs score the two-turn conversation); ``none``: plain text."""
-    max_prompt_tokens: int = 0
-    """Prompts longer than this (in the policy's tokens, template included) are dropped and counted;
-    0 = the policy's context minus the longest response."""
-
-    def __post_init__(self):
-        _check(0.0 < self.eval_fraction < 1.0, "eval_fraction", f"{self.eval_fraction} must be in (0, 1)")
-        _check(self.chat_template in ("auto", "none"), "chat_template", f"{self.chat_template!r} must be auto or none")
-        _check(self.max_prompt_tokens >= 0, "max_prompt_tokens", f"{self.max_prompt_tokens} must be >= 0")
-        _check(bool(self.prompt_column), "prompt_column", "must name a column")
-
-
-@dataclass(frozen=True)
-class DemoDatasetConfig:
-    """Demonstrations for SFT from a dataset (``sft.dataset``)."""
-
-    path: str = ""
-    """A local file or hub id (``tiny:demos`` for the tiny profile); empty = none."""
-    split: str = "train"
-    """The split read."""
-    subset: str = ""
-    """The dataset's configuration name, for hub datasets that have several (``load_dataset(path, subset)``)."""
-    prompt_column: str = "prompt"
-    """The prompt column."""
-    response_column: str = "response"
-    """The demonstration column."""
-
-
-@dataclass(frozen=True)
-class PreferenceDatasetConfig:
-    """Human (or any) preference labels from a dataset (``label.source: dataset``)."""
-
-    path: str = ""
-    """A local file or hub id (``tiny:preferences`` for the tiny profile)."""
-    split: str = "train"
-    """The split read."""
-    subset: str = ""
-    """The dataset's configuration name, for hub datasets that have several (``load_dataset(path, subset)``)."""
-    prompt_column: str = "prompt"
-    """The prompt column."""
-    chosen_column: str = "chosen"
-    """The preferred response."""
-    rejected_column: str = "rejected"
-    """The other response."""
-
-
-@dataclass(frozen=True)
-class GoldConfig:
-    """The gold reward: the task's oracle (synthetic) or an ensemble of reward models."""
-
-    models: tuple[str, ...] = ()
-    """Sequence-classification RMs with a one-label head (local paths, hub ids or ``tiny:ARCH-LxW-rm``),
-    each scored through its own tokenizer and template; gold = their mean. Empty = the synthetic
-    task's oracle (a dataset task needs at least one)."""
-    dtype: str = "float32"
-    """The gold RMs' weights in memory: ``float32``, or ``bfloat16`` / ``float16`` to halve a 7B gold's
-    memory (scores are returned as float)."""
-
-    def __post_init__(self):
-        _check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", f"{self.dtype!r} must be float32, "
-               "bfloat16 or float16")
-        _check(len(set(self.models)) == len(self.models), "models", f"{list(self.models)} has duplicates")
-        keys = [model_key(m) for m in self.models]
-        _check(len(set(keys)) == len(keys), "models", f"{keys}: two models go by one name")
 
 
 FAMILIES = ("arith", "capital", "animal", "list", "unsafe", "chat", "unknown")

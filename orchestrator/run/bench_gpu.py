@@ -55,7 +55,8 @@ def run(device: str, dtype: str, layers: int, width: int, prompts: int, response
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
     from orchestrator.math import rl as R
-    from orchestrator.nn.models import autocast, pad_right, token_chunks
+    from orchestrator.nn.device import autocast
+    from orchestrator.nn.models import pad_right, token_chunks
     from orchestrator.nn.sampling import response_forward, sample
 
     dev = torch.device(device)

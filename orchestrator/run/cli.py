@@ -18,6 +18,9 @@ import yaml
 
 from orchestrator.config.schema import ConfigError, build, config_digest, load, to_dict
 from orchestrator.data.tables import DataError
+from orchestrator.data.tasks.dataset import (
+    is_local as _local,  # a local path, not a hub id
+)
 
 EXIT_USER_ERROR = 2
 
@@ -54,9 +57,6 @@ def absolute(path: str | Path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
-def _local(value: str) -> bool:
-    """A model reference that names a local path rather than a hub id."""
-    return Path(value).expanduser().exists() or value.startswith((".", "/", "~")) or value.count("/") >= 2
 
 
 def absolute_paths(cls, cfg):
@@ -98,10 +98,7 @@ def absolute_paths(cls, cfg):
                     node[k], changed = a, True
 
     walk(data)
-    if not changed:
-        return cfg
-    cfg = build(cls, data)
-    return cfg
+    return build(cls, data) if changed else cfg
 
 
 def resolve(job: str, cls, args) -> tuple[object, Path]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from orchestrator.config.schema import ConfigError, ModelConfig
 from orchestrator.data import tables as D
 from orchestrator.data.checkpoint import CheckpointError, check_safetensors
+from orchestrator.data.tasks.dataset import is_local
 
 # the tables a finished stage may hold, by file name -> schema (others must merely be readable)
 SCHEMAS = {"prompts.parquet": D.PROMPTS, "samples_label.parquet": D.SAMPLES, "samples_bon.parquet": D.SAMPLES}
@@ -44,8 +45,8 @@ def check_own_models(cfg) -> None:
     from orchestrator.nn.codec import load_codec
 
     for key, ref, role in _model_refs(cfg):
-        if role != "policy":
-            _check_weights(key, ref)
+        if role != "policy":  # the policy's path is a ModelConfig.path: check_model_paths has it
+            check_model_paths_of([(key, ref)])
         local = Path(ref).expanduser()
         if role == "gold" and (local / "config.json").is_file():
             conf = json.loads((local / "config.json").read_text())
@@ -63,14 +64,6 @@ def check_own_models(cfg) -> None:
         except (OSError, ValueError) as e:  # CodecError is a ValueError; no tokenizer files: OSError
             msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
             raise ConfigError(f"{key}: {ref}: {msg[:300]}") from None
-
-
-def _check_weights(key: str, ref: str) -> None:
-    from orchestrator.data.tasks.dataset import is_local
-
-    if not is_local(ref):
-        return
-    check_model_paths_of([(key, ref)])
 
 
 def check_datasets(cfg) -> None:
@@ -109,10 +102,9 @@ def check_model_paths(cfg) -> None:
 def check_model_paths_of(refs: list[tuple[str, str]]) -> None:
     """``check_model_paths`` of (config key, path or hub id) pairs."""
     for key, ref in refs:
-        p = Path(ref).expanduser()
-        local = p.exists() or ref.startswith((".", "/", "~")) or ref.count("/") >= 2
-        if not local:
+        if not is_local(ref):  # a hub id, resolved when loaded
             continue
+        p = Path(ref).expanduser()
         if not p.is_dir():
             raise ConfigError(f"{key}: {ref}: no such model directory")
         if not (p / "config.json").is_file():

@@ -17,6 +17,7 @@ BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "c
 
 
 def is_local(path: str) -> bool:
+    """A reference that names a local path rather than a hub id (``org/name``)."""
     return Path(path).expanduser().exists() or path.startswith((".", "/", "~")) or path.count("/") >= 2
 
 

@@ -1,0 +1,91 @@
+"""Bring-your-own sources in the config: datasets (prompts, demonstrations, preferences) and the
+gold reward models, and the name a model reference goes by (re-exported by ``schema``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.config.loading import _check
+
+
+def model_key(ref: str) -> str:
+    """The name a model reference goes by in stage, trial and report names: the last part of its
+    path or hub id (``EleutherAI/pythia-70m`` -> ``pythia-70m``; ``tiny:llama-2x32`` -> ``llama-2x32``)."""
+    import re
+
+    tail = ref.removeprefix("tiny:").rstrip("/").split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", tail) or "model"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where rows come from: a local file (``.parquet``, ``.jsonl``/``.json``, ``.csv``), a dataset
+    directory, a hub dataset id, or a ``tiny:`` file; the prompt column every source has."""
+
+    path: str = ""
+    """A local file or directory, a hub id, or ``tiny:prompts`` / ``tiny:demos`` / ``tiny:preferences``."""
+    split: str = "train"
+    """The split read (a local file is split ``train``)."""
+    subset: str = ""
+    """The dataset's configuration name, for hub datasets that have several (``load_dataset(path, subset)``)."""
+    prompt_column: str = "prompt"
+    """The column holding the prompt text."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig(DataSource):
+    """Prompts from a dataset (``task.name: dataset``)."""
+
+    eval_fraction: float = 0.1
+    """Share of the prompts held out (drawn by seed): the best-of-n pool and the RL evaluation come
+    from them, labelling and RL training from the rest."""
+    chat_template: str = "auto"
+    """``auto``: every model whose tokenizer has a chat template reads prompts through it (the
+    policy generates after the user turn; RMs score the two-turn conversation); ``none``: plain text."""
+    max_prompt_tokens: int = 0
+    """Prompts longer than this (in the policy's tokens, template included) are dropped and counted;
+    0 = the policy's context minus the longest response."""
+
+    def __post_init__(self):
+        _check(0.0 < self.eval_fraction < 1.0, "eval_fraction", f"{self.eval_fraction} must be in (0, 1)")
+        _check(self.chat_template in ("auto", "none"), "chat_template", f"{self.chat_template!r} must be auto or none")
+        _check(self.max_prompt_tokens >= 0, "max_prompt_tokens", f"{self.max_prompt_tokens} must be >= 0")
+        _check(bool(self.prompt_column), "prompt_column", "must name a column")
+
+
+@dataclass(frozen=True)
+class DemoDatasetConfig(DataSource):
+    """Demonstrations for SFT from a dataset (``sft.dataset``; empty path = none)."""
+
+    response_column: str = "response"
+    """The demonstration column."""
+
+
+@dataclass(frozen=True)
+class PreferenceDatasetConfig(DataSource):
+    """Human (or any) preference labels from a dataset (``label.source: dataset``)."""
+
+    chosen_column: str = "chosen"
+    """The preferred response."""
+    rejected_column: str = "rejected"
+    """The other response."""
+
+
+@dataclass(frozen=True)
+class GoldConfig:
+    """The gold reward: the task's oracle (synthetic) or an ensemble of reward models."""
+
+    models: tuple[str, ...] = ()
+    """Sequence-classification RMs with a one-label head (local paths, hub ids or ``tiny:ARCH-LxW-rm``),
+    each scored through its own tokenizer and template; gold = their mean. Empty = the synthetic
+    task's oracle (a dataset task needs at least one)."""
+    dtype: str = "float32"
+    """The gold RMs' weights in memory: ``float32``, or ``bfloat16`` / ``float16`` to halve a 7B gold's
+    memory (scores are returned as float)."""
+
+    def __post_init__(self):
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", f"{self.dtype!r} must be float32, "
+               "bfloat16 or float16")
+        _check(len(set(self.models)) == len(self.models), "models", f"{list(self.models)} has duplicates")
+        keys = [model_key(m) for m in self.models]
+        _check(len(set(keys)) == len(keys), "models", f"{keys}: two models go by one name")
