@@ -33,8 +33,9 @@ from orchestrator.data.tasks import synthetic as T
 from orchestrator.math.bon import bon_summary
 from orchestrator.nn.models import train_tokenizer
 from orchestrator.run.actor_group import ActorGroup
+from orchestrator.run.own_data import dataset_labels, stage_dataset_task
 from orchestrator.run.progress import as_completed, wait
-from orchestrator.run.roles import gold_key, gold_members, tokenizer_dir
+from orchestrator.run.roles import gold_key, score_gold, tokenizer_dir
 from orchestrator.run.stages import (
     StageResult,
     begin,
@@ -76,92 +77,6 @@ def stage_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
         D.write_table({"prompt_id": [r["prompt_id"] for r in sft], "prompt": [r["prompt"] for r in sft],
                        "response": demos}, out / "demos.parquet")
         return {"prompts": len(rows), "demos": len(demos)}
-
-    return run_stage(run_dir, "task", inputs, fn)
-
-
-def policy_limit(cfg: FrontierConfig) -> tuple[int, int]:
-    """(longest prompt, longest prompt + response) in the policy's tokens: ``task.dataset.
-    max_prompt_tokens`` or the policy's context minus the longest response."""
-    from transformers import AutoConfig
-
-    from orchestrator.nn.codec import max_positions
-
-    ctx = max_positions(AutoConfig.from_pretrained(cfg.sft.policy.path)) or 1_000_000
-    longest = max(cfg.sample.max_new_tokens, cfg.rl.max_new_tokens)
-    return (cfg.task.dataset.max_prompt_tokens or max(1, ctx - longest)), ctx
-
-
-def stage_dataset_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
-    """The prompts (and SFT demonstrations) of a dataset task, in the synthetic task's tables.
-
-    Prompts are deduplicated, those longer than the policy's limit (``policy_limit``, counted in
-    its own tokens and template) dropped and counted, then shuffled by seed: the first
-    ``task.dataset.eval_fraction`` are held out -- the best-of-n pool (``sample.bon_prompts`` of
-    them) and the RL evaluation -- and the rest feed labelling (``sample.label_prompts``) and RL
-    training (``rl.train_prompts``, drawn with replacement if the dataset has fewer)."""
-    from orchestrator.data.tasks import dataset as DS
-    from orchestrator.nn.codec import load_codec
-
-    d, s = cfg.task.dataset, cfg.sample
-    demos_cfg = cfg.sft.dataset
-    inputs = {"stage": "task", "v": 1, "seed": cfg.seed, "task": to_dict(cfg.task),
-              "data": DS.fingerprint(d.path, d.split, d.subset), "policy": cfg.sft.policy.path,
-              "label_prompts": s.label_prompts, "bon_prompts": s.bon_prompts, "rl_prompts": cfg.rl.train_prompts,
-              "longest": [s.max_new_tokens, cfg.rl.max_new_tokens],
-              "demos": ({**to_dict(demos_cfg), "data": DS.fingerprint(demos_cfg.path, demos_cfg.split, demos_cfg.subset),
-                         "n": cfg.sft.demos} if cfg.sft.steps and demos_cfg.path else None)}
-
-    def fn(out: Path) -> dict:
-        codec = load_codec(cfg.sft.policy.path, d.chat_template)
-        limit, ctx = policy_limit(cfg)
-        prompts = DS.read_columns(d.path, d.split, {"prompt": d.prompt_column}, "task.dataset", d.subset)["prompt"]
-        uniq = list(dict.fromkeys(prompts))
-        kept = [p for p in uniq if len(codec.prompt(p)) <= limit]
-        dropped = len(uniq) - len(kept)
-        if dropped:
-            log.warning("task: %d of %d distinct prompts are longer than %d tokens of the policy and were dropped",
-                        dropped, len(uniq), limit)
-        if len(kept) < 2:
-            raise D.DataError(f"task.dataset.path: {d.path}: {len(kept)} usable prompt(s) (of {len(prompts)}; "
-                              f"{dropped} longer than {limit} tokens): need >= 2")
-        rng = random.Random(stream(cfg.seed, "prompts/dataset"))
-        rng.shuffle(kept)
-        n_eval = min(len(kept) - 1, max(1, round(d.eval_fraction * len(kept))))
-        held, train = kept[:n_eval], kept[n_eval:]
-        if len(held) < s.bon_prompts:
-            log.warning("task: %d held-out prompts, fewer than sample.bon_prompts = %d: the pool uses all of them",
-                        len(held), s.bon_prompts)
-        rows = []
-        rl_rng = random.Random(stream(cfg.seed, "prompts/rl"))
-        rl = (rl_rng.sample(train, cfg.rl.train_prompts) if len(train) >= cfg.rl.train_prompts
-              else [rl_rng.choice(train) for _ in range(cfg.rl.train_prompts)])
-        splits = [("label", train[: s.label_prompts]), ("bon", held[: s.bon_prompts]), ("rl", rl)]
-        for split, texts in splits:
-            for t in texts:
-                rows.append({"prompt": t, "family": "dataset", "meta": "{}", "split": split, "prompt_id": len(rows)})
-        D.write_table({k: [r[k] for r in rows] for k in D.PROMPTS}, out / "prompts.parquet")
-        meta = {"prompts": len(rows), "dataset_prompts": len(prompts), "duplicates": len(prompts) - len(uniq),
-                "dropped_long": dropped, "max_prompt_tokens": limit, "held_out": len(held), "train": len(train)}
-        if inputs["demos"]:
-            dm = DS.read_columns(demos_cfg.path, demos_cfg.split, {"prompt": demos_cfg.prompt_column,
-                                                                   "response": demos_cfg.response_column}, "sft.dataset", demos_cfg.subset)
-            pairs = [(p, r) for p, r in zip(dm["prompt"], dm["response"]) if len(codec.sequence(p, r)) <= ctx]
-            meta["demos_dropped_long"] = len(dm["prompt"]) - len(pairs)
-            random.Random(stream(cfg.seed, "demos")).shuffle(pairs)
-            pairs = pairs[: cfg.sft.demos]
-            if not pairs:
-                raise D.DataError(f"sft.dataset.path: {demos_cfg.path}: no demonstration fits the policy's "
-                                  f"{ctx} positions")
-            D.write_table({"prompt_id": list(range(len(pairs))), "prompt": [p for p, _ in pairs],
-                           "response": [r for _, r in pairs]}, out / "demos.parquet")
-            meta["demos"] = len(pairs)
-        else:
-            D.write_table({"prompt_id": [], "prompt": [], "response": []}, out / "demos.parquet")
-            meta["demos"] = 0
-        log.info("task: %d prompts from %s (%d duplicates, %d longer than %d tokens dropped); %d held out",
-                 len(prompts), d.path, meta["duplicates"], dropped, limit, len(held))
-        return meta
 
     return run_stage(run_dir, "task", inputs, fn)
 
@@ -323,23 +238,6 @@ def _join_prompts(samples: dict, prompts: dict) -> dict:
             "meta": [prompts["meta"][i] for i in rows], "response": samples["response"]}
 
 
-def _score_gold(cfg: FrontierConfig, rows: dict) -> tuple[np.ndarray, dict]:
-    """The gold ensemble on ``rows``, in an actor of its own for the call: the overall gold score
-    per row (the mean over members) and the score of each principle (the oracle) or of each member
-    (``member.<name>``, gold RMs)."""
-    gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", gold_members(cfg), replicas=1,
-                      chat_template=cfg.task.dataset.chat_template)
-    try:
-        sc = ray.get(gold.one("score", rows))
-    finally:
-        gold.shutdown()
-    v = np.asarray(sc.values)
-    parts = {p: np.asarray(x) for p, x in sc.principles.items()}
-    if cfg.gold.models:
-        parts.update({f"member.{m}": v[:, j] for j, m in enumerate(sc.members)})
-    return v.mean(axis=1), parts
-
-
 def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
                 progress: bool = False) -> StageResult:
     label = to_dict(cfg.label)
@@ -355,11 +253,11 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
 
     def fn(out: Path) -> dict:
         if cfg.label.source == "dataset":
-            return _dataset_labels(cfg, out)
+            return dataset_labels(cfg, out)
         prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
         samples = pq.read_table(sample.dir / "samples_label.parquet").to_pydict()
         rows = _join_prompts(samples, prompts)
-        g, principles = _score_gold(cfg, rows)
+        g, principles = score_gold(cfg, rows)
         samples["score.gold"] = g.tolist()
         for p, v in principles.items():
             samples[f"score.gold.{p}"] = v.tolist()
@@ -401,35 +299,6 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
                 "gold_mean_demo": float(g[src == "demo"].mean()) if (src == "demo").any() else None}
 
     return run_stage(run_dir, "label", inputs, fn)
-
-
-def _dataset_labels(cfg: FrontierConfig, out: Path) -> dict:
-    """``label.source: dataset``: the user's (prompt, chosen, rejected) rows become the preference
-    pairs (p_a = 1, labeler ``dataset``) that train the proxies. Gold never labels; it scores both
-    responses of every pair so the run reports how often gold agrees with these labels."""
-    from orchestrator.data.tasks import dataset as DS
-
-    d = cfg.label.dataset
-    t = DS.read_columns(d.path, d.split, {"prompt": d.prompt_column, "chosen": d.chosen_column,
-                                          "rejected": d.rejected_column}, "label.dataset", d.subset)
-    keep = [i for i in range(len(t["prompt"])) if t["chosen"][i] != t["rejected"][i]]
-    if not keep:
-        raise D.DataError(f"label.dataset.path: {d.path}: every pair has chosen == rejected")
-    pid: dict[str, int] = {}
-    pairs = {"pair_id": list(range(len(keep))), "prompt_id": [pid.setdefault(t["prompt"][i], len(pid)) for i in keep],
-             "prompt": [t["prompt"][i] for i in keep], "response_a": [t["chosen"][i] for i in keep],
-             "response_b": [t["rejected"][i] for i in keep], "p_a": [1.0] * len(keep),
-             "labeler": ["dataset"] * len(keep), "principle": ["dataset"] * len(keep), "rationale": [""] * len(keep)}
-    D.write_table(pairs, out / "preferences.parquet")
-    both = {"prompt": pairs["prompt"] * 2, "response": pairs["response_a"] + pairs["response_b"],
-            "family": ["dataset"] * (2 * len(keep)), "meta": ["{}"] * (2 * len(keep))}
-    g, _ = _score_gold(cfg, both)
-    ga, gb = g[: len(keep)], g[len(keep):]
-    agree = float(np.mean(np.where(ga == gb, 0.5, ga > gb)))
-    log.info("label: %d pairs from %s (%d with chosen == rejected dropped); gold agrees with %.1f%% of them",
-             len(keep), d.path, len(t["prompt"]) - len(keep), 100 * agree)
-    return {"pairs": len(keep), "identical_dropped": len(t["prompt"]) - len(keep), "prompts": len(pid),
-            "gold_agreement": agree}
 
 
 def preference_arrays(path: Path, val_fraction: float, seed: int) -> dict:
@@ -561,7 +430,7 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
     def fn(out: Path) -> dict:
         samples, rows = _bon_rows(task, sample)
         uniq, back = _unique_rows(rows)
-        g, principles = _score_gold(cfg, uniq)
+        g, principles = score_gold(cfg, uniq)
         samples["score.gold"] = g[back].tolist()
         for p, v in principles.items():
             samples[f"score.gold.{p}"] = v[back].tolist()

@@ -3,7 +3,12 @@ config share. The pipeline, the sweep and its trials all ask here."""
 
 from __future__ import annotations
 
+import numpy as np
+import ray
+
+from actors.reward_ensemble import RewardEnsemble
 from orchestrator.config.schema import FrontierConfig, model_key
+from orchestrator.run.actor_group import ActorGroup
 from orchestrator.run.stages import StageResult
 
 
@@ -28,3 +33,20 @@ def gold_key(cfg: FrontierConfig) -> dict:
         return {}
     return {"gold": list(cfg.gold.models), "template": cfg.task.dataset.chat_template,
             **({"dtype": cfg.gold.dtype} if cfg.gold.dtype != "float32" else {})}
+
+
+def score_gold(cfg: FrontierConfig, rows: dict) -> tuple[np.ndarray, dict]:
+    """The gold ensemble on ``rows``, in an actor of its own for the call: the overall gold score
+    per row (the mean over members) and the score of each principle (the oracle) or of each member
+    (``member.<name>``, gold RMs)."""
+    gold = ActorGroup(RewardEnsemble, cfg.cluster.gold, "gold", gold_members(cfg), replicas=1,
+                      chat_template=cfg.task.dataset.chat_template)
+    try:
+        sc = ray.get(gold.one("score", rows))
+    finally:
+        gold.shutdown()
+    v = np.asarray(sc.values)
+    parts = {p: np.asarray(x) for p, x in sc.principles.items()}
+    if cfg.gold.models:
+        parts.update({f"member.{m}": v[:, j] for j, m in enumerate(sc.members)})
+    return v.mean(axis=1), parts
