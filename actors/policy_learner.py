@@ -3,7 +3,8 @@
 RL updates come in one method per algorithm family (``update_ppo`` with a critic, ``update_pg`` for
 critic-free RLOO / GRPO); both run ``epochs`` x ``minibatches`` clipped-surrogate steps on one batch.
 Checkpoints are safetensors (weights, value head, RNG, optimizer moments) plus JSON (optimizer
-hyperparameters) -- nothing is unpickled.
+hyperparameters) -- nothing is unpickled. ``backend: deepspeed`` trains through a DeepSpeed ZeRO
+engine instead (``orchestrator.nn.zero``), with the same checkpoint layout.
 """
 
 from __future__ import annotations
@@ -31,14 +32,17 @@ from orchestrator.nn.models import (
     token_chunks,
 )
 from orchestrator.nn.sampling import response_forward
+from orchestrator.nn import zero
 
 
 class PolicyLearner:
     def __init__(self, tokenizer_dir: str, model: dict, seed: int, num_cpus: float = 1.0,
-                 chat_template: str = "auto", batch_tokens: int = 0, device: str = "cpu", dtype: str = "float32"):
+                 chat_template: str = "auto", batch_tokens: int = 0, device: str = "cpu", dtype: str = "float32",
+                 backend: str = "torch", zero_stage: int = 0, offload: str = "none"):
         """``model``: a ``ModelConfig`` as a dict; with ``path`` the policy and its own tokenizer
         (and chat template, unless ``chat_template`` is ``none``) load from there, else the policy is
-        built from config over the task's tokenizer in ``tokenizer_dir``."""
+        built from config over the task's tokenizer in ``tokenizer_dir``. ``backend``, ``zero_stage``,
+        ``offload``: ``cluster.<learner>`` (``LearnerResources``) -- torch, or a DeepSpeed ZeRO engine."""
         self.threads = set_threads(num_cpus)
         self.chat_template = chat_template
         self.batch_tokens = batch_tokens  # most padded tokens per forward pass (0: whole SFT steps, 32-row RL chunks)
@@ -50,6 +54,9 @@ class PolicyLearner:
         self.model = build_policy(ModelConfig(**model), self.tok, seed).to(self.device)
         self.value_head: torch.nn.Linear | None = None
         self.opt: torch.optim.Optimizer | None = None
+        self.backend, self.zero_stage, self.offload = backend, zero_stage, offload
+        self.engine = None  # the DeepSpeed engine of the running SFT or RL (backend: deepspeed)
+        self._groups: list[dict] = []  # the optimizer's param groups as torch writes them (checkpoints)
         self.version = 0  # RL updates applied
         self.rank, self.world = 0, 1  # a learner group (``join_group``): this replica's rank and the size
         self._progress: dict = {}
@@ -67,7 +74,33 @@ class PolicyLearner:
         return where()
 
     def n_params(self) -> int:
-        return n_params(self.model)
+        return sum(zero.numel(p) for p in self.model.parameters()) if self.engine is not None else n_params(self.model)
+
+    def _trained(self) -> list[torch.nn.Parameter]:
+        """The trained parameters in the optimizer's order: the policy's, then the value head's."""
+        return list(self.model.parameters()) + (list(self.value_head.parameters()) if self.value_head else [])
+
+    def _engine(self, opt: torch.optim.Optimizer, max_grad_norm: float, sched=None):
+        """The DeepSpeed engine over the policy (+ value head) and ``opt`` (backend: deepspeed)."""
+        zero.destroy(self.engine)
+        return zero.make_engine(zero.Trained(self.model, self.value_head), opt, self.zero_stage, self.offload,
+                                max_grad_norm, self.device, lr_scheduler=sched)
+
+    def _call(self, **kwargs):
+        """The policy's forward -- through the engine when there is one (ZeRO-3 gathers the
+        parameters and counts micro-steps there)."""
+        return (self.engine if self.engine is not None else self.model)(**kwargs)
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Accumulate ``loss``'s gradient; ``last``: the step's final piece (the engine's
+        accumulation boundary, where ZeRO reduces the gradients over the group)."""
+        if self.engine is None:
+            loss.backward()
+            return
+        self.engine.set_gradient_accumulation_boundary(last)
+        # the engine averages gradients over the group; the pieces' weights are shares of the whole
+        # minibatch, so the group's sum is wanted: scale by the world size
+        self.engine.backward(loss * self.world, scale_wrt_gas=False)
 
     def sft(self, pairs: list[tuple[str, str]], steps: int, sequences_per_step: int, lr: float,
             progress: bool = False) -> dict:
@@ -85,16 +118,22 @@ class PolicyLearner:
         warm = max(1, steps // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        if self.backend == "deepspeed":  # the engine clips, steps the optimizer and the schedule
+            self.engine = self._engine(opt, 1.0, sched)
         self.model.train()
         batches = self._length_bucketed(enc, sequences_per_step, rng)
         losses, tokens = [], 0
         for step in range(steps):
             idx = next(batches)
-            opt.zero_grad(set_to_none=True)
-            loss, n_tok = self._sft_backward([enc[i] for i in idx])
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            if self.engine is not None:
+                loss, n_tok = self._sft_backward([enc[i] for i in idx])
+                zero.step(self.engine, list(self.model.parameters()))
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss, n_tok = self._sft_backward([enc[i] for i in idx])
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                opt.step()
+                sched.step()
             losses.append(loss)
             tokens += n_tok
             self._progress = {"what": "sft step", "done": step + 1, "total": steps, "loss": losses[-1]}
@@ -110,7 +149,6 @@ class PolicyLearner:
         pieces, each piece's mean loss weighted by its share of the step's response tokens (the
         same objective). Returns (loss, tokens)."""
 
-
         def piece(rows):
             ids, mask = pad_right([batch[i][1] for i in rows], self.codec.pad_id)
             labels = ids.clone()
@@ -123,17 +161,17 @@ class PolicyLearner:
         if not self.batch_tokens or len(batch) * longest <= self.batch_tokens:
             ids, mask, labels = piece(range(len(batch)))
             with autocast(self.device, self.dtype):
-                loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
+                loss = self._call(input_ids=ids, attention_mask=mask, labels=labels).loss
+            self._backward(loss, last=True)
             return loss.item(), int(mask.sum())
         pieces = [piece(c) for c in token_chunks([len(x[1]) for x in batch], self.batch_tokens, len(batch))]
         total = sum(int((lab[:, 1:] != -100).sum()) for _, _, lab in pieces)  # predicted tokens (HF shifts)
         loss_sum, tokens = 0.0, 0
-        for ids, mask, labels in pieces:
+        for j, (ids, mask, labels) in enumerate(pieces):
             w = int((labels[:, 1:] != -100).sum()) / total
             with autocast(self.device, self.dtype):
-                loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss * w
-            loss.backward()
+                loss = self._call(input_ids=ids, attention_mask=mask, labels=labels).loss * w
+            self._backward(loss, last=j == len(pieces) - 1)
             loss_sum += loss.item()
             tokens += int(mask.sum())
         return loss_sum, tokens
@@ -156,13 +194,16 @@ class PolicyLearner:
         """Every policy parameter, flattened into one float32 buffer in ``parameters()`` order.
         A single numpy array crosses Ray's object store without pickling (zero-copy reads), ~20x
         faster than a state dict of tensors for the tiny default (1 ms vs 23 ms per sync)."""
-        with torch.no_grad():
-            return torch.nn.utils.parameters_to_vector(self.model.parameters()).float().cpu().numpy()
+        params = list(self.model.parameters())
+        with torch.no_grad(), zero.gathered(self.engine, params):  # ZeRO-3: a collective of the group
+            return torch.nn.utils.parameters_to_vector(params).float().cpu().numpy()
 
     def save(self, out_dir: str) -> str:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out_dir)
-        self.codec.save(out_dir)
+        with zero.gathered(self.engine, list(self.model.parameters())):
+            if self.rank == 0:
+                self.model.save_pretrained(out_dir)
+                self.codec.save(out_dir)
         return out_dir
 
     # ------------------------------------------------------------------------------------------
@@ -172,22 +213,31 @@ class PolicyLearner:
         """Reload the policy from ``policy_dir`` and drop any RL state (an RL slot's next run)."""
         self.codec = load_codec(policy_dir, self.chat_template)
         self.tok = self.codec.tok
+        zero.destroy(self.engine)
+        self.engine = None
         self.model = build_policy(ModelConfig(path=policy_dir), self.tok, self.seed).to(self.device)
         self.value_head, self.opt, self.version = None, None, 0
 
-    def init_rl(self, lr: float, value_head: bool, seed: int) -> int:
+    def init_rl(self, lr: float, value_head: bool, seed: int, max_grad_norm: float = 1.0) -> int:
         """Prepare RL: a zero-initialized linear value head on the last hidden state (PPO, as TRL's
-        ``AutoModelForCausalLMWithValueHead``) and AdamW over everything trained. Returns params."""
+        ``AutoModelForCausalLMWithValueHead``) and AdamW over everything trained -- wrapped in a
+        DeepSpeed engine with ``backend: deepspeed`` (which clips at ``max_grad_norm``; the torch
+        backend clips at each update's ``hp``). Returns params."""
         torch.manual_seed(seed)
         if value_head:
             self.value_head = torch.nn.Linear(self.model.config.get_text_config().hidden_size, 1)
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
             self.value_head.to(self.device)
-        params = list(self.model.parameters()) + (list(self.value_head.parameters()) if self.value_head else [])
+        params = self._trained()
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
+        self._groups = self.opt.state_dict()["param_groups"]
+        n = sum(p.numel() for p in params)
+        self.max_grad_norm = max_grad_norm
+        if self.backend == "deepspeed":
+            self.engine = self._engine(self.opt, max_grad_norm)
         self.model.eval()  # no dropout in the tiny default; eval mode keeps RL deterministic anyway
-        return sum(p.numel() for p in params)
+        return n
 
     def _forward(self, batch: RolloutBatch, rows, temperature: float, grad: bool):
         rows = list(rows)
@@ -197,7 +247,7 @@ class PolicyLearner:
         with torch.set_grad_enabled(grad), autocast(self.device, self.dtype):
             logp, logits, h = response_forward(self.model, [batch.prompt_ids[i] for i in rows],
                                                batch.response_ids[rows, :t], mask[:, :t], self.codec.pad_id,
-                                               temperature, hidden=self.value_head is not None)
+                                               temperature, hidden=self.value_head is not None, forward=self.engine)
             values = self.value_head(h).squeeze(-1) * m if self.value_head is not None else None
         return logp, logits, values, m, t
 
@@ -223,7 +273,9 @@ class PolicyLearner:
         b = len(batch)
         size = b // hp["minibatches"]
         lengths = [len(p) + int(n) for p, n in zip(batch.prompt_ids, batch.response_mask.sum(1))]
-        params = [p for group in self.opt.param_groups for p in group["params"]]
+        params = self._trained()
+        if self.engine is not None and self.max_grad_norm != hp["max_grad_norm"]:
+            raise ValueError(f"max_grad_norm {hp['max_grad_norm']} != the engine's {self.max_grad_norm} (init_rl)")
         stats: dict[str, list] = {}
         for _ in range(hp["epochs"]):
             perm = torch.randperm(b, generator=g)
@@ -233,22 +285,27 @@ class PolicyLearner:
                 if self.world > 1:  # a learner group: this replica takes every world-th piece
                     chunks = chunks[self.rank:: self.world]
                 total = float(batch.response_mask[rows].sum())
-                self.opt.zero_grad(set_to_none=True)
+                if self.engine is None:
+                    self.opt.zero_grad(set_to_none=True)
                 acc: dict[str, float] = {}
-                for chunk in chunks:
+                for j, chunk in enumerate(chunks):
                     logp, logits, values, mask, t = self._forward(batch, chunk, hp["temperature"], grad=True)
                     loss, st = loss_fn(chunk, logp, values, mask, t)
                     w = float(mask.sum()) / total
-                    (loss * w).backward()
+                    self._backward(loss * w, last=j == len(chunks) - 1)
                     with torch.no_grad():
                         st["entropy"] = float(R.masked_mean(R.entropy_from_logits(logits), mask))
                     st["loss"] = float(loss.detach())
                     for k, v in st.items():
                         acc[k] = acc.get(k, 0.0) + w * v
-                if self.world > 1:  # the group's gradient: every replica's pieces summed (weights are global)
-                    acc = self._all_reduce(params, acc)
-                acc["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, hp["max_grad_norm"]))
-                self.opt.step()
+                if self.engine is not None:  # the engine reduced the gradients over the group
+                    acc = self._all_reduce([], acc) if self.world > 1 else acc
+                    acc["grad_norm"] = zero.step(self.engine, params)
+                else:
+                    if self.world > 1:  # the group's gradient: every replica's pieces summed (weights are global)
+                        acc = self._all_reduce(params, acc)
+                    acc["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, hp["max_grad_norm"]))
+                    self.opt.step()
                 for k, v in acc.items():
                     stats.setdefault(k, []).append(v)
         self.version += 1
@@ -259,14 +316,28 @@ class PolicyLearner:
         ``batch_tokens`` padded tokens each, else ~``chunk_rows`` rows; at least one per replica of
         a learner group."""
         if self.batch_tokens:  # length-bounded pieces: the learner's memory set in tokens
-
-
             chunks = [[rows[i] for i in c] for c in
                       token_chunks([lengths[r] for r in rows], self.batch_tokens, len(rows))]
             if len(chunks) >= self.world:
-                return chunks
+                return self._even(chunks)
         n_chunks = max(1, round(len(rows) / chunk_rows), self.world)
-        return [c.tolist() for c in np.array_split(np.array(rows), n_chunks)]
+        return self._even([c.tolist() for c in np.array_split(np.array(rows), n_chunks)])
+
+    def _even(self, chunks: list[list[int]]) -> list[list[int]]:
+        """A DeepSpeed group's pieces: a multiple of the world size, so every replica runs as many
+        forward / backward passes (ZeRO's collectives happen inside them and must pair up); the
+        largest pieces are halved (the token bound still holds)."""
+        if self.engine is None or self.world == 1:
+            return chunks
+        chunks = list(chunks)
+        while len(chunks) % self.world:
+            i = max(range(len(chunks)), key=lambda k: len(chunks[k]))
+            if len(chunks[i]) < 2:
+                raise ValueError(f"a minibatch of {sum(map(len, chunks))} rows cannot be shared by "
+                                 f"{self.world} replicas: raise rollouts per step or lower rl.minibatches")
+            c = chunks.pop(i)
+            chunks[i:i] = [c[: len(c) // 2], c[len(c) // 2:]]
+        return chunks
 
     # ------------------------------------------------------------------------------------------
     # a learner group: N replicas in one torch.distributed group, each with a shard of every
@@ -311,9 +382,9 @@ class PolicyLearner:
         import torch.distributed as dist
 
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
         keys = sorted(acc)
-        flat = torch.cat([flat, torch.tensor([acc[k] for k in keys], dtype=flat.dtype, device=flat.device)])
+        stats = torch.tensor([acc[k] for k in keys], dtype=torch.float32, device=self.device)
+        flat = torch.cat([*(g.reshape(-1) for g in grads), stats])
         dist.all_reduce(flat)
         i = 0
         for p in params:
@@ -350,33 +421,51 @@ class PolicyLearner:
 
     def save_checkpoint(self, out_dir: str) -> list[str]:
         """Weights (+ value head), RNG and optimizer moments as safetensors; optimizer
-        hyperparameters as JSON."""
+        hyperparameters as JSON. The same layout on both backends (DeepSpeed's shards are gathered
+        to whole tensors first -- a collective: a DeepSpeed group calls it on every replica, and
+        rank 0 writes)."""
         out = Path(out_dir)
+        if self.engine is not None:
+            module = zero.Trained(self.model, self.value_head)
+            tensors = zero.full_weights(self.engine, module)
+            state, groups = zero.optimizer_state(self.engine, self._trained(), self._groups)
+        else:
+            tensors = {f"policy.{k}": v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}
+            if self.value_head is not None:
+                tensors.update({f"value_head.{k}": v.detach().cpu().clone() for k, v in self.value_head.state_dict().items()})
+            sd = self.opt.state_dict()  # tensors -> safetensors, hyperparameters -> JSON: nothing pickled
+            state, groups = sd["state"], sd["param_groups"]
+        files = ["learner.safetensors", "optimizer.safetensors", "optimizer.json"]
+        if self.rank != 0:
+            return files
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {f"policy.{k}": v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}
-        if self.value_head is not None:
-            tensors.update({f"value_head.{k}": v.detach().cpu().clone() for k, v in self.value_head.state_dict().items()})
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["version"] = torch.tensor([self.version], dtype=torch.int64)
         save_file(tensors, str(out / "learner.safetensors"))
-        sd = self.opt.state_dict()  # tensors -> safetensors, hyperparameters -> JSON: nothing pickled
-        save_file({f"{i}.{k}": v.detach().cpu().clone().contiguous() for i, st in sd["state"].items() for k, v in st.items()},
+        save_file({f"{i}.{k}": v.detach().cpu().clone().contiguous() for i, st in state.items() for k, v in st.items()},
                   str(out / "optimizer.safetensors"))
-        (out / "optimizer.json").write_text(json.dumps(sd["param_groups"]))
-        return ["learner.safetensors", "optimizer.safetensors", "optimizer.json"]
+        (out / "optimizer.json").write_text(json.dumps(groups))
+        return files
 
     def load_checkpoint(self, in_dir: str) -> int:
-        """Restore what ``save_checkpoint`` wrote (safetensors and JSON: nothing is unpickled)."""
+        """Restore what ``save_checkpoint`` wrote (safetensors and JSON: nothing is unpickled), on
+        either backend whichever wrote it."""
         d = Path(in_dir)
         tensors = load_file(str(d / "learner.safetensors"))
-        self.model.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
-        if self.value_head is not None:
-            self.value_head.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("value_head.")})
-        torch.set_rng_state(tensors["rng.torch"])
-        self.version = int(tensors["version"][0])
         state: dict[int, dict] = {}
         for key, v in load_file(str(d / "optimizer.safetensors")).items():
             i, k = key.split(".", 1)
             state.setdefault(int(i), {})[k] = v
-        self.opt.load_state_dict({"state": state, "param_groups": json.loads((d / "optimizer.json").read_text())})
+        groups = json.loads((d / "optimizer.json").read_text())
+        if self.engine is not None:
+            module = zero.Trained(self.model, self.value_head)
+            weights = {k: v for k, v in tensors.items() if k.startswith(("policy.", "value_head."))}
+            zero.load_state(self.engine, module, weights, self._trained(), state, groups)
+        else:
+            self.model.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
+            if self.value_head is not None:
+                self.value_head.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("value_head.")})
+            self.opt.load_state_dict({"state": state, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.version = int(tensors["version"][0])
         return self.version

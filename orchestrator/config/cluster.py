@@ -62,11 +62,43 @@ class RoleResources:
 
 
 @dataclass(frozen=True)
+class LearnerResources(RoleResources):
+    """Resources of a learner role, and how it trains: plain torch or a DeepSpeed ZeRO engine."""
+
+    backend: str = "torch"
+    """``torch`` (AdamW on whole parameters; a learner group all-reduces one flat gradient buffer)
+    or ``deepspeed`` (a ZeRO engine over the policy and PPO's value head, the same torch AdamW;
+    stages 0-2 give the torch learner's losses to float rounding). Needs the ``deepspeed`` extra."""
+    zero_stage: int = 0
+    """ZeRO stage with ``backend: deepspeed``: 0 (data-parallel), 1 (optimizer states sharded over
+    the group's replicas), 2 (+ gradients), 3 (+ parameters: gathered per layer on the fly)."""
+    offload: str = "none"
+    """``optimizer``: ZeRO-Offload -- the fp32 master weights and Adam moments live in host memory
+    and the optimizer steps on the CPU (stage >= 1); ``none``: on the role's device."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.backend in ("torch", "deepspeed"), "backend", f"{self.backend!r} must be torch or deepspeed")
+        _check(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"{self.zero_stage} must be 0, 1, 2 or 3")
+        _check(self.offload in ("none", "optimizer"), "offload", f"{self.offload!r} must be none or optimizer")
+        _check(self.backend == "deepspeed" or (self.zero_stage == 0 and self.offload == "none"), "backend",
+               "zero_stage and offload need backend: deepspeed")
+        _check(self.offload == "none" or self.zero_stage >= 1, "offload",
+               "optimizer offload needs zero_stage >= 1 (ZeRO-Offload partitions the optimizer)")
+
+    def learner_options(self) -> dict:
+        """The PolicyLearner's keyword arguments for the backend (none for the torch default)."""
+        if self.backend == "torch":
+            return {}
+        return {"backend": self.backend, "zero_stage": self.zero_stage, "offload": self.offload}
+
+
+@dataclass(frozen=True)
 class TrialResources:
     """Resources of the actors of one RL run (one Tune trial later): all its roles are reserved
     together in one placement group, so concurrent runs never deadlock on half-placed actors."""
 
-    learner: RoleResources = field(default_factory=lambda: RoleResources(1, 0.4))
+    learner: LearnerResources = field(default_factory=lambda: LearnerResources(1, 0.4))
     """The run's PolicyLearner; ``replicas`` N > 1 is a learner group: N actors in one
     torch.distributed group (gloo on CPU, NCCL on GPUs), each with a shard of every minibatch and
     the gradients all-reduced -- the same updates as one learner (to float rounding), N times the
@@ -136,8 +168,8 @@ class ClusterConfig:
     """Start Ray's dashboard with a local Ray."""
     dashboard_host: str = "127.0.0.1"
     """Address the dashboard binds to."""
-    learner: RoleResources = field(default_factory=lambda: RoleResources(1, 2.0))
-    """The PolicyLearner."""
+    learner: LearnerResources = field(default_factory=lambda: LearnerResources(1, 2.0))
+    """The PolicyLearner of the SFT stage (``backend`` as ``rl.learner``'s)."""
     generator: RoleResources = field(default_factory=lambda: RoleResources(2, 1.0))
     """RolloutGenerator replicas."""
     proxy: RoleResources = field(default_factory=lambda: RoleResources(1, 1.0))

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from orchestrator.config.cluster import (  # noqa: F401  (re-exported)
     ClusterConfig,
+    LearnerResources,
     RoleResources,
     TrialResources,
     validate_resources,

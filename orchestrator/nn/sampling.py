@@ -203,12 +203,13 @@ def sample(model, prompts: list[list[int]], max_new_tokens: int, temperature: fl
 
 
 def response_forward(model, prompts: list[list[int]], response_ids: torch.Tensor, response_mask: torch.Tensor,
-                     pad_id: int, temperature: float = 1.0, hidden: bool = False):
+                     pad_id: int, temperature: float = 1.0, hidden: bool = False, forward=None):
     """One forward pass over ``[left-padded prompt | right-padded response]`` rows, so every row's
     response sits in the same columns. Returns ``(logprobs [b, t], logits [b, t, V], hidden [b, t, H]
     or None)`` at the positions that predict each response token (logits divided by ``temperature``).
     The learner (with grad) and the reference (without) use this same function, so a policy equal to
-    its reference gives exactly zero KL."""
+    its reference gives exactly zero KL. ``forward``: what runs ``model``'s HF forward instead (a
+    DeepSpeed engine wrapping it: ZeRO-3's parameters exist only inside its forward)."""
     dev = next(model.parameters()).device
     p_ids, p_mask = left_pad(prompts, pad_id)
     response_ids, response_mask = response_ids.to(dev), response_mask.to(dev)
@@ -217,11 +218,11 @@ def response_forward(model, prompts: list[list[int]], response_ids: torch.Tensor
     pos = (attn.cumsum(1) - 1).clamp(min=0)
     p, t = p_ids.shape[1], response_ids.shape[1]
     keep = slice(p - 1, p + t - 1)  # the positions that predict response tokens
-    if _plain_ok(model):  # GPT-2 without dropout: the same math in plain ops, LM head on `keep` only
+    if forward is None and _plain_ok(model):  # GPT-2 without dropout: the same math in plain ops, LM head on `keep` only
         out = GPT2Decoder(model, ids.shape[1]).forward(ids, attn, pos, hidden=hidden, keep=keep)
         logits, h = out if hidden else (out, None)
     else:
-        o = model(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=hidden)
+        o = (forward or model)(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=hidden)
         logits, h = o.logits[:, keep], (o.hidden_states[-1][:, keep] if hidden else None)
     logits = logits.float() / temperature
     logp = torch.log_softmax(logits, -1).gather(2, response_ids[:, :, None]).squeeze(2) * response_mask

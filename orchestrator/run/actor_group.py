@@ -74,6 +74,8 @@ class ActorGroup:
             kwargs["device"] = "cuda"
         if resources.dtype != "float32" and "dtype" in takes and "dtype" not in kwargs:  # the role's precision
             kwargs["dtype"] = resources.dtype
+        if hasattr(resources, "learner_options") and "backend" in takes:  # a learner's training backend
+            kwargs.update(resources.learner_options())
         self.name = name or cls.__name__
         self.local = local
         if local:

@@ -110,7 +110,8 @@ class RLRun:
         self.local = slot.local
         self.learner, self.gen, self.proxy = slot.learner, slot.gen, slot.proxy
         self.gold = slot.gold if gold else None  # a shared slot's gold stays out of a run without gold
-        fetch(self.learner.all("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init")))  # every replica
+        fetch(self.learner.all("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init"),  # every replica
+                               cfg.max_grad_norm))
         self.kl = initial_kl_controller(cfg, spec.kl_coef)
         self.step = 0
         self.history: list[dict] = []
@@ -120,6 +121,13 @@ class RLRun:
         self._perm: tuple[int, np.ndarray | None] = (-1, None)
         self.hp = {k: getattr(cfg, k) for k in ("epochs", "minibatches", "clip", "vf_coef", "value_clip",
                                                  "max_grad_norm", "temperature")}
+
+    def learner_call(self, method: str, *args):
+        """``method`` on one learner replica -- or, where a DeepSpeed group must call it together
+        (``Slot.collective``: collectives inside), on every replica; rank 0's result."""
+        if method in getattr(self.slot, "collective", ()):
+            return self.learner.all(method, *args)[0]
+        return self.learner.one(method, *args)
 
     # ---- data --------------------------------------------------------------------------------
     def prompt_indices(self, step: int) -> list[int]:
@@ -222,7 +230,7 @@ class RLRun:
     def sync_weights(self) -> None:
         """Push the learner's weights to every generator (calls to an actor run in order, so the
         next ``generate`` sees them; nothing waits here)."""
-        w = self.learner.one("weights")
+        w = self.learner_call("weights")
         self.gen.all("load_weights", w, self.step)
 
     # ---- evaluation --------------------------------------------------------------------------
@@ -276,7 +284,7 @@ class RLRun:
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        files = fetch(self.learner.one("save_checkpoint", str(tmp)))
+        files = fetch(self.learner_call("save_checkpoint", str(tmp)))
         state = {"step": self.step, "run": self.spec.name, "config": asdict(self.cfg), "seed": self.seed,
                  "reference": self.reference_id, "kl_controller": self.kl.state_dict(),
                  "cursor": {"prompt_position": self.step * self.cfg.prompts_per_step},
@@ -351,7 +359,7 @@ def rl_step(run: RLRun) -> dict:
         batch_ref = put(batch, run.local)
         # PPO needs the value head's estimates; critic-free algorithms take the sampler's own
         # log-probs as the old policy (the exact behaviour policy, also in async mode)
-        old = (fetch(run.learner.one("evaluate", batch_ref, cfg.temperature)) if cfg.algorithm == "ppo"
+        old = (fetch(run.learner_call("evaluate", batch_ref, cfg.temperature)) if cfg.algorithm == "ppo"
                else {"logprobs": batch.logprobs})
     with T("shape"):
         members = torch.tensor(proxy.values, dtype=torch.float32)

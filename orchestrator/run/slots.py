@@ -51,6 +51,12 @@ class Slot:
         if len(self.learner) > 1 and not local:  # a learner group: one torch.distributed group over the replicas
             address = fetch(self.learner.actors[0].group_address.remote())
             fetch([a.join_group.remote(r, len(self.learner), address) for r, a in enumerate(self.learner.actors)])
+        # calls every replica of a DeepSpeed group must make together (collectives inside): gathering the
+        # ZeRO shards for a checkpoint; at stage 3 also the weights and any forward pass
+        lr = resources.learner
+        self.collective: set[str] = set()
+        if len(self.learner) > 1 and getattr(lr, "backend", "torch") == "deepspeed":
+            self.collective = {"save_checkpoint"} | ({"weights", "evaluate"} if lr.zero_stage == 3 else set())
         # generators hold nothing a restart loses (the run re-pushes the weights): Ray restarts them
         self.gen = ActorGroup(RolloutGenerator, resources.generator, policy_dir,
                               placement=placement.get("generator"), local=local,
