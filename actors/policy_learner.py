@@ -198,6 +198,29 @@ class PolicyLearner:
         with torch.no_grad(), zero.gathered(self.engine, params):  # ZeRO-3: a collective of the group
             return torch.nn.utils.parameters_to_vector(params).float().cpu().numpy()
 
+    def open_weight_group(self, address: str, rank: int, world: int, backend: str) -> int:
+        """Host (rank 0) the broadcast group the generators pull weights from
+        (``cluster.rl.weight_sync: broadcast``); other replicas of a learner group stay out of it."""
+        from orchestrator.nn.broadcast import WeightGroup
+
+        self.weight_group = WeightGroup(address, rank, world, backend) if self.rank == 0 else None
+        return rank
+
+    def weight_group_address(self) -> str:
+        from orchestrator.nn.broadcast import free_address
+
+        return free_address()
+
+    def push_weights(self) -> int:
+        """Broadcast the flat fp32 weights to the generators (they ``pull_weights`` at the same
+        time): device to device over NCCL, or from host memory over gloo. Returns the value count."""
+        params = list(self.model.parameters())
+        with torch.no_grad(), zero.gathered(self.engine, params):  # ZeRO-3: a collective of the learner group
+            flat = torch.nn.utils.parameters_to_vector(params).float()
+            if getattr(self, "weight_group", None) is not None:
+                self.weight_group.broadcast(flat)
+        return int(flat.numel())
+
     def save(self, out_dir: str) -> str:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         with zero.gathered(self.engine, list(self.model.parameters())):

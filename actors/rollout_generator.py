@@ -62,7 +62,9 @@ class RolloutGenerator:
         """Replace the policy's weights by ``PolicyLearner.weights()`` (one flat buffer in
         ``parameters()`` order; the reference never changes). ``version`` counts the learner
         updates they include and is stamped on every batch sampled with them."""
-        flat = torch.from_numpy(np.array(flat, dtype=np.float32))  # a copy: Ray hands out read-only buffers
+        return self._set_flat(torch.from_numpy(np.array(flat, dtype=np.float32)), version)  # a copy: Ray's are read-only
+
+    def _set_flat(self, flat: torch.Tensor, version: int) -> int:
         params = list(self.policy.parameters())
         n = sum(p.numel() for p in params)
         if flat.numel() != n:
@@ -73,6 +75,21 @@ class RolloutGenerator:
             i += p.numel()
         self.version = version
         return version
+
+    def open_weight_group(self, address: str, rank: int, world: int, backend: str) -> int:
+        """Join the learner's broadcast group (``cluster.rl.weight_sync: broadcast``) as ``rank``."""
+        from orchestrator.nn.broadcast import WeightGroup
+
+        self.weight_group = WeightGroup(address, rank, world, backend)
+        return rank
+
+    @torch.no_grad()
+    def pull_weights(self, version: int) -> int:
+        """Receive the learner's flat fp32 weights by broadcast (``PolicyLearner.push_weights``,
+        which must be called at the same time) and load them, as ``load_weights`` does."""
+        n = sum(p.numel() for p in self.policy.parameters())
+        flat = self.weight_group.broadcast(torch.empty(n, dtype=torch.float32))
+        return self._set_flat(flat, version)
 
     def generate(self, prompts: list[str], n: int, seed: int, max_new_tokens: int, temperature: float = 1.0,
                  with_ref: bool = False, recompute: bool = False, fast: bool = False) -> RolloutBatch:

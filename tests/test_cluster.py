@@ -46,11 +46,11 @@ def three_nodes(rl_inputs):  # noqa: F811
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
-def _resources(cfg, generators: int = 2):
+def _resources(cfg, generators: int = 2, weight_sync: str = "object_store"):
     """Learner, proxy and gold on the head node; generators on the rollout nodes, spread."""
     head = {"head_node": 0.1}
     return dataclasses.replace(
-        cfg.cluster.rl, colocate=False, strategy="SPREAD",
+        cfg.cluster.rl, colocate=False, strategy="SPREAD", weight_sync=weight_sync,
         learner=RoleResources(1, 0.4, resources=head), proxy=RoleResources(1, 0.2, resources=head),
         gold=RoleResources(1, 0.2, resources=head),
         generator=RoleResources(generators, 0.5, resources={"rollout_node": 0.1}))
@@ -115,10 +115,12 @@ def test_generator_killed_and_worker_node_removed_mid_run(three_nodes, rl_inputs
     the worker node of generator 1 is removed once the run passed step 2 (its bundle moves to the
     surviving rollout node and the generator restarts there). The run completes all its steps, each
     death is logged and handled by re-pushing the weights, and its results -- metric history, final
-    weights, evaluations -- equal the undisturbed run's bit for bit."""
+    weights, evaluations -- equal the undisturbed run's bit for bit. This run's weights reach the
+    generators by broadcast (``weight_sync: broadcast``, gloo across the nodes; the undisturbed run
+    uses the object store): after each death the broadcast group is formed anew."""
     cluster, workers = three_nodes
     out = tmp_path / "r"
-    run = _run(rl_inputs, out, _resources(rl_inputs[0]))
+    run = _run(rl_inputs, out, _resources(rl_inputs[0], weight_sync="broadcast"))
     box: dict = {}
 
     def go():

@@ -118,6 +118,12 @@ class TrialResources:
     resources) instead of one actor per role. Same results bit for bit; on a small CPU machine it
     removes the ~35-50% cost of processes taking turns on a core. Keep False on a GPU cluster
     where each role has its own device."""
+    weight_sync: str = "object_store"
+    """How the learner's weights reach the generators after each update: ``object_store`` (one
+    device-to-host copy into a flat buffer in Ray's object store, read by every generator) or
+    ``broadcast`` (a process group of the learner and the generators: NCCL device to device when
+    all of them hold GPUs, else gloo; ``orchestrator.nn.broadcast``). The same weights bit for bit.
+    Not with ``colocate`` (one process: nothing to send)."""
     generator_restarts: int = 3
     """Times Ray restarts a RolloutGenerator whose process died (killed, OOM, its node lost) within
     a run: the run re-pushes the policy's weights and retries the step, so the results equal an
@@ -126,6 +132,10 @@ class TrialResources:
 
     def __post_init__(self):
         _check(self.generator_restarts >= 0, "generator_restarts", f"{self.generator_restarts} must be >= 0")
+        _check(self.weight_sync in ("object_store", "broadcast"), "weight_sync",
+               f"{self.weight_sync!r} must be object_store or broadcast")
+        _check(not (self.colocate and self.weight_sync == "broadcast"), "weight_sync",
+               "broadcast needs the roles in separate processes (colocate: false)")
         _check(not self.colocate or self.learner.replicas == 1, "learner.replicas",
                f"{self.learner.replicas}: a learner group needs one process per replica (colocate: false)")
         _check(self.proxy.replicas == 1 and self.gold.replicas == 1, "proxy.replicas",

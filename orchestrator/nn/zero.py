@@ -150,20 +150,56 @@ def load_state(engine, module: torch.nn.Module, weights: dict[str, torch.Tensor]
     if engine.zero_optimization_stage() == 0:
         engine.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
         return
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
+    _ensure_moments(engine)
     named = dict(module.named_parameters())
     by_param = {id(p): k for k, p in named.items()}
     for i, p in enumerate(params):
-        full = weights[by_param[id(p)]]
-        safe_set_full_fp32_param(p, full.to(torch.float32))
+        _set_full(p, weights[by_param[id(p)]])
         if i in opt_state:
             for k in ("exp_avg", "exp_avg_sq"):
-                safe_set_full_optimizer_state(p, opt_state[i][k].to(torch.float32), k)
+                _set_full(p, opt_state[i][k], k)
     steps = [float(v["step"]) for v in opt_state.values() if "step" in v]
     for st in _inner(engine).state.values():
         if "step" in st and steps:
             st["step"] = torch.full_like(st["step"], steps[0]) if torch.is_tensor(st["step"]) else steps[0]
+
+
+def _ensure_moments(engine) -> None:
+    """Give the engine's torch Adam(W), if it has not stepped yet, the (zero) state its first step
+    would create, so a checkpoint's moments can be written into it (ZeRO-3 creates them lazily,
+    keyed by its flat fp32 partitions rather than by what its param groups hold between steps)."""
+    opt, zopt = _inner(engine), engine.optimizer
+    flat = getattr(zopt, "fp32_partitioned_groups_flat", None)  # ZeRO-3
+    if flat is None:
+        flat = getattr(zopt, "single_partition_of_fp32_groups", None)  # ZeRO-1/2
+    for p in flat if flat is not None else [p for g in opt.param_groups for p in g["params"]]:
+        if "exp_avg" not in opt.state.get(p, {}):
+            opt.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+    if hasattr(zopt, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2 link moments to parameters after a step
+        zopt._lazy_init_hp_params_optimizer_state()
+
+
+def _set_full(p: torch.nn.Parameter, value: torch.Tensor, key: str | None = None) -> None:
+    """Write the full fp32 ``value`` (the master weight, or the moment ``key``) into this replica's
+    partition of ``p``. ZeRO-1/2 through ``safe_set_full_*``; ZeRO-3 here, because DeepSpeed
+    0.19's ``set_full_hp_param`` reads past the end of a parameter whose size the group does not
+    divide (the last replica's partition is padded): the padding stays zero."""
+    value = value.detach().to(torch.float32)
+    if not hasattr(p, "ds_id"):
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        safe_set_full_fp32_param(p, value) if key is None else safe_set_full_optimizer_state(p, value, key)
+        return
+    opt = p._z3_optimizer
+    part, group = opt._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
+    flat = value.flatten()
+    lo = part.numel() * opt._get_param_partition_rank(p)
+    piece = flat[lo: lo + part.numel()]
+    with torch.no_grad():
+        part.zero_()
+        part[: piece.numel()].copy_(piece.to(part.device))
+    if opt._swappable_optimizer_subgroup(group):
+        opt._optimizer_states_and_gradient_swap_out(group)
 
 
 def step(engine, params: list) -> float:

@@ -20,11 +20,23 @@ PICKLED = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 
 
 def preflight(cfg, run_dir: Path) -> None:
+    check_backends(cfg)
     check_model_paths(cfg)
     if hasattr(cfg, "gold"):  # the frontier job's bring-your-own models and data
         check_own_models(cfg)
         check_datasets(cfg)
     check_run_dir(run_dir)
+
+
+def check_backends(cfg) -> None:
+    """A learner on ``backend: deepspeed`` needs DeepSpeed installed (the ``deepspeed`` extra)."""
+    import importlib.util
+
+    cluster = getattr(cfg, "cluster", None)
+    for key, role in (("cluster.learner", getattr(cluster, "learner", None)),
+                      ("cluster.rl.learner", getattr(getattr(cluster, "rl", None), "learner", None))):
+        if getattr(role, "backend", "torch") == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(f"{key}.backend: deepspeed is not installed; pip install -e '.[deepspeed]'")
 
 
 def _model_refs(cfg):

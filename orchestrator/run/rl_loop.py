@@ -127,6 +127,8 @@ class RLRun:
         (``Slot.collective``: collectives inside), on every replica; rank 0's result."""
         if method in getattr(self.slot, "collective", ()):
             return self.learner.all(method, *args)[0]
+        if method == "push_weights":  # rank 0 hosts the broadcast group
+            return self.learner.actors[0].push_weights.remote(*args)
         return self.learner.one(method, *args)
 
     # ---- data --------------------------------------------------------------------------------
@@ -216,6 +218,8 @@ class RLRun:
                 if time.time() > deadline:
                     raise
                 time.sleep(1.0)
+        if getattr(self.slot, "weight_sync", "object_store") == "broadcast":
+            self.slot.open_weight_group()  # the restarted generator joins a fresh group
         self.sync_weights()
         log.warning("rl %s: generators back; retrying %s", self.spec.name, what)
 
@@ -230,6 +234,10 @@ class RLRun:
     def sync_weights(self) -> None:
         """Push the learner's weights to every generator (calls to an actor run in order, so the
         next ``generate`` sees them; nothing waits here)."""
+        if getattr(self.slot, "weight_sync", "object_store") == "broadcast":  # learner and generators at once
+            self.learner_call("push_weights")
+            self.gen.all("pull_weights", self.step)
+            return
         w = self.learner_call("weights")
         self.gen.all("load_weights", w, self.step)
 

@@ -56,12 +56,17 @@ class Slot:
         lr = resources.learner
         self.collective: set[str] = set()
         if len(self.learner) > 1 and getattr(lr, "backend", "torch") == "deepspeed":
-            self.collective = {"save_checkpoint"} | ({"weights", "evaluate"} if lr.zero_stage == 3 else set())
+            self.collective = {"save_checkpoint"} | ({"weights", "evaluate", "push_weights"} if lr.zero_stage == 3
+                                                      else set())
         # generators hold nothing a restart loses (the run re-pushes the weights): Ray restarts them
         self.gen = ActorGroup(RolloutGenerator, resources.generator, policy_dir,
                               placement=placement.get("generator"), local=local,
                               options={"max_restarts": resources.generator_restarts})
         self.generator_restarts = 0 if local else resources.generator_restarts
+        self.weight_sync = "object_store" if local else resources.weight_sync
+        self.weight_backend = "nccl" if resources.learner.num_gpus and resources.generator.num_gpus else "gloo"
+        if self.weight_sync == "broadcast":
+            self.open_weight_group()
         self.proxy = ActorGroup(RewardEnsemble, resources.proxy, "proxy", list(members), tokenizer_dir,
                                 placement=placement.get("proxy"), local=local, chat_template=chat_template)
         gold_members = list(gold) if isinstance(gold, list) else [{"name": "oracle", "kind": "oracle"}]
@@ -69,6 +74,16 @@ class Slot:
                                 placement=placement.get("gold"), local=local, chat_template=chat_template)
                      if gold else None)
         self.members = list(members)
+
+    def open_weight_group(self) -> None:
+        """(Re)form the broadcast group of the learner (rank 0) and the generators -- at the start,
+        and after a generator restart (the restarted process left the old group)."""
+        learner = self.learner.actors[0]
+        address = fetch(learner.weight_group_address.remote())
+        world = 1 + len(self.gen)
+        fetch([a.open_weight_group.remote(address, 0, world, self.weight_backend) for a in self.learner.actors] +
+              [g.open_weight_group.remote(address, 1 + i, world, self.weight_backend)
+               for i, g in enumerate(self.gen.actors)])
 
     def reset(self, policy_dir: str, members: list[dict]) -> None:
         refs = [*self.learner.all("reset", policy_dir), *self.gen.all("reset", policy_dir)]
