@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from orchestrator.config.schema import ModelConfig
 from orchestrator.data.batch import RolloutBatch
 from orchestrator.math import rl as R
+from orchestrator.nn import zero
 from orchestrator.nn.codec import load_codec
 from orchestrator.nn.device import autocast, role_device
 from orchestrator.nn.models import (
@@ -32,7 +33,6 @@ from orchestrator.nn.models import (
     token_chunks,
 )
 from orchestrator.nn.sampling import response_forward
-from orchestrator.nn import zero
 
 
 class PolicyLearner:

@@ -11,7 +11,12 @@ from safetensors.torch import load_file
 
 from actors.policy_learner import PolicyLearner
 from actors.rollout_generator import RolloutGenerator
-from orchestrator.config.schema import ConfigError, FrontierConfig, LearnerResources, build
+from orchestrator.config.schema import (
+    ConfigError,
+    FrontierConfig,
+    LearnerResources,
+    build,
+)
 from orchestrator.data.tasks import synthetic as T
 from orchestrator.nn import tiny
 from orchestrator.run.actor_group import ActorGroup

@@ -186,7 +186,10 @@ def _set_full(p: torch.nn.Parameter, value: torch.Tensor, key: str | None = None
     divide (the last replica's partition is padded): the padding stays zero."""
     value = value.detach().to(torch.float32)
     if not hasattr(p, "ds_id"):
-        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+        from deepspeed.utils import (
+            safe_set_full_fp32_param,
+            safe_set_full_optimizer_state,
+        )
 
         safe_set_full_fp32_param(p, value) if key is None else safe_set_full_optimizer_state(p, value, key)
         return
