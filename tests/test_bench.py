@@ -38,11 +38,12 @@ def test_gpu_bench_without_cuda_says_so_and_dry_runs_on_cpu(capsys):
     if not torch.cuda.is_available():
         assert bench_gpu.main([]) == 0 and capsys.readouterr().out.strip() == "no CUDA device"
     argv = ["--device", "cpu", "--size", "1x32", "--prompts", "2", "--responses", "2", "--prompt-len", "8",
-            "--new-tokens", "4", "--chunk-tokens", "32"]
+            "--new-tokens", "4", "--chunk-tokens", "32", "--no-trl"]
     assert bench_gpu.main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for dt in ("bfloat16", "float32"):
         r = out[dt]
         assert r["batch"] == 4 and all(r[k]["tokens_per_s"] > 0 for k in ("generate", "score", "update"))
         assert r["update"]["flops"] >= 6 * r["params"] * 4 and r["rl_samples_per_s"] > 0
+        assert r["sync"]["gb"] == r["params"] * 4 / 1e9 and r["sync"]["d2h_gb_per_s"] > 0
     assert bench_gpu.flops_per_token(100, 2, 8, 10) == 6 * 100 + 12 * 2 * 8 * 10

@@ -40,7 +40,10 @@ class Trained(torch.nn.Module):
 
 def _import_deepspeed(device: torch.device):
     """deepspeed, with its accelerator matching ``device`` (it is chosen once per process, at import)."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
+    if device.type == "cuda":  # a CUDA learner needs DeepSpeed's CUDA accelerator (whatever a test env set)
+        os.environ["DS_ACCELERATOR"] = "cuda"
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("LOCAL_RANK", "0")  # Ray shows each actor its own GPU(s) as cuda:0..
     import deepspeed
 

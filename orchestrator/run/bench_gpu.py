@@ -9,7 +9,16 @@ in bf16 (fp32 master weights for the update) and in fp32:
   GPT-2 decoder) on a bf16 copy of the policy: generated tokens/s;
 * scoring -- the reward model on every (prompt, response): tokens/s;
 * the update -- the clipped policy-gradient loss over the batch in length-bounded pieces, backward
-  and AdamW, as ``PolicyLearner._epochs`` does it: tokens/s and MFU.
+  and AdamW, as ``PolicyLearner._epochs`` does it: tokens/s and MFU;
+* the weight sync -- the learner's flat fp32 buffer copied device to host (``weight_sync:
+  object_store``; the object store's own copy and the generators' reads come on top) and host to
+  device (a generator's load): GB/s. The broadcast path (NCCL, device to device) needs a second
+  process and GPU and is not measured by this one-GPU, one-process profile.
+
+Every phase runs once untimed first (CUDA context, cuBLAS handles, kernel selection). When TRL is
+importable (``.[trl]``), its RLOOTrainer trains the same policy and reward model on the same batch
+shape (``orchestrator.run.trl_baseline``; bf16 mixed precision, its own ``generate``), and the
+report gives both RL samples/s and the speedup.
 
 MFU = model FLOPs / time / the GPU's dense peak. Model FLOPs per trained token: 6 N (forward and
 backward matmuls over N non-embedding + embedding parameters that see the token) plus 12 L d T for
@@ -76,13 +85,19 @@ def run(device: str, dtype: str, layers: int, width: int, prompts: int, response
     rows = []
     for _ in range(prompts):
         n = int(prompt_len * (0.5 + 0.5 * torch.rand((), generator=g)))
-        p = torch.randint(0, vocab - 1, (n,), generator=g).tolist()
+        p = torch.randint(0, vocab - len(SPECIALS), (n,), generator=g).tolist()  # words only (TRL reads text)
         rows += [p] * responses
     out: dict = {"dtype": dtype, "batch": len(rows), "params": n_params}
     mem = (lambda: torch.cuda.max_memory_allocated(dev) / 2**30) if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
+    # warm-up: every phase once, small and untimed (CUDA context, cuBLAS, kernel selection)
+    w_ids, w_mask, w_lps = sample(gen_model, rows[:2], 4, 1.0, eos, eos, torch.Generator().manual_seed(seed), fast=True)
+    with autocast(dev, dtype):
+        rm(input_ids=torch.tensor([rows[0]], device=dev)).logits.float().sum().item()
+        response_forward(policy, rows[:2], w_ids, w_mask, eos)[0].sum().backward()
+    policy.zero_grad(set_to_none=True)
     _sync(dev)
     t0 = time.perf_counter()
     ids, mask, lps = sample(gen_model, rows, new_tokens, 1.0, eos, eos, torch.Generator().manual_seed(seed),
@@ -129,7 +144,73 @@ def run(device: str, dtype: str, layers: int, width: int, prompts: int, response
     out["update"] = {"seconds": dt, "tokens_per_s": upd_tokens / dt, "flops": flops,
                      "mfu": (flops / dt / pk) if pk else None, "peak_gib": mem()}
     out["rl_samples_per_s"] = len(rows) / (out["generate"]["seconds"] + out["score"]["seconds"] + dt)
+
+    params = list(policy.parameters())
+    _sync(dev)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        host = torch.nn.utils.parameters_to_vector(params).float().cpu()  # PolicyLearner.weights()
+    _sync(dev)
+    d2h = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(host.to(dev, getattr(torch, dtype)), list(gen_model.parameters()))
+    _sync(dev)
+    h2d = time.perf_counter() - t0
+    gb = host.numel() * 4 / 1e9
+    out["sync"] = {"gb": gb, "device_to_host_s": d2h, "host_to_device_s": h2d, "d2h_gb_per_s": gb / d2h,
+                   "h2d_gb_per_s": gb / h2d}
+    out["_models"] = (policy, rm, rows)  # for the TRL comparison (dropped from the report)
     return out
+
+
+SPECIALS = ("[PAD]", "[SEP]", "[BOS]", "[EOS]")  # the last ids of the vocabulary; [EOS] is GPT-2's eos
+
+
+def save_for_trl(policy, rm, out_dir: str) -> tuple[str, str]:
+    """The bench's policy and RM as ``save_pretrained`` directories with a word-level tokenizer over
+    the whole vocabulary ("w<id>" words, then ``SPECIALS``), so TRL's text path reads the bench's
+    prompts as exactly their ids."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_size = policy.config.vocab_size
+    vocab = {f"w{i}": i for i in range(vocab_size - len(SPECIALS))}
+    vocab.update({t: vocab_size - len(SPECIALS) + k for k, t in enumerate(SPECIALS)})
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[PAD]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", sep_token="[SEP]", bos_token="[BOS]",
+                                  eos_token="[EOS]")
+    tok.add_special_tokens({"additional_special_tokens": list(SPECIALS)})
+    dirs = []
+    for name, model in (("policy", policy), ("rm", rm)):
+        d = Path(out_dir) / name
+        model.config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs.append(str(d))
+    return dirs[0], dirs[1]
+
+
+def trl_rate(models: tuple, device: str, bf16: bool, prompts: int, responses: int, new_tokens: int,
+             seed: int) -> dict:
+    """TRL's RLOOTrainer on the bench's policy, RM and prompts: 3 steps, the first untimed."""
+    import contextlib
+    import sys
+    import tempfile
+
+    from orchestrator.run.trl_baseline import trl_samples_per_s
+
+    policy, rm, rows = models
+    texts = [" ".join(f"w{i}" for i in r) for r in rows[::responses]]
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-trl-") as tmp, contextlib.redirect_stdout(sys.stderr):
+        pdir, rdir = save_for_trl(policy, rm, tmp)
+        return trl_samples_per_s(pdir, rdir, texts, "rloo", steps=3, prompts_per_step=prompts,
+                                 responses_per_prompt=responses, max_new_tokens=new_tokens, beta=0.05, lr=1e-6,
+                                 threads=max(1, __import__("os").cpu_count() or 1), seed=seed, device=device,
+                                 bf16=bf16)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-tokens", type=int, default=65536, help="padded tokens per forward pass (batch_tokens)")
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-trl", action="store_true", help="skip TRL's RLOOTrainer on the same batch")
     args = p.parse_args(argv)
     import torch
 
@@ -151,15 +233,32 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device")
         return 0
     layers, width = (int(x) for x in args.size.lower().split("x"))
+    try:
+        import trl  # noqa: F401
+        have_trl = not args.no_trl
+    except ImportError:
+        have_trl = False
     res = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "size": args.size,
-           "trl": "not measured (TRL's RLOO/GRPO trainer on this batch: not yet wired)"}
+           "trl": None if have_trl else "not measured (TRL is not installed: pip install -e '.[trl]')"}
+    models = None
     for dt in [d for d in args.dtypes.split(",") if d]:
         r = run(args.device, dt, layers, width, args.prompts, args.responses, args.prompt_len, args.new_tokens,
                 args.chunk_tokens, args.seed)
+        models = r.pop("_models")
         res[dt] = r
-        u = r["update"]
+        u, sy = r["update"], r["sync"]
         print(f"{dt}: generate {r['generate']['tokens_per_s']:,.0f} tok/s, score {r['score']['tokens_per_s']:,.0f} "
               f"tok/s, update {u['tokens_per_s']:,.0f} tok/s" + (f" (MFU {u['mfu']:.1%})" if u["mfu"] else "")
-              + f", {r['rl_samples_per_s']:.1f} RL samples/s", flush=True)
+              + f", {r['rl_samples_per_s']:.1f} RL samples/s; weight sync {sy['gb']:.2f} GB: device->host "
+              f"{sy['d2h_gb_per_s']:.1f} GB/s, host->device {sy['h2d_gb_per_s']:.1f} GB/s", flush=True)
+    if have_trl and models is not None:
+        bf16 = "bfloat16" in res
+        t = trl_rate(models, args.device, bf16 and args.device == "cuda", args.prompts, args.responses,
+                     args.new_tokens, args.seed)
+        ours = res["bfloat16" if bf16 else next(k for k in res if k in ("float32",))]["rl_samples_per_s"]
+        res["trl"] = {k: t[k] for k in ("samples_per_s", "trl_version", "steps", "seconds", "mean_completion_len")}
+        res["speedup_vs_trl"] = ours / t["samples_per_s"]
+        print(f"TRL {t['trl_version']} RLOOTrainer: {t['samples_per_s']:.1f} RL samples/s; ours "
+              f"{ours:.1f} ({res['speedup_vs_trl']:.2f}x)", flush=True)
     print(json.dumps(res))
     return 0

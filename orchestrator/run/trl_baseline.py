@@ -1,4 +1,5 @@
-"""External baseline: RLHF throughput of TRL's own trainers (RLOOTrainer / GRPOTrainer) on CPU.
+"""External baseline: RLHF throughput of TRL's own trainers (RLOOTrainer / GRPOTrainer), on the CPU
+(``jobs.bench rl``) or a GPU (``jobs.bench gpu``, ``device="cuda"``, ``bf16``).
 
 ``trl_samples_per_s`` trains the policy in ``policy_dir`` for ``steps`` optimizer steps, each on
 ``prompts_per_step`` prompts x ``responses_per_prompt`` sampled completions, KL-penalised (``beta``)
@@ -26,10 +27,11 @@ import time
 import torch
 
 
-def _rm_reward(reward_dir: str, tok):
+def _rm_reward(reward_dir: str, tok, device: str = "cpu", bf16: bool = False):
     from transformers import AutoModelForSequenceClassification
 
     rm = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1).eval()
+    rm.to(device, torch.bfloat16 if bf16 else torch.float32)
     rm.config.pad_token_id = tok.pad_token_id
 
     def reward_model(prompts, completions, completion_ids, **_):
@@ -40,7 +42,7 @@ def _rm_reward(reward_dir: str, tok):
         for i, s in enumerate(seqs):
             ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
         with torch.inference_mode():
-            return rm(input_ids=ids, attention_mask=mask).logits[:, 0].tolist()
+            return rm(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
 
     return reward_model
 
@@ -48,8 +50,9 @@ def _rm_reward(reward_dir: str, tok):
 def trl_samples_per_s(policy_dir: str, reward_dir: str, prompts: list[str], algorithm: str = "rloo",
                       steps: int = 8, prompts_per_step: int = 16, responses_per_prompt: int = 2,
                       max_new_tokens: int = 16, beta: float = 0.05, lr: float = 1e-5, threads: int = 1,
-                      seed: int = 0, workdir: str | None = None) -> dict:
-    """Train with TRL's ``algorithm`` ("rloo" | "grpo") for ``steps`` steps; returns the measured rate."""
+                      seed: int = 0, workdir: str | None = None, device: str = "cpu", bf16: bool = False) -> dict:
+    """Train with TRL's ``algorithm`` ("rloo" | "grpo") for ``steps`` steps; returns the measured rate.
+    ``device``: cpu, or cuda (the trainer's own placement); ``bf16``: its mixed precision."""
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -73,7 +76,7 @@ def trl_samples_per_s(policy_dir: str, reward_dir: str, prompts: list[str], algo
         "output_dir": out, "max_steps": steps, "per_device_train_batch_size": batch,
         "gradient_accumulation_steps": 1, "steps_per_generation": 1, "num_generations": responses_per_prompt,
         "num_iterations": 1, "max_completion_length": max_new_tokens, "temperature": 1.0, "beta": beta,
-        "learning_rate": lr, "use_cpu": True, "bf16": False, "fp16": False, "gradient_checkpointing": False,
+        "learning_rate": lr, "use_cpu": device == "cpu", "bf16": bf16, "fp16": False, "gradient_checkpointing": False,
         "seed": seed, "data_seed": seed, "report_to": "none", "save_strategy": "no", "eval_strategy": "no",
         "logging_steps": 1, "disable_tqdm": True, "dataloader_num_workers": 0, "log_completions": False}
     args = Config(**config)
@@ -89,7 +92,7 @@ def trl_samples_per_s(policy_dir: str, reward_dir: str, prompts: list[str], algo
             self.ends.append(time.perf_counter())
 
     clock = Clock()
-    trainer = Trainer(model=policy, reward_funcs=_rm_reward(reward_dir, tok), args=args, train_dataset=dataset,
+    trainer = Trainer(model=policy, reward_funcs=_rm_reward(reward_dir, tok, device, bf16), args=args, train_dataset=dataset,
                       processing_class=tok, callbacks=[clock])
     trainer.remove_callback(PrinterCallback)  # keep stdout clean; metrics stay in trainer.state.log_history
     try:
