@@ -224,7 +224,7 @@ class PolicyLearner:
     def save(self, out_dir: str) -> str:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         with zero.gathered(self.engine, list(self.model.parameters())):
-            if self.rank == 0:
+            if self.engine is None or self.rank == 0:
                 self.model.save_pretrained(out_dir)
                 self.codec.save(out_dir)
         return out_dir
@@ -459,7 +459,7 @@ class PolicyLearner:
             sd = self.opt.state_dict()  # tensors -> safetensors, hyperparameters -> JSON: nothing pickled
             state, groups = sd["state"], sd["param_groups"]
         files = ["learner.safetensors", "optimizer.safetensors", "optimizer.json"]
-        if self.rank != 0:
+        if self.engine is not None and self.rank != 0:  # a DeepSpeed group: every replica gathered, rank 0 writes
             return files
         out.mkdir(parents=True, exist_ok=True)
         tensors["rng.torch"] = torch.get_rng_state()
