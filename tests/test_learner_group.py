@@ -23,9 +23,10 @@ def policy(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
-def test_two_replicas_give_the_weights_of_one_learner(ray_session, policy, algorithm):
+def test_two_replicas_give_the_weights_of_one_learner(ray_session, policy, algorithm, tmp_path):
     """3 updates of the same batch (2 minibatches, 2 epochs) by one learner and by a group of two
-    Ray actors: the same weights within 1e-5, the same loss statistics."""
+    Ray actors: the same weights within 1e-5, the same loss statistics; the group's checkpoint,
+    written by its second replica, restores its weights."""
     import ray
 
     gen = RolloutGenerator(policy)
@@ -59,6 +60,8 @@ def test_two_replicas_give_the_weights_of_one_learner(ray_session, policy, algor
 
         stats, w = steps(call, lambda *a: ray.get([x.init_rl.remote(*a) for x in group.actors]))
         w1 = ray.get(group.actors[1].weights.remote())
+        # any replica writes the run's checkpoint (the RL loop asks one, round robin): here the second
+        files = ray.get(group.actors[1].save_checkpoint.remote(str(tmp_path / "ckpt")))
     finally:
         group.shutdown()
     assert abs(w - ref_w).max() < 1e-5 and abs(w1 - w).max() == 0  # the replicas stay equal
@@ -68,3 +71,7 @@ def test_two_replicas_give_the_weights_of_one_learner(ray_session, policy, algor
         assert a.keys() == b.keys()
         assert all(abs(a[k] - b[k]) < 1e-4 * max(1.0, abs(b[k])) for k in a), (a, b)
     assert abs(ref_w - one.weights()).max() == 0 and ref_stats[-1]["learner/grad_norm"] > 0
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted(files)
+    back = PolicyLearner("", {"path": policy}, seed=3)
+    back.init_rl(1e-3, algorithm == "ppo", 5)
+    assert back.load_checkpoint(str(tmp_path / "ckpt")) == 3 and abs(back.weights() - w1).max() == 0
