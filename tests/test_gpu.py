@@ -108,3 +108,33 @@ def test_deepspeed_learner_on_one_gpu_gives_the_torch_losses(models, stage):
         out[backend] = ([s["learner/loss"] for s in stats], pol.weights())
     (lt, wt), (ld, wd) = out["torch"], out["deepspeed"]
     assert max(abs(a - b) for a, b in zip(lt, ld)) < 1e-4 and abs(wt - wd).max() < 1e-5
+
+
+def _broadcast_member(rank: int, address: str, queue) -> None:
+    from orchestrator.nn.broadcast import WeightGroup
+
+    torch.cuda.set_device(rank)
+    g = WeightGroup(address, rank, 2, "nccl", timeout_s=60)
+    flat = torch.arange(1000, dtype=torch.float32) if rank == 0 else torch.zeros(1000)
+    queue.put((rank, g.broadcast(flat).cpu().tolist()[:5], str(g.device)))
+    g.close()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_weight_broadcast_over_nccl_between_two_gpus():
+    """``weight_sync: broadcast`` on GPUs: a stateless NCCL group of two processes on two GPUs
+    delivers rank 0's buffer to rank 1, device to device."""
+    import torch.multiprocessing as mp
+
+    from orchestrator.nn.broadcast import free_address
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    address = free_address()
+    procs = [ctx.Process(target=_broadcast_member, args=(r, address, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict((r, (v, d)) for r, v, d in (queue.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+    assert got[1][0] == [0.0, 1.0, 2.0, 3.0, 4.0] and got[1][1] == "cuda:1"

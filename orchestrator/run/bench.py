@@ -8,6 +8,8 @@ and workers), so shared memory is not counted twice.
 ``python -m jobs.bench rl``: samples/s and tokens/s of the RL loop, time per phase, the overhead of
 the Ray-actor version against the same loop with every role in this process, and -- when ``trl`` is
 installed -- TRL's RLOO trainer on the same model, reward model, prompts and batch, side by side.
+
+``python -m jobs.bench sync``: the learner -> generators weight sync, object store vs broadcast.
 """
 
 from __future__ import annotations
@@ -294,6 +296,56 @@ def bench_label(args) -> dict:
     return out
 
 
+def bench_sync(args) -> dict:
+    """Weight sync learner -> generators (``cluster.rl.weight_sync``): a ``PolicyLearner`` and
+    ``--generators`` ``RolloutGenerator`` actors holding a GPT-2 policy of ``--size`` (a ``tiny:``
+    model, built from config), timed over ``--repeats`` syncs each way: ``object_store`` (the
+    learner's flat fp32 buffer put in Ray's object store, every generator reads and loads it) and
+    ``broadcast`` (one gloo broadcast from the learner to the generators; NCCL on GPUs). The
+    median of the timed syncs, after one untimed."""
+    import numpy as np
+    import ray
+
+    from actors.policy_learner import PolicyLearner
+    from actors.rollout_generator import RolloutGenerator
+    from orchestrator.config.schema import RoleResources
+    from orchestrator.nn import tiny
+    from orchestrator.run.actor_group import ActorGroup
+
+    policy = tiny.resolve(f"tiny:gpt2-{args.size}")
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    share = max(2, os.cpu_count() or 2) / (1 + args.generators)
+    learner = ActorGroup(PolicyLearner, RoleResources(1, share), "", {"path": policy}, 0)
+    gen = ActorGroup(RolloutGenerator, RoleResources(args.generators, share), policy)
+    out: dict = {"bench": "sync", "size": args.size, "generators": args.generators, "repeats": args.repeats}
+    try:
+        n = ray.get(learner.actors[0].push_weights.remote())  # no group yet: the count only
+        out["params"], out["gb"] = n, n * 4 / 1e9
+        address = ray.get(learner.actors[0].weight_group_address.remote())
+        world = 1 + args.generators
+        ray.get([learner.actors[0].open_weight_group.remote(address, 0, world, "gloo")] +
+                [g.open_weight_group.remote(address, 1 + i, world, "gloo") for i, g in enumerate(gen.actors)])
+        paths = {"object_store": lambda k: ray.get(gen.all("load_weights", learner.one("weights"), k)),
+                 "broadcast": lambda k: ray.get([learner.actors[0].push_weights.remote(), *gen.all("pull_weights", k)])}
+        for name, sync in paths.items():
+            sync(0)  # warm-up
+            t = []
+            for k in range(args.repeats):
+                t0 = time.perf_counter()
+                sync(k + 1)
+                t.append(time.perf_counter() - t0)
+            ms = 1000 * float(np.median(t))
+            out[name] = {"ms_per_sync": ms, "gb_per_s_to_all": out["gb"] * args.generators / (ms / 1000)}
+            print(f"{name:<13} {ms:8.1f} ms per sync ({out['gb']:.2f} GB to {args.generators} generators: "
+                  f"{out[name]['gb_per_s_to_all']:.2f} GB/s)", flush=True)
+        out["broadcast_speedup"] = out["object_store"]["ms_per_sync"] / out["broadcast"]["ms_per_sync"]
+    finally:
+        learner.shutdown()
+        gen.shutdown()
+        ray.shutdown()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -319,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"placements to time, comma-separated, from {','.join(RL_MODES)} (default: all; "
                         "local, the baseline of the overheads, is always timed)")
     sub.add_parser("gpu", help="one RL step's phases on one GPU, torch only (python -m jobs.bench gpu --help)")
+    sy = sub.add_parser("sync", help="weight sync learner -> generators: object store vs broadcast")
+    sy.add_argument("--size", default="12x768", help="GPT-2 policy LAYERSxWIDTH (default: GPT-2 small's body)")
+    sy.add_argument("--generators", type=int, default=2)
+    sy.add_argument("--repeats", type=int, default=5)
     lb = sub.add_parser("label", help="RLAIF judge throughput, with and without chain of thought")
     lb.add_argument("--judge", default="smollm2-135m-instruct", help="the default packaged judge, an HF path or hub id")
     lb.add_argument("--pairs", type=int, default=64, help="pairs judged without CoT (a quarter of them with CoT)")
@@ -327,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--cot-tokens", type=int, default=48)
     lb.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    result = {"frontier": bench_frontier, "rl": bench_rl, "label": bench_label}[args.what](args)
+    result = {"frontier": bench_frontier, "rl": bench_rl, "label": bench_label, "sync": bench_sync}[args.what](args)
     print(json.dumps(result))
     return 0 if result.get("rc", 0) == 0 else 1
 
