@@ -83,8 +83,8 @@ class PolicyLearner:
     def _engine(self, opt: torch.optim.Optimizer, max_grad_norm: float, sched=None):
         """The DeepSpeed engine over the policy (+ value head) and ``opt`` (backend: deepspeed)."""
         zero.destroy(self.engine)
-        return zero.make_engine(zero.Trained(self.model, self.value_head), opt, self.zero_stage, self.offload,
-                                max_grad_norm, self.device, lr_scheduler=sched)
+        return zero.make_engine(zero.Trained(self.model, self.value_head, self.device, self.dtype), opt,
+                                self.zero_stage, self.offload, max_grad_norm, self.device, lr_scheduler=sched)
 
     def _call(self, **kwargs):
         """The policy's forward -- through the engine when there is one (ZeRO-3 gathers the
@@ -203,6 +203,8 @@ class PolicyLearner:
         (``cluster.rl.weight_sync: broadcast``); other replicas of a learner group stay out of it."""
         from orchestrator.nn.broadcast import WeightGroup
 
+        if getattr(self, "weight_group", None) is not None:  # re-formed after a generator restart
+            self.weight_group.close()
         self.weight_group = WeightGroup(address, rank, world, backend) if self.rank == 0 else None
         return rank
 
@@ -219,6 +221,7 @@ class PolicyLearner:
             flat = torch.nn.utils.parameters_to_vector(params).float()
             if getattr(self, "weight_group", None) is not None:
                 self.weight_group.broadcast(flat)
+                self.weight_group.synchronize()  # delivered (NCCL returns once queued) before the next update
         return int(flat.numel())
 
     def save(self, out_dir: str) -> str:

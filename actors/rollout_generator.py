@@ -62,7 +62,8 @@ class RolloutGenerator:
         """Replace the policy's weights by ``PolicyLearner.weights()`` (one flat buffer in
         ``parameters()`` order; the reference never changes). ``version`` counts the learner
         updates they include and is stamped on every batch sampled with them."""
-        return self._set_flat(torch.from_numpy(np.array(flat, dtype=np.float32)), version)  # a copy: Ray's are read-only
+        flat = torch.from_numpy(np.array(flat, dtype=np.float32))  # a copy: Ray hands out read-only buffers
+        return self._set_flat(flat.to(self.device), version)  # one host-to-device transfer
 
     def _set_flat(self, flat: torch.Tensor, version: int) -> int:
         params = list(self.policy.parameters())
@@ -80,6 +81,8 @@ class RolloutGenerator:
         """Join the learner's broadcast group (``cluster.rl.weight_sync: broadcast``) as ``rank``."""
         from orchestrator.nn.broadcast import WeightGroup
 
+        if getattr(self, "weight_group", None) is not None:
+            self.weight_group.close()
         self.weight_group = WeightGroup(address, rank, world, backend)
         return rank
 
@@ -88,7 +91,7 @@ class RolloutGenerator:
         """Receive the learner's flat fp32 weights by broadcast (``PolicyLearner.push_weights``,
         which must be called at the same time) and load them, as ``load_weights`` does."""
         n = sum(p.numel() for p in self.policy.parameters())
-        flat = self.weight_group.broadcast(torch.empty(n, dtype=torch.float32))
+        flat = self.weight_group.broadcast(torch.empty(n, dtype=torch.float32, device=self.weight_group.device))
         return self._set_flat(flat, version)
 
     def generate(self, prompts: list[str], n: int, seed: int, max_new_tokens: int, temperature: float = 1.0,

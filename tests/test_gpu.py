@@ -22,22 +22,25 @@ def models(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_generator_on_cuda_samples_what_the_cpu_samples(models, arch):
-    """The same seed gives the same tokens on CUDA as on CPU (the draws come from one CPU generator)
-    where the logits agree; log-probs within 1e-3 of the CPU's (TF32 / kernel differences)."""
+def test_generator_on_cuda_samples_like_the_cpu_model(models, arch):
+    """On CUDA (draws from a device generator seeded by the CPU stream) the same seed gives the same
+    tokens twice; the sampler's log-probs of what it sampled equal the CPU model's log-probs of
+    those responses within 1e-3 (TF32 / kernel differences), and the reference's equal the policy's."""
     from actors.rollout_generator import RolloutGenerator
     from orchestrator.data.tasks import synthetic as T
+    from orchestrator.nn.sampling import response_logprobs
 
     path = models(f"tiny:{arch}-2x32")
     prompts = [r["prompt"] for r in T.make_prompts(6, 1)]
-    cpu = RolloutGenerator(path).generate(prompts, 4, 11, 12, with_ref=True)
+    cpu = RolloutGenerator(path)
     gpu = RolloutGenerator(path, device="cuda")
     assert next(gpu.policy.parameters()).is_cuda and next(gpu.ref.parameters()).is_cuda
     b = gpu.generate(prompts, 4, 11, 12, with_ref=True, fast=arch == "gpt2")
-    same = (b.response_ids == cpu.response_ids).all(1)
-    assert same.float().mean() > 0.9, same
-    m = b.response_mask.bool() & same[:, None]
-    assert torch.allclose(b.logprobs[m], cpu.logprobs[m], atol=1e-3)
+    again = gpu.generate(prompts, 4, 11, 12, with_ref=True, fast=arch == "gpt2")
+    assert torch.equal(b.response_ids, again.response_ids)
+    on_cpu = response_logprobs(cpu.policy, b.prompt_ids, b.response_ids, b.response_mask, cpu.codec.pad_id)
+    m = b.response_mask.bool()
+    assert torch.allclose(b.logprobs[m], on_cpu[m], atol=1e-3)
     assert torch.allclose(b.ref_logprobs[m], b.logprobs[m], atol=1e-3)
 
 
@@ -84,11 +87,15 @@ def test_bf16_generation_matches_fp32_within_tolerance(models):
     assert diff.mean() < 0.02 and diff.max() < 0.15, (float(diff.mean()), float(diff.max()))
 
 
-@pytest.mark.parametrize("stage", [0, 2, 3])
-def test_deepspeed_learner_on_one_gpu_gives_the_torch_losses(models, stage):
+@pytest.mark.parametrize("stage,dtype", [(0, "float32"), (2, "float32"), (3, "float32"), (2, "bfloat16")])
+def test_deepspeed_learner_on_one_gpu_gives_the_torch_losses(models, stage, dtype):
     """The DeepSpeed engine on one GPU (NCCL group of one): 3 PPO updates give the torch learner's
-    losses on the same GPU within 1e-4 and weights within 1e-5."""
-    pytest.importorskip("deepspeed")
+    losses on the same GPU within 1e-4 and weights within 1e-5 -- in bf16 too (autocast inside the
+    engine's module: DeepSpeed turns an outer CUDA autocast off, which would run fp32 silently)."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:  # importorskip would import it on the CPU accelerator
+        pytest.skip("deepspeed is not installed")
     from actors.policy_learner import PolicyLearner
     from actors.rollout_generator import RolloutGenerator
     from orchestrator.data.tasks import synthetic as T
@@ -101,7 +108,7 @@ def test_deepspeed_learner_on_one_gpu_gives_the_torch_losses(models, stage):
           "temperature": 1.0, "chunk_rows": 4}
     out = {}
     for backend in ("torch", "deepspeed"):
-        pol = PolicyLearner("", {"path": path}, seed=3, device="cuda", backend=backend,
+        pol = PolicyLearner("", {"path": path}, seed=3, device="cuda", backend=backend, dtype=dtype,
                             zero_stage=stage if backend == "deepspeed" else 0)
         pol.init_rl(1e-3, True, 5, 1.0)
         stats = [pol.update_ppo(batch, pol.evaluate(batch), adv, adv, hp, k) for k in range(3)]

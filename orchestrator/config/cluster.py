@@ -138,6 +138,9 @@ class TrialResources:
                "broadcast needs the roles in separate processes (colocate: false)")
         _check(not self.colocate or self.learner.replicas == 1, "learner.replicas",
                f"{self.learner.replicas}: a learner group needs one process per replica (colocate: false)")
+        _check(self.learner.replicas == 1 or self.learner.num_gpus == 0 or self.learner.num_gpus >= 1,
+               "learner.num_gpus", f"{self.learner.num_gpus}: a learner group on GPUs needs a whole GPU per "
+               "replica (NCCL refuses two ranks on one device)")
         _check(self.proxy.replicas == 1 and self.gold.replicas == 1, "proxy.replicas",
                "proxy and gold ensembles have one actor per run")
         _check(self.strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), "strategy",

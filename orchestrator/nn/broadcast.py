@@ -15,6 +15,7 @@ here) and its gloo backend initializes the default group.
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 
 import torch
@@ -45,6 +46,9 @@ class WeightGroup:
                               timeout=datetime.timedelta(seconds=timeout_s))
         self.store = store  # the rank-0 store must outlive the group
         if backend == "nccl":
+            # wait() blocks and raises on a timeout (a peer died mid-broadcast) instead of only ordering
+            # the stream and leaving NCCL's watchdog to kill the process
+            os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
             opts = dist.ProcessGroupNCCL.Options()
             opts._timeout = datetime.timedelta(seconds=timeout_s)
             self.pg = dist.ProcessGroupNCCL(store, rank, world, opts)
@@ -58,6 +62,11 @@ class WeightGroup:
         flat = flat.to(self.device).contiguous()
         self.pg.broadcast([flat], opts).wait()
         return flat
+
+    def synchronize(self) -> None:
+        """Wait until the device has finished this member's collectives (NCCL runs on a stream)."""
+        if self.backend == "nccl":
+            torch.cuda.synchronize(self.device)
 
     def close(self) -> None:
         abort = getattr(self.pg, "abort", None)  # NCCL: release the communicator (a dead peer would hang it)

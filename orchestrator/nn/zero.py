@@ -27,25 +27,34 @@ import torch
 
 class Trained(torch.nn.Module):
     """What the engine trains: the policy and, for PPO, its value head (one parameter list, in the
-    order the torch learner's optimizer holds them: policy, then head). ``forward`` is the policy's."""
+    order the torch learner's optimizer holds them: policy, then head). ``forward`` is the policy's,
+    under the role's autocast: DeepSpeed's engine turns off a CUDA autocast entered outside it."""
 
-    def __init__(self, policy: torch.nn.Module, value_head: torch.nn.Module | None):
+    def __init__(self, policy: torch.nn.Module, value_head: torch.nn.Module | None,
+                 device: torch.device = torch.device("cpu"), dtype: str = "float32"):
         super().__init__()
         self.policy = policy
         self.value_head = value_head
+        self.device, self.dtype = device, dtype
 
     def forward(self, **kwargs):
-        return self.policy(**kwargs)
+        from orchestrator.nn.device import autocast
+
+        with autocast(self.device, self.dtype):
+            return self.policy(**kwargs)
 
 
 def _import_deepspeed(device: torch.device):
     """deepspeed, with its accelerator matching ``device`` (it is chosen once per process, at import)."""
-    if device.type == "cuda":  # a CUDA learner needs DeepSpeed's CUDA accelerator (whatever a test env set)
-        os.environ["DS_ACCELERATOR"] = "cuda"
-    else:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    want = "cuda" if device.type == "cuda" else "cpu"
+    os.environ["DS_ACCELERATOR"] = want  # whatever the environment (a test env sets cpu) says
     os.environ.setdefault("LOCAL_RANK", "0")  # Ray shows each actor its own GPU(s) as cuda:0..
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != want:  # imported earlier in this process for the other device
+        raise RuntimeError(f"deepspeed was imported with its {get_accelerator().device_name()} accelerator, "
+                           f"this learner computes on {want}")
 
     if device.type == "cpu":
         # DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce kernel (C++ with OpenMP,

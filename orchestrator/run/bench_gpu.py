@@ -5,7 +5,8 @@ A policy the size of GPT-2 small (124M, built from config, no download) and a 12
 realistic RL batch (default 64 prompts x 8 responses, 128-token prompts, 128 new tokens). It times,
 in bf16 (fp32 master weights for the update) and in fp32:
 
-* generation -- the project's KV-cache sampler (``orchestrator.nn.sampling.sample``, the plain-torch
+* generation -- the reference's log-probs of the samples included (as the generator computes them
+  with each batch) -- the project's KV-cache sampler (``orchestrator.nn.sampling.sample``, the plain-torch
   GPT-2 decoder) on a bf16 copy of the policy: generated tokens/s;
 * scoring -- the reward model on every (prompt, response): tokens/s;
 * the update -- the clipped policy-gradient loss over the batch in length-bounded pieces, backward
@@ -23,7 +24,9 @@ report gives both RL samples/s and the speedup.
 MFU = model FLOPs / time / the GPU's dense peak. Model FLOPs per trained token: 6 N (forward and
 backward matmuls over N non-embedding + embedding parameters that see the token) plus 12 L d T for
 attention scores and values (L layers, width d, context T) -- the PaLM appendix B count (Chowdhery
-et al. 2022). Peak memory is ``torch.cuda.max_memory_allocated`` per phase. Without CUDA it prints
+et al. 2022), less the LM head's 6 V d on prompt positions (the update applies it to response
+positions only); fp32 matmuls run as TF32 (the fp32 peak is TF32's). Peak memory is
+``torch.cuda.max_memory_allocated`` within each phase. Without CUDA it prints
 "no CUDA device" and exits 0; ``--device cpu`` runs the same code on the CPU (a dry run of the code,
 with ``--size`` small). The last line is one JSON object.
 """
@@ -66,7 +69,7 @@ def run(device: str, dtype: str, layers: int, width: int, prompts: int, response
     from orchestrator.math import rl as R
     from orchestrator.nn.device import autocast
     from orchestrator.nn.models import pad_right, token_chunks
-    from orchestrator.nn.sampling import response_forward, sample
+    from orchestrator.nn.sampling import response_forward, response_logprobs, sample
 
     dev = torch.device(device)
     torch.manual_seed(seed)
@@ -88,9 +91,15 @@ def run(device: str, dtype: str, layers: int, width: int, prompts: int, response
         p = torch.randint(0, vocab - len(SPECIALS), (n,), generator=g).tolist()  # words only (TRL reads text)
         rows += [p] * responses
     out: dict = {"dtype": dtype, "batch": len(rows), "params": n_params}
-    mem = (lambda: torch.cuda.max_memory_allocated(dev) / 2**30) if dev.type == "cuda" else (lambda: None)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+    def mem():  # this phase's peak (the counter is reset when the phase starts: ``fresh``)
+        return torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+
+    def fresh():
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+
+    if dev.type == "cuda":  # fp32 matmuls on tensor cores (TF32), the fp32 peak PEAKS states
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     # warm-up: every phase once, small and untimed (CUDA context, cuBLAS, kernel selection)
     w_ids, w_mask, w_lps = sample(gen_model, rows[:2], 4, 1.0, eos, eos, torch.Generator().manual_seed(seed), fast=True)
@@ -99,15 +108,21 @@ def run(device: str, dtype: str, layers: int, width: int, prompts: int, response
         response_forward(policy, rows[:2], w_ids, w_mask, eos)[0].sum().backward()
     policy.zero_grad(set_to_none=True)
     _sync(dev)
+    fresh()
     t0 = time.perf_counter()
     ids, mask, lps = sample(gen_model, rows, new_tokens, 1.0, eos, eos, torch.Generator().manual_seed(seed),
                             fast=True)
+    # the frozen reference's log-probs of the samples (the KL penalty; the generator computes them
+    # with the batch, ``with_ref``): one more no-grad pass, on the same weights here
+    response_logprobs(gen_model, rows, ids, mask, eos, batch_tokens=chunk_tokens)
     _sync(dev)
     dt = time.perf_counter() - t0
     gen_tokens = int(mask.sum())
-    out["generate"] = {"seconds": dt, "tokens_per_s": gen_tokens / dt, "peak_gib": mem()}
+    out["generate"] = {"seconds": dt, "tokens_per_s": gen_tokens / dt, "peak_gib": mem(),
+                       "includes": "sampling + the reference's log-probs"}
 
     seqs = [p + r[m.bool()].tolist() for p, r, m in zip(rows, ids, mask)]
+    fresh()
     t0 = time.perf_counter()
     with torch.no_grad(), autocast(dev, dtype):
         for c in token_chunks([len(s) for s in seqs], chunk_tokens, len(seqs)):
@@ -123,6 +138,7 @@ def run(device: str, dtype: str, layers: int, width: int, prompts: int, response
     lengths = [len(p) + int(m.sum()) for p, m in zip(rows, mask)]
     total = float(mask.sum())
     _sync(dev)
+    fresh()
     t0 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     for c in token_chunks(lengths, chunk_tokens, len(rows)):
@@ -138,7 +154,11 @@ def run(device: str, dtype: str, layers: int, width: int, prompts: int, response
     _sync(dev)
     dt = time.perf_counter() - t0
     upd_tokens = sum(lengths)
-    flops = flops_per_token(n_params, layers, width, max(lengths)) * upd_tokens
+    # 6N + 12LdT per token over the sequences, less the LM head on prompt positions (the update's
+    # forward applies it to the response positions only)
+    head = policy.config.vocab_size * width
+    flops = (flops_per_token(n_params, layers, width, max(lengths)) * upd_tokens
+             - 6.0 * head * (upd_tokens - int(mask.sum())))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     pk = peak_flops(name, dtype)
     out["update"] = {"seconds": dt, "tokens_per_s": upd_tokens / dt, "flops": flops,

@@ -64,7 +64,9 @@ class Slot:
                               options={"max_restarts": resources.generator_restarts})
         self.generator_restarts = 0 if local else resources.generator_restarts
         self.weight_sync = "object_store" if local else resources.weight_sync
-        self.weight_backend = "nccl" if resources.learner.num_gpus and resources.generator.num_gpus else "gloo"
+        # NCCL needs one GPU per member (it refuses two ranks on one device): whole GPUs, else gloo
+        self.weight_backend = ("nccl" if resources.learner.num_gpus >= 1 and resources.generator.num_gpus >= 1
+                               else "gloo")
         if self.weight_sync == "broadcast":
             self.open_weight_group()
         self.proxy = ActorGroup(RewardEnsemble, resources.proxy, "proxy", list(members), tokenizer_dir,
