@@ -1,7 +1,7 @@
 """The learner's DeepSpeed backend (issue 18): ZeRO stages 0-3 on CPU (DeepSpeed's CPU accelerator,
 gloo, the torch AdamW) give the torch learner's losses and weights; a ZeRO-3 group of two with
 optimizer offload keeps the checkpoint contract (safetensors + JSON, the torch learner's layout,
-loadable by either backend); SFT through the engine gives the torch SFT loss."""
+loadable by either backend); SFT through a ZeRO-3 engine gives the torch SFT loss."""
 
 import json
 
@@ -88,7 +88,8 @@ def test_zero_stages_give_the_torch_learners_losses(ray_session, policy, batch, 
     """5 PPO updates (policy and value head in the engine, 4 accumulated pieces per minibatch): ZeRO
     stages 0, 1, 2 and 3 report the torch learner's losses within 1e-4 and end on its weights
     within 1e-5 (stages 0-2 to the last bit on this model). Then each engine, fresh (the slot's
-    next run), resumes the torch learner's step-2 checkpoint and ends on the same weights."""
+    next run), resumes the torch learner's step-2 checkpoint and ends on the same weights; and SFT
+    through the ZeRO-3 engine gives the torch SFT losses within 1e-4, its policy saved whole."""
     import ray
 
     torch_run = Driver(batch, PolicyLearner("", {"path": policy}, seed=3))
@@ -118,6 +119,12 @@ def test_zero_stages_give_the_torch_learners_losses(ray_session, policy, batch, 
             assert d("load_checkpoint", str(tmp_path / "torch")) == 2
             d.steps(2, 5)
             resumed[s] = d("weights")
+        # SFT (AdamW, the cosine schedule, clipping) through a ZeRO-3 engine, its policy saved from the shards
+        pairs = [(r["prompt"], r["prompt"]) for r in T.make_prompts(24, 2)]
+        runs[3]("reset", policy)
+        sft = runs[3]("sft", pairs, 6, 8, 1e-3)
+        sft_w = runs[3]("weights")
+        runs[3]("save", str(tmp_path / "sft-policy"))
     finally:
         for g in groups.values():
             g.shutdown()
@@ -126,6 +133,11 @@ def test_zero_stages_give_the_torch_learners_losses(ray_session, policy, batch, 
         assert abs(weights[s] - ref_w).max() < 1e-5, (s, abs(weights[s] - ref_w).max())
     assert all(abs(weights[s] - ref_w).max() == 0 for s in (0, 1, 2))
     assert all(abs(resumed[s] - ref_w).max() < 1e-5 for s in runs), {s: abs(w - ref_w).max() for s, w in resumed.items()}
+    sft_ref = PolicyLearner("", {"path": policy}, seed=3).sft(pairs, 6, 8, 1e-3)
+    assert abs(sft["loss_first"] - sft_ref["loss_first"]) < 1e-4 and abs(sft["loss_last"] - sft_ref["loss_last"]) < 1e-4
+    assert sft["params"] == sft_ref["params"]
+    saved = PolicyLearner("", {"path": str(tmp_path / "sft-policy")}, seed=3).weights()
+    assert abs(saved - sft_w).max() == 0 and abs(saved - start).max() > 1e-4
 
 
 @pytest.mark.slow
@@ -170,27 +182,6 @@ def test_zero3_group_with_offload_keeps_the_checkpoint_contract(ray_session, pol
     _close(resumed_torch, ref, 1e-4)
     _close(resumed_group, ref, 1e-4)
     assert abs(back("weights") - ref_w).max() < 1e-5 and abs(group_w - ref_w).max() < 1e-5
-
-
-@pytest.mark.slow
-def test_sft_through_a_zero3_engine_gives_the_torch_loss(ray_session, policy, tmp_path):
-    """SFT (AdamW, the cosine schedule, clipping) through a ZeRO-3 engine: the torch learner's losses
-    within 1e-4, and the saved policy (gathered from the shards) loads with its weights."""
-    import ray
-
-    pairs = [(r["prompt"], r["prompt"]) for r in T.make_prompts(24, 2)]
-    ref = PolicyLearner("", {"path": policy}, seed=3).sft(pairs, 6, 8, 1e-3)
-    g = _group(policy, 1, 3)
-    try:
-        got = ray.get(g.actors[0].sft.remote(pairs, 6, 8, 1e-3))
-        w = ray.get(g.actors[0].weights.remote())
-        ray.get(g.actors[0].save.remote(str(tmp_path / "policy")))
-    finally:
-        g.shutdown()
-    assert abs(got["loss_first"] - ref["loss_first"]) < 1e-4 and abs(got["loss_last"] - ref["loss_last"]) < 1e-4
-    assert got["params"] == ref["params"]
-    saved = PolicyLearner("", {"path": str(tmp_path / "policy")}, seed=3).weights()
-    assert abs(saved - w).max() == 0 and abs(saved - PolicyLearner("", {"path": policy}, seed=3).weights()).max() > 1e-4
 
 
 def test_backend_options_are_checked_by_key():
