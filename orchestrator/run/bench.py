@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                         "local, the baseline of the overheads, is always timed)")
     sub.add_parser("gpu", help="one RL step's phases on one GPU, torch only (python -m jobs.bench gpu --help)")
     sy = sub.add_parser("sync", help="weight sync learner -> generators: object store vs broadcast")
-    sy.add_argument("--size", default="12x768", help="GPT-2 policy LAYERSxWIDTH (default: GPT-2 small's body)")
+    sy.add_argument("--size", default="8x512", help="GPT-2 policy LAYERSxWIDTH (a tiny: model: at most 8x512)")
     sy.add_argument("--generators", type=int, default=2)
     sy.add_argument("--repeats", type=int, default=5)
     lb = sub.add_parser("label", help="RLAIF judge throughput, with and without chain of thought")
