@@ -1,0 +1,118 @@
+"""The gold-free detectors and their scoring (issue 19), on hand-made curves with known answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator.math import monitor as M
+
+
+def test_first_alarm_needs_patience_and_ignores_nan():
+    s = [0.1, 0.9, 0.2, 0.8, float("nan"), 0.9, 0.95, 0.99]
+    assert M.first_alarm(s, M.Rule(0.5, "above", 1)) == 1
+    assert M.first_alarm(s, M.Rule(0.5, "above", 2)) == 6  # 0.8 then NaN breaks the run; 0.9, 0.95
+    assert M.first_alarm(s, M.Rule(0.05, "below", 1)) is None
+    with pytest.raises(ValueError):
+        M.Rule(1.0, "sideways")
+
+
+def test_independent_gap_finds_a_planted_divergence_at_its_step():
+    """The proxy rises 0.2 per evaluation throughout; the independent RMs track it until evaluation 6
+    and stay flat after: the gap grows 0.2 per evaluation from 6 on and first exceeds 0.5 at
+    evaluation 9 (0.6; 0.4 at 8), so the rule alarms at 9 with patience 1 and at 10 with patience 2."""
+    t = np.arange(15)
+    proxy = 0.2 * t
+    ind = np.where(t <= 6, 0.2 * t, 1.2)
+    ind2 = np.stack([ind + 0.3, ind - 0.3], 1)  # offsets cancel: only rises count
+    sig = M.independent_gap(proxy, ind2)
+    assert np.allclose(sig[:7], 0) and np.allclose(sig[7:], 0.2 * (t[7:] - 6))
+    # patience 2: 0.6 (evaluation 9) and 0.8 (10) are the first two in a row above 0.5 -> known at 10
+    assert M.first_alarm(sig, M.Rule(0.5, "above", 2)) == 10
+    assert M.first_alarm(sig, M.Rule(0.5, "above", 1)) == 9
+
+
+def test_kl_acceleration_marks_the_step_the_rate_quadruples():
+    steps = np.arange(0, 20, 2)  # an evaluation every 2 steps
+    kl = np.concatenate([0.5 * steps[:6], 0.5 * steps[5] + 2.0 * (steps[6:] - steps[5])])
+    sig = M.kl_acceleration(steps, kl, early=2)
+    assert np.isnan(sig[:3]).all()  # evaluation 0 and the two baseline intervals
+    assert np.allclose(sig[3:6], 1.0) and np.allclose(sig[6:], 4.0)
+    assert M.first_alarm(sig, M.Rule(2.0, "above", 1)) == 6
+
+
+def test_proxy_slope_recovers_the_rl_form_and_its_bend():
+    """A proxy exactly on R(d) = d (alpha - beta log d): the fit recovers (alpha, beta), and the
+    signal equals the analytic marginal gain relative to the first fitted point's."""
+    alpha, beta = 1.0, 0.4
+    kl = np.array([0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0])
+    d = np.sqrt(kl)
+    r = np.where(d > 0, d * (alpha - beta * np.log(np.maximum(d, 1e-12))), 0.0) + 3.0  # any offset
+    a, b = M.fit_rl_form(d, r - 3.0)
+    assert a == pytest.approx(alpha, abs=1e-9) and b == pytest.approx(beta, abs=1e-9)
+    sig = M.proxy_slope(kl, r)
+    gain = alpha - beta * (np.log(d[1:]) + 1.0)
+    first = 3  # evaluations 1..3 are the first three with KL > 0
+    assert np.isnan(sig[:first]).all()
+    assert np.allclose(sig[first:], gain[first - 1:] / gain[first - 1])
+    want = next(i for i in range(first, len(kl)) if sig[i] < 0.25)
+    assert M.first_alarm(sig, M.Rule(0.25, "below", 1)) == want
+
+
+def test_entropy_and_length_signals():
+    assert np.allclose(M.relative([2.0, 1.8, 1.2]), [1.0, 0.9, 0.6])
+    assert M.first_alarm(M.relative([2.0, 1.8, 1.2, 1.0]), M.Rule(0.7, "below", 1)) == 2
+    assert np.allclose(M.length_drift([10, 11, 14, 7]), [0.0, 0.1, 0.4, 0.3])
+
+
+def test_outlier_share_matches_the_chi2_answer_with_and_without_a_shift():
+    rng = np.random.default_rng(0)
+    ref, held, same = (rng.normal(size=(400, 16)) for _ in range(3))
+    share = M.outlier_share(ref, held, same)
+    assert 0.02 < share < 0.10  # ~0.05 by construction
+    # 3 s.d. along one direction: the squared distance is noncentral chi2(16, 9), beyond the central
+    # chi2(16) 95th percentile with probability 0.41 (scipy.stats.ncx2); 6 s.d.: 0.99
+    from scipy.stats import chi2, ncx2
+
+    for shift, tol in ((3.0, 0.08), (6.0, 0.03)):
+        want = ncx2.sf(chi2.ppf(0.95, 16), 16, shift ** 2)
+        got = M.outlier_share(ref, held, rng.normal(size=(400, 16)) + shift * np.eye(16)[0])
+        assert abs(got - want) < tol, (shift, got, want)
+
+
+def _run(alarm_signal):
+    """Gold rises to its peak at evaluation 5 (step 50) and falls; KL grows 0.5 per evaluation."""
+    gold = np.array([0.0, 0.2, 0.5, 0.8, 1.0, 1.1, 0.9, 0.6, 0.3])
+    return {"trial": "t", "steps": 10 * np.arange(9), "kl": 0.5 * np.arange(9), "gold": gold, "gold_se": 0.05,
+            "signal": alarm_signal}
+
+
+def test_scoring_bookkeeping_on_a_hand_made_record():
+    early = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1.0])  # alarm at evaluation 3 (patience 1)
+    rec = M.score_run("t", **{k: v for k, v in _run(None).items() if k not in ("trial", "signal")},
+                      alarm=M.first_alarm(early, M.Rule(0.5)))
+    assert rec["alarm_step"] == 30 and rec["gold_peak_step"] == 50 and rec["lead_evals"] == 2
+    assert rec["lead_kl"] == pytest.approx(1.0) and rec["gold_at_alarm"] == 0.8 and rec["gold_at_peak"] == 1.1
+    assert not rec["false_alarm"] and rec["gold_kept_frac"] == pytest.approx(0.8 / 1.1)
+    too_soon = M.score_run("t", 10 * np.arange(9), 0.5 * np.arange(9), _run(None)["gold"], 0.05, alarm=0)
+    assert too_soon["false_alarm"]  # gold had not risen 2 s.e.
+    late = M.score_run("t", 10 * np.arange(9), 0.5 * np.arange(9), _run(None)["gold"], 0.05, alarm=7)
+    assert late["lead_evals"] == -2 and not late["false_alarm"]
+    flat = np.array([0.0, 0.5, 0.9, 1.0, 1.0, 1.02, 1.01, 1.0, 1.0])  # never falls 2 s.e. below its peak
+    rising = M.score_run("t", 10 * np.arange(9), 0.5 * np.arange(9), flat, 0.05, alarm=4)
+    assert rising["false_alarm"] and not rising["gold_falls"]
+    none = M.score_run("t", 10 * np.arange(9), 0.5 * np.arange(9), _run(None)["gold"], 0.05, alarm=None)
+    assert none["alarm_step"] is None and none["gold_kept_frac"] == pytest.approx(0.3 / 1.1)
+
+
+def test_score_detector_aggregates_over_runs():
+    runs = [_run(np.array([0, 0, 0, 1, 1, 1, 1, 1, 1.0])),  # lead 2
+            _run(np.array([0, 0, 0, 0, 0, 0, 0, 1, 1.0])),  # lead -2 (late, not false)
+            _run(np.array([1, 1, 1, 1, 1, 1, 1, 1, 1.0])),  # at evaluation 0: false
+            _run(np.zeros(9))]  # no alarm
+    out = M.score_detector("x", M.Rule(0.5), runs)
+    assert out["alarms"] == 3 and out["lead_median"] == 0.0 and out["warned_before_peak"] == 1
+    assert out["false_alarm_rate"] == pytest.approx(1 / 3)
+    kept = [0.8 / 1.1, 0.6 / 1.1, 0.0, 0.3 / 1.1]
+    assert out["gold_kept_frac"] == pytest.approx(float(np.mean(kept)))
+    assert [r["trial"] for r in out["runs"]] == ["t"] * 4 and not math.isnan(out["threshold"])
