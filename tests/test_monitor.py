@@ -116,3 +116,30 @@ def test_score_detector_aggregates_over_runs():
     kept = [0.8 / 1.1, 0.6 / 1.1, 0.0, 0.3 / 1.1]
     assert out["gold_kept_frac"] == pytest.approx(float(np.mean(kept)))
     assert [r["trial"] for r in out["runs"]] == ["t"] * 4 and not math.isnan(out["threshold"])
+
+
+def test_signals_from_eval_records_never_read_gold_and_match_post_hoc():
+    evals = [{"step": 2 * i, "kl": 0.1 * i * i, "proxy": 0.3 * i, "tokens": 10 + i, "entropy": 3.0 - 0.2 * i,
+              "proxy_spread": 0.1 + 0.02 * i, "gold": float("nan"), "gold_se": float("nan")} for i in range(8)]
+    full = M.signals(evals)
+    assert set(full) == set(M.DETECTORS)
+    assert all(math.isnan(v) for v in full["independent_gap"]) and all(math.isnan(v) for v in full["latent_outlier"])
+    assert full["entropy"][3] == pytest.approx(2.4 / 3.0) and full["length_drift"][2] == pytest.approx(0.2)
+    # the live value at each evaluation (computed on the records so far) is the post-hoc value
+    for t in range(1, len(evals) + 1):
+        live = M.signals(evals[:t])
+        for name in M.DETECTORS:
+            a, b = live[name][-1], full[name][t - 1]
+            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b), (name, t)
+    assert not any(k.startswith("gold") for k in M.READS)
+
+
+def test_monitor_section_scores_each_detector_and_lists_the_absent():
+    base = _run(None)
+    runs = [{**{k: base[k] for k in ("trial", "steps", "kl", "gold", "gold_se")},
+             "signals": {"entropy": [1.0, 0.9, 0.8, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5]}}]
+    out = M.monitor_section(M.DEFAULT_RULES, runs)
+    assert [d["name"] for d in out["detectors"]] == ["entropy"]
+    d = out["detectors"][0]  # < 0.7 twice in a row: 0.6 (evaluation 3), 0.5 (4) -> alarm at 4
+    assert d["runs"][0]["alarm_step"] == 40 and d["lead_median"] == 1.0 and d["false_alarm_rate"] == 0.0
+    assert set(out["not_evaluated"]) == set(M.DETECTORS) - {"entropy"}

@@ -230,3 +230,48 @@ def score_detector(name: str, rule: Rule, runs: list[dict]) -> dict:
             "lead_kl_median": float(np.median([x["lead_kl"] for x in true])) if true else None,
             "false_alarm_rate": (sum(x["false_alarm"] for x in alarmed) / len(alarmed)) if alarmed else None,
             "gold_kept_frac": float(np.mean(kept)) if kept else None}
+
+
+# ------------------------------------------------------------------------------------------
+# from a run's evaluation records (``RLRun.evals``) -- never from its gold
+
+READS = ("step", "kl", "proxy", "tokens", "entropy", "proxy_spread", "proxy_independent", "latent_outlier")
+
+
+def signals(evals: list[dict]) -> dict[str, list[float]]:
+    """Every detector's signal at each evaluation so far, from the keys in ``READS`` only (gold and its
+    standard error are never read: the monitor is what a run without gold can compute). A signal
+    whose inputs the records lack (no independent RMs, a one-member proxy) is NaN throughout. Each
+    value depends on the evaluations up to its own, so the live value (the last) equals the value a
+    post-hoc pass computes."""
+    n = len(evals)
+    col = {k: np.array([float(e.get(k, float("nan"))) for e in evals]) for k in READS}
+    nan = np.full(n, np.nan)
+    if n == 0:
+        return {d: [] for d in DETECTORS}
+    out = {
+        "independent_gap": (independent_gap(col["proxy"], col["proxy_independent"])
+                            if np.isfinite(col["proxy_independent"]).all() else nan),
+        "disagreement": relative(col["proxy_spread"]) if np.isfinite(col["proxy_spread"]).all() else nan,
+        "proxy_slope": proxy_slope(col["kl"], col["proxy"]),
+        "kl_acceleration": kl_acceleration(col["step"], col["kl"]),
+        "entropy": relative(col["entropy"]) if np.isfinite(col["entropy"][0]) else nan,
+        "length_drift": length_drift(col["tokens"]) if col["tokens"][0] > 0 else nan,
+        "latent_outlier": col["latent_outlier"],
+    }
+    return {k: [float(x) for x in v] for k, v in out.items()}
+
+
+def monitor_section(rules: dict[str, Rule], runs: list[dict]) -> dict:
+    """frontier.json's ``monitor``: each detector scored over ``runs`` ([{trial, steps, kl, gold,
+    gold_se, signals: {detector: [...]}}], the sweep's RL runs with gold), the detectors whose
+    signal no run has (all NaN) listed as not evaluated."""
+    out: dict = {"detectors": [], "not_evaluated": {}}
+    for name in DETECTORS:
+        have = [r for r in runs if any(v is not None and np.isfinite(v) for v in r["signals"].get(name, []))]
+        if not have:
+            out["not_evaluated"][name] = "no run has this signal (its inputs are off or absent)"
+            continue
+        out["detectors"].append(score_detector(name, rules[name], [
+            {**r, "signal": [np.nan if v is None else v for v in r["signals"][name]]} for r in have]))
+    return out

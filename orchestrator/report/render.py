@@ -303,6 +303,24 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
                   f"- penalty runs lie near the no-penalty gold-vs-KL curve: {sw.get('penalty_near_frontier')} "
                   f"(mean abs gap {_fmt(sw.get('penalty_gap_mean_abs'))}, one evaluation's gold se "
                   f"{_fmt(sw.get('gold_se_mean'))})", *_not_evaluated(sw), ""]
+    mon = frontier.get("monitor")
+    if mon and mon.get("detectors"):
+        lines += ["## Overoptimization monitor (gold-free detectors, scored against gold)", "",
+                  "Each detector's signal is computed at every RL evaluation without gold; its rule gives an alarm "
+                  "step. Lead: evaluations from the alarm to the true gold peak (median over runs whose alarm was "
+                  "not false); a false alarm comes before gold rose 2 s.e., or in a run whose gold never fell "
+                  "2 s.e.; gold kept: the gain at the alarm as a share of the gain at the peak (no alarm: at the "
+                  "end).", "",
+                  "| detector | rule | runs | alarms | warned before the peak | median lead (evals / nats) | "
+                  "false-alarm rate | gold kept |", "|---|---|---|---|---|---|---|---|"]
+        def f(x, nd):
+            return "-" if x is None else _fmt(float(x), nd)
+
+        for d in mon["detectors"]:
+            lines.append(f"| {d['name']} | {d['rule']} | {len(d['runs'])} | {d['alarms']} | {d['warned_before_peak']} | "
+                         f"{f(d['lead_median'], 1)} / {f(d['lead_kl_median'], 2)} | "
+                         f"{f(d['false_alarm_rate'], 2)} | {f(d['gold_kept_frac'], 2)} |")
+        lines += [*_not_evaluated(mon), ""]
     if "agreement" in frontier.get("label", {}):
         lines += rlaif_section(frontier)
     lines += ["## Timings", "", "| stage | seconds | cached |", "|---|---|---|"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import asdict
@@ -527,5 +528,14 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         frontier["checks"]["sweep"] = sweep_checks(bon_main, rl_main)
         frontier["checks"]["all_pass"] = bool(frontier["checks"]["all_pass"] and frontier["checks"]["rl"]["all_pass"]
                                               and frontier["checks"]["sweep"]["all_pass"])
+    monitored = [{"trial": e["trial"], "steps": [p["step"] for p in e["points"]], "kl": [p["kl"] for p in e["points"]],
+                  "gold": [p["gold"] for p in e["points"]], "gold_se": e["gold_se_per_eval"], "signals": e["monitor"]}
+                 for e in rl if "monitor" in e and e.get("gold_se_per_eval")
+                 and all(x is not None for x in e["gold_se_per_eval"])
+                 and all(math.isfinite(p["gold"]) for p in e["points"])]
+    if monitored:  # the gold-free detectors, scored against the runs' gold (issue 19)
+        from orchestrator.math.monitor import monitor_section
+
+        frontier["monitor"] = monitor_section(cfg.monitor.rules(), monitored)
     write_report(run_dir, frontier, {"timings": timings})
     return frontier

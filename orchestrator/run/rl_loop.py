@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -130,6 +131,14 @@ class RLRun:
         if method == "push_weights":  # rank 0 hosts the broadcast group
             return self.learner.actors[0].push_weights.remote(*args)
         return self.learner.one(method, *args)
+
+    def monitor(self) -> None:
+        """The gold-free detectors' signals at the latest evaluation (``orchestrator.math.monitor``,
+        from its non-gold keys only), stored in it as ``monitor/<name>``: logged live."""
+        from orchestrator.math.monitor import signals
+
+        for name, series in signals(self.evals).items():
+            self.evals[-1][f"monitor/{name}"] = series[-1]
 
     # ---- data --------------------------------------------------------------------------------
     def prompt_indices(self, step: int) -> list[int]:
@@ -265,9 +274,13 @@ class RLRun:
                "kl": float(R.sequence_kl(b.logprobs, b.ref_logprobs, mask).mean()),
                "kl_k3": float(R.sequence_kl(b.logprobs, b.ref_logprobs, mask, "k3").mean()),
                "proxy": float(R.aggregate(pv, self.spec.objective, self.cfg.uwo_lambda).mean()),
-               "tokens": float(mask.sum(1).mean())}
+               "tokens": float(mask.sum(1).mean()),
+               # the policy's per-token entropy, estimated by the sampled tokens' mean surprisal (no extra pass)
+               "entropy": float(-(b.logprobs * mask).sum() / mask.sum().clamp_min(1))}
         for j, m in enumerate(ps.members):
             out[f"proxy/{m}"] = float(pv[:, j].mean())
+        if pv.shape[1] > 1:  # the members' disagreement on the policy's samples
+            out["proxy_spread"] = float(pv.std(1, unbiased=False).mean())
         if g_ref is not None:
             gs = fetch(g_ref)
             with metrics_scope():
@@ -361,6 +374,7 @@ def rl_step(run: RLRun) -> dict:
         due = step % every == 0 or step <= cfg.eval_early
         if due and (not run.evals or run.evals[-1]["step"] < step):
             run.evals.append(run.evaluate(step))
+            run.monitor()
     with T("generate"):  # generation, with each chunk's proxy/gold scoring chained onto it
         batch, proxy, g_refs = run.rollouts(step)
     with T("score"):
@@ -462,9 +476,7 @@ def run_rl(run: RLRun, progress: bool = False, tensorboard: bool = True, stop_af
                         if k != "step" and isinstance(v, (int, float)):
                             writer.add_scalar(k, v, m["step"])
                     if run.evals and run.evals[-1]["step"] == m["step"]:
-                        for k, v in run.evals[-1].items():
-                            if k != "step":
-                                writer.add_scalar(f"eval/{k}", v, m["step"])
+                        _write_eval(writer, run.evals[-1], m["step"])
                 bar.update(1)
                 bar.set_postfix(kl=f"{m['kl']:.2f}", proxy=f"{m['proxy/objective']:.3f}",
                                 gold=f"{m.get('gold/mean', float('nan')):.3f}")
@@ -474,10 +486,9 @@ def run_rl(run: RLRun, progress: bool = False, tensorboard: bool = True, stop_af
                     on_step(m, ev, ck)
         if run.step >= cfg.steps and (not run.evals or run.evals[-1]["step"] < run.step):
             run.evals.append(run.evaluate(run.step))
+            run.monitor()
             if writer is not None:
-                for k, v in run.evals[-1].items():
-                    if k != "step":
-                        writer.add_scalar(f"eval/{k}", v, run.step)
+                _write_eval(writer, run.evals[-1], run.step)
             if on_step is not None:
                 ck, run.last_checkpoint = run.last_checkpoint, None
                 on_step({"step": run.step}, run.evals[-1], ck)
@@ -485,6 +496,13 @@ def run_rl(run: RLRun, progress: bool = False, tensorboard: bool = True, stop_af
         if writer is not None:
             writer.close()
     return summarize(run)
+
+
+def _write_eval(writer, ev: dict, step: int) -> None:
+    """An evaluation's scalars: ``eval/<key>``, and the gold-free detectors' signals as ``monitor/<name>``."""
+    for k, v in ev.items():
+        if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+            writer.add_scalar(k if k.startswith("monitor/") else f"eval/{k}", v, step)
 
 
 def summarize(run: RLRun) -> dict:
@@ -500,6 +518,12 @@ def summarize(run: RLRun) -> dict:
            "members": [m["name"] for m in run.spec.members], "steps": run.step, "points": points,
            "gold_se": float(np.mean([e.get("gold_se", 0.0) for e in ev])) if ev else None,
            **run.spec.labels}
+    from orchestrator.math.monitor import signals
+
+    # the gold-free detectors' signals per evaluation (None where undefined) and gold's s.e. per
+    # evaluation: what frontier.json's ``monitor`` section scores against gold
+    out["monitor"] = {k: [v if math.isfinite(v) else None for v in s] for k, s in signals(ev).items()}
+    out["gold_se_per_eval"] = [e.get("gold_se") for e in ev]
     fit_pts = [p for p in points if p["kl"] > 0]
     if len(fit_pts) >= 3 and all(np.isfinite(p["gold"]) for p in fit_pts):
         kl = np.array([p["kl"] for p in fit_pts])
