@@ -143,3 +143,26 @@ def test_monitor_section_scores_each_detector_and_lists_the_absent():
     d = out["detectors"][0]  # < 0.7 twice in a row: 0.6 (evaluation 3), 0.5 (4) -> alarm at 4
     assert d["runs"][0]["alarm_step"] == 40 and d["lead_median"] == 1.0 and d["false_alarm_rate"] == 0.0
     assert set(out["not_evaluated"]) == set(M.DETECTORS) - {"entropy"}
+
+
+def test_monitor_stopper_stops_at_the_alarm_and_proxy_keys_stay_refused():
+    """``sweep.stopper.metric: monitor/<detector>``: the trial stops at the evaluation where the rule
+    fires (each evaluation counted once, however often Tune sees it); gold keys stay allowed, proxy
+    keys refused by key."""
+    from orchestrator.config.schema import ConfigError, FrontierConfig, build
+    from orchestrator.run.sweep import MonitorStopper, _stopper
+
+    cfg = build(FrontierConfig, {"sweep": {"stopper": {"enabled": True, "metric": "monitor/entropy"}}})
+    stop = _stopper(cfg).inner
+    assert isinstance(stop, MonitorStopper) and stop.rule == M.DEFAULT_RULES["entropy"]
+    signal = [1.0, 0.9, 0.65, 0.65, 0.6, 0.5]  # < 0.7 from evaluation 2: patience 2 -> stop at 3
+    decisions = []
+    for i, v in enumerate(signal):
+        for _ in range(2):  # steps between evaluations repeat the last evaluation's keys
+            decisions.append((i, stop("t", {"eval/step": i, "eval/monitor/entropy": v})))
+    assert next(i for i, d in decisions if d) == M.first_alarm(signal, stop.rule) == 3
+    assert not stop("other", {"eval/step": 0, "eval/monitor/entropy": 0.1})  # per trial
+    build(FrontierConfig, {"sweep": {"stopper": {"metric": "eval/gold"}}})
+    for bad in ("eval/proxy", "monitor/proxy", "proxy/objective"):
+        with pytest.raises(ConfigError, match="sweep.stopper.metric"):
+            build(FrontierConfig, {"sweep": {"stopper": {"metric": bad}}})

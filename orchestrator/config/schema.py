@@ -500,16 +500,21 @@ class StopperConfig:
     enabled: bool = False
     """Stop trials whose gold stays below their running peak (saves the compute past the peak)."""
     metric: str = "eval/gold"
-    """The metric watched; must be a gold metric (``eval/gold...``): a proxy-keyed stopper is refused."""
+    """The metric watched: a gold metric (``eval/gold...``; margin and patience below), or a gold-free
+    detector ``monitor/<detector>`` (its ``monitor.<detector>`` rule: the trial stops at its alarm).
+    A proxy-keyed stopper is refused."""
     margin: float = 0.05
     """Gold this far below the trial's running peak counts as fallen."""
     patience: int = 3
     """Consecutive evaluations fallen before the trial stops."""
 
     def __post_init__(self):
-        _check(self.metric.startswith("eval/gold"), "metric",
-               f"{self.metric!r}: trials may only be stopped on gold (eval/gold...), never on the proxy "
-               "(selecting on the proxy is exactly what overoptimizes)")
+        from orchestrator.math.monitor import DETECTORS
+
+        _check(self.metric.startswith("eval/gold") or self.metric in {f"monitor/{d}" for d in DETECTORS}, "metric",
+               f"{self.metric!r}: trials may only be stopped on gold (eval/gold...) or a gold-free detector "
+               f"(monitor/<{'|'.join(DETECTORS)}>), never on the proxy (selecting on the proxy is exactly what "
+               "overoptimizes)")
         _check(self.margin >= 0, "margin", f"{self.margin} must be >= 0")
         _check(self.patience >= 1, "patience", f"{self.patience} must be >= 1")
 

@@ -145,6 +145,31 @@ class GoldStopper(Stopper):
         return False
 
 
+class MonitorStopper(Stopper):
+    """Ends a trial at its gold-free alarm: the detector's signal (``eval/monitor/<name>``, computed
+    by the trial at each evaluation without gold) beyond its rule's threshold for ``patience``
+    evaluations in a row (``orchestrator.math.monitor.first_alarm``'s rule, applied live)."""
+
+    def __init__(self, detector: str, rule):
+        self.key, self.rule = f"eval/monitor/{detector}", rule
+        self._state: dict[str, tuple[int, int]] = {}  # trial -> (evaluations in a row beyond, last eval step)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if self.key not in result or result.get("eval/step") is None:
+            return False
+        run, last = self._state.get(trial_id, (0, -1))
+        if result["eval/step"] == last:
+            return run >= self.rule.patience
+        v = float(result[self.key])
+        hit = (v > self.rule.threshold) if self.rule.direction == "above" else (v < self.rule.threshold)
+        run = run + 1 if (v == v and hit) else 0
+        self._state[trial_id] = (run, result["eval/step"])
+        return run >= self.rule.patience
+
+    def stop_all(self) -> bool:
+        return False
+
+
 FATAL_METRIC = "fatal_error"  # a trial reports it once when it hit an error no retry can fix
 
 
@@ -187,7 +212,12 @@ class FatalStopper(Stopper):
 
 def _stopper(cfg: FrontierConfig) -> FatalStopper:
     st = cfg.sweep.stopper
-    return FatalStopper(GoldStopper(st.margin, st.patience, st.metric) if st.enabled else None)
+    if not st.enabled:
+        return FatalStopper(None)
+    if st.metric.startswith("monitor/"):
+        name = st.metric.split("/", 1)[1]
+        return FatalStopper(MonitorStopper(name, cfg.monitor.rules()[name]))
+    return FatalStopper(GoldStopper(st.margin, st.patience, st.metric))
 
 
 # --------------------------------------------------------------------------------------------
