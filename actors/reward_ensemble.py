@@ -219,6 +219,30 @@ class RewardEnsemble:
             out.backward(r.grad[c].to(dev))
         return loss.detach()
 
+    @torch.no_grad()
+    def features(self, rows: dict[str, list], member: int = 0, batch: int = 256) -> np.ndarray:
+        """``[b, hidden]``: member ``member``'s last hidden layer at the token its score is read from
+        (the last non-pad token) for each (prompt, response) -- the latent space of InfoRM's outlier
+        score (Miao et al. 2024), ``orchestrator.math.monitor.outlier_share``."""
+        model = self.members[member]
+        if model == "oracle":
+            raise ValueError(f"{self.role} member {self.names[member]!r} is the oracle: it has no latent space")
+        c = self.codecs[member]
+        seqs = [c.score_input(p, r) for p, r in zip(rows["prompt"], rows["response"])]
+        out: list = [None] * len(seqs)
+        step = batch
+        with autocast(self.device, self.dtype):
+            for idx in (_hf().token_chunks([len(s) for s in seqs], self.batch_tokens, batch) if self.batch_tokens
+                        else [list(range(i, min(i + step, len(seqs)))) for i in range(0, len(seqs), step)]):
+                ids, mask = _hf().pad_right([seqs[j] for j in idx], c.pad_id)
+                h = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                          output_hidden_states=True).hidden_states[-1]
+                last = mask.sum(1) - 1  # right padding: the last real token
+                feats = h[torch.arange(len(idx)), last.to(self.device)].float().cpu().numpy()
+                for k, j in enumerate(idx):
+                    out[j] = feats[k]
+        return np.stack(out) if out else np.zeros((0, 0))
+
     def score(self, rows: dict[str, list], sealed: bool = False) -> Scores:
         """rows: columns ``prompt``, ``response`` (and ``family``, ``meta`` for the oracle).
         Returns ``Scores`` with values ``[b, k]``; the oracle also fills per-principle scores.

@@ -117,6 +117,7 @@ class RLRun:
         self.step = 0
         self.history: list[dict] = []
         self.evals: list[dict] = []
+        self.latent_ref = None  # the monitor's SFT-sample features (the step-0 evaluation), checkpointed
         self.pending: tuple | None = None
         self.last_checkpoint: Path | None = None  # saved by the latest step (run_rl's on_step sees it)
         self._perm: tuple[int, np.ndarray | None] = (-1, None)
@@ -131,6 +132,28 @@ class RLRun:
         if method == "push_weights":  # rank 0 hosts the broadcast group
             return self.learner.actors[0].push_weights.remote(*args)
         return self.learner.one(method, *args)
+
+    def _latent_outlier(self, rows: dict, step: int) -> dict:
+        """InfoRM's latent outlier score (Miao et al. 2024): the share of this evaluation's samples
+        whose Mahalanobis distance from the SFT policy's samples, in the first proxy member's last
+        hidden layer, exceeds the 95th percentile of held-out SFT samples' own distances. The
+        reference is the step-0 evaluation (the SFT policy, the same prompts), its even rows the fit,
+        its odd rows the held-out; kept with the run's checkpoints (``self.latent_ref``). Empty for
+        an oracle proxy (no latent space) or a run resumed without its reference."""
+        from orchestrator.math.monitor import outlier_share
+
+        try:
+            feats = fetch(self.proxy.one("features", rows))
+        except Exception as e:  # noqa: BLE001 -- the oracle has no latent space
+            if "no latent space" in str(e):
+                return {}
+            raise
+        if step == 0:
+            self.latent_ref = feats
+        elif self.latent_ref is None:  # resumed from a checkpoint written before the monitor kept it
+            return {}
+        ref = self.latent_ref
+        return {"latent_outlier": outlier_share(ref[0::2], ref[1::2], feats)}
 
     def monitor(self) -> None:
         """The gold-free detectors' signals at the latest evaluation (``orchestrator.math.monitor``,
@@ -281,6 +304,7 @@ class RLRun:
             out[f"proxy/{m}"] = float(pv[:, j].mean())
         if pv.shape[1] > 1:  # the members' disagreement on the policy's samples
             out["proxy_spread"] = float(pv.std(1, unbiased=False).mean())
+        out.update(self._latent_outlier(rows, step))
         if g_ref is not None:
             gs = fetch(g_ref)
             with metrics_scope():
@@ -313,6 +337,12 @@ class RLRun:
                                  "learner.safetensors"},
                  "history": self.history, "evals": self.evals}
         (tmp / "state.json").write_text(json.dumps(state, default=_jsonable))
+        if self.latent_ref is not None:  # the monitor's SFT reference features
+            from safetensors.torch import save_file
+
+            save_file({"latent_ref": torch.from_numpy(np.ascontiguousarray(self.latent_ref))},
+                      str(tmp / "monitor.safetensors"))
+            files = [*files, "monitor.safetensors"]
         manifest = {f: sha256_file(tmp / f) for f in [*files, "state.json"]}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(final, ignore_errors=True)
@@ -341,6 +371,10 @@ class RLRun:
             self.step = state["step"]
             self.kl.load_state_dict(state["kl_controller"])
             self.history, self.evals = state["history"], state["evals"]
+            if (d / "monitor.safetensors").exists():
+                from safetensors.torch import load_file
+
+                self.latent_ref = load_file(str(d / "monitor.safetensors"))["latent_ref"].numpy()
             assert version == self.step, (version, self.step)
             self.sync_weights()
             log.info("rl %s: resumed from %s", self.spec.name, d)
