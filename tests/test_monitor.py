@@ -166,3 +166,28 @@ def test_monitor_stopper_stops_at_the_alarm_and_proxy_keys_stay_refused():
     for bad in ("eval/proxy", "monitor/proxy", "proxy/objective"):
         with pytest.raises(ConfigError, match="sweep.stopper.metric"):
             build(FrontierConfig, {"sweep": {"stopper": {"metric": bad}}})
+
+
+def test_reward_member_features_are_its_last_hidden_layer_at_the_scoring_token(tmp_path, monkeypatch):
+    """``RewardEnsemble.features``: a member's last hidden layer at the last non-pad token -- the same
+    vector one unpadded forward of that row gives -- for rows of different lengths; the oracle has no
+    latent space and says so."""
+    import torch
+
+    from actors.reward_ensemble import RewardEnsemble
+    from orchestrator.nn import tiny
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ens = RewardEnsemble("proxy", [{"name": "rm", "kind": "hf", "path": tiny.resolve("tiny:llama-2x32-rm")}])
+    rows = {"prompt": ["a b", "c d e f g"], "response": ["x", "y z w v"]}
+    f = ens.features(rows)
+    assert f.shape == (2, 32)
+    c, model = ens.codecs[0], ens.members[0]
+    for i in range(2):
+        ids = torch.tensor([c.score_input(rows["prompt"][i], rows["response"][i])])
+        with torch.no_grad():
+            h = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1].numpy()
+        assert np.allclose(f[i], h, atol=1e-5)
+    with pytest.raises(ValueError, match="no latent space"):
+        RewardEnsemble("gold", [{"name": "oracle", "kind": "oracle"}]).features(
+            {**rows, "family": ["x", "x"], "meta": [{}, {}]})
