@@ -113,6 +113,22 @@ class RewardEnsemble:
 
         return where()
 
+    def set_monitors(self, members: list[dict]) -> tuple[str, ...]:
+        """Reward models the run does NOT train on, kept beside the members in this actor: the gold-free
+        monitor's independent judges (``score_monitor``). Reloaded only when they change."""
+        key = [dict(m) for m in members]
+        if getattr(self, "_monitor_key", None) == key:
+            return self._monitor.names if self._monitor is not None else ()
+        self._monitor_key = key
+        self._monitor = (RewardEnsemble(self.role, members, self.tokenizer_dir, self.threads, self.chat_template,
+                                        self.batch_tokens, str(self.device), self.dtype) if members else None)
+        return self._monitor.names if self._monitor is not None else ()
+
+    def score_monitor(self, rows: dict[str, list]) -> Scores | None:
+        """The independent judges' (normalized) scores of ``rows``, or None when there are none."""
+        monitor = getattr(self, "_monitor", None)
+        return monitor.score(rows) if monitor is not None else None
+
     def set_members(self, members: list[dict]) -> tuple[str, ...]:
         """(Re)load the ensemble's members -- an RL slot reuses its actor for the next run."""
         if not members:

@@ -52,6 +52,9 @@ class RunSpec:
     kl_coef: float = 0.0
     proxy_params: int = 0
     labels: dict = field(default_factory=dict)
+    monitors: tuple[dict, ...] = ()
+    """Proxies the run does not train on (other sizes of its label source): the monitor's independent
+    judges, scoring each evaluation's samples (never the update's)."""
 
 
 class PhaseTimer:
@@ -112,7 +115,7 @@ class RLRun:
         self.learner, self.gen, self.proxy = slot.learner, slot.gen, slot.proxy
         self.gold = slot.gold if gold else None  # a shared slot's gold stays out of a run without gold
         fetch(self.learner.all("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init"),  # every replica
-                               cfg.max_grad_norm))
+                               cfg.max_grad_norm) + self.proxy.all("set_monitors", list(spec.monitors)))
         self.kl = initial_kl_controller(cfg, spec.kl_coef)
         self.step = 0
         self.history: list[dict] = []
@@ -304,6 +307,8 @@ class RLRun:
             out[f"proxy/{m}"] = float(pv[:, j].mean())
         if pv.shape[1] > 1:  # the members' disagreement on the policy's samples
             out["proxy_spread"] = float(pv.std(1, unbiased=False).mean())
+        if self.spec.monitors:  # reward models the run does not train on
+            out["proxy_independent"] = float(np.mean(fetch(self.proxy.one("score_monitor", rows)).values))
         out.update(self._latent_outlier(rows, step))
         if g_ref is not None:
             gs = fetch(g_ref)

@@ -83,9 +83,15 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
             else {"size": "ensemble"})  # (size ensembles: no "ensemble" key, as before seed ensembles existed)
         return {**kind, "seed": t["seed"], "labels": "ai" if t["tag"] else "gold"}
 
+    trials = grid(cfg)
+    tag_of = {n: t["tag"] for t in trials for n in names(t)}
+
+    def monitors(t: dict) -> tuple:  # the monitor's independent judges: proxies of its labels it does not train on
+        return tuple(members[n] for n in by_name if n not in names(t) and tag_of.get(n) == t["tag"])
+
     return [RunSpec(t["name"], tuple(members[n] for n in names(t)), t["objective"], t["kl_coef"],
-                    sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t))
-            for t in grid(cfg)]
+                    sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t), monitors=monitors(t))
+            for t in trials]
 
 
 def trial_dir(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult, spec) -> Path:
