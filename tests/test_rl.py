@@ -314,22 +314,24 @@ def test_metrics_vocabulary_in_tensorboard_and_jsonl(smoke_run):
     assert [p["step"] for p in entry["points"]] == want
     assert entry["points"][0] == {"step": 0, "kl": 0.0, "gold": 0.0, "proxy": 0.0}  # relative to the start
     # the gold-free monitor (issue 19): its signals logged live, scored against gold in frontier.json
-    for tag in ("monitor/entropy", "monitor/length_drift", "monitor/proxy_slope", "monitor/kl_acceleration",
-                "monitor/latent_outlier"):
+    # (proxy_slope and kl_acceleration need KL to grow first: on the smoke profile's 6 steps it barely
+    # leaves 0, so they may be undefined -- then listed under not_evaluated, below)
+    for tag in ("monitor/entropy", "monitor/length_drift", "monitor/latent_outlier", "monitor/independent_gap"):
         assert tag in tags, tag
     assert len(entry["monitor"]["entropy"]) == len(entry["points"]) and entry["monitor"]["entropy"][0] == 1.0
     mon = frontier["monitor"]
     trials = {e["trial"] for e in frontier["rl"]}
     want_run = {"trial", "alarm_step", "alarm_kl", "gold_peak_step", "gold_peak_kl", "gold_at_alarm", "gold_at_peak",
                 "gold_at_end"}
-    assert {d["name"] for d in mon["detectors"]} == set(M.DETECTORS)  # each fed by some trial of the sweep
+    names = {d["name"] for d in mon["detectors"]}
+    assert names >= {"entropy", "length_drift", "latent_outlier", "independent_gap", "disagreement"}
+    assert names | set(mon["not_evaluated"]) == set(M.DETECTORS) and not names & set(mon["not_evaluated"])
     for d in mon["detectors"]:
         assert {"name", "threshold", "runs", "lead_median", "false_alarm_rate", "gold_kept_frac"} <= set(d)
         assert {r["trial"] for r in d["runs"]} <= trials and all(want_run <= set(r) for r in d["runs"])
         for r in d["runs"]:  # the peak is the curve's highest evaluated gold
             e = next(x for x in frontier["rl"] if x["trial"] == r["trial"])
             assert r["gold_at_peak"] == max(p["gold"] for p in e["points"])
-    assert mon["not_evaluated"] == {}
     gap = next(d for d in mon["detectors"] if d["name"] == "independent_gap")
     assert {r["trial"] for r in gap["runs"]} == {e["trial"] for e in frontier["rl"] if e["size"] != "ensemble"}
     assert "Overoptimization monitor" in (run_dir / "report.md").read_text()
