@@ -83,8 +83,8 @@ class RewardEnsemble:
         unless ``chat_template`` is ``none``, pad / eos), a member built from ``size`` through the
         task's tokenizer in ``tokenizer_dir``. ``head: trained`` (gold RMs, trained proxies) requires
         the checkpoint's one-label score head; ``new`` (default) adds one to a causal LM."""
-        if role not in ("proxy", "gold"):
-            raise ValueError(f"role {role!r} must be 'proxy' or 'gold'")
+        if role not in ("proxy", "gold", "monitor"):
+            raise ValueError(f"role {role!r} must be 'proxy', 'gold' or 'monitor'")
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.role = role
@@ -120,7 +120,9 @@ class RewardEnsemble:
         if getattr(self, "_monitor_key", None) == key:
             return self._monitor.names if self._monitor is not None else ()
         self._monitor_key = key
-        self._monitor = (RewardEnsemble(self.role, members, self.tokenizer_dir, self.threads, self.chat_template,
+        # role "monitor": its own name in errors and fault drills (a drill of proxy/<name> targets the
+        # member a run trains on, never the same model judging another run)
+        self._monitor = (RewardEnsemble("monitor", members, self.tokenizer_dir, self.threads, self.chat_template,
                                         self.batch_tokens, str(self.device), self.dtype) if members else None)
         return self._monitor.names if self._monitor is not None else ()
 

@@ -270,7 +270,8 @@ def monitor_section(rules: dict[str, Rule], runs: list[dict]) -> dict:
     for name in DETECTORS:
         have = [r for r in runs if any(v is not None and np.isfinite(v) for v in r["signals"].get(name, []))]
         if not have:
-            out["not_evaluated"][name] = "no run has this signal (its inputs are off or absent)"
+            out["not_evaluated"][name] = ("undefined on every run: its inputs are absent (no independent RMs, one "
+                                          "member) or it never became defined (KL did not grow)")
             continue
         out["detectors"].append(score_detector(name, rules[name], [
             {**r, "signal": [np.nan if v is None else v for v in r["signals"][name]]} for r in have]))
