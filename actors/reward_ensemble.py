@@ -122,8 +122,11 @@ class RewardEnsemble:
         self._monitor_key = key
         # role "monitor": its own name in errors and fault drills (a drill of proxy/<name> targets the
         # member a run trains on, never the same model judging another run)
+        threads = torch.get_num_threads()  # building one sets this process's threads: keep the caller's (a
+        # colocated trial runs every role in one process, and its thread count changes the learner's sums)
         self._monitor = (RewardEnsemble("monitor", members, self.tokenizer_dir, self.threads, self.chat_template,
                                         self.batch_tokens, str(self.device), self.dtype) if members else None)
+        torch.set_num_threads(threads)
         return self._monitor.names if self._monitor is not None else ()
 
     def score_monitor(self, rows: dict[str, list]) -> Scores | None:
