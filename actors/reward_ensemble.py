@@ -122,11 +122,14 @@ class RewardEnsemble:
         self._monitor_key = key
         # role "monitor": its own name in errors and fault drills (a drill of proxy/<name> targets the
         # member a run trains on, never the same model judging another run)
-        threads = torch.get_num_threads()  # building one sets this process's threads: keep the caller's (a
-        # colocated trial runs every role in one process, and its thread count changes the learner's sums)
+        # building models sets this process's threads and draws from (or reseeds) its torch RNG: keep the
+        # caller's -- a colocated trial runs every role in one process, where the learner sums with those
+        # threads and checkpoints that RNG
+        threads, rng = torch.get_num_threads(), torch.get_rng_state()
         self._monitor = (RewardEnsemble("monitor", members, self.tokenizer_dir, self.threads, self.chat_template,
                                         self.batch_tokens, str(self.device), self.dtype) if members else None)
         torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
         return self._monitor.names if self._monitor is not None else ()
 
     def score_monitor(self, rows: dict[str, list]) -> Scores | None:

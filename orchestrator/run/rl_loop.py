@@ -114,8 +114,9 @@ class RLRun:
         self.local = slot.local
         self.learner, self.gen, self.proxy = slot.learner, slot.gen, slot.proxy
         self.gold = slot.gold if gold else None  # a shared slot's gold stays out of a run without gold
+        fetch(self.proxy.all("set_monitors", list(spec.monitors)))  # before the learner seeds its RNG
         fetch(self.learner.all("init_rl", cfg.lr, cfg.algorithm == "ppo", stream(seed, "rl/init"),  # every replica
-                               cfg.max_grad_norm) + self.proxy.all("set_monitors", list(spec.monitors)))
+                               cfg.max_grad_norm))
         self.kl = initial_kl_controller(cfg, spec.kl_coef)
         self.step = 0
         self.history: list[dict] = []
