@@ -509,14 +509,18 @@ class StopperConfig:
     """Consecutive evaluations fallen before the trial stops."""
 
     def __post_init__(self):
-        from orchestrator.math.monitor import DETECTORS
-
-        _check(self.metric.startswith("eval/gold") or self.metric in {f"monitor/{d}" for d in DETECTORS}, "metric",
-               f"{self.metric!r}: trials may only be stopped on gold (eval/gold...) or a gold-free detector "
-               f"(monitor/<{'|'.join(DETECTORS)}>), never on the proxy (selecting on the proxy is exactly what "
-               "overoptimizes)")
+        _check(self.metric.startswith("eval/gold") or self.metric in {f"monitor/{d}" for d in MONITOR_DETECTORS},
+               "metric", f"{self.metric!r}: trials may only be stopped on gold (eval/gold...) or a gold-free "
+               f"detector (monitor/<{'|'.join(MONITOR_DETECTORS)}>), never on the proxy (selecting on the proxy is "
+               "exactly what overoptimizes)")
         _check(self.margin >= 0, "margin", f"{self.margin} must be >= 0")
         _check(self.patience >= 1, "patience", f"{self.patience} must be >= 1")
+
+
+# the gold-free detectors (``orchestrator.math.monitor``) and the direction their signal alarms in
+MONITOR_DETECTORS = {"independent_gap": "above", "disagreement": "above", "proxy_slope": "below",
+                     "kl_acceleration": "above", "entropy": "below", "length_drift": "above",
+                     "latent_outlier": "above"}
 
 
 @dataclass(frozen=True)
@@ -557,12 +561,10 @@ class MonitorConfig:
     latent_outlier: MonitorRule = _rule(0.25)
     """Share of the policy's samples beyond the SFT samples' 95th-percentile Mahalanobis distance (above)."""
 
-    def rules(self) -> dict:
-        """The ``Rule`` of every detector, with its direction."""
-        from orchestrator.math.monitor import DEFAULT_RULES, Rule
-
-        return {name: Rule(getattr(self, name).threshold, DEFAULT_RULES[name].direction, getattr(self, name).patience)
-                for name in DEFAULT_RULES}
+    def rules(self) -> dict[str, tuple[float, str, int]]:
+        """Every detector's rule as (threshold, direction, patience) (``monitor.Rule(*rule)``)."""
+        return {name: (getattr(self, name).threshold, direction, getattr(self, name).patience)
+                for name, direction in MONITOR_DETECTORS.items()}
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DETECTORS = ("independent_gap", "disagreement", "proxy_slope", "kl_acceleration", "entropy",
-             "length_drift", "latent_outlier")
+from orchestrator.config.schema import MONITOR_DETECTORS, MonitorConfig
+
+DETECTORS = tuple(MONITOR_DETECTORS)
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,13 @@ class Rule:
         return f"{'>' if self.direction == 'above' else '<'} {self.threshold:g} for {self.patience} evaluation(s)"
 
 
-# the default rules (config ``monitor.<detector>`` overrides them)
-DEFAULT_RULES = {
-    "independent_gap": Rule(0.5, "above", 2),  # in the scores' units (z-scored on the SFT policy)
-    "disagreement": Rule(1.5, "above", 2),  # x the first evaluation's member spread
-    "proxy_slope": Rule(0.25, "below", 2),  # marginal proxy gain per sqrt-nat, x the first fitted one
-    "kl_acceleration": Rule(2.0, "above", 2),  # KL per step, x the early rate
-    "entropy": Rule(0.7, "below", 2),  # x the first evaluation's entropy
-    "length_drift": Rule(0.3, "above", 2),  # relative change of the mean length
-    "latent_outlier": Rule(0.25, "above", 2),  # share beyond the SFT samples' 95th percentile
-}
+def as_rule(rule) -> Rule:
+    """A ``Rule``, or one from ``MonitorConfig.rules()``'s (threshold, direction, patience)."""
+    return rule if isinstance(rule, Rule) else Rule(*rule)
+
+
+# the default rules (config ``monitor.<detector>`` overrides them; units in ``MonitorConfig``'s docs)
+DEFAULT_RULES = {name: as_rule(r) for name, r in MonitorConfig().rules().items()}
 
 
 def first_alarm(signal, rule: Rule) -> int | None:
@@ -273,6 +271,6 @@ def monitor_section(rules: dict[str, Rule], runs: list[dict]) -> dict:
             out["not_evaluated"][name] = ("undefined on every run: its inputs are absent (no independent RMs, one "
                                           "member) or it never became defined (KL did not grow)")
             continue
-        out["detectors"].append(score_detector(name, rules[name], [
+        out["detectors"].append(score_detector(name, as_rule(rules[name]), [
             {**r, "signal": [np.nan if v is None else v for v in r["signals"][name]]} for r in have]))
     return out

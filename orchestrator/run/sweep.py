@@ -157,7 +157,9 @@ class MonitorStopper(Stopper):
     evaluations in a row (``orchestrator.math.monitor.first_alarm``'s rule, applied live)."""
 
     def __init__(self, detector: str, rule):
-        self.key, self.rule = f"eval/monitor/{detector}", rule
+        from orchestrator.math.monitor import as_rule
+
+        self.key, self.rule = f"eval/monitor/{detector}", as_rule(rule)
         self._state: dict[str, tuple[int, int]] = {}  # trial -> (evaluations in a row beyond, last eval step)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
