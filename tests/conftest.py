@@ -43,3 +43,14 @@ def pytest_collection_modifyitems(config, items):
            if any(f in getattr(i, "fixturenames", ()) for f in SLOW_FIXTURES) and i.get_closest_marker("slow") is None]
     if bad:
         raise pytest.UsageError("tests using the smoke run must be marked slow:\n  " + "\n  ".join(bad))
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """A tiny random Llama policy saved to a fresh cache (``tiny:llama-2x32``): the learner tests' model."""
+    from orchestrator.nn import tiny
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+    yield tiny.resolve("tiny:llama-2x32")
+    mp.undo()

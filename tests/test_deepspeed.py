@@ -18,19 +18,11 @@ from orchestrator.config.schema import (
     build,
 )
 from orchestrator.data.tasks import synthetic as T
-from orchestrator.nn import tiny
 from orchestrator.run.actor_group import ActorGroup
 
 HP = {"epochs": 2, "minibatches": 2, "clip": 0.2, "vf_coef": 0.1, "value_clip": 0.2, "max_grad_norm": 1.0,
       "temperature": 1.0, "chunk_rows": 4}  # 16-row minibatches in 4 pieces: accumulation is exercised
 
-
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
-    yield tiny.resolve("tiny:llama-2x32")
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

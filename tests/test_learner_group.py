@@ -9,16 +9,7 @@ from actors.policy_learner import PolicyLearner
 from actors.rollout_generator import RolloutGenerator
 from orchestrator.config.schema import RoleResources
 from orchestrator.data.tasks import synthetic as T
-from orchestrator.nn import tiny
 from orchestrator.run.actor_group import ActorGroup
-
-
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
-    yield tiny.resolve("tiny:llama-2x32")
-    mp.undo()
 
 
 @pytest.mark.slow
