@@ -146,12 +146,9 @@ class RLRun:
         an oracle proxy (no latent space) or a run resumed without its reference."""
         from orchestrator.math.monitor import outlier_share
 
-        try:
-            feats = fetch(self.proxy.one("features", rows))
-        except Exception as e:  # noqa: BLE001 -- the oracle has no latent space
-            if "no latent space" in str(e):
-                return {}
-            raise
+        if self.spec.members[0].get("kind") == "oracle":  # the oracle has no latent space
+            return {}
+        feats = fetch(self.proxy.one("features", rows))
         if step == 0:
             self.latent_ref = feats
         elif self.latent_ref is None:  # resumed from a checkpoint written before the monitor kept it
