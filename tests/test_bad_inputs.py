@@ -27,7 +27,11 @@ SMOKE = "jobs/configs/smoke.yaml"
 
 
 def _stage_file(d: Path, pattern: str) -> Path:
-    return sorted(p for p in d.glob(f"stages/*/{pattern}") if ".tmp" not in str(p))[0]
+    """The first match in a finished stage of the job's own (not the monitor's label halves)."""
+    def own(p: Path) -> bool:
+        done = next((q / "DONE.json" for q in p.parents if q.parent.name == "stages"), None)
+        return done is None or not done.is_file() or '"label-half"' not in done.read_text()
+    return sorted(p for p in d.glob(f"stages/*/{pattern}") if ".tmp" not in str(p) and own(p))[0]
 
 
 def _edit_parquet(path: Path, fn) -> None:

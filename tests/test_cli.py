@@ -18,7 +18,7 @@ def run(*args, timeout=300):
                           timeout=timeout)
 
 
-@pytest.mark.parametrize("job", ["jobs.frontier"])
+@pytest.mark.parametrize("job", ["jobs.frontier", "jobs.active"])
 def test_help(job):
     r = run(job, "--help")
     assert r.returncode == 0 and "--config" in r.stdout and "--run-dir" in r.stdout and "--resume" in r.stdout
@@ -29,6 +29,14 @@ def test_help(job):
 def test_every_job_has_help(job, needle):
     r = run(job, "--help")
     assert r.returncode == 0 and needle in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("key, needle", [("active.arms=[entropy]", "active.arms"),
+                                         ("active.members=1", "active.members"),
+                                         ("active.size=9x9", "active.size")])
+def test_active_refuses_bad_settings_with_exit_2(tmp_path, key, needle):
+    r = run("jobs.active", "--config", "jobs/configs/smoke.yaml", "--run-dir", str(tmp_path / "run"), key)
+    assert r.returncode == 2 and needle in r.stderr and not (tmp_path / "run").exists(), r.stderr
 
 
 def test_bon_power_refuses_a_dir_that_is_not_a_run(tmp_path):

@@ -31,7 +31,7 @@ def _stage(run_dir: Path, name: str, size: str | None = None) -> StageResult:
         if d.name.endswith(".tmp"):
             continue
         meta = json.loads((d / "DONE.json").read_text())
-        if size is None or meta.get("size") == size:
+        if size is None or (meta.get("size") == size and "name" not in meta and "member" not in meta):
             return StageResult(name, d.name.rsplit("-", 1)[1], d, meta, True)
     raise FileNotFoundError(name)
 
@@ -42,6 +42,9 @@ def rl_inputs(smoke_run):
     task = _stage(run_dir, "task")
     sft = _stage(run_dir, "sft", cfg.sft.policy.size)
     proxies = [_stage(run_dir, "proxy", s) for s in cfg.proxy.sizes]
+    proxies += [StageResult("proxy", d.name.rsplit("-", 1)[1], d, m, True)  # the disjoint-labels judges
+                for d in sorted(run_dir.glob("stages/proxy-*")) if (d / "DONE.json").is_file()
+                and "-half-" in (m := json.loads((d / "DONE.json").read_text())).get("name", "")]
     train_rows, eval_rows = P.rl_rows(cfg, task)
     # the sweep's own trials: "proxy-1x8" (no penalty), "proxy-1x8-kl0.1", "ensemble-wco"
     specs = {s.name.removesuffix("-kl0"): s for s in trial_specs(cfg, proxies)}
@@ -334,6 +337,13 @@ def test_metrics_vocabulary_in_tensorboard_and_jsonl(smoke_run):
             assert r["gold_at_peak"] == max(p["gold"] for p in e["points"])
     gap = next(d for d in mon["detectors"] if d["name"] == "independent_gap")
     assert {r["trial"] for r in gap["runs"]} == {e["trial"] for e in frontier["rl"] if e["size"] != "ensemble"}
+    # the disjoint-labels judge (monitor.disjoint_size): half a's run is judged by half b alone, the
+    # job's own runs by the other sizes and never by a half; the half run is kept out of the checks
+    half = next(e for e in frontier["rl"] if e["trial"] == "proxy-1x8-half-a-kl0")
+    assert half["members"] == ["proxy-1x8-half-a"] and half["monitors"] == ["proxy-1x8-half-b"]
+    assert half["labels"] == "gold-half" and "proxy-1x8-half-a-kl0" in {r["trial"] for r in gap["runs"]}
+    assert entry["monitors"] and not any("half" in m for e in frontier["rl"] if e is not half for m in e["monitors"])
+    assert "proxy-1x8-half-a" not in {e["proxy"] for e in frontier["bon"]}
     assert "Overoptimization monitor" in (run_dir / "report.md").read_text()
 
 

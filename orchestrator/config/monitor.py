@@ -51,6 +51,12 @@ class MonitorConfig:
     latent_outlier: MonitorRule = _rule(0.25)
     """Share of the policy's samples beyond the SFT samples' 95th-percentile Mahalanobis distance (above)."""
 
+    disjoint_size: str = ""
+    """A proxy size (one of ``proxy.sizes``) for the disjoint-labels judge: two more proxies of that
+    size are trained on disjoint halves of the labelled prompts (``proxy-<size>-half-a`` / ``-half-b``)
+    and one more no-penalty trial trains on half a, monitored by half b alone -- an independent RM
+    that shares none of its labels. Empty: off."""
+
     def rules(self) -> dict[str, tuple[float, str, int]]:
         """Every detector's rule as (threshold, direction, patience) (``monitor.Rule(*rule)``)."""
         return {name: (getattr(self, name).threshold, direction, getattr(self, name).patience)

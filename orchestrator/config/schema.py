@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from orchestrator.config.active import ACQUISITIONS, ActiveConfig  # noqa: F401  (re-exported)
 from orchestrator.config.cluster import (  # noqa: F401  (re-exported)
     ClusterConfig,
     LearnerResources,
@@ -568,6 +569,7 @@ class FrontierConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     gold: GoldConfig = field(default_factory=GoldConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    active: ActiveConfig = field(default_factory=ActiveConfig)
 
     def __post_init__(self):
         _check(0 <= self.seed < 2**31, "seed", f"{self.seed} must be in 0..2^31-1")
@@ -594,6 +596,13 @@ class FrontierConfig:
                    f"{list(self.rl.sizes)} has none")
             _check(0.0 in self.sweep.kl_coefs, "proxy.seed_members",
                    "the seed ensemble is compared with its size's no-penalty run: sweep.kl_coefs needs 0")
+
+        if self.monitor.disjoint_size:
+            _check(self.monitor.disjoint_size in self.proxy.names, "monitor.disjoint_size",
+                   f"{self.monitor.disjoint_size!r} is not one of the proxies {list(self.proxy.names)}")
+        if self.active.size:
+            _check(self.active.size in self.proxy.names, "active.size",
+                   f"{self.active.size!r} is not one of the proxies {list(self.proxy.names)}")
 
         longest = max(self.sample.max_new_tokens, self.rl.max_new_tokens) + 40
         _check(bool(self.sft.policy.path) or self.sft.policy.n_positions >= longest, "sft.policy.n_positions",

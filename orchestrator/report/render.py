@@ -199,10 +199,11 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     if frontier.get("rl"):
         from orchestrator.report import frontier_map as FM
 
-        images["rl.png"] = plot_rl(frontier["bon"], frontier["rl"])
-        images["sweep_cells.png"] = FM.plot_cells(frontier["rl"])
-        images["sweep_heatmap.png"] = FM.plot_heatmaps(frontier["rl"])
-        images["sweep_penalty.png"] = FM.plot_penalty(frontier["rl"])
+        grid = [e for e in frontier["rl"] if not str(e.get("labels", "")).endswith("-half")]  # the monitor's
+        images["rl.png"] = plot_rl(frontier["bon"], grid)                                 # disjoint-labels run
+        images["sweep_cells.png"] = FM.plot_cells(grid)                                   # is no cell of the map
+        images["sweep_heatmap.png"] = FM.plot_heatmaps(grid)
+        images["sweep_penalty.png"] = FM.plot_penalty(grid)
         if frontier["checks"].get("sweep", {}).get("coefficients"):
             images["sweep_coefficients.png"] = FM.plot_coefficients(frontier["checks"]["sweep"])
     if "agreement" in frontier.get("label", {}):  # an AI-labelled run: the judge's report section

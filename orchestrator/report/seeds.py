@@ -276,7 +276,24 @@ def aggregate(runs: list[dict]) -> dict:
                     {str(r["seed"]): (r["frontier"]["checks"].get("size_trend") or {}).get(q) for r in runs})
         pooled[kind] = out
     return {"seeds": seeds, "runs": [r["dir"] for r in runs], "config_hash": runs[0]["frontier"].get("config_hash"),
-            "checks": checks, "numbers": numbers, "effects": effects, "pooled": pooled}
+            "checks": checks, "numbers": numbers, "effects": effects, "pooled": pooled, "monitor": pool_monitor(runs)}
+
+
+def pool_monitor(runs: list[dict]) -> dict:
+    """The gold-free detectors (``frontier.json`` ``monitor``) over seeds: each detector's run
+    records pooled (a run is ``seed/trial``) and summarized as one run's are, beside each seed's own
+    summary. Detectors a seed did not evaluate are missing from its entry."""
+    from orchestrator.math.monitor import summarize_records
+
+    out: dict = {}
+    for r in runs:
+        for d in (r["frontier"].get("monitor") or {}).get("detectors", []):
+            m = out.setdefault(d["name"], {"rule": d.get("rule"), "records": [], "per_seed": {}})
+            m["records"] += [{**x, "trial": f"{r['seed']}/{x['trial']}"} for x in d["runs"]]
+            m["per_seed"][str(r["seed"])] = summarize_records(d["runs"])
+    for m in out.values():
+        m["pooled"] = summarize_records(m["records"])
+    return out
 
 
 def plot(agg: dict) -> bytes | None:
@@ -370,6 +387,16 @@ def markdown(agg: dict) -> str:
                 lines.append(f"- slope of {what} on ln params, the seeds pooled by their bootstrap variance (the "
                              f"pool's noise only): {iv['mean']:+.3f} ± {iv['se']:.3f} (z {iv['z']:+.1f}, "
                              f"{iv['n']} seeds)")
+    if agg.get("monitor"):
+        lines += ["", "## Gold-free overoptimization detectors, pooled over seeds", "",
+                  "| detector | rule | runs | gold falls in | alarms | warned before the peak | lead (evals, median) "
+                  "| lead (nats, median) | false-alarm rate | gold kept |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, m in agg["monitor"].items():
+            p = m["pooled"]
+            f = lambda x, nd=2: "-" if x is None else f"{x:.{nd}f}"  # noqa: E731
+            lines.append(f"| {name} | {m['rule']} | {p['n_runs']} | {p['runs_gold_falls']} | {p['alarms']} | "
+                         f"{p['warned_before_peak']} | {f(p['lead_median'], 1)} | {f(p['lead_kl_median'])} | "
+                         f"{f(p['false_alarm_rate'])} | {f(p['gold_kept_frac'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -68,3 +68,41 @@ def run_job(args, job: str) -> int:
 def frontier_main(argv: list[str] | None, prog: str, doc: str, job: str) -> int:
     """``python -m jobs.frontier`` / ``jobs.sweep``: parse, then ``run_job``."""
     return run_job(parser(prog, doc, DEFAULT_CONFIG, resume_dir=True).parse_args(argv), job)
+
+
+def active_main(argv: list[str] | None, prog: str, doc: str) -> int:
+    """``python -m jobs.active``: the same command line, checks and Ray as the main job; the run
+    directory defaults to the main job's (``runs/frontier-<hash>``), whose stages it shares."""
+    args = parser(prog, doc, DEFAULT_CONFIG, resume_dir=True).parse_args(argv)
+    cfg, run_dir = resolve("frontier", FrontierConfig, args)
+    from orchestrator.run.preflight import preflight
+
+    try:
+        preflight(cfg, run_dir)
+        if not joins_cluster(cfg.cluster):
+            validate_resources(cfg, local_resources(cfg.cluster))
+    except (ConfigError, DataError) as e:
+        user_error(str(e))
+    import ray
+
+    from orchestrator.run.active import run_active
+
+    resources = init_ray(cfg.cluster)
+    try:
+        validate_resources(cfg, resources)
+    except ConfigError as e:
+        ray.shutdown()
+        user_error(str(e))
+    save_config(cfg, run_dir)
+    setup_logging(run_dir)
+    try:
+        result = run_active(cfg, run_dir, progress=not args.quiet and sys.stderr.isatty())
+    except (ConfigError, DataError) as e:
+        ray.shutdown()
+        user_error(str(e))
+    finally:
+        ray.shutdown()
+    print(json.dumps({"run_dir": str(run_dir), "wall_seconds": result["wall_seconds"],
+                      "versus_random": {a: v["mean"] for a, v in result["versus_random"].items()},
+                      "report": str(run_dir / "active.html")}))
+    return 0

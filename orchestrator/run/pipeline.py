@@ -356,6 +356,34 @@ def stage_seed_members(cfg: FrontierConfig, run_dir: Path, task: StageResult, sa
                           [(cfg.proxy.seed_size, i) for i in range(1, cfg.proxy.seed_members + 1)])
 
 
+def stage_disjoint_halves(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
+                          label: StageResult, lms: dict[str, StageResult], progress: bool,
+                          labels: str = "preferences.parquet", tag: str = "") -> list[StageResult]:
+    """``monitor.disjoint_size``: two proxies of that size trained on disjoint halves of the
+    labelled prompts (every pair of a prompt goes with its prompt), ``proxy-<size><tag>-half-a`` and
+    ``-half-b``: the RL run on half a is monitored by half b, an independent RM that saw none of its
+    labels (issue 19). Empty when off."""
+    z = cfg.monitor.disjoint_size
+    if not z:
+        return []
+    out = []
+    for h in ("a", "b"):
+        def fn(o: Path, h=h) -> dict:
+            t = D.read_table(label.dir / labels, D.PREFERENCES, "preferences").to_pydict()
+            prompts = sorted(set(t["prompt_id"]))
+            random.Random(stream(cfg.seed, "monitor/halves")).shuffle(prompts)
+            mine = set(prompts[: len(prompts) // 2] if h == "a" else prompts[len(prompts) // 2:])
+            rows = [i for i, p in enumerate(t["prompt_id"]) if p in mine]
+            D.write_table({c: [t[c][i] for i in rows] for c in t}, o / "preferences.parquet")
+            return {"pairs": len(rows), "prompts": len(mine), "half": h}
+
+        half = run_stage(run_dir, "label", {"stage": "label-half", "v": 1, "label": label.key, "labels": labels,
+                                           "half": h, "seed": cfg.seed}, fn)
+        out += _train_proxies(cfg, run_dir, task, sample, half, lms, progress, "preferences.parquet",
+                              f"{tag}-half-{h}", [(z, 0)])
+    return out
+
+
 def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
                    label: StageResult, lms: dict[str, StageResult], progress: bool, labels: str, tag: str,
                    which: list[tuple[str, int]]) -> list[StageResult]:
@@ -483,9 +511,11 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     # a seed ensemble's extra members (proxy.seed_members): RL members only, no best-of-n curve of their own
     members = (stage_seed_members(cfg, run_dir, task, sample, label, lms, progress,
                                   tag="-ai" if cfg.label.source == "ai" else "") if cfg.rl.enabled else [])
+    halves = (stage_disjoint_halves(cfg, run_dir, task, sample, label, lms, progress,
+                                    tag="-ai" if cfg.label.source == "ai" else "") if cfg.rl.enabled else [])
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
     t_rl = time.perf_counter()
-    rl = stage_sweep(cfg, run_dir, task, sft, proxies + members, progress) if cfg.rl.enabled else []
+    rl = stage_sweep(cfg, run_dir, task, sft, proxies + members + halves, progress) if cfg.rl.enabled else []
     curves = json.loads((bon.dir / "bon.json").read_text())
     entries = []
     for p in proxies:
@@ -496,7 +526,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
                         **curves[name]})
     timings = {}
     for name, s in [("task", task), ("sft", sft), *[(f"lm-{k}", v) for k, v in lms.items() if v.key != sft.key],
-                    ("sample", sample), ("label", label), *[(proxy_name(p), p) for p in proxies + members],
+                    ("sample", sample), ("label", label), *[(proxy_name(p), p) for p in proxies + members + halves],
                     ("bon", bon)]:
         timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
     if rl:

@@ -305,8 +305,11 @@ class RLRun:
             out[f"proxy/{m}"] = float(pv[:, j].mean())
         if pv.shape[1] > 1:  # the members' disagreement on the policy's samples
             out["proxy_spread"] = float(pv.std(1, unbiased=False).mean())
-        if self.spec.monitors:  # reward models the run does not train on
-            out["proxy_independent"] = float(np.mean(fetch(self.proxy.one("score_monitor", rows)).values))
+        if self.spec.monitors:  # reward models the run does not train on, on the first response of each
+            sub = list(range(0, len(rows["response"]), k))  # prompt (half the rows: half the judges' cost,
+            srows = {c: [v[i] for i in sub] for c, v in rows.items()}  # which was 4-8% of the default's sweep)
+            out["proxy_independent"] = float(np.mean(fetch(self.proxy.one("score_monitor", srows)).values))
+            out["proxy_monitored"] = float(R.aggregate(pv[sub], self.spec.objective, self.cfg.uwo_lambda).mean())
         out.update(self._latent_outlier(rows, step))
         if g_ref is not None:
             gs = fetch(g_ref)
@@ -553,6 +556,7 @@ def summarize(run: RLRun) -> dict:
     out = {"proxy": run.spec.name, "proxy_params": run.spec.proxy_params, "kl_coef": run.spec.kl_coef,
            "seed": run.seed, "objective": run.spec.objective, "algorithm": run.cfg.algorithm,
            "members": [m["name"] for m in run.spec.members], "steps": run.step, "points": points,
+           "monitors": [m["name"] for m in run.spec.monitors],
            "gold_se": float(np.mean([e.get("gold_se", 0.0) for e in ev])) if ev else None,
            **run.spec.labels}
     from orchestrator.math.monitor import signals

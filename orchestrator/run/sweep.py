@@ -56,6 +56,10 @@ def grid(cfg: FrontierConfig) -> list[dict]:
             out += [{"name": f"ensemble{lab}-seeds-{obj}{tag(seed)}", "sizes": [z] * (cfg.proxy.seed_members + 1),
                      "member_ids": [""] + [f"-m{i}" for i in range(1, cfg.proxy.seed_members + 1)],
                      "objective": obj, "kl_coef": 0.0, "seed": seed, "tag": lab} for obj in cfg.rl.ensemble_objectives]
+        if cfg.monitor.disjoint_size:  # the disjoint-labels judge's run: half a's proxy, monitored by half b
+            z = cfg.monitor.disjoint_size
+            out.append({"name": f"proxy-{z}{lab}-half-a-kl0{tag(seed)}", "sizes": [z], "member_ids": ["-half-a"],
+                        "objective": cfg.rl.objective, "kl_coef": 0.0, "seed": seed, "tag": lab, "half": True})
         out += [{"name": f"proxy-{s}{lab}-kl{kl:g}{tag(seed)}", "sizes": [s], "objective": cfg.rl.objective,
                  "kl_coef": float(kl), "seed": seed, "tag": lab}
                 for s in reversed(cfg.rl.sizes or cfg.proxy.names) for kl in cfg.sweep.kl_coefs]
@@ -78,6 +82,8 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
         return [f"proxy-{s}{t['tag']}{m}" for s, m in zip(t["sizes"], t.get("member_ids", [""] * len(t["sizes"])))]
 
     def labels(t: dict) -> dict:
+        if t.get("half"):  # not a run of the job's own proxies: kept out of the findings' checks
+            return {"size": t["sizes"][0], "seed": t["seed"], "labels": ("ai" if t["tag"] else "gold") + "-half"}
         kind = {"size": t["sizes"][0]} if len(t["sizes"]) == 1 else (
             {"size": "ensemble", "ensemble": "seeds", "member_size": t["sizes"][0]} if "member_ids" in t
             else {"size": "ensemble"})  # (size ensembles: no "ensemble" key, as before seed ensembles existed)
@@ -87,7 +93,10 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
     tag_of = {n: t["tag"] for t in trials for n in names(t)}
 
     def monitors(t: dict) -> tuple:  # the monitor's independent judges: proxies of its labels it does not train on
-        return tuple(members[n] for n in by_name if n not in names(t) and tag_of.get(n) == t["tag"])
+        if t.get("half"):  # half a's run: judged by half b alone, which saw none of its labels
+            return tuple(members[n.replace("-half-a", "-half-b")] for n in names(t))
+        return tuple(members[n] for n in by_name if n not in names(t) and tag_of.get(n) == t["tag"]
+                     and "-half-" not in n)
 
     return [RunSpec(t["name"], tuple(members[n] for n in names(t)), t["objective"], t["kl_coef"],
                     sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t), monitors=monitors(t))
@@ -104,7 +113,9 @@ def trial_dir(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageR
         rl_cfg.pop(k)
     key = digest({"stage": "rl", "v": 2, "task": task.key, "sft": sft.key, "rl": rl_cfg,
                   "seed": spec.labels.get("seed", cfg.seed), "objective": spec.objective, "kl_coef": spec.kl_coef,
-                  "members": [m["stage"] for m in spec.members], **gold_key(cfg)})[:16]
+                  "members": [m["stage"] for m in spec.members], **gold_key(cfg),
+                  # the monitor's independent judges: their scores are in the run's records
+                  **({"monitors": [m["stage"] for m in spec.monitors]} if spec.monitors else {})})[:16]
     return run_dir / "rl" / f"{spec.name}-{key}"
 
 
