@@ -118,6 +118,49 @@ def test_score_detector_aggregates_over_runs():
     assert [r["trial"] for r in out["runs"]] == ["t"] * 4 and not math.isnan(out["threshold"])
 
 
+def test_calibrate_picks_the_threshold_within_the_false_alarm_rate_that_keeps_most_gold():
+    """Two falling runs and one flat run. The signal rises to 0.4 in every run from evaluation 2 and
+    to 0.9 at evaluation 3 in the falling runs only: 0.3 alarms in all three (the flat run's alarm is
+    false: rate 1/3), 0.6 only in the falling ones at evaluation 3 (lead 2, rate 0)."""
+    sig_fall = np.array([0, 0, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    sig_flat = np.array([0, 0, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4])
+    flat = {**_run(sig_flat), "gold": np.array([0.0, 0.5, 0.9, 1.0, 1.0, 1.02, 1.01, 1.0, 1.0])}
+    runs = [_run(sig_fall), _run(sig_fall), flat]
+    c = M.calibrate("x", "above", 1, runs, [0.3, 0.6, 0.95])
+    assert c["threshold"] == 0.6 and c["patience"] == 1
+    assert c["best"]["false_alarm_rate"] == 0.0 and c["best"]["warned_before_peak"] == 2
+    assert [x["threshold"] for x in c["scan"]] == [0.3, 0.6, 0.95]
+    assert c["scan"][0]["false_alarm_rate"] == pytest.approx(1 / 3)
+    assert c["scan"][2]["alarms"] == 0  # 0.95 never alarms: not a candidate
+    loose = M.calibrate("x", "above", (1, 2), runs, [0.3, 0.6], max_false_alarm=1.0)
+    assert loose["threshold"] is not None and {x["patience"] for x in loose["scan"]} == {1, 2}
+    assert M.calibrate("x", "above", 1, runs, [0.95])["threshold"] is None
+
+
+def test_pool_monitor_cross_validates_each_seed_on_the_others():
+    from orchestrator.report.seeds import pool_monitor
+
+    def frontier(sig_fall):
+        rl = []
+        for i, sig in enumerate([sig_fall, sig_fall]):
+            r = _run(sig)
+            rl.append({"trial": f"t{i}", "points": [{"step": s, "kl": k, "gold": g}
+                                                     for s, k, g in zip(r["steps"], r["kl"], r["gold"])],
+                       "gold_se_per_eval": [0.05] * 9, "monitor": {"x": list(map(float, sig))}})
+        recs = [M.score_run(e["trial"], r["steps"], r["kl"], r["gold"], 0.05, 3) for e in rl]
+        return {"rl": rl, "monitor": {"detectors": [{"name": "independent_gap", "rule": "r", "runs": recs}]}}
+
+    fr = frontier(np.array([0, 0, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]))
+    for e in fr["rl"]:
+        e["monitor"] = {"independent_gap": e["monitor"]["x"]}
+    out = pool_monitor([{"seed": 1, "frontier": fr}, {"seed": 2, "frontier": fr}])["independent_gap"]
+    assert out["pooled"]["n_runs"] == 4 and out["pooled"]["alarms"] == 4
+    assert set(out["per_seed"]) == {"1", "2"}
+    cv = out["cross_validated"]
+    assert [f["held_out"] for f in cv["folds"]] == [1, 2] and all(f["threshold"] is not None for f in cv["folds"])
+    assert cv["held_out"]["n_runs"] == 4 and cv["held_out"]["false_alarm_rate"] == 0.0
+
+
 def test_signals_from_eval_records_never_read_gold_and_match_post_hoc():
     evals = [{"step": 2 * i, "kl": 0.1 * i * i, "proxy": 0.3 * i, "tokens": 10 + i, "entropy": 3.0 - 0.2 * i,
               "proxy_spread": 0.1 + 0.02 * i, "gold": float("nan"), "gold_se": float("nan")} for i in range(8)]

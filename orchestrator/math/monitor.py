@@ -221,6 +221,34 @@ def score_detector(name: str, rule: Rule, runs: list[dict]) -> dict:
             "rule": rule.describe(), "runs": recs, **summarize_records(recs)}
 
 
+def calibrate(name: str, direction: str, patience, runs: list[dict], thresholds, max_false_alarm: float = 0.1,
+              objective: str = "gold_kept") -> dict:
+    """The threshold of a detector chosen on calibration ``runs`` ([{trial, steps, kl, gold, gold_se,
+    signal}], as ``score_detector`` takes them): among ``thresholds`` whose false-alarm rate is at
+    most ``max_false_alarm``, the one with the most gold kept if every run stopped at its alarm
+    (``objective`` ``gold_kept``: the mean over runs, a run without an alarm keeping its end) or
+    the most runs warned before their gold peak (``warned``); ties go to the other criterion, then to
+    the lower false-alarm rate. Returns {name, threshold (None when no candidate alarms within the
+    rate), patience, best, scan}: the whole scan, so the choice can be audited. ``patience``: one
+    value or several to choose among. Choose on runs of one seed and
+    score on others: a threshold scored on the runs it was chosen on flatters the detector."""
+    if objective not in ("gold_kept", "warned"):
+        raise ValueError(f"objective {objective!r}: gold_kept or warned")
+    scan = []
+    for pat in ([patience] if np.ndim(patience) == 0 else list(patience)):
+        for t in thresholds:
+            s = score_detector(name, Rule(float(t), direction, int(pat)), runs)
+            scan.append({"threshold": float(t), "patience": int(pat), **{k: s[k] for k in ("alarms", "warned_before_peak", "false_alarm_rate",
+                                                                        "lead_median", "gold_kept_frac")}})
+    ok = [x for x in scan if x["alarms"] > 0 and (x["false_alarm_rate"] or 0.0) <= max_false_alarm]
+    kept = lambda x: x["gold_kept_frac"] if x["gold_kept_frac"] is not None else -np.inf  # noqa: E731
+    key = ((lambda x: (kept(x), x["warned_before_peak"], -x["false_alarm_rate"])) if objective == "gold_kept"
+           else (lambda x: (x["warned_before_peak"], kept(x), -x["false_alarm_rate"])))
+    best = max(ok, key=key, default=None)
+    return {"name": name, "threshold": None if best is None else best["threshold"],
+            "patience": None if best is None else best["patience"], "best": best, "scan": scan}
+
+
 def summarize_records(recs: list[dict]) -> dict:
     """A detector's summary from its run records (``score_run``'s; one run's or several seeds'
     pooled): alarms, alarms that warned before the peak, the median lead over the runs whose alarm

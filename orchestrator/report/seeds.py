@@ -279,11 +279,36 @@ def aggregate(runs: list[dict]) -> dict:
             "checks": checks, "numbers": numbers, "effects": effects, "pooled": pooled, "monitor": pool_monitor(runs)}
 
 
-def pool_monitor(runs: list[dict]) -> dict:
+def _monitor_runs(frontier: dict, name: str, seed) -> list[dict]:
+    """A run's RL entries as ``score_detector`` takes them, for detector ``name`` (runs where its
+    signal is defined at least once)."""
+    out = []
+    for e in frontier.get("rl", []):
+        sig = (e.get("monitor") or {}).get(name)
+        se = e.get("gold_se_per_eval")
+        if not sig or not se or any(x is None for x in se) or all(v is None for v in sig):
+            continue
+        out.append({"trial": f"{seed}/{e['trial']}", "steps": [p["step"] for p in e["points"]],
+                    "kl": [p["kl"] for p in e["points"]], "gold": [p["gold"] for p in e["points"]], "gold_se": se,
+                    "signal": [np.nan if v is None else v for v in sig]})
+    return out
+
+
+def pool_monitor(runs: list[dict], grid_points: int = 41) -> dict:
     """The gold-free detectors (``frontier.json`` ``monitor``) over seeds: each detector's run
     records pooled (a run is ``seed/trial``) and summarized as one run's are, beside each seed's own
-    summary. Detectors a seed did not evaluate are missing from its entry."""
-    from orchestrator.math.monitor import summarize_records
+    summary -- at the config's thresholds. With two or more seeds, also ``cross_validated``: each
+    seed's runs scored by the rule ``orchestrator.math.monitor.calibrate`` chose on the *other*
+    seeds' runs (threshold on a grid of their signal's quantiles, patience 1 or 2, the most gold
+    kept at a false-alarm rate <= 10%), the held-out records pooled -- what the detector is worth on
+    a run nobody tuned it to."""
+    from orchestrator.config.monitor import MONITOR_DETECTORS
+    from orchestrator.math.monitor import (
+        Rule,
+        calibrate,
+        score_detector,
+        summarize_records,
+    )
 
     out: dict = {}
     for r in runs:
@@ -291,8 +316,26 @@ def pool_monitor(runs: list[dict]) -> dict:
             m = out.setdefault(d["name"], {"rule": d.get("rule"), "records": [], "per_seed": {}})
             m["records"] += [{**x, "trial": f"{r['seed']}/{x['trial']}"} for x in d["runs"]]
             m["per_seed"][str(r["seed"])] = summarize_records(d["runs"])
-    for m in out.values():
+    for name, m in out.items():
         m["pooled"] = summarize_records(m["records"])
+        if len(runs) < 2:
+            continue
+        folds, held = [], []
+        for i, r in enumerate(runs):
+            cal = [x for j, q in enumerate(runs) if j != i for x in _monitor_runs(q["frontier"], name, q["seed"])]
+            test = _monitor_runs(r["frontier"], name, r["seed"])
+            vals = np.array([v for x in cal for v in x["signal"] if np.isfinite(v)])
+            if not cal or not test or not len(vals):
+                continue
+            grid = np.unique(np.quantile(vals, np.linspace(0, 1, grid_points)))
+            best = calibrate(name, MONITOR_DETECTORS[name], (1, 2), cal, grid)
+            fold = {"held_out": r["seed"], "threshold": best["threshold"], "patience": best["patience"],
+                    "calibration": best["best"]}
+            if best["threshold"] is not None:
+                held += score_detector(name, Rule(best["threshold"], MONITOR_DETECTORS[name], best["patience"]),
+                                       test)["runs"]
+            folds.append(fold)
+        m["cross_validated"] = {"folds": folds, "held_out": summarize_records(held) if held else None}
     return out
 
 
@@ -397,6 +440,22 @@ def markdown(agg: dict) -> str:
             lines.append(f"| {name} | {m['rule']} | {p['n_runs']} | {p['runs_gold_falls']} | {p['alarms']} | "
                          f"{p['warned_before_peak']} | {f(p['lead_median'], 1)} | {f(p['lead_kl_median'])} | "
                          f"{f(p['false_alarm_rate'])} | {f(p['gold_kept_frac'])} |")
+        cv = {n: m["cross_validated"] for n, m in agg["monitor"].items() if m.get("cross_validated")}
+        if cv:
+            lines += ["", "Each seed's runs scored by the rule chosen on the other seeds' runs (the most gold kept at a "
+                      "false-alarm rate <= 10%; `orchestrator.math.monitor.calibrate`), the held-out runs pooled:", "",
+                      "| detector | thresholds chosen (held-out seed: threshold, patience) | held-out runs | alarms | "
+                      "warned before the peak | lead (evals, median) | false-alarm rate | gold kept |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for name, c in cv.items():
+                ch = "; ".join(f"{x['held_out']}: " + ("none within 10%" if x["threshold"] is None
+                                                       else f"{x['threshold']:.3g}, {x['patience']}") for x in c["folds"])
+                h = c["held_out"]
+                if h is None:
+                    lines.append(f"| {name} | {ch} | - | - | - | - | - | - |")
+                else:
+                    lines.append(f"| {name} | {ch} | {h['n_runs']} | {h['alarms']} | {h['warned_before_peak']} | "
+                                 f"{f(h['lead_median'], 1)} | {f(h['false_alarm_rate'])} | {f(h['gold_kept_frac'])} |")
     return "\n".join(lines) + "\n"
 
 
