@@ -313,27 +313,35 @@ class RewardEnsemble:
         return self.score(rows, sealed)
 
     # ----------------------------------------------------------------------------------------
-    def train(self, data: dict, epochs: int, prompts_per_step: int, lr: float, seed: int) -> dict:
+    def train(self, data: dict, epochs: int, prompts_per_step: int, lr: float, seed: int,
+              member_pairs: list[list[int]] | None = None) -> dict:
         """Bradley-Terry training of every HF member on labelled pairs.
 
         data: ``texts`` [(prompt, response)] unique sequences; ``a``, ``b`` [pairs] indices into
         texts; ``p_a`` [pairs] soft labels; ``group`` [pairs] prompt id; ``val`` [pairs] bool.
         A step takes ``prompts_per_step`` prompts and *all* their pairs, so each sequence is
         encoded once per step however many pairs it is in (4 responses -> 6 pairs, 4 forwards).
+        ``member_pairs``: per member, the training pairs it sees (indices into the pairs, repeats
+        count twice: a bootstrap resample); default every pair not in ``val``.
         """
         torch.set_num_threads(self.threads)  # per calling thread under OpenMP (a threaded actor's pool)
         a, b = np.asarray(data["a"]), np.asarray(data["b"])
         p_a, val = np.asarray(data["p_a"], float), np.asarray(data["val"], bool)
         group = np.asarray(data["group"])
-        train_groups = sorted(set(group[~val].tolist()))
-        by_group: dict[int, list[int]] = {}
-        for i in np.flatnonzero(~val):
-            by_group.setdefault(int(group[i]), []).append(int(i))
+        if member_pairs is not None and len(member_pairs) != len(self.members):
+            raise ValueError(f"member_pairs: {len(member_pairs)} lists for {len(self.members)} members")
         stats = {}
         done_before = 0  # steps of the members trained before this one
         for j, (name, m) in enumerate(zip(self.names, self.members)):
             if m == "oracle":
                 continue
+            rows = np.flatnonzero(~val) if member_pairs is None else np.asarray(member_pairs[j], dtype=np.int64)
+            if member_pairs is not None and val[rows].any():
+                raise ValueError(f"member_pairs[{j}] holds validation pairs")
+            train_groups = sorted(set(group[rows].tolist()))
+            by_group: dict[int, list[int]] = {}
+            for i in rows:
+                by_group.setdefault(int(group[i]), []).append(int(i))
             codec = self.codecs[j]
             seqs = [codec.score_input(p, r) for p, r in data["texts"]]
             group_len = {g: max(len(seqs[x]) for i in idx for x in (a[i], b[i])) for g, idx in by_group.items()}

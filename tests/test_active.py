@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from orchestrator.math.active import acquire, choose, disagreement, margin
-from orchestrator.run.active import versus_random
+from orchestrator.run.active import bootstrap_by_prompt, versus_random
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +70,22 @@ def test_choose_dispatches_and_random_ignores_the_scores():
         choose("entropy", ra, rb, 1, rng(0))
     with pytest.raises(ValueError, match="members >= 2"):
         disagreement(ra[:, :1], rb[:, :1])
+
+
+def test_bootstrap_by_prompt_draws_whole_prompts_with_replacement():
+    pairs = np.array([10, 11, 12, 20, 30, 31])
+    group = np.zeros(40, dtype=int)
+    group[[10, 11, 12]], group[20], group[[30, 31]] = 1, 2, 3
+    seen = set()
+    for seed in range(20):
+        got = bootstrap_by_prompt(pairs, group, np.random.default_rng(seed))
+        prompts = [group[i] for i in got]
+        counts = {p: prompts.count(p) for p in set(prompts)}
+        size = {1: 3, 2: 1, 3: 2}
+        assert all(c % size[p] == 0 for p, c in counts.items())  # a prompt comes with all its pairs
+        assert sum(c // size[p] for p, c in counts.items()) == 3  # as many draws as prompts
+        seen.add(tuple(sorted(got.tolist())))
+    assert len(seen) > 3  # resamples differ from seed to seed
 
 
 def test_versus_random_is_arm_minus_random_at_equal_rounds():

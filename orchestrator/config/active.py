@@ -25,7 +25,13 @@ class ActiveConfig:
     |mean over members of r(a) - r(b)|) and ``random`` (the control arm)."""
     members: int = 3
     """Ensemble members: proxies of ``size`` started from the same LM, differing in the seed of the
-    head's initialization and the minibatch order (Coste et al. 2023's seed ensemble)."""
+    head's initialization and the minibatch order (Coste et al. 2023's seed ensemble) and, with
+    ``bootstrap``, in their resample of the labels."""
+    bootstrap: bool = True
+    """Each member trains on its own bootstrap resample (by prompt) of the labelled pairs -- query by
+    bagging (Abe & Mamitsuka 1998). Off: the members differ only in seed, and on the smoke profile
+    their disagreement was ~1e-5 (Gleave & Irving 2022: members of one pretrained model barely
+    disagree)."""
     size: str = ""
     """The members' proxy size (one of ``proxy.sizes``); empty: ``proxy.seed_member_size``'s rule
     (the smallest)."""

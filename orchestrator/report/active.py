@@ -34,12 +34,13 @@ def plot_active(result: dict) -> bytes:
 
 
 def _f(x) -> str:
-    return "-" if x is None else fmt(x)
+    return "-" if x is None else f"{x:.3g}"
 
 
 def markdown(result: dict) -> str:
     lines = [f"# Active learning (seed {result['seed']})", "",
-             f"An ensemble of {result['members']} proxies of size {result['size']} (one LM, seeds differ), retrained "
+             f"An ensemble of {result['members']} proxies of size {result['size']} (one LM, seeds differ"
+             + (", each on a bootstrap resample of the labels" if result.get("bootstrap") else "") + "), retrained "
              f"each round on the arm's labelled pairs ({result['labels']} labels); {result['initial']} random pairs "
              f"first, then {result['per_round']} acquired per round for {result['rounds']} rounds; "
              f"{result['pool_pairs']} candidate pairs, {result['val_pairs']} held-out pairs.", "",
@@ -60,7 +61,7 @@ def markdown(result: dict) -> str:
             m = v["mean"]
             lines.append(f"| {arm} | {fmt(m['val_acc'])} | {fmt(m['val_ece'])} | {fmt(m['bon_peak_gold'])} | "
                          f"{fmt(m['bon_peak_kl'])} |")
-    lines += ["", f"Wall time {fmt(result['wall_seconds'])} s."]
+    lines += ["", f"Wall time {fmt(result['wall_seconds'])} s (this invocation; cached rounds cost nothing)."]
     return "\n".join(lines) + "\n"
 
 

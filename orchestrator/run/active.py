@@ -71,9 +71,21 @@ def _bon_gold(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
 
 
 def _subset(data: dict, pairs: np.ndarray) -> dict:
-    """The training data restricted to labelled ``pairs`` plus every validation pair."""
-    keep = np.union1d(pairs, np.flatnonzero(data["val"]))
+    """The training data restricted to labelled ``pairs`` (repeats kept: a bootstrap draw) plus
+    every validation pair."""
+    keep = np.concatenate([np.asarray(pairs, dtype=np.int64), np.flatnonzero(data["val"])])
     return {"texts": data["texts"], **{k: [data[k][i] for i in keep] for k in ("a", "b", "p_a", "group", "val")}}
+
+
+def bootstrap_by_prompt(pairs: np.ndarray, group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A bootstrap resample of labelled ``pairs`` by prompt: as many prompts as they span, drawn with
+    replacement, each with all its labelled pairs (a prompt drawn twice counts twice)."""
+    pairs = np.asarray(pairs)
+    g = np.asarray(group)[pairs]
+    prompts = np.unique(g)
+    drawn = rng.choice(prompts, size=len(prompts), replace=True)
+    by = {p: pairs[g == p] for p in prompts}
+    return np.concatenate([by[p] for p in drawn]) if len(drawn) else pairs[:0]
 
 
 def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: StageResult | None, size: str,
@@ -81,7 +93,8 @@ def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: Sta
                   progress: bool) -> dict[str, StageResult]:
     """One cached stage per distinct labelled set: the ensemble trained on it, its scores of every
     pool text (``text_scores.npy`` [texts, members]) and of the best-of-n pool's distinct texts
-    (``bon_scores.npy``). Sets not yet trained train in parallel, one actor each."""
+    (``bon_scores.npy``). One actor per set (``cluster.proxy``), sets in parallel; with
+    ``active.bootstrap`` each member trains on its own resample of the set."""
     a = cfg.active
     pc = to_dict(cfg.proxy)
     for k in ("sizes", "seed_members", "seed_member_size", "models"):
@@ -89,7 +102,7 @@ def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: Sta
     stages = {}
     for arm, ids in sets.items():
         inputs = {"stage": "active", "v": 1, "label": label.key, "size": size, "members": a.members,
-                  "init": lm.key if lm else None, "proxy": pc, "seed": cfg.seed,
+                  "bootstrap": a.bootstrap, "init": lm.key if lm else None, "proxy": pc, "seed": cfg.seed,
                   **({"model": cfg.proxy.model_of(size)} if cfg.proxy.models else {}),
                   "labelled": digest(sorted(int(i) for i in ids)), "n": len(ids)}
         stages[arm] = stage(run_dir, "active", inputs)
@@ -98,11 +111,14 @@ def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: Sta
     for arm, st in stages.items():
         if arm not in out:
             todo.setdefault(st.key, []).append(arm)
+    texts = ray.put({"prompt": [p for p, _ in data["texts"]], "response": [r for _, r in data["texts"]]})
     calls = {}
-    for arms in todo.values():
+    for key, arms in todo.items():
         st = stages[arms[0]]
         tmp = begin(st)
-        members = []
+        ids = sets[arms[0]]
+        sub_data = _subset(data, ids)  # its first len(ids) pairs are the labelled ones, in ids' order
+        members, pairs = [], []
         for m in range(a.members):
             sub = f"active/{size}/m{m}"
             member = {"name": f"active-{size}-m{m}", "kind": "hf", "seed": stream(cfg.seed, f"{sub}/init")}
@@ -113,20 +129,23 @@ def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: Sta
             else:
                 member.update(size=size, n_head=cfg.proxy.n_head, n_positions=cfg.sft.policy.n_positions)
             members.append(member)
+            local = np.arange(len(ids))
+            pairs.append((bootstrap_by_prompt(local, np.asarray(sub_data["group"]),
+                                              np.random.default_rng(stream(cfg.seed, f"{sub}/boot/{st.key}")))
+                          if a.bootstrap else local).tolist())
         grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", members, tokenizer_dir(task), replicas=1,
                          progress=True, chat_template=cfg.task.dataset.chat_template)
         t0 = time.perf_counter()
-        tr = grp.one("train", _subset(data, sets[arms[0]]), cfg.proxy.epochs, cfg.proxy.prompts_per_step,
-                     cfg.proxy.lr, stream(cfg.seed, f"active/{size}/train"))
-        texts = {"prompt": [p for p, _ in data["texts"]], "response": [r for _, r in data["texts"]]}
+        tr = grp.one("train", sub_data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
+                     stream(cfg.seed, f"active/{size}/train"), member_pairs=pairs)
         sc = grp.one("score", texts)
-        sb = grp.one("score", bon_ref)
-        calls[sb] = (arms, grp, tr, sc, tmp, t0)
+        calls[grp.one("score", bon_ref)] = (arms, grp, tr, sc, t0)
     poll = {f"active {'/'.join(v[0])}": v[1].actors[0] for v in calls.values()}
     for ref in as_completed(list(calls), "train ensembles", progress, poll):
-        arms, grp, tr, sc, tmp, t0 = calls[ref]
+        arms, grp, tr, sc, t0 = calls[ref]
         stats, ts, bs = ray.get([tr, sc, ref])
         grp.shutdown()
+        tmp = stages[arms[0]].tmp
         np.save(tmp / "text_scores.npy", np.asarray(ts.values, float), allow_pickle=False)
         np.save(tmp / "bon_scores.npy", np.asarray(bs.values, float), allow_pickle=False)
         meta = {"seconds": round(time.perf_counter() - t0, 2), "labelled": len(sets[arms[0]]),
@@ -230,6 +249,7 @@ def run_active(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> dic
                      arm, r, row["labels"], row["val_acc"], row["val_ece"], row["bon_peak_gold"], row["bon_peak_kl"])
         labelled = nxt or labelled
     result = {"config_hash": config_digest(cfg), "seed": cfg.seed, "size": size, "members": a.members,
+              "bootstrap": a.bootstrap,
               "arms": list(a.arms), "initial": a.initial, "per_round": a.per_round, "rounds": a.rounds,
               "pool_pairs": int(len(pool)), "val_pairs": int(val.sum()), "labels": cfg.label.source,
               "rows": out_rows, "versus_random": versus_random(out_rows),
