@@ -19,7 +19,7 @@ class ActiveConfig:
     everything labelled so far). Every arm starts from the same ``initial`` random pairs and spends
     the same budget per round."""
 
-    arms: tuple[str, ...] = ("disagreement", "random")
+    arms: tuple[str, ...] = ("disagreement", "margin", "random")
     """Acquisition functions compared: ``disagreement`` (the variance over members of
     sigma(r_i(a) - r_i(b)); Gleave & Irving 2022, Christiano et al. 2017), ``margin`` (the smallest
     |mean over members of r(a) - r(b)|) and ``random`` (the control arm)."""
@@ -35,11 +35,11 @@ class ActiveConfig:
     size: str = ""
     """The members' proxy size (one of ``proxy.sizes``); empty: ``proxy.seed_member_size``'s rule
     (the smallest)."""
-    initial: int = 1000
+    initial: int = 500
     """Labelled pairs before the first round, drawn at random (the same for every arm)."""
-    per_round: int = 1000
+    per_round: int = 500
     """Pairs acquired per round and arm (the label budget per round)."""
-    rounds: int = 4
+    rounds: int = 6
     """Acquisition rounds after the initial set: each arm ends with ``initial + rounds * per_round`` labels."""
 
     def __post_init__(self):
