@@ -13,8 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.math.active import acquire, choose, disagreement, margin
-from orchestrator.run.active import bootstrap_by_prompt, versus_random
+from orchestrator.math.active import (
+    acquire,
+    choose,
+    disagreement,
+    margin,
+    versus_random,
+)
+from orchestrator.run.active import bootstrap_by_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,10 +108,14 @@ def test_versus_random_is_arm_minus_random_at_equal_rounds():
 
 
 @pytest.mark.slow
-def test_active_job_on_the_smoke_profile(tmp_path):
-    """``python -m jobs.active --config jobs/configs/smoke.yaml`` as a user types it: every arm's
-    rows, equal labels per round across arms, a shared round 0, the plot and the report; a rerun is
-    served from the cached rounds with the same numbers."""
+def test_active_job_on_the_smoke_profile(smoke_run, tmp_path):
+    """``python -m jobs.active --config jobs/configs/smoke.yaml`` as a user types it, in the smoke
+    run's directory (copied: the main job's stages are shared, as a user's ``runs/frontier-<hash>``
+    would be): every arm's rows, equal labels per round across arms, a shared round 0, the plot and
+    the report; a rerun is served from the cached rounds with the same numbers."""
+    import shutil
+
+    shutil.copytree(smoke_run[1], tmp_path / "run", ignore=shutil.ignore_patterns("*.tmp", "rl", "tune", "wandb"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "jobs.active", "--config", str(ROOT / "jobs/configs/smoke.yaml"),
            "--run-dir", str(tmp_path / "run"), "--quiet"]
@@ -123,9 +133,10 @@ def test_active_job_on_the_smoke_profile(tmp_path):
             assert r["bon_peak_kl"] >= 0
     r0 = {r["arm"]: r for r in res["rows"] if r["round"] == 0}
     assert r0["disagreement"]["val_acc"] == r0["random"]["val_acc"]  # one shared initial set
-    r1 = {r["arm"]: r for r in res["rows"] if r["round"] == 0}
     # the acquired pairs are the pool's most disputed: their mean disagreement is at least the pool's
-    assert r1["disagreement"]["acquired_disagreement"] >= r1["disagreement"]["pool_disagreement"]
+    assert r0["disagreement"]["acquired_disagreement"] >= r0["disagreement"]["pool_disagreement"]
+    assert not any(r["cached"] for r in res["rows"] if r["round"] > 0)  # the rounds ran here, the stages did not
+    assert "stage sft          cached" in (tmp_path / "run" / "job.log").read_text()
     assert set(out["versus_random"]) == {"disagreement"}
     for f in ("active.png", "active.md", "active.html"):
         assert (tmp_path / "run" / f).stat().st_size > 500
@@ -136,3 +147,29 @@ def test_active_job_on_the_smoke_profile(tmp_path):
     assert all(r["cached"] for r in res2["rows"])
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("cached",)} for r in rows]  # noqa: E731
     assert strip(res2["rows"]) == strip(res["rows"])
+
+
+def test_seeds_pool_active_over_runs(tmp_path):
+    """``jobs.seeds`` reads each run's active.json: arm minus random per seed, mean ± s.e. over seeds."""
+    from orchestrator.report.seeds import markdown, pool_active
+
+    runs = []
+    for seed, gain in ((1, 0.02), (2, 0.04)):
+        rows = [{"arm": arm, "round": r, "labels": 10 * (r + 1), "val_acc": 0.6 + r * 0.01 + (gain if arm != "random"
+                                                                                              and r else 0),
+                 "val_ece": 0.1, "bon_peak_gold": 0.2, "bon_peak_kl": 1.0}
+                for arm in ("disagreement", "random") for r in range(3)]
+        d = tmp_path / f"seed-{seed}"
+        d.mkdir()
+        (d / "active.json").write_text(json.dumps({"rows": rows, "versus_random": versus_random(rows)}))
+        runs.append({"dir": str(d), "seed": seed})
+    out = pool_active(runs)
+    e = out["versus_random"]["disagreement"]["val_acc"]
+    assert e["per_seed"] == pytest.approx({"1": 0.02, "2": 0.04}) and e["mean"] == pytest.approx(0.03)
+    assert e["se"] == pytest.approx(0.01) and e["t"] == pytest.approx(3.0)
+    curve = out["curves"]["random"]
+    assert [c["labels"] for c in curve] == [10, 20, 30] and curve[1]["val_acc"]["mean"] == pytest.approx(0.61)
+    assert pool_active(runs[:1]) is None
+    md = markdown({"seeds": [1, 2], "runs": [], "config_hash": "x", "checks": {}, "numbers": {}, "effects": {},
+                   "pooled": {}, "monitor": {}, "active": out})
+    assert "| disagreement | +0.0300 ± 0.0100 (t +3.0)" in md

@@ -64,3 +64,21 @@ def choose(arm: str, ra: np.ndarray | None, rb: np.ndarray | None, k: int, rng: 
     if arm == "margin":
         return acquire(margin(ra, rb), k, rng)
     raise ValueError(f"unknown acquisition {arm!r}")
+
+
+MEASURES = ("val_acc", "val_ece", "bon_peak_gold", "bon_peak_kl")
+
+
+def versus_random(rows: list[dict]) -> dict:
+    """Each acquisition arm minus the random arm at equal labels, per measure: the per-round
+    differences and their mean over the acquisition rounds (round 0 is shared, its difference 0)."""
+    rand = {r["round"]: r for r in rows if r["arm"] == "random"}
+    out = {}
+    for arm in sorted({r["arm"] for r in rows} - {"random"}):
+        mine = {r["round"]: r for r in rows if r["arm"] == arm}
+        rounds = sorted(k for k in mine if k in rand and k > 0)
+        if not rounds:
+            continue
+        diff = {m: [mine[k][m] - rand[k][m] for k in rounds] for m in MEASURES}
+        out[arm] = {"rounds": rounds, "diff": diff, "mean": {m: float(np.mean(v)) for m, v in diff.items()}}
+    return out

@@ -276,7 +276,47 @@ def aggregate(runs: list[dict]) -> dict:
                     {str(r["seed"]): (r["frontier"]["checks"].get("size_trend") or {}).get(q) for r in runs})
         pooled[kind] = out
     return {"seeds": seeds, "runs": [r["dir"] for r in runs], "config_hash": runs[0]["frontier"].get("config_hash"),
-            "checks": checks, "numbers": numbers, "effects": effects, "pooled": pooled, "monitor": pool_monitor(runs)}
+            "checks": checks, "numbers": numbers, "effects": effects, "pooled": pooled, "monitor": pool_monitor(runs),
+            "active": pool_active(runs)}
+
+
+def pool_active(runs: list[dict]) -> dict | None:
+    """``jobs.active`` over seeds, where the runs have its ``active.json``: per acquisition arm and
+    measure, the arm minus the random arm at equal labels (mean over the acquisition rounds) per
+    seed, with mean, s.e. and t over seeds, and the per-round curves averaged. None when fewer than
+    two runs have it."""
+    res = {}
+    for r in runs:
+        f = Path(r["dir"]) / "active.json"
+        if f.is_file():
+            try:
+                res[str(r["seed"])] = json.loads(f.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+    if len(res) < 2:
+        return None
+    from orchestrator.math.active import MEASURES
+
+    out: dict = {"seeds": list(res), "versus_random": {}, "curves": {}}
+    for arm in sorted({a for v in res.values() for a in v["versus_random"]}):
+        per = {m: {s: v["versus_random"][arm]["mean"][m] for s, v in res.items() if arm in v["versus_random"]}
+               for m in MEASURES}
+        out["versus_random"][arm] = {}
+        for m, vals in per.items():
+            st = {"per_seed": vals, **_mean_se(list(vals.values()))}
+            st["t"] = st["mean"] / st["se"] if st["se"] else None
+            out["versus_random"][arm][m] = st
+    for arm in sorted({row["arm"] for v in res.values() for row in v["rows"]}):
+        by_round: dict = {}
+        for v in res.values():
+            for row in v["rows"]:
+                if row["arm"] == arm:
+                    by_round.setdefault(row["round"], {"labels": row["labels"], **{m: [] for m in MEASURES}})
+                    for m in MEASURES:
+                        by_round[row["round"]][m].append(row[m])
+        out["curves"][arm] = [{"round": k, "labels": x["labels"], **{m: _mean_se(x[m]) for m in MEASURES}}
+                              for k, x in sorted(by_round.items())]
+    return out
 
 
 def _monitor_runs(frontier: dict, name: str, seed) -> list[dict]:
@@ -456,6 +496,17 @@ def markdown(agg: dict) -> str:
                 else:
                     lines.append(f"| {name} | {ch} | {h['n_runs']} | {h['alarms']} | {h['warned_before_peak']} | "
                                  f"{f(h['lead_median'], 1)} | {f(h['false_alarm_rate'])} | {f(h['gold_kept_frac'])} |")
+    act = agg.get("active")
+    if act:
+        lines += ["", "## Active learning (jobs.active): each arm minus random at equal labels", "",
+                  "Mean over the acquisition rounds, per seed; then mean ± s.e. (t) over seeds "
+                  f"({', '.join(act['seeds'])}):", "",
+                  "| arm | held-out acc | held-out ECE | best-of-n peak gold | its KL |", "|---|---|---|---|---|"]
+        for arm, ms in act["versus_random"].items():
+            cell = lambda e: ("-" if e["mean"] is None else f"{e['mean']:+.4f}" + (  # noqa: E731
+                f" ± {e['se']:.4f} (t {e['t']:+.1f})" if e["se"] else ""))
+            lines.append(f"| {arm} | " + " | ".join(cell(ms[m]) for m in ("val_acc", "val_ece", "bon_peak_gold",
+                                                                              "bon_peak_kl")) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ import ray
 from actors.reward_ensemble import RewardEnsemble
 from orchestrator.config.schema import FrontierConfig, config_digest, digest, to_dict
 from orchestrator.data.checkpoint import stream
-from orchestrator.math.active import choose, disagreement, sigmoid
+from orchestrator.math.active import choose, disagreement, sigmoid, versus_random
 from orchestrator.math.bon import bon_summary
 from orchestrator.math.calibration import ece, pair_accuracy
 from orchestrator.run.actor_group import ActorGroup
@@ -257,21 +257,3 @@ def run_active(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> dic
     (run_dir / "active.json").write_text(json.dumps(result, indent=1))
     write_active(run_dir, result)
     return result
-
-
-MEASURES = ("val_acc", "val_ece", "bon_peak_gold", "bon_peak_kl")
-
-
-def versus_random(rows: list[dict]) -> dict:
-    """Each acquisition arm minus the random arm at equal labels, per measure: the per-round
-    differences and their mean over the acquisition rounds (round 0 is shared, its difference 0)."""
-    rand = {r["round"]: r for r in rows if r["arm"] == "random"}
-    out = {}
-    for arm in sorted({r["arm"] for r in rows} - {"random"}):
-        mine = {r["round"]: r for r in rows if r["arm"] == arm}
-        rounds = sorted(k for k in mine if k in rand and k > 0)
-        if not rounds:
-            continue
-        diff = {m: [mine[k][m] - rand[k][m] for k in rounds] for m in MEASURES}
-        out[arm] = {"rounds": rounds, "diff": diff, "mean": {m: float(np.mean(v)) for m, v in diff.items()}}
-    return out
