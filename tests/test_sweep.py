@@ -159,7 +159,7 @@ def test_kill_sweep_driver_then_resume(smoke_run, tmp_path):
     d = tmp_path / "run"
     # the smoke profile logs no wandb; this drill restores wandb's callback. The sweep's beta-0
     # cells (the single proxy and the ensemble): two trials, not three
-    wandb = ["sweep.wandb=true", "sweep.kl_coefs=[0.0]"]
+    wandb = ["sweep.wandb=true", "sweep.kl_coefs=[0.0]", "monitor.disjoint_size="]
     _seed_stages(smoke_dir, d, wandb)
     # the ensemble trial is slowed (wall time only) so that the single-proxy trial finishes while it
     # is still running with a checkpoint: without it both end within a second of each other. The
@@ -271,8 +271,8 @@ def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
     seeds = [e for e in fr["rl"] if e.get("ensemble") == "seeds"]
     assert [e["trial"] for e in seeds] == [f"ensemble-seeds-{o}" for o in cfg.rl.ensemble_objectives]
     assert seeds[0]["members"] == [f"proxy-{z}"] + [f"proxy-{z}-m{i}" for i in range(1, M + 1)]
-    new = {x.name.rsplit("-", 1)[0] for x in (d / "rl").iterdir()} - {x.name.rsplit("-", 1)[0] for x in (run_dir / "rl").iterdir()}
-    assert new == {e["trial"] for e in seeds}  # only the seed ensembles ran; every other trial was cached
+    # the members also judge the other runs (the monitor's "other seeds"): those runs' keys name their
+    # monitors, so they ran again -- with the very same curves (the judges never touch training)
     # every other run and check is the same as without seed members
     strip = lambda rl: sorted((e["trial"], json.dumps(e["points"])) for e in rl)  # noqa: E731
     assert strip([e for e in fr["rl"] if e not in seeds]) == strip(base["rl"])
@@ -343,7 +343,7 @@ def test_nan_member_and_killed_role_processes_retried_from_checkpoint(smoke_run,
     cfg, smoke_dir, _ = smoke_run
     assert cfg.cluster.rl.colocate and cfg.sweep.max_failures >= 2
     # the learner and the ensembles are processes of their own; two trials, not three
-    per_role = ["cluster.rl.colocate=false", "sweep.kl_coefs=[0.0]"]
+    per_role = ["cluster.rl.colocate=false", "sweep.kl_coefs=[0.0]", "monitor.disjoint_size="]
     d = tmp_path / "run"
     _seed_stages(smoke_dir, d, per_role)
     nan, kill_learner, kill_proxy = tmp_path / "nan", tmp_path / "kill-learner", tmp_path / "kill-proxy"
@@ -395,6 +395,7 @@ def test_gold_stopper_ends_a_real_trial_past_its_gold_peak(smoke_run, tmp_path):
     _, smoke_dir, _ = smoke_run
     margin, patience, steps = 0.03, 2, 24
     ov = ["rl.lr=0.01", "rl.eval_every=1", f"rl.steps={steps}", "rl.ensemble_objectives=[]", "sweep.kl_coefs=[0.0]",
+          "monitor.disjoint_size=",
           "rl.eval_prompts=64", "rl.eval_responses_per_prompt=2",
           "sweep.stopper.enabled=true", f"sweep.stopper.margin={margin}", f"sweep.stopper.patience={patience}"]
     d = tmp_path / "run"

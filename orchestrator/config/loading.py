@@ -185,8 +185,21 @@ def non_default(cfg, ref=None) -> dict:
 def config_digest(cfg) -> str:
     """The hash that names a run of a whole config (default run directories, ``frontier.json``'s
     ``config_hash``, the check that a run directory holds this config): of its non-default leaves
-    only, so a new config field with a default does not rename or orphan existing runs."""
-    return digest(non_default(cfg))
+    only, so a new config field with a default does not rename or orphan existing runs. Sections a
+    config names in ``digest_ignores()`` (analyses of a finished run's stages, keyed by their own
+    stages) are left out: changing them reuses the run."""
+    d = non_default(cfg)
+    if isinstance(d, dict) and hasattr(cfg, "digest_ignores"):
+        for path in cfg.digest_ignores():  # dotted keys
+            *head, last = path.split(".")
+            node = d
+            for k in head:
+                node = node.get(k) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(last, None)
+        for k in [k for k, v in d.items() if v == {}]:  # a section left empty counts as absent
+            d.pop(k)
+    return digest(d)
 
 
 def digest(obj: Any) -> str:

@@ -608,6 +608,13 @@ class FrontierConfig:
         _check(bool(self.sft.policy.path) or self.sft.policy.n_positions >= longest, "sft.policy.n_positions",
                f"{self.sft.policy.n_positions} < longest response (sample/rl max_new_tokens) + 40 = {longest}")
 
+    def digest_ignores(self) -> tuple[str, ...]:
+        """Keys that do not change the run (``config_digest``): ``active`` (jobs.active keys its
+        rounds by their own stages) and the monitor's threshold rules (they score finished curves) --
+        unless a monitor stopper ends trials at an alarm, when the rules shape the runs."""
+        stops = self.sweep.stopper.enabled and self.sweep.stopper.metric.startswith("monitor/")
+        return ("active",) + (() if stops else tuple(f"monitor.{d}" for d in MONITOR_DETECTORS))
+
     @property
     def n_max(self) -> int:
         return self.bon.n_max or self.sample.bon_responses_per_prompt

@@ -66,6 +66,17 @@ def choose(arm: str, ra: np.ndarray | None, rb: np.ndarray | None, k: int, rng: 
     raise ValueError(f"unknown acquisition {arm!r}")
 
 
+def bootstrap_by_prompt(pairs: np.ndarray, group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A bootstrap resample of labelled ``pairs`` by prompt: as many prompts as they span, drawn with
+    replacement, each with all its labelled pairs (a prompt drawn twice counts twice)."""
+    pairs = np.asarray(pairs)
+    g = np.asarray(group)[pairs]
+    prompts = np.unique(g)
+    drawn = rng.choice(prompts, size=len(prompts), replace=True)
+    by = {p: pairs[g == p] for p in prompts}
+    return np.concatenate([by[p] for p in drawn]) if len(drawn) else pairs[:0]
+
+
 MEASURES = ("val_acc", "val_ece", "bon_peak_gold", "bon_peak_kl")
 
 

@@ -295,6 +295,12 @@ def pool_active(runs: list[dict]) -> dict | None:
                 continue
     if len(res) < 2:
         return None
+    setting = lambda v: {k: v.get(k) for k in ("arms", "members", "size", "bootstrap", "initial", "per_round",  # noqa: E731
+                                                "rounds")}
+    first = setting(next(iter(res.values())))
+    if any(setting(v) != first for v in res.values()):
+        return {"seeds": list(res), "error": "the runs' active.json differ in their settings (arms, members, size, "
+                                             "bootstrap, initial, per_round, rounds): not pooled"}
     from orchestrator.math.active import MEASURES
 
     out: dict = {"seeds": list(res), "versus_random": {}, "curves": {}}
@@ -326,7 +332,8 @@ def _monitor_runs(frontier: dict, name: str, seed) -> list[dict]:
     for e in frontier.get("rl", []):
         sig = (e.get("monitor") or {}).get(name)
         se = e.get("gold_se_per_eval")
-        if not sig or not se or any(x is None for x in se) or all(v is None for v in sig):
+        if (not sig or not se or any(x is None for x in se) or all(v is None for v in sig)
+                or not all(math.isfinite(p["gold"]) for p in e["points"])):  # as run_frontier scores them
             continue
         out.append({"trial": f"{seed}/{e['trial']}", "steps": [p["step"] for p in e["points"]],
                     "kl": [p["kl"] for p in e["points"]], "gold": [p["gold"] for p in e["points"]], "gold_se": se,
@@ -497,7 +504,9 @@ def markdown(agg: dict) -> str:
                     lines.append(f"| {name} | {ch} | {h['n_runs']} | {h['alarms']} | {h['warned_before_peak']} | "
                                  f"{f(h['lead_median'], 1)} | {f(h['false_alarm_rate'])} | {f(h['gold_kept_frac'])} |")
     act = agg.get("active")
-    if act:
+    if act and act.get("error"):
+        lines += ["", f"Active learning: {act['error']}."]
+    elif act:
         lines += ["", "## Active learning (jobs.active): each arm minus random at equal labels", "",
                   "Mean over the acquisition rounds, per seed; then mean ± s.e. (t) over seeds "
                   f"({', '.join(act['seeds'])}):", "",

@@ -36,7 +36,13 @@ import ray
 from actors.reward_ensemble import RewardEnsemble
 from orchestrator.config.schema import FrontierConfig, config_digest, digest, to_dict
 from orchestrator.data.checkpoint import stream
-from orchestrator.math.active import choose, disagreement, sigmoid, versus_random
+from orchestrator.math.active import (
+    bootstrap_by_prompt,
+    choose,
+    disagreement,
+    sigmoid,
+    versus_random,
+)
 from orchestrator.math.bon import bon_summary
 from orchestrator.math.calibration import ece, pair_accuracy
 from orchestrator.run.actor_group import ActorGroup
@@ -77,17 +83,6 @@ def _subset(data: dict, pairs: np.ndarray) -> dict:
     return {"texts": data["texts"], **{k: [data[k][i] for i in keep] for k in ("a", "b", "p_a", "group", "val")}}
 
 
-def bootstrap_by_prompt(pairs: np.ndarray, group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A bootstrap resample of labelled ``pairs`` by prompt: as many prompts as they span, drawn with
-    replacement, each with all its labelled pairs (a prompt drawn twice counts twice)."""
-    pairs = np.asarray(pairs)
-    g = np.asarray(group)[pairs]
-    prompts = np.unique(g)
-    drawn = rng.choice(prompts, size=len(prompts), replace=True)
-    by = {p: pairs[g == p] for p in prompts}
-    return np.concatenate([by[p] for p in drawn]) if len(drawn) else pairs[:0]
-
-
 def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: StageResult | None, size: str,
                   label: StageResult, data: dict, bon_ref, sets: dict[str, np.ndarray],
                   progress: bool) -> dict[str, StageResult]:
@@ -99,6 +94,8 @@ def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: Sta
     pc = to_dict(cfg.proxy)
     for k in ("sizes", "seed_members", "seed_member_size", "models"):
         pc.pop(k)
+    if cfg.proxy.models:  # as the job's own proxies: a base model of the user's reads through its template
+        pc["template"] = cfg.task.dataset.chat_template
     stages = {}
     for arm, ids in sets.items():
         inputs = {"stage": "active", "v": 1, "label": label.key, "size": size, "members": a.members,

@@ -377,7 +377,7 @@ def stage_disjoint_halves(cfg: FrontierConfig, run_dir: Path, task: StageResult,
             D.write_table({c: [t[c][i] for i in rows] for c in t}, o / "preferences.parquet")
             return {"pairs": len(rows), "prompts": len(mine), "half": h}
 
-        half = run_stage(run_dir, "label", {"stage": "label-half", "v": 1, "label": label.key, "labels": labels,
+        half = run_stage(run_dir, "halves", {"stage": "label-half", "v": 1, "label": label.key, "labels": labels,
                                            "half": h, "seed": cfg.seed}, fn)
         out += _train_proxies(cfg, run_dir, task, sample, half, lms, progress, "preferences.parquet",
                               f"{tag}-half-{h}", [(z, 0)])

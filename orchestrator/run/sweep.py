@@ -96,7 +96,7 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
         if t.get("half"):  # half a's run: judged by half b alone, which saw none of its labels
             return tuple(members[n.replace("-half-a", "-half-b")] for n in names(t))
         return tuple(members[n] for n in by_name if n not in names(t) and tag_of.get(n) == t["tag"]
-                     and "-half-" not in n)
+                     and "-half-" not in n)  # other sizes and other seeds (seed members) of its labels
 
     return [RunSpec(t["name"], tuple(members[n] for n in names(t)), t["objective"], t["kl_coef"],
                     sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t), monitors=monitors(t))
