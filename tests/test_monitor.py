@@ -190,6 +190,8 @@ def test_monitor_section_scores_each_detector_and_lists_the_absent():
     d = out["detectors"][0]  # < 0.7 twice in a row: 0.6 (evaluation 3), 0.5 (4) -> alarm at 4
     assert d["runs"][0]["alarm_step"] == 40 and d["lead_median"] == 1.0 and d["false_alarm_rate"] == 0.0
     assert set(out["not_evaluated"]) == set(M.DETECTORS) - {"entropy"}
+    # the baseline beside the detectors: the run to its end keeps (0.3 - 0) / (1.1 - 0) of the gain
+    assert out["no_stop"] == {"gold_kept_frac": pytest.approx(0.3 / 1.1), "n_runs": 1, "runs_gold_falls": 1}
 
 
 def test_monitor_stopper_stops_at_the_alarm_and_proxy_keys_stay_refused():

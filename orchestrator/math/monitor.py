@@ -304,6 +304,10 @@ def monitor_section(rules: dict[str, Rule], runs: list[dict]) -> dict:
     gold_se, signals: {detector: [...]}}], the sweep's RL runs with gold), the detectors whose
     signal no run has (all NaN) listed as not evaluated."""
     out: dict = {"detectors": [], "not_evaluated": {}}
+    if runs:  # the baseline: every run to its end (gold kept without stopping)
+        base = [score_run(r["trial"], r["steps"], r["kl"], r["gold"], r["gold_se"], None) for r in runs]
+        out["no_stop"] = {k: v for k, v in summarize_records(base).items() if k in ("gold_kept_frac", "n_runs",
+                                                                                     "runs_gold_falls")}
     for name in DETECTORS:
         have = [r for r in runs if any(v is not None and np.isfinite(v) for v in r["signals"].get(name, []))]
         if not have:

@@ -321,6 +321,9 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
             lines.append(f"| {d['name']} | {d['rule']} | {len(d['runs'])} | {d['alarms']} | {d['warned_before_peak']} | "
                          f"{f(d['lead_median'], 1)} / {f(d['lead_kl_median'], 2)} | "
                          f"{f(d['false_alarm_rate'], 2)} | {f(d['gold_kept_frac'], 2)} |")
+        if mon.get("no_stop"):
+            lines.append(f"| (no stopping) | - | {mon['no_stop']['n_runs']} | - | - | - | - | "
+                         f"{f(mon['no_stop']['gold_kept_frac'], 2)} |")
         lines += [*_not_evaluated(mon), ""]
     if "agreement" in frontier.get("label", {}):
         lines += rlaif_section(frontier)
