@@ -90,7 +90,9 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
         return {**kind, "seed": t["seed"], "labels": "ai" if t["tag"] else "gold"}
 
     trials = grid(cfg)
-    tag_of = {n: t["tag"] for t in trials for n in names(t)}
+    # each proxy's labels, from its stage's inputs ("-ai": the judge's; no tag: gold), whether or not a
+    # trial trains on it (with rl.sizes narrowed, the other sizes still judge)
+    tag_of = {n: str(p.meta.get("inputs", {}).get("tag", "")) for n, p in by_name.items()}
 
     def monitors(t: dict) -> tuple:  # the monitor's independent judges: proxies of its labels it does not train on
         if t.get("half"):  # half a's run: judged by half b alone, which saw none of its labels
