@@ -74,7 +74,7 @@ def test_main_job_as_typed_stops_at_an_error_no_retry_can_fix_then_finishes(smok
     save_file(w, pol, metadata={"format": "pt"})
     # ...and the trial's directory as a killed job left it: checkpoints of the original policy up
     # to step 4 (its last one, step 6, lost), no DONE.json
-    (ref,) = [x for x in smoke_dir.glob("rl/proxy-*-kl0-*") if (x / "checkpoints").is_dir()]
+    (ref,) = [x for x in smoke_dir.glob("rl/proxy-*-kl0-*") if (x / "checkpoints").is_dir() and "-half-" not in x.name]
     trial = run / "rl" / ref.name  # the same cell, the same directory name
     shutil.copytree(ref, trial)
     for f in ("DONE.json", "SUMMARY.json"):
