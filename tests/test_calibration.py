@@ -1,0 +1,59 @@
+"""Calibration of reward models (issue 20): tau fitting, NLL, Brier, ECE, reliability bins, on
+hand-computed numbers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator.math.calibration import (
+    brier,
+    calibration_summary,
+    ece,
+    fit_tau,
+    nll,
+    reliability,
+)
+
+
+def test_nll_and_brier_by_hand():
+    d, y = np.array([0.0, 2.0]), np.array([1.0, 0.0])
+    s2 = 1 / (1 + math.exp(-2.0))
+    assert nll(d, y) == pytest.approx((math.log(2) - math.log(1 - s2)) / 2)
+    assert brier(d, y) == pytest.approx(((0.5 - 1) ** 2 + s2 ** 2) / 2)
+    assert nll(d, y, tau=2.0) == pytest.approx(nll(d / 2, y))  # tau divides delta
+    assert nll(np.array([800.0]), np.array([0.0])) == pytest.approx(800.0)  # no overflow
+
+
+def test_ece_of_a_planted_miscalibration():
+    """Every pair predicted at 0.8 while 60% are preferred: ECE 0.2; scaled back to 0.6, 0."""
+    y = np.array([1.0] * 60 + [0.0] * 40)
+    d = np.full(100, math.log(0.8 / 0.2))
+    assert ece(1 / (1 + np.exp(-d)), y) == pytest.approx(0.2)
+    tau = fit_tau(d, y)  # sigma(d / tau) = 0.6 -> tau = log 4 / log 1.5
+    assert tau == pytest.approx(math.log(4) / math.log(1.5), rel=1e-6)
+    assert ece(1 / (1 + np.exp(-d / tau)), y) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("tau0", [0.5, 2.0])
+def test_tau_recovered_from_pairs_drawn_at_a_known_tau(tau0):
+    rng = np.random.default_rng(0)
+    d = rng.normal(0, 2.0, 40000)
+    y = (rng.random(len(d)) < 1 / (1 + np.exp(-d / tau0))).astype(float)
+    assert fit_tau(d, y) == pytest.approx(tau0, rel=0.05)
+    s = calibration_summary(d, y, seed=1)
+    assert s["tau"] == pytest.approx(tau0, rel=0.07) and s["pairs"] == 40000
+    assert s["nll_tau"] < s["nll"] and s["ece_tau"] < s["ece"]  # the fitted tau calibrates the other half
+    assert 0.5 < s["acc"] < 1 and s["acc"] == pytest.approx(np.mean((d > 0) == (y > 0.5)))
+
+
+def test_reliability_bins_and_summary_edge_cases():
+    d = np.log(np.array([0.05, 0.15, 0.95]) / (1 - np.array([0.05, 0.15, 0.95])))
+    bins = reliability(d, np.array([0.0, 1.0, 1.0]))
+    assert [b["n"] for b in bins] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert bins[1]["p_mean"] == pytest.approx(0.15) and bins[1]["y_mean"] == 1.0 and bins[5]["p_mean"] is None
+    assert fit_tau(np.zeros(4), np.array([1.0, 0, 1, 0])) == 1.0  # undetermined: no spread
+    s = calibration_summary(np.array([1.0, -1.0, 2.0, 0.5]), np.array([1.0, 0.0, 0.5, 0.0]), seed=0)
+    assert s["acc"] == pytest.approx(2 / 3)  # the 0.5 label is left out of acc
+    with pytest.raises(ValueError, match="at least 2"):
+        calibration_summary(np.array([1.0]), np.array([1.0]), seed=0)
