@@ -57,3 +57,25 @@ def test_reliability_bins_and_summary_edge_cases():
     assert s["acc"] == pytest.approx(2 / 3)  # the 0.5 label is left out of acc
     with pytest.raises(ValueError, match="at least 2"):
         calibration_summary(np.array([1.0]), np.array([1.0]), seed=0)
+
+
+@pytest.mark.slow
+def test_every_proxy_calibrated_on_its_held_out_pairs_and_recomputable(smoke_run):
+    """frontier.json's bon[i].calibration is recomputed from calibration.parquet alone; its acc is the
+    proxy's own validation accuracy (computed in the training actor: one scoring path)."""
+    import pyarrow.parquet as pq
+
+    cfg, run_dir, frontier = smoke_run
+    t = pq.read_table(run_dir / "calibration.parquet").to_pydict()
+    assert set(t) == {"rm", "pair_id", "delta", "label"}
+    rms = np.array(t["rm"])
+    for e in frontier["bon"]:
+        m = rms == e["proxy"]
+        assert m.sum() >= 2
+        d, y = np.array(t["delta"])[m], np.array(t["label"])[m]
+        from orchestrator.data.checkpoint import stream
+
+        again = calibration_summary(d, y, stream(cfg.seed, f"calibration/{e['proxy']}"))
+        assert e["calibration"] == {k: pytest.approx(again[k]) for k in e["calibration"]}
+        assert e["calibration"]["acc"] == pytest.approx(e["val_accuracy"])
+        assert set(np.array(t["pair_id"])[m].tolist()) == set(np.array(t["pair_id"])[rms == frontier["bon"][0]["proxy"]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from pathlib import Path
 
 import pyarrow as pa
@@ -86,3 +87,18 @@ def check_labels(table: pa.Table, path: str | Path) -> None:
     for i, v in enumerate(table.column("p_a").to_pylist()):
         if not 0.0 <= v <= 1.0:
             raise DataError(f"preferences: {path}: column 'p_a' row {i} is {v}, outside [0, 1]")
+
+
+def preference_arrays(path: Path, val_fraction: float, seed: int) -> dict:
+    """Preferences parquet -> unique texts, pair indices, soft labels and a by-prompt validation split."""
+    tab = read_table(path, PREFERENCES, "preferences")
+    check_labels(tab, path)
+    t = tab.to_pydict()
+    texts: dict[tuple[str, str], int] = {}
+    a = [texts.setdefault((p, r), len(texts)) for p, r in zip(t["prompt"], t["response_a"])]
+    b = [texts.setdefault((p, r), len(texts)) for p, r in zip(t["prompt"], t["response_b"])]
+    groups = sorted(set(t["prompt_id"]))
+    rng = random.Random(seed)
+    val_groups = set(rng.sample(groups, max(1, int(len(groups) * val_fraction))))
+    return {"texts": list(texts), "a": a, "b": b, "p_a": t["p_a"], "group": t["prompt_id"],
+            "val": [g in val_groups for g in t["prompt_id"]]}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import platform
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.report.format import fmt as _fmt
+from orchestrator.report.format import png as _png
 
 
 def versions() -> dict:
@@ -77,10 +77,6 @@ def plot_rl(bon: list[dict], rl: list[dict]) -> bytes:
     return data
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
 
 
 def plot_bon(bon: list[dict]) -> bytes:
@@ -210,6 +206,10 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         from orchestrator.report.rlaif import plot_calibration, rlaif_section
 
         images["rlaif_calibration.png"] = plot_calibration(frontier["label"])
+    if extra.get("calibration"):  # reliability diagrams, one panel per reward model (issue 20)
+        from orchestrator.report.calibration import calibration_lines, plot_reliability
+
+        images["reliability.png"] = plot_reliability(extra["calibration"])
     for name, png in images.items():
         (run_dir / name).write_bytes(png)
     c = frontier["checks"]
@@ -235,6 +235,8 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
               f"Spearman(size, peak gold) = {_fmt(c.get('spearman_size_gold_peak'), 2)}",
               *_trend_lines(c.get("size_trend")),
               *_not_evaluated(c), ""]
+    if extra.get("calibration"):
+        lines += calibration_lines(frontier["bon"])
     if frontier.get("rl"):
         rc = c.get("rl", {})
         ratios = ", ".join(f"{k} {v['ratio']:.1f}x ({v['ratio_vs_bound']:.1f}x against the ln n bound)"

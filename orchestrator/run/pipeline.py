@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,7 @@ from orchestrator.config.schema import (
 )
 from orchestrator.data import tables as D
 from orchestrator.data.checkpoint import stream
+from orchestrator.data.tables import preference_arrays  # noqa: F401  (re-exported)
 from orchestrator.data.tasks import synthetic as T
 from orchestrator.math.bon import bon_summary
 from orchestrator.nn.models import train_tokenizer
@@ -302,21 +304,6 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
     return run_stage(run_dir, "label", inputs, fn)
 
 
-def preference_arrays(path: Path, val_fraction: float, seed: int) -> dict:
-    """Preferences parquet -> unique texts, pair indices, soft labels and a by-prompt validation split."""
-    tab = D.read_table(path, D.PREFERENCES, "preferences")
-    D.check_labels(tab, path)
-    t = tab.to_pydict()
-    texts: dict[tuple[str, str], int] = {}
-    a = [texts.setdefault((p, r), len(texts)) for p, r in zip(t["prompt"], t["response_a"])]
-    b = [texts.setdefault((p, r), len(texts)) for p, r in zip(t["prompt"], t["response_b"])]
-    groups = sorted(set(t["prompt_id"]))
-    rng = random.Random(seed)
-    val_groups = set(rng.sample(groups, max(1, int(len(groups) * val_fraction))))
-    return {"texts": list(texts), "a": a, "b": b, "p_a": t["p_a"], "group": t["prompt_id"],
-            "val": [g in val_groups for g in t["prompt_id"]]}
-
-
 def _unique_rows(rows: dict) -> tuple[dict, np.ndarray]:
     """Distinct (prompt, response) rows and, for every original row, its index among them: a pool
     repeats about a third of its responses, each is scored once."""
@@ -514,20 +501,28 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     halves = (stage_disjoint_halves(cfg, run_dir, task, sample, label, lms, progress,
                                     tag="-ai" if cfg.label.source == "ai" else "") if cfg.rl.enabled else [])
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
+    from orchestrator.run.calibration import stage_calibration
+
+    calib = stage_calibration(cfg, run_dir, task, label, proxies)
     t_rl = time.perf_counter()
     rl = stage_sweep(cfg, run_dir, task, sft, proxies + members + halves, progress) if cfg.rl.enabled else []
     curves = json.loads((bon.dir / "bon.json").read_text())
+    calibration = json.loads((calib.dir / "calibration.json").read_text())
+    shutil.copyfile(calib.dir / "calibration.parquet", run_dir / "calibration.parquet")
     entries = []
     for p in proxies:
         name = proxy_name(p)
+        cal = calibration[name]
         entries.append({"proxy": name, "proxy_params": p.meta["params"], "seed": cfg.seed,
                         "labels": "ai" if name.endswith("-ai") else "gold",
                         "val_accuracy": p.meta.get("val_accuracy"), "val_ece": p.meta.get("val_ece"),
+                        "calibration": {k: cal[k] for k in ("tau", "acc", "nll", "brier", "ece", "nll_tau", "ece_tau",
+                                                            "pairs")},
                         **curves[name]})
     timings = {}
     for name, s in [("task", task), ("sft", sft), *[(f"lm-{k}", v) for k, v in lms.items() if v.key != sft.key],
                     ("sample", sample), ("label", label), *[(proxy_name(p), p) for p in proxies + members + halves],
-                    ("bon", bon)]:
+                    ("bon", bon), ("calibration", calib)]:
         timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
     if rl:
         all_cached = all([e.pop("cached") for e in rl])
@@ -567,5 +562,5 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         from orchestrator.math.monitor import monitor_section
 
         frontier["monitor"] = monitor_section(cfg.monitor.rules(), monitored)
-    write_report(run_dir, frontier, {"timings": timings})
+    write_report(run_dir, frontier, {"timings": timings, "calibration": calibration})
     return frontier

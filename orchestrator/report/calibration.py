@@ -1,0 +1,50 @@
+"""The report's calibration section (issue 20): reliability diagrams, one panel per reward model, at
+tau = 1 and at the fitted tau, and the table of ``frontier.json``'s ``bon[i].calibration``."""
+
+from __future__ import annotations
+
+from orchestrator.report.format import fmt
+from orchestrator.report.format import png as _png
+
+
+def plot_reliability(summary: dict) -> bytes:
+    """``summary``: {rm: calibration_summary + reliability bins (``reliability``, ``reliability_tau``)}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        s = summary[name]
+        for key, style, label in (("reliability", "o-", "tau = 1"), ("reliability_tau", "s--", f"tau = {s['tau']:.3g}")):
+            pts = [(b["p_mean"], b["y_mean"]) for b in s[key] if b["n"]]
+            ax.plot([p for p, _ in pts], [y for _, y in pts], style, ms=3, label=label)
+        ax.plot([0, 1], [0, 1], color="gray", lw=0.6)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}\nECE {s['ece']:.3f} -> {s['ece_tau']:.3f}", fontsize=8)
+        ax.set_xlabel("predicted P(a preferred)")
+        ax.legend(fontsize=6)
+    axes[0, 0].set_ylabel("labelled share preferred")
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def calibration_lines(bon: list[dict]) -> list[str]:
+    lines = ["## Calibration of the reward models (held-out pairs)", "",
+             "P(a preferred) = sigma(delta / tau); tau fitted on one half of each proxy's held-out pairs, NLL and "
+             "ECE at that tau on the other half (`calibration.parquet` has every pair's delta and label).", "",
+             "![reliability](reliability.png)", "",
+             "| proxy | pairs | acc | NLL | Brier | ECE | tau | NLL at tau | ECE at tau |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in sorted(bon, key=lambda e: e["proxy_params"]):
+        c = e.get("calibration")
+        if c:
+            lines.append(f"| {e['proxy']} | {c.get('pairs', '-')} | {fmt(c['acc'])} | {fmt(c['nll'])} | "
+                         f"{fmt(c['brier'])} | {fmt(c['ece'])} | {c['tau']:.3g} | {fmt(c['nll_tau'])} | "
+                         f"{fmt(c['ece_tau'])} |")
+    return lines + [""]
