@@ -79,3 +79,23 @@ def test_every_proxy_calibrated_on_its_held_out_pairs_and_recomputable(smoke_run
         assert e["calibration"] == {k: pytest.approx(again[k]) for k in e["calibration"]}
         assert e["calibration"]["acc"] == pytest.approx(e["val_accuracy"])
         assert set(np.array(t["pair_id"])[m].tolist()) == set(np.array(t["pair_id"])[rms == frontier["bon"][0]["proxy"]])
+
+
+def test_seeds_pool_calibration_and_its_spearman_against_the_frontier():
+    from orchestrator.report.seeds import markdown, pool_calibration
+
+    def entry(name, params, acc, ece, kl, gold):
+        return {"proxy": name, "proxy_params": params, "labels": "gold", "fit": {"kl_peak": kl, "gold_peak": gold},
+                "calibration": {"acc": acc, "nll": 1 - acc, "ece": ece, "ece_tau": ece / 2, "tau": 1.0}}
+
+    runs = [{"seed": 1, "frontier": {"bon": [entry("a", 10, 0.6, 0.10, 1.0, 0.1), entry("b", 20, 0.7, 0.05, 2.0, 0.3)]}},
+            {"seed": 2, "frontier": {"bon": [entry("a", 10, 0.65, 0.08, 1.5, 0.2), entry("b", 20, 0.8, 0.02, 3.0, 0.4)]}}]
+    out = pool_calibration(runs)
+    assert out["n"] == 4 and list(out["sizes"]) == ["a", "b"]
+    assert out["sizes"]["a"]["acc"]["mean"] == pytest.approx(0.625) and out["sizes"]["b"]["ece"]["se"] == pytest.approx(0.015)
+    assert out["predicts_frontier"]["acc"]["kl_peak"] == pytest.approx(1.0)  # acc ranks exactly as peak KL here
+    assert out["predicts_frontier"]["ece"]["gold_peak"] == pytest.approx(-1.0)
+    assert pool_calibration([{"seed": 1, "frontier": {"bon": [{"proxy": "a", "labels": "gold"}]}}]) is None
+    md = markdown({"seeds": [1, 2], "runs": [], "config_hash": "x", "checks": {}, "numbers": {}, "effects": {},
+                   "pooled": {}, "monitor": {}, "active": None, "calibration": out})
+    assert "| acc | +1.00 |" in md

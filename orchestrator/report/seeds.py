@@ -277,7 +277,34 @@ def aggregate(runs: list[dict]) -> dict:
         pooled[kind] = out
     return {"seeds": seeds, "runs": [r["dir"] for r in runs], "config_hash": runs[0]["frontier"].get("config_hash"),
             "checks": checks, "numbers": numbers, "effects": effects, "pooled": pooled, "monitor": pool_monitor(runs),
-            "active": pool_active(runs)}
+            "active": pool_active(runs), "calibration": pool_calibration(runs)}
+
+
+def pool_calibration(runs: list[dict]) -> dict | None:
+    """The proxies' calibration (``bon[i].calibration``) over seeds: per proxy size the mean ± s.e.
+    of acc, NLL, ECE, ECE at the fitted tau and tau; and across every (proxy, seed) whether
+    calibration or accuracy predicts the frontier -- Spearman of acc, NLL and ECE against the fitted
+    best-of-n peak KL and peak gold (Wen et al. 2024 find accuracy a weak predictor). None when no
+    run has calibration (runs before issue 20)."""
+    from orchestrator.math.scaling import spearman
+
+    pts = [(r["seed"], e) for r in runs for e in r["frontier"].get("bon", [])
+           if e.get("calibration") and e.get("labels", "gold") == "gold" and e.get("fit")]
+    if not pts:
+        return None
+    by: dict = {}
+    for _, e in pts:
+        by.setdefault(e["proxy"], {"params": e["proxy_params"], **{k: [] for k in ("acc", "nll", "ece", "ece_tau", "tau")}})
+        for k in ("acc", "nll", "ece", "ece_tau", "tau"):
+            by[e["proxy"]][k].append(e["calibration"][k])
+    sizes = {p: {"params": v["params"], **{k: _mean_se(v[k]) for k in ("acc", "nll", "ece", "ece_tau", "tau")}}
+             for p, v in sorted(by.items(), key=lambda kv: kv[1]["params"])}
+    pred = {}
+    for m in ("acc", "nll", "ece"):
+        x = [e["calibration"][m] for _, e in pts]
+        pred[m] = {t: spearman(x, [e["fit"][f] for _, e in pts]) for t, f in (("kl_peak", "kl_peak"),
+                                                                              ("gold_peak", "gold_peak"))}
+    return {"seeds": sorted({s for s, _ in pts}), "n": len(pts), "sizes": sizes, "predicts_frontier": pred}
 
 
 def pool_active(runs: list[dict]) -> dict | None:
@@ -503,6 +530,18 @@ def markdown(agg: dict) -> str:
                 else:
                     lines.append(f"| {name} | {ch} | {h['n_runs']} | {h['alarms']} | {h['warned_before_peak']} | "
                                  f"{f(h['lead_median'], 1)} | {f(h['false_alarm_rate'])} | {f(h['gold_kept_frac'])} |")
+    cal = agg.get("calibration")
+    if cal:
+        lines += ["", "## Calibration of the proxies over seeds (held-out pairs)", "",
+                  "| proxy | params | acc | NLL | ECE | ECE at tau | tau |", "|---|---|---|---|---|---|---|"]
+        ms = lambda e: "-" if e["mean"] is None else f"{e['mean']:.3f}" + (f" ± {e['se']:.3f}" if e["se"] else "")  # noqa: E731
+        for name, v in cal["sizes"].items():
+            lines.append(f"| {name} | {v['params']} | {ms(v['acc'])} | {ms(v['nll'])} | {ms(v['ece'])} | "
+                         f"{ms(v['ece_tau'])} | {ms(v['tau'])} |")
+        lines += ["", f"Does calibration or accuracy predict the frontier? Spearman over {cal['n']} (proxy, seed) "
+                  "pairs against the fitted best-of-n peak:", "", "| | peak KL | peak gold |", "|---|---|---|"]
+        for m, v in cal["predicts_frontier"].items():
+            lines.append(f"| {m} | {v['kl_peak']:+.2f} | {v['gold_peak']:+.2f} |")
     act = agg.get("active")
     if act and act.get("error"):
         lines += ["", f"Active learning: {act['error']}."]
