@@ -79,6 +79,24 @@ def test_every_proxy_calibrated_on_its_held_out_pairs_and_recomputable(smoke_run
         assert e["calibration"] == {k: pytest.approx(again[k]) for k in e["calibration"]}
         assert e["calibration"]["acc"] == pytest.approx(e["val_accuracy"])
         assert set(np.array(t["pair_id"])[m].tolist()) == set(np.array(t["pair_id"])[rms == frontier["bon"][0]["proxy"]])
+    # the ensembles: the members' deltas, each in units of its std over the best-of-n pool, aggregated
+    ens = frontier["calibration_ensembles"]
+    assert set(ens) == {"ensemble-mean", *(f"ensemble-{o}" for o in cfg.rl.ensemble_objectives)}
+    import json
+
+    sd = {}
+    for d in (run_dir / "stages").glob("proxy-*"):
+        meta = json.loads((d / "DONE.json").read_text())
+        if "name" not in meta:
+            sd[f"proxy-{meta['size']}"] = float(np.std(pq.read_table(d / "bon_scores.parquet")["score"].to_numpy()))
+    members = [e["proxy"] for e in frontier["bon"]]
+    z = np.mean([np.array(t["delta"])[rms == n] / sd[n] for n in members], axis=0)
+    assert np.allclose(np.array(t["delta"])[rms == "ensemble-mean"], z)
+    for name, c in ens.items():
+        m = rms == name
+        again = calibration_summary(np.array(t["delta"])[m], np.array(t["label"])[m],
+                                    stream(cfg.seed, f"calibration/{name}"))
+        assert c == {k: pytest.approx(again[k]) for k in c}
 
 
 def test_seeds_pool_calibration_and_its_spearman_against_the_frontier():

@@ -34,7 +34,7 @@ def plot_reliability(summary: dict) -> bytes:
     return data
 
 
-def calibration_lines(bon: list[dict]) -> list[str]:
+def calibration_lines(bon: list[dict], ensembles: dict | None = None) -> list[str]:
     lines = ["## Calibration of the reward models (held-out pairs)", "",
              "P(a preferred) = sigma(delta / tau); tau fitted on one half of each proxy's held-out pairs, NLL and "
              "ECE at that tau on the other half (`calibration.parquet` has every pair's delta and label).", "",
@@ -47,4 +47,7 @@ def calibration_lines(bon: list[dict]) -> list[str]:
             lines.append(f"| {e['proxy']} | {c.get('pairs', '-')} | {fmt(c['acc'])} | {fmt(c['nll'])} | "
                          f"{fmt(c['brier'])} | {fmt(c['ece'])} | {c['tau']:.3g} | {fmt(c['nll_tau'])} | "
                          f"{fmt(c['ece_tau'])} |")
+    for name, c in (ensembles or {}).items():
+        lines.append(f"| {name} | {c.get('pairs', '-')} | {fmt(c['acc'])} | {fmt(c['nll'])} | {fmt(c['brier'])} | "
+                     f"{fmt(c['ece'])} | {c['tau']:.3g} | {fmt(c['nll_tau'])} | {fmt(c['ece_tau'])} |")
     return lines + [""]

@@ -236,7 +236,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
               *_trend_lines(c.get("size_trend")),
               *_not_evaluated(c), ""]
     if extra.get("calibration"):
-        lines += calibration_lines(frontier["bon"])
+        lines += calibration_lines(frontier["bon"], frontier.get("calibration_ensembles"))
     if frontier.get("rl"):
         rc = c.get("rl", {})
         ratios = ", ".join(f"{k} {v['ratio']:.1f}x ({v['ratio_vs_bound']:.1f}x against the ln n bound)"

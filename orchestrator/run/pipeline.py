@@ -532,7 +532,10 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         frontier_task = {k: v for k, v in task.meta.items() if k not in ("seconds", "inputs")}
     else:
         frontier_task = None
+    ensembles_cal = {n: {k: c[k] for k in ("tau", "acc", "nll", "brier", "ece", "nll_tau", "ece_tau", "pairs")}
+                     for n, c in calibration.items() if n.startswith("ensemble")}
     frontier = {"config_hash": config_digest(cfg), "versions": versions(), "seed": cfg.seed,
+                **({"calibration_ensembles": ensembles_cal} if ensembles_cal else {}),
                 **({"task": frontier_task} if frontier_task else {}),
                 "bon": entries, "rl": rl,
                 "label": {k: v for k, v in label.meta.items() if k not in ("seconds",)},
