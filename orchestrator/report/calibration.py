@@ -14,7 +14,9 @@ def plot_reliability(summary: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary)
+    names = [n for n, s in summary.items() if s.get("tau") is not None]  # (too few held-out pairs: no panel)
+    if not names:
+        return b""
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         s = summary[name]
@@ -34,20 +36,24 @@ def plot_reliability(summary: dict) -> bytes:
     return data
 
 
-def calibration_lines(bon: list[dict], ensembles: dict | None = None) -> list[str]:
+def calibration_lines(bon: list[dict], ensembles: dict | None = None, image: bool = True) -> list[str]:
     lines = ["## Calibration of the reward models (held-out pairs)", "",
              "P(a preferred) = sigma(delta / tau); tau fitted on one half of each proxy's held-out pairs, NLL and "
              "ECE at that tau on the other half (`calibration.parquet` has every pair's delta and label).", "",
-             "![reliability](reliability.png)", "",
+             *(["![reliability](reliability.png)", ""] if image else []),
              "| proxy | pairs | acc | NLL | Brier | ECE | tau | NLL at tau | ECE at tau |",
              "|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(bon, key=lambda e: e["proxy_params"]):
         c = e.get("calibration")
-        if c:
+        if c and c.get("tau") is None:
+            lines.append(f"| {e['proxy']} | {c.get('pairs', '-')} | too few held-out pairs | | | | | | |")
+        elif c:
             lines.append(f"| {e['proxy']} | {c.get('pairs', '-')} | {fmt(c['acc'])} | {fmt(c['nll'])} | "
                          f"{fmt(c['brier'])} | {fmt(c['ece'])} | {c['tau']:.3g} | {fmt(c['nll_tau'])} | "
                          f"{fmt(c['ece_tau'])} |")
     for name, c in (ensembles or {}).items():
+        if c.get("tau") is None:
+            continue
         lines.append(f"| {name} | {c.get('pairs', '-')} | {fmt(c['acc'])} | {fmt(c['nll'])} | {fmt(c['brier'])} | "
                      f"{fmt(c['ece'])} | {c['tau']:.3g} | {fmt(c['nll_tau'])} | {fmt(c['ece_tau'])} |")
     return lines + [""]

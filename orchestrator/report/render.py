@@ -209,7 +209,9 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     if extra.get("calibration"):  # reliability diagrams, one panel per reward model (issue 20)
         from orchestrator.report.calibration import calibration_lines, plot_reliability
 
-        images["reliability.png"] = plot_reliability(extra["calibration"])
+        rel = plot_reliability(extra["calibration"])
+        if rel:
+            images["reliability.png"] = rel
     for name, png in images.items():
         (run_dir / name).write_bytes(png)
     c = frontier["checks"]
@@ -236,7 +238,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
               *_trend_lines(c.get("size_trend")),
               *_not_evaluated(c), ""]
     if extra.get("calibration"):
-        lines += calibration_lines(frontier["bon"], frontier.get("calibration_ensembles"))
+        lines += calibration_lines(frontier["bon"], frontier.get("calibration_ensembles"), "reliability.png" in images)
     if frontier.get("rl"):
         rc = c.get("rl", {})
         ratios = ", ".join(f"{k} {v['ratio']:.1f}x ({v['ratio_vs_bound']:.1f}x against the ln n bound)"

@@ -76,6 +76,10 @@ def stage_calibration(cfg: FrontierConfig, run_dir: Path, task: StageResult, lab
                 cols["pair_id"] += val.tolist()
                 cols["delta"] += d.tolist()
                 cols["label"] += y.tolist()
+                if len(d) < 2:  # too few held-out pairs to fit tau on one half and measure on the other
+                    summary[name] = {**dict.fromkeys(("tau", "acc", "nll", "brier", "ece", "nll_tau", "ece_tau")),
+                                     "pairs": len(d), "reliability": [], "reliability_tau": []}
+                    continue
                 s = calibration_summary(d, y, stream(cfg.seed, f"calibration/{name}"))
                 summary[name] = {**s, "reliability": reliability(d, y), "reliability_tau": reliability(d, y, s["tau"])}
         D.write_table(cols, out / "calibration.parquet")
