@@ -31,6 +31,13 @@ from orchestrator.config.schema import (
     non_default,
     to_dict,
 )
+from orchestrator.report.pooled import (  # noqa: F401  (re-exported: jobs.seeds' pooled sections)
+    _mean_se,
+    _monitor_runs,
+    pool_active,
+    pool_calibration,
+    pool_monitor,
+)
 
 
 class SeedsError(ValueError):
@@ -212,14 +219,6 @@ def _first_difference(a, b, path: str = "") -> str:
     return path or "<top>"
 
 
-def _mean_se(xs: list) -> dict:
-    v = [float(x) for x in xs if x is not None and math.isfinite(x)]
-    if not v:
-        return {"mean": None, "se": None, "median": None, "n": 0}
-    return {"mean": float(np.mean(v)), "se": float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None,
-            "median": float(np.median(v)), "n": len(v)}
-
-
 def aggregate(runs: list[dict]) -> dict:
     """Per-check seed counts, per-seed numbers, and seed-averaged size trends (see module doc)."""
     from orchestrator.math.scaling import spearman
@@ -278,139 +277,6 @@ def aggregate(runs: list[dict]) -> dict:
     return {"seeds": seeds, "runs": [r["dir"] for r in runs], "config_hash": runs[0]["frontier"].get("config_hash"),
             "checks": checks, "numbers": numbers, "effects": effects, "pooled": pooled, "monitor": pool_monitor(runs),
             "active": pool_active(runs), "calibration": pool_calibration(runs)}
-
-
-def pool_calibration(runs: list[dict]) -> dict | None:
-    """The proxies' calibration (``bon[i].calibration``) over seeds: per proxy size the mean ± s.e.
-    of acc, NLL, ECE, ECE at the fitted tau and tau; and across every (proxy, seed) whether
-    calibration or accuracy predicts the frontier -- Spearman of acc, NLL and ECE against the fitted
-    best-of-n peak KL and peak gold (Wen et al. 2024 find accuracy a weak predictor). None when no
-    run has calibration (runs before issue 20)."""
-    from orchestrator.math.scaling import spearman
-
-    pts = [(r["seed"], e) for r in runs for e in r["frontier"].get("bon", [])
-           if e.get("calibration") and e.get("labels", "gold") == "gold" and e.get("fit")]
-    if not pts:
-        return None
-    by: dict = {}
-    for _, e in pts:
-        by.setdefault(e["proxy"], {"params": e["proxy_params"], **{k: [] for k in ("acc", "nll", "ece", "ece_tau", "tau")}})
-        for k in ("acc", "nll", "ece", "ece_tau", "tau"):
-            by[e["proxy"]][k].append(e["calibration"][k])
-    sizes = {p: {"params": v["params"], **{k: _mean_se(v[k]) for k in ("acc", "nll", "ece", "ece_tau", "tau")}}
-             for p, v in sorted(by.items(), key=lambda kv: kv[1]["params"])}
-    pred = {}
-    for m in ("acc", "nll", "ece"):
-        x = [e["calibration"][m] for _, e in pts]
-        pred[m] = {t: spearman(x, [e["fit"][f] for _, e in pts]) for t, f in (("kl_peak", "kl_peak"),
-                                                                              ("gold_peak", "gold_peak"))}
-    return {"seeds": sorted({s for s, _ in pts}), "n": len(pts), "sizes": sizes, "predicts_frontier": pred}
-
-
-def pool_active(runs: list[dict]) -> dict | None:
-    """``jobs.active`` over seeds, where the runs have its ``active.json``: per acquisition arm and
-    measure, the arm minus the random arm at equal labels (mean over the acquisition rounds) per
-    seed, with mean, s.e. and t over seeds, and the per-round curves averaged. None when fewer than
-    two runs have it."""
-    res = {}
-    for r in runs:
-        f = Path(r["dir"]) / "active.json"
-        if f.is_file():
-            try:
-                res[str(r["seed"])] = json.loads(f.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-    if len(res) < 2:
-        return None
-    setting = lambda v: {k: v.get(k) for k in ("arms", "members", "size", "bootstrap", "initial", "per_round",  # noqa: E731
-                                                "rounds")}
-    first = setting(next(iter(res.values())))
-    if any(setting(v) != first for v in res.values()):
-        return {"seeds": list(res), "error": "the runs' active.json differ in their settings (arms, members, size, "
-                                             "bootstrap, initial, per_round, rounds): not pooled"}
-    from orchestrator.math.active import MEASURES
-
-    out: dict = {"seeds": list(res), "versus_random": {}, "curves": {}}
-    for arm in sorted({a for v in res.values() for a in v["versus_random"]}):
-        per = {m: {s: v["versus_random"][arm]["mean"][m] for s, v in res.items() if arm in v["versus_random"]}
-               for m in MEASURES}
-        out["versus_random"][arm] = {}
-        for m, vals in per.items():
-            st = {"per_seed": vals, **_mean_se(list(vals.values()))}
-            st["t"] = st["mean"] / st["se"] if st["se"] else None
-            out["versus_random"][arm][m] = st
-    for arm in sorted({row["arm"] for v in res.values() for row in v["rows"]}):
-        by_round: dict = {}
-        for v in res.values():
-            for row in v["rows"]:
-                if row["arm"] == arm:
-                    by_round.setdefault(row["round"], {"labels": row["labels"], **{m: [] for m in MEASURES}})
-                    for m in MEASURES:
-                        by_round[row["round"]][m].append(row[m])
-        out["curves"][arm] = [{"round": k, "labels": x["labels"], **{m: _mean_se(x[m]) for m in MEASURES}}
-                              for k, x in sorted(by_round.items())]
-    return out
-
-
-def _monitor_runs(frontier: dict, name: str, seed) -> list[dict]:
-    """A run's RL entries as ``score_detector`` takes them, for detector ``name`` (runs where its
-    signal is defined at least once)."""
-    out = []
-    for e in frontier.get("rl", []):
-        sig = (e.get("monitor") or {}).get(name)
-        se = e.get("gold_se_per_eval")
-        if (not sig or not se or any(x is None for x in se) or all(v is None for v in sig)
-                or not all(math.isfinite(p["gold"]) for p in e["points"])):  # as run_frontier scores them
-            continue
-        out.append({"trial": f"{seed}/{e['trial']}", "steps": [p["step"] for p in e["points"]],
-                    "kl": [p["kl"] for p in e["points"]], "gold": [p["gold"] for p in e["points"]], "gold_se": se,
-                    "signal": [np.nan if v is None else v for v in sig]})
-    return out
-
-
-def pool_monitor(runs: list[dict], grid_points: int = 41) -> dict:
-    """The gold-free detectors (``frontier.json`` ``monitor``) over seeds: each detector's run
-    records pooled (a run is ``seed/trial``) and summarized as one run's are, beside each seed's own
-    summary -- at the config's thresholds. With two or more seeds, also ``cross_validated``: each
-    seed's runs scored by the rule ``orchestrator.math.monitor.calibrate`` chose on the *other*
-    seeds' runs (threshold on a grid of their signal's quantiles, patience 1 or 2, the most gold
-    kept at a false-alarm rate <= 10%), the held-out records pooled -- what the detector is worth on
-    a run nobody tuned it to."""
-    from orchestrator.config.monitor import MONITOR_DETECTORS
-    from orchestrator.math.monitor import (
-        Rule,
-        calibrate,
-        score_detector,
-        summarize_records,
-    )
-
-    out: dict = {}
-    for r in runs:
-        for d in (r["frontier"].get("monitor") or {}).get("detectors", []):
-            m = out.setdefault(d["name"], {"rule": d.get("rule"), "records": [], "per_seed": {}})
-            m["records"] += [{**x, "trial": f"{r['seed']}/{x['trial']}"} for x in d["runs"]]
-            m["per_seed"][str(r["seed"])] = summarize_records(d["runs"])
-    for name, m in out.items():
-        m["pooled"] = summarize_records(m["records"])
-        if len(runs) < 2:
-            continue
-        folds, held = [], []
-        for i, r in enumerate(runs):
-            cal = [x for j, q in enumerate(runs) if j != i for x in _monitor_runs(q["frontier"], name, q["seed"])]
-            test = _monitor_runs(r["frontier"], name, r["seed"])
-            vals = np.array([v for x in cal for v in x["signal"] if np.isfinite(v)])
-            if not cal or not test or not len(vals):
-                continue
-            grid = np.unique(np.quantile(vals, np.linspace(0, 1, grid_points)))
-            best = calibrate(name, MONITOR_DETECTORS[name], (1, 2), cal, grid)
-            fold = {"held_out": r["seed"], "threshold": best["threshold"], "patience": best["patience"],
-                    "calibration": best["best"]}
-            if best["threshold"] is not None:
-                held += score_detector(name, Rule(best["threshold"], MONITOR_DETECTORS[name], best["patience"]),
-                                       test)["runs"]
-            folds.append(fold)
-        m["cross_validated"] = {"folds": folds, "held_out": summarize_records(held) if held else None}
-    return out
 
 
 def plot(agg: dict) -> bytes | None:

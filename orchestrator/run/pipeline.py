@@ -501,7 +501,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     halves = (stage_disjoint_halves(cfg, run_dir, task, sample, label, lms, progress,
                                     tag="-ai" if cfg.label.source == "ai" else "") if cfg.rl.enabled else [])
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
-    from orchestrator.run.calibration import stage_calibration
+    from orchestrator.run.held_out import stage_calibration
 
     calib = stage_calibration(cfg, run_dir, task, label, proxies)
     t_rl = time.perf_counter()
