@@ -154,11 +154,10 @@ def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: Sta
     return out
 
 
-def _measure(cfg: FrontierConfig, data: dict, res: StageResult, bon: dict) -> dict:
-    """A round's measures from its stage's scores: held-out accuracy / ECE of the ensemble mean
-    (and each member's), and best-of-n of the ensemble mean against gold."""
-    ts = np.load(res.dir / "text_scores.npy", allow_pickle=False)
-    bs = np.load(res.dir / "bon_scores.npy", allow_pickle=False)
+def _measure(cfg: FrontierConfig, data: dict, ts: np.ndarray, bs: np.ndarray, bon: dict) -> dict:
+    """A round's measures from its ensemble's scores of the pool texts (``ts``) and the best-of-n
+    pool (``bs``): held-out accuracy / ECE of the ensemble mean (and each member's), and best-of-n of
+    the ensemble mean against gold."""
     a, b, p_a, val = (np.asarray(data[k]) for k in ("a", "b", "p_a", "val"))
     p_a = p_a.astype(float)
     va, vb, pv = a[val], b[val], p_a[val]
@@ -224,14 +223,18 @@ def run_active(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> dic
     for r in range(a.rounds + 1):
         log.info("active round %d/%d: %s labels per arm", r, a.rounds, len(first) + r * a.per_round)
         res = _train_rounds(cfg, run_dir, task, lm, size, label, data, bon_ref, labelled, progress)
-        nxt = {}
+        nxt, measured = {}, {}  # arms holding one set (round 0) share its stage: loaded and measured once
         for arm in a.arms:
             ids = labelled[arm]
+            if res[arm].key not in measured:
+                ts = np.load(res[arm].dir / "text_scores.npy", allow_pickle=False)
+                bs = np.load(res[arm].dir / "bon_scores.npy", allow_pickle=False)
+                measured[res[arm].key] = (ts, _measure(cfg, data, ts, bs, bon))
+            ts, measures = measured[res[arm].key]
             row = {"arm": arm, "round": r, "labels": int(len(ids)),
-                   "label_pos_share": float(np.mean(p_a[ids] > 0.5)), **_measure(cfg, data, res[arm], bon),
+                   "label_pos_share": float(np.mean(p_a[ids] > 0.5)), **measures,
                    "seconds": res[arm].meta["seconds"], "cached": res[arm].cached}
             if r < a.rounds:  # acquire the next round's pairs among the ones this arm has not labelled
-                ts = np.load(res[arm].dir / "text_scores.npy", allow_pickle=False)
                 cand = np.setdiff1d(pool, ids)
                 ca, cb = np.asarray(data["a"])[cand], np.asarray(data["b"])[cand]
                 pick = cand[choose(arm, ts[ca], ts[cb], a.per_round, np.random.default_rng(
