@@ -279,6 +279,9 @@ class LabelConfig:
         _check(0.0 <= self.noise_rate < 0.5, "noise_rate", f"{self.noise_rate} must be in [0, 0.5)")
 
 
+ENSEMBLE_SOURCES = ("size", "seed", "bootstrap", "pretrain")
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     """Proxy reward models: GPT-2 scorers of several sizes trained with the Bradley-Terry loss."""
@@ -303,6 +306,10 @@ class ProxyConfig:
     """Peak AdamW learning rate (linear decay)."""
     val_fraction: float = 0.1
     """Share of label prompts held out for validation accuracy and calibration."""
+    NOT_PER_PROXY: ClassVar[tuple[str, ...]] = ("sizes", "seed_members", "seed_member_size", "models",
+                                                "ensemble_diversity", "member_scaling", "warm")
+    """Keys that choose which proxies exist and how they are combined, not how one is trained: no
+    proxy stage's key depends on them."""
     seed_members: int = 0
     """Extra proxies of size ``seed_member_size`` that differ from it only in their training seeds
     (head init, minibatch order; same LM, same labels): with them the sweep adds a seed ensemble per
@@ -310,6 +317,34 @@ class ProxyConfig:
     beside the size ensemble. 0 = none; 3 makes an ensemble of 4."""
     seed_member_size: str = ""
     """The size of the seed ensemble's members (one of ``sizes``); empty = the smallest."""
+    ensemble_diversity: tuple[str, ...] = ("size",)
+    """How the members of the ensembles differ (issue 20), each source one set of ensembles in
+    best-of-n and RL: ``size`` -- the proxies of every size (different widths and pretrained LMs,
+    one label pool); the others take the proxy of ``seed_member_size`` and ``seed_members`` more of
+    that size: ``seed`` -- another seed for the head and the minibatch order (Coste et al. 2023);
+    ``bootstrap`` -- each trained on a bootstrap resample by prompt of the training pairs (the same
+    head initialization as the size's proxy, the same held-out pairs); ``pretrain`` -- each started
+    from an LM pretrained with another seed (Eisenstein et al. 2023). ``seed_members`` > 0 with
+    ``[size]`` alone means ``[size, seed]`` (as before this key existed)."""
+    member_scaling: str = "standardize"
+    """How members are put on one scale before they are aggregated (best-of-n, calibration, RL with
+    ``rl.normalize_proxies``): ``standardize`` -- minus the mean, over the std, of the member's
+    scores of the best-of-n pool (the SFT policy's samples); ``temperature`` -- minus that mean,
+    over the member's fitted temperature tau (so a unit of score difference is one logit of
+    calibrated preference probability, sigma(delta / tau))."""
+    warm: str = ""
+    """WARM (Rame et al. 2024): a reward model whose weights are the average of the members of one
+    initialization -- the ``seed_member_size`` proxy and its ``seed`` or ``bootstrap`` members
+    (that source must be in ``ensemble_diversity``): ``proxy-<size>-warm``, with its own best-of-n
+    curve, calibration and a no-penalty RL run. Empty = off."""
+
+    @property
+    def ensemble_sources(self) -> tuple[str, ...]:
+        """``ensemble_diversity``, with ``seed`` added where ``seed_members`` is set and only ``size``
+        is named (the meaning of ``seed_members`` before ``ensemble_diversity`` existed)."""
+        if self.seed_members and self.ensemble_diversity == ("size",):
+            return ("size", "seed")
+        return self.ensemble_diversity
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -346,6 +381,23 @@ class ProxyConfig:
                f"{self.seed_member_size!r} is not one of {list(self.names)}")
         _check(len(set(self.models)) == len(self.models), "models", f"{list(self.models)} has duplicates")
         _check(len(set(self.names)) == len(self.names), "models", f"{list(self.names)}: two models go by one name")
+        for i, d in enumerate(self.ensemble_diversity):
+            _check(d in ENSEMBLE_SOURCES, f"ensemble_diversity[{i}]",
+                   f"{d!r} must be one of {', '.join(ENSEMBLE_SOURCES)}")
+        _check(len(set(self.ensemble_diversity)) == len(self.ensemble_diversity), "ensemble_diversity",
+               f"{list(self.ensemble_diversity)} has duplicates")
+        extra = [d for d in self.ensemble_diversity if d != "size"]
+        _check(not extra or self.seed_members >= 1, "seed_members",
+               f"ensemble_diversity {extra} needs seed_members >= 1 (the members besides the size's own proxy)")
+        _check(self.member_scaling in ("standardize", "temperature"), "member_scaling",
+               f"{self.member_scaling!r} must be 'standardize' or 'temperature'")
+        _check(self.warm in ("", "seed", "bootstrap"), "warm",
+               f"{self.warm!r} must be '', 'seed' or 'bootstrap' (members that share one initialization)")
+        _check(not self.warm or self.warm in self.ensemble_sources, "warm",
+               f"warm {self.warm!r} averages those members: add it to ensemble_diversity")
+        _check("pretrain" not in self.ensemble_diversity or (self.init == "lm" and not self.models),
+               "ensemble_diversity", "'pretrain' redraws the LMs proxies start from: it needs proxy.init lm "
+               "and proxies built from config (proxy.models are pretrained models of yours)")
 
 
 @dataclass(frozen=True)
@@ -589,7 +641,7 @@ class FrontierConfig:
                f"{self.sample.bon_responses_per_prompt}")
         for i, size in enumerate(self.rl.sizes):
             _check(size in self.proxy.names, f"rl.sizes[{i}]", f"{size!r} is not one of the proxies {list(self.proxy.names)}")
-        if self.proxy.seed_members and self.rl.enabled:  # the seed ensemble is compared with this run
+        if (self.proxy.seed_members or self.proxy.warm) and self.rl.enabled:  # compared with this run
             z = self.proxy.seed_size
             _check(z in (self.rl.sizes or self.proxy.names), "proxy.seed_member_size",
                    f"{z!r}: the seed ensemble is compared with the single run of its size, but rl.sizes "

@@ -123,9 +123,9 @@ def drop_by_kl(points: list[dict], kl: float) -> float | None:
 def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
     """SCIENCE.md's RL findings on the measured RL curves (issue: the RL loop)."""
     out: dict = {}
-    single = sorted([e for e in rl if len(e["members"]) == 1 and e["kl_coef"] == 0], key=lambda e: e["proxy_params"])
-    # size ensembles: every multi-member run that is not a seed ensemble (2 or more proxy sizes)
-    ens = [e for e in rl if len(e["members"]) >= 2 and e["objective"] in ("wco", "uwo") and e.get("ensemble") != "seeds"]
+    single = sorted([e for e in _single(rl) if e["kl_coef"] == 0], key=lambda e: e["proxy_params"])
+    # size ensembles: every multi-member run of no other source (2 or more proxy sizes)
+    ens = [e for e in rl if len(e["members"]) >= 2 and e["objective"] in ("wco", "uwo") and not e.get("ensemble")]
     not_evaluated: dict[str, str] = {}
     seed_ens = [e for e in rl if e.get("ensemble") == "seeds" and e["objective"] in ("wco", "uwo")]
     rises = {}
@@ -236,6 +236,9 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
             out["seed_ensemble_loses_less"] = bool(min(drops.values()) < out["seed_ensemble"]["single"])
         else:
             not_evaluated["seed_ensemble_loses_less"] = f"no single-proxy run of size {z} without a penalty"
+    by_source = source_ensembles(rl)
+    if by_source:
+        out["ensembles_by_source"] = by_source
     if not rises:
         not_evaluated["proxy_rises_every_run"] = "no run without a KL penalty"
     keys = ["proxy_rises_every_run", "smallest_rises_then_falls", "rl_form_fits_better", "rl_spends_more_kl_than_bon",
@@ -249,7 +252,35 @@ def rl_checks(bon: list[dict], rl: list[dict]) -> dict:
 
 
 def _single(rl: list[dict]) -> list[dict]:
-    return [e for e in rl if len(e["members"]) == 1]
+    """The runs of one proxy of the job's own (not WARM's averaged one, ``ensemble: warm``)."""
+    return [e for e in rl if len(e["members"]) == 1 and not e.get("ensemble")]
+
+
+def source_ensembles(rl: list[dict]) -> dict:
+    """Issue 20: per ensemble source (``seeds``, ``bootstrap``, ``pretrain``, ``warm``), each of its
+    runs against the no-penalty run of its member size alone (the member every one of its ensembles
+    shares), pairwise: the gold lost past the peak at the larger KL both reached (matched KL), and
+    by the end of the step budget. ``{source: {size, base, runs: {run: {objective, at_kl, single,
+    ensemble, single_end, ensemble_end}}}}``; a source whose base run is missing is left out."""
+    out: dict = {}
+    for e in rl:
+        src = e.get("ensemble")
+        if not src:
+            continue
+        z = e.get("member_size")
+        base = [b for b in _single(rl) if b["kl_coef"] == 0 and b.get("size") == z and b.get("seed") == e.get("seed")]
+        if not base:
+            continue
+        b = base[0]
+        k = min(max(p["kl"] for p in b["points"]), max(p["kl"] for p in e["points"]))
+        row = out.setdefault(src, {"size": z, "base": b["proxy"], "runs": {}})
+        key = e.get("trial", e["proxy"])
+        row["runs"][key] = {"objective": e["objective"], "members": len(e["members"]), "at_kl": k,
+                            "single": drop_by_kl(b["points"], k), "ensemble": drop_by_kl(e["points"], k),
+                            "single_end": b.get("gold_drop_after_peak"),
+                            "ensemble_end": e.get("gold_drop_after_peak"),
+                            "single_final_kl": b["points"][-1]["kl"], "ensemble_final_kl": e["points"][-1]["kl"]}
+    return out
 
 
 def cells(rl: list[dict]) -> dict[tuple[str, float], list[dict]]:

@@ -39,11 +39,12 @@ def pool_calibration(runs: list[dict]) -> dict | None:
     sizes = {p: {"params": v["params"], **{k: _mean_se(v[k]) for k in ("acc", "nll", "ece", "ece_tau", "tau")}}
              for p, v in sorted(by.items(), key=lambda kv: kv[1]["params"])}
     pred = {}
+    singles = [(s, e) for s, e in pts if e.get("kind", "proxy") == "proxy"]  # the proxies, not the ensembles
     for m in ("acc", "nll", "ece"):
-        x = [e["calibration"][m] for _, e in pts]
-        pred[m] = {t: spearman(x, [e["fit"][f] for _, e in pts]) for t, f in (("kl_peak", "kl_peak"),
-                                                                              ("gold_peak", "gold_peak"))}
-    return {"seeds": sorted({s for s, _ in pts}), "n": len(pts), "sizes": sizes, "predicts_frontier": pred}
+        x = [e["calibration"][m] for _, e in singles]
+        pred[m] = {t: spearman(x, [e["fit"][f] for _, e in singles]) for t, f in (("kl_peak", "kl_peak"),
+                                                                                  ("gold_peak", "gold_peak"))}
+    return {"seeds": sorted({s for s, _ in pts}), "n": len(singles), "sizes": sizes, "predicts_frontier": pred}
 
 
 def pool_active(runs: list[dict]) -> dict | None:
@@ -149,4 +150,31 @@ def pool_monitor(runs: list[dict], grid_points: int = 41) -> dict:
                                        test)["runs"]
             folds.append(fold)
         m["cross_validated"] = {"folds": folds, "held_out": summarize_records(held) if held else None}
+    return out
+
+
+def ensemble_effects(frontier: dict) -> dict[str, float | None]:
+    """Issue 20, best-of-n side, as signed effects of one seed (> 0 where the ensemble does better):
+    per ensemble (and WARM), its measured peak gold and its gold at the largest n minus the mean of
+    its members' own (best-of-n curves share one KL grid, so both are at matched KL). Entries of the
+    run's own labels (gold, or the judge's with label.source ai)."""
+    bon = frontier.get("bon", [])
+    by = {e["proxy"]: e for e in bon}
+    main = "ai" if any(e.get("labels") == "ai" and e.get("kind", "proxy") == "proxy" for e in bon) else "gold"
+    out: dict[str, float | None] = {}
+    for e in bon:
+        if e.get("kind") not in ("ensemble", "warm") or e.get("labels", "gold") != main:
+            continue
+        members = [by[m] for m in e.get("members", []) if m in by]
+        if not members:
+            continue
+        peak = lambda x: max(p["gold"] for p in x["points"])  # noqa: E731
+        last = lambda x: x["points"][-1]["gold"]  # noqa: E731
+        what = (f"BoN {e['source']} ({e['objective']}, {len(members)} members)" if e["kind"] == "ensemble"
+                else f"BoN WARM ({len(members)} members)")
+        out[f"{what}: peak gold, ensemble - members' mean"] = peak(e) - float(np.mean([peak(m) for m in members]))
+        out[f"{what}: gold at the largest n, ensemble - members' mean"] = (
+            last(e) - float(np.mean([last(m) for m in members])))
+        out[f"{what}: gold lost past the peak by the largest n, members' mean - ensemble"] = (
+            float(np.mean([peak(m) - last(m) for m in members])) - (peak(e) - last(e)))
     return out

@@ -39,8 +39,9 @@ def plot_rl(bon: list[dict], rl: list[dict]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    single = sorted([e for e in rl if len(e["members"]) == 1 and e["kl_coef"] == 0], key=lambda e: e["proxy_params"])
-    ens = [e for e in rl if len(e["members"]) > 1]
+    single = sorted([e for e in rl if len(e["members"]) == 1 and e["kl_coef"] == 0 and not e.get("ensemble")],
+                    key=lambda e: e["proxy_params"])
+    ens = [e for e in rl if len(e["members"]) > 1 or e.get("ensemble")]
     bon_by = {e["proxy"]: e for e in bon}
     k = len(single)
     fig, axes = plt.subplots(1, k + 1, figsize=(3.6 * (k + 1), 3.4), squeeze=False)
@@ -86,7 +87,7 @@ def plot_bon(bon: list[dict]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_size = sorted(bon, key=lambda e: e["proxy_params"])
+    by_size = sorted([e for e in bon if e.get("kind", "proxy") == "proxy"], key=lambda e: e["proxy_params"])
     k = len(by_size)
     fig, axes = plt.subplots(1, k + 1, figsize=(3.6 * (k + 1), 3.4), squeeze=False)
     cmap = plt.get_cmap("viridis")
@@ -112,6 +113,49 @@ def plot_bon(bon: list[dict]) -> bytes:
     axes[0, k].axhline(0, color="gray", lw=0.5)
     axes[0, k].legend(fontsize=7)
     fig.suptitle("best-of-n: proxy vs gold (Gao et al. 2022)")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def plot_bon_ensembles(bon: list[dict]) -> bytes:
+    """Issue 20: best-of-n gold vs sqrt(KL), one panel per ensemble source (size, seed, bootstrap,
+    pretrain), its mean / WCO / UWO curves over its members' own curves (thin gray), WARM in the
+    panel of the members it averages. b"" when the run has no ensemble."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ens = [e for e in bon if e.get("kind") == "ensemble"]
+    if not ens:
+        return b""
+    by_name = {e["proxy"]: e for e in bon}
+    sources = list(dict.fromkeys((e["source"], e["labels"]) for e in ens))
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.6), squeeze=False)
+    style = {"mean": "tab:blue", "wco": "tab:red", "uwo": "tab:green"}
+    for ax, (src, lab) in zip(axes[0], sources):
+        group = [e for e in ens if e["source"] == src and e["labels"] == lab]
+        members = group[0]["members"]
+        for i, m in enumerate(members):
+            if m in by_name:
+                pts = by_name[m]["points"]
+                ax.plot(np.sqrt([p["kl"] for p in pts]), [p["gold"] for p in pts], color="gray", lw=0.7,
+                        label="members" if i == 0 else None)
+        for e in group:
+            pts = e["points"]
+            ax.plot(np.sqrt([p["kl"] for p in pts]), [p["gold"] for p in pts], color=style.get(e["objective"]),
+                    lw=1.6, label=e["objective"])
+        for w in [e for e in bon if e.get("kind") == "warm" and set(e.get("members", [])) <= set(members)]:
+            pts = w["points"]
+            ax.plot(np.sqrt([p["kl"] for p in pts]), [p["gold"] for p in pts], "--", color="black", label="WARM")
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_title(f"{src} ensemble{' (AI labels)' if lab == 'ai' else ''}: {len(members)} members", fontsize=9)
+        ax.set_xlabel("sqrt(KL) (sqrt nats)")
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("gold relative to n = 1")
+    fig.suptitle("best-of-n of ensembles (members scaled, then aggregated; Coste et al. 2023)")
+    fig.tight_layout()
     data = _png(fig)
     plt.close(fig)
     return data
@@ -192,6 +236,8 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     run_dir = Path(run_dir)
     (run_dir / "frontier.json").write_text(json.dumps(frontier, indent=1))
     images = {"bon.png": plot_bon(frontier["bon"])}
+    if any(e.get("kind") == "ensemble" for e in frontier["bon"]):
+        images["bon_ensembles.png"] = plot_bon_ensembles(frontier["bon"])
     if frontier.get("rl"):
         from orchestrator.report import frontier_map as FM
 
@@ -218,12 +264,15 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
     lines = ["# rlhf-frontier report", "",
              f"config hash `{frontier['config_hash'][:12]}`, seed {frontier['seed']}", "",
              "## Best-of-n", "", "![best-of-n](bon.png)", "",
-             "| proxy | params | val acc | alpha | beta | R² | peak KL (fit) | 90% CI | peak gold (fit) | max proxy gain |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for e in sorted(frontier["bon"], key=lambda e: e["proxy_params"]):
+             *(["![best-of-n of the ensembles](bon_ensembles.png)", ""] if "bon_ensembles.png" in images else []),
+             "| proxy | kind | params | val acc | alpha | beta | R² | peak KL (fit) | 90% CI | peak gold (fit) | "
+             "max proxy gain |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {"proxy": 0, "member": 1, "warm": 2, "ensemble": 3}
+    for e in sorted(frontier["bon"], key=lambda e: (order.get(e.get("kind", "proxy"), 0), e["proxy_params"])):
         f = e["fit"]
         ci = e.get("kl_peak_ci90") or [None, None]
-        lines.append(f"| {e['proxy']} | {e['proxy_params']} | {_fmt(e.get('val_accuracy'))} | {f['alpha']:.3f} | "
+        kind = e.get("kind", "proxy") + (f" ({e['source']}, {e['objective']})" if e.get("kind") == "ensemble" else "")
+        lines.append(f"| {e['proxy']} | {kind} | {e['proxy_params']} | {_fmt(e.get('val_accuracy'))} | {f['alpha']:.3f} | "
                      f"{f['beta']:.3f} | {f['r2']:.3f} | {_fmt(f['kl_peak'], 2)} | "
                      f"[{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}] | {_fmt(f['gold_peak'])} | "
                      f"{e['points'][-1]['proxy']:.3f} |")
@@ -238,7 +287,7 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
               *_trend_lines(c.get("size_trend")),
               *_not_evaluated(c), ""]
     if extra.get("calibration"):
-        lines += calibration_lines(frontier["bon"], frontier.get("calibration_ensembles"), "reliability.png" in images)
+        lines += calibration_lines(frontier["bon"], frontier.get("calibration_judge"), "reliability.png" in images)
     if frontier.get("rl"):
         rc = c.get("rl", {})
         ratios = ", ".join(f"{k} {v['ratio']:.1f}x ({v['ratio_vs_bound']:.1f}x against the ln n bound)"

@@ -34,6 +34,7 @@ from orchestrator.config.schema import (
 from orchestrator.report.pooled import (  # noqa: F401  (re-exported: jobs.seeds' pooled sections)
     _mean_se,
     _monitor_runs,
+    ensemble_effects,
     pool_active,
     pool_calibration,
     pool_monitor,
@@ -94,6 +95,12 @@ def _rl_effects(rl: dict) -> dict[str, float | None]:
     # Coste et al. compare runs of one step budget: an ensemble that climbs more slowly in KL gains here
     out["gold lost by the last step: singles' mean - best ensemble (no check)"] = _less_lost(
         list((rl.get("gold_drop_single_end") or {}).values()), list((rl.get("gold_drop_ensemble_end") or {}).values()))
+    for src, row in (rl.get("ensembles_by_source") or {}).items():  # issue 20: each source against its member
+        for r in row["runs"].values():
+            what = f"RL {src} ({r['objective']}, {r['members']} members)" if src != "warm" else "RL WARM"
+            out[f"{what}: gold lost at matched KL, member - ensemble"] = _less_lost([r["single"]], [r["ensemble"]])
+            out[f"{what}: gold lost by the last step, member - ensemble"] = _less_lost(
+                [r["single_end"]], [r["ensemble_end"]])
     se_ = rl.get("seed_ensemble")
     if se_:  # proxy.seed_members: one size's seed ensemble against one of its members
         out["seed ensemble: gold lost at their common KL, one member - best ensemble"] = _less_lost(
@@ -233,7 +240,8 @@ def aggregate(runs: list[dict]) -> dict:
                for label, (path, scale) in NUMBERS.items()}
     numbers["job wall (s)"] = {str(r["seed"]): r["frontier"].get("wall_seconds") for r in runs}
     per_effects = {str(r["seed"]): {**_trend_effects(r["frontier"]["checks"]),
-                                    **_rl_effects(r["frontier"]["checks"].get("rl") or {})} for r in runs}
+                                    **_rl_effects(r["frontier"]["checks"].get("rl") or {}),
+                                    **ensemble_effects(r["frontier"])} for r in runs}
     effects = {}
     for label in dict.fromkeys(k for e in per_effects.values() for k in e):
         vals = {s: e.get(label) for s, e in per_effects.items()}

@@ -92,7 +92,7 @@ def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: Sta
     ``active.bootstrap`` each member trains on its own resample of the set."""
     a = cfg.active
     pc = to_dict(cfg.proxy)
-    for k in ("sizes", "seed_members", "seed_member_size", "models"):
+    for k in cfg.proxy.NOT_PER_PROXY:
         pc.pop(k)
     if cfg.proxy.models:  # as the job's own proxies: a base model of the user's reads through its template
         pc["template"] = cfg.task.dataset.chat_template

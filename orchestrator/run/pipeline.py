@@ -99,7 +99,7 @@ def _proxy_model(cfg: FrontierConfig, size: str) -> ModelConfig:
 
 def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
               models: dict[str, tuple[ModelConfig, RoleResources]], progress: bool,
-              replicate: int = 0) -> dict[str, StageResult]:
+              replicate: int | dict[str, int] = 0) -> dict[str, StageResult]:
     """Causal LMs trained on the demonstrations with the SFT recipe, one cached stage per model.
 
     The policy is one of them (the SFT stage); a proxy of the same architecture starts from the
@@ -107,9 +107,11 @@ def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
     InstructGPT starts its RM from the SFT model. Missing ones train in parallel, largest first,
     each on its role's resources (the policy: ``cluster.learner``; proxies' LMs: ``cluster.proxy``).
     ``replicate`` k > 0: the same LMs from another initialization and demonstration order (seed
-    stream ``sft/r<k>``; ``jobs.bon_power --factors lm``), never the job's own.
+    stream ``sft/r<k>``; ``jobs.bon_power --factors lm``; the ``pretrain`` ensemble members), never
+    the job's own; a dict gives each model its own k.
     """
-    stages = {name: stage(run_dir, "sft", _lm_inputs(cfg, task, m, replicate)) for name, (m, _) in models.items()}
+    rep = (lambda name: replicate.get(name, 0)) if isinstance(replicate, dict) else (lambda name: replicate)
+    stages = {name: stage(run_dir, "sft", _lm_inputs(cfg, task, m, rep(name))) for name, (m, _) in models.items()}
     out = {name: cached(st) for name, st in stages.items() if st.done}
     first: dict[str, str] = {}  # one run per distinct LM; the first name (the policy) picks resources
     for name, st in stages.items():
@@ -127,11 +129,12 @@ def stage_lms(cfg: FrontierConfig, run_dir: Path, task: StageResult,
         tmp = begin(st)
         model, resources = models[name]
         grp = ActorGroup(PolicyLearner, resources, tokenizer_dir(task), asdict(model),
-                         stream(cfg.seed, f"sft/r{replicate}" if replicate else "sft"), replicas=1, progress=True,
+                         stream(cfg.seed, f"sft/r{rep(name)}" if rep(name) else "sft"), replicas=1, progress=True,
                          chat_template=template)
         tr = grp.one("sft", pairs, cfg.sft.steps, cfg.sft.sequences_per_step, cfg.sft.lr)
         calls[grp.one("save", str(tmp / "policy"))] = (name, grp, tr)
-    poll = {f"lm-{models[n][0].size if not models[n][0].path else n}": g.actors[0] for n, g, _ in calls.values()}
+    poll = {f"lm-{models[n][0].size if not models[n][0].path else n}" + (f"-r{rep(n)}" if rep(n) else ""): g.actors[0]
+            for n, g, _ in calls.values()}
     for ref in as_completed(list(calls), "train LMs", progress, poll):
         name, grp, tr = calls[ref]
         stats = ray.get(tr)
@@ -333,14 +336,24 @@ def stage_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample:
                           [(s, 0) for s in cfg.proxy.names])
 
 
-def stage_seed_members(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
-                       label: StageResult, lms: dict[str, StageResult], progress: bool,
-                       labels: str = "preferences.parquet", tag: str = "") -> list[StageResult]:
-    """``proxy.seed_members`` more proxies of size ``proxy.seed_size`` (``proxy-<size>-m1``, ...): the
-    same LM, labels and recipe as that size's proxy, other seeds for the head and the minibatch order
-    -- the members of a seed ensemble (Coste et al. 2023); empty when ``seed_members`` is 0."""
-    return _train_proxies(cfg, run_dir, task, sample, label, lms, progress, labels, tag,
-                          [(cfg.proxy.seed_size, i) for i in range(1, cfg.proxy.seed_members + 1)])
+def stage_extra_members(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
+                        label: StageResult, lms: dict[str, StageResult], progress: bool,
+                        labels: str = "preferences.parquet", tag: str = "") -> list[StageResult]:
+    """The members ``proxy.ensemble_diversity`` adds to the ``proxy.seed_size`` proxy,
+    ``proxy.seed_members`` per source (``orchestrator.config.members``): ``-m<k>`` the same LM and
+    labels, other seeds for the head and minibatch order (Coste et al. 2023); ``-b<k>`` the same LM
+    and head initialization, a bootstrap resample by prompt of the training pairs; ``-p<k>`` an LM
+    pretrained with another seed (``sft/r<k>``) and other fine-tuning seeds (Eisenstein et al.
+    2023). Empty when there are none."""
+    from orchestrator.config.members import extra_members
+
+    which = extra_members(cfg)
+    pre = {f"{z}/p{k}": k for z, k, src in which if src == "pretrain"}
+    if pre:  # the pretrain members' LMs: the seed size's LM recipe, replicate k's seeds
+        z = cfg.proxy.seed_size
+        lms = {**lms, **stage_lms(cfg, run_dir, task, {n: (_proxy_model(cfg, z), cfg.cluster.proxy) for n in pre},
+                                  progress, replicate=pre)}
+    return _train_proxies(cfg, run_dir, task, sample, label, lms, progress, labels, tag, which)
 
 
 def stage_disjoint_halves(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
@@ -374,19 +387,31 @@ def stage_disjoint_halves(cfg: FrontierConfig, run_dir: Path, task: StageResult,
 def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
                    label: StageResult, lms: dict[str, StageResult], progress: bool, labels: str, tag: str,
                    which: list[tuple[str, int]]) -> list[StageResult]:
-    """The proxy stages ``which`` = [(size, member index)] (index 0: the size's own proxy)."""
+    """The proxy stages ``which`` = [(size, k)] or [(size, k, source)] (k 0: the size's own proxy;
+    k >= 1 with no source: a ``seed`` member). A ``pretrain`` member starts from ``lms["<size>/p<k>"]``."""
+    from orchestrator.config.members import CODE, member_name
+    from orchestrator.math.active import bootstrap_by_prompt
+
+    which = [(w[0], w[1], (w[2] if len(w) > 2 else "seed") if w[1] else "") for w in which]
+
+    def lm_of(s: str, i: int, src: str):
+        return lms.get(f"{s}/p{i}") if src == "pretrain" else lms.get(s)
+
+    def ident(i: int, src: str) -> dict:  # a member's place in the stage key (seed members: as before)
+        return {} if not i else {"member": i} if src == "seed" else {src: i}
+
     pc = to_dict(cfg.proxy)
-    for k in ("sizes", "seed_members", "seed_member_size", "models"):  # not inputs of any one proxy
+    for k in cfg.proxy.NOT_PER_PROXY:  # not inputs of any one proxy
         pc.pop(k)
     if cfg.proxy.models:
         pc["template"] = cfg.task.dataset.chat_template
     extra = {"labels": labels, "tag": tag} if (labels, tag) != ("preferences.parquet", "") else {}
-    stages = {(s, i): stage(run_dir, "proxy", {"stage": "proxy", "v": 3, "label": label.key, "sample": sample.key,
-                                               "size": s, "proxy": pc, "seed": cfg.seed,
-                                               "init": lms[s].key if s in lms else None, **extra,
-                                               **({"model": cfg.proxy.model_of(s)} if cfg.proxy.models else {}),
-                                               **({"member": i} if i else {})})
-              for s, i in which}
+    stages = {(s, i, src): stage(run_dir, "proxy", {"stage": "proxy", "v": 3, "label": label.key,
+                                                    "sample": sample.key, "size": s, "proxy": pc, "seed": cfg.seed,
+                                                    "init": lm_of(s, i, src).key if lm_of(s, i, src) else None,
+                                                    **extra, **ident(i, src),
+                                                    **({"model": cfg.proxy.model_of(s)} if cfg.proxy.models else {})})
+              for s, i, src in which}
     out = {w: cached(st) for w, st in stages.items() if st.done}
     todo = sorted([w for w in which if w not in out], key=lambda w: (-_cost(w[0]), w[1]))
     if todo:
@@ -396,23 +421,30 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
         uniq, back = _unique_rows(rows)
         uniq_ref = ray.put({"prompt": uniq["prompt"], "response": uniq["response"]})
         calls = {}
-        for s, i in todo:
-            tmp = begin(stages[s, i])
-            name, sub = f"proxy-{s}{tag}" + (f"-m{i}" if i else ""), f"proxy/{s}" + (f"/m{i}" if i else "")
-            member = {"name": name, "kind": "hf", "seed": stream(cfg.seed, f"{sub}/init")}
+        for s, i, src in todo:
+            tmp = begin(stages[s, i, src])
+            name, sub = member_name(s, tag, i, src), f"proxy/{s}" + (f"/{CODE[src]}{i}" if i else "")
+            # a bootstrap member shares its size's head initialization (WARM averages one initialization)
+            member = {"name": name, "kind": "hf",
+                      "seed": stream(cfg.seed, f"proxy/{s}/init" if src == "bootstrap" else f"{sub}/init")}
+            pairs = None
+            if src == "bootstrap":  # the training pairs resampled by prompt; the held-out pairs unchanged
+                arr = ray.get(data)
+                pairs = [bootstrap_by_prompt(np.flatnonzero(~np.asarray(arr["val"], bool)), np.asarray(arr["group"]),
+                                             np.random.default_rng(stream(cfg.seed, f"{sub}/bootstrap"))).tolist()]
             if cfg.proxy.models:  # a base model of the user's: its own tokenizer, a fresh one-label head
                 member["path"] = cfg.proxy.model_of(s)
-            elif s in lms:
-                member["path"] = str(lms[s].dir / "policy")
+            elif lm_of(s, i, src):
+                member["path"] = str(lm_of(s, i, src).dir / "policy")
             else:
                 member.update(size=s, n_head=cfg.proxy.n_head, n_positions=cfg.sft.policy.n_positions)
             grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", [member], tokenizer_dir(task),
                              replicas=1, progress=True, chat_template=cfg.task.dataset.chat_template)
             # one caller's calls to an actor run in order: train, then score, then save
             tr = grp.one("train", data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
-                         stream(cfg.seed, f"{sub}/train"))
+                         stream(cfg.seed, f"{sub}/train"), **({"member_pairs": pairs} if pairs else {}))
             sc = grp.one("score", uniq_ref)
-            calls[grp.one("save", str(tmp))] = ((s, i), name, grp, tr, sc, tmp)
+            calls[grp.one("save", str(tmp))] = ((s, i, src), name, grp, tr, sc, tmp)
         poll = {v[1]: v[2].actors[0] for v in calls.values()}
         for ref in as_completed(list(calls), "train proxies", progress, poll):
             w, name, grp, tr, sc, tmp = calls[ref]
@@ -425,7 +457,8 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
             log.info("proxy %-9s %7d params  val acc %.3f  (%.0f s)", name.removeprefix("proxy-"), stats["params"],
                      stats.get("val_accuracy", float("nan")), stats["seconds"])
             named = {"name": name} if name != f"proxy-{w[0]}" else {}
-            out[w] = commit(stages[w], {**stats, "size": w[0], **named, **({"member": w[1]} if w[1] else {})})
+            out[w] = commit(stages[w], {**stats, "size": w[0], **named, **({"member": w[1]} if w[1] else {}),
+                                        **({"source": w[2]} if w[1] and w[2] != "seed" else {})})
     return [out[w] for w in which]
 
 
@@ -439,9 +472,22 @@ def _cost(size: str) -> int:
 
 
 def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
-              proxies: list[StageResult], progress: bool) -> StageResult:
-    inputs = {"stage": "bon", "v": 4, "sample": sample.key, "proxies": [p.key for p in proxies],
-              "bon": to_dict(cfg.bon), "n_max": cfg.n_max, "seed": cfg.seed, **gold_key(cfg)}
+              proxies: list[StageResult], progress: bool, extras: list[StageResult] = (),
+              calib: StageResult | None = None) -> StageResult:
+    """Best-of-n curves of every proxy, of ``extras`` (ensemble members, WARM) and of every ensemble
+    of ``ensemble_sets`` under mean, WCO and UWO: members scaled by ``proxy.member_scaling`` (with
+    ``temperature``, by the taus of ``calib``), aggregated per response, and the aggregate taken as
+    one more proxy by the same estimator (issue 20). ``bon.json``: {name: curve}; an ensemble's curve
+    also names its ``members``, ``objective`` and ``source``."""
+    from orchestrator.config.members import OBJECTIVES, ensemble_sets
+    from orchestrator.math.ensembles import ensemble_scores, member_scales
+
+    temperature = cfg.proxy.member_scaling == "temperature"
+    inputs = {"stage": "bon", "v": 5, "sample": sample.key, "proxies": [p.key for p in proxies],
+              "extras": [p.key for p in extras], "bon": to_dict(cfg.bon), "n_max": cfg.n_max, "seed": cfg.seed,
+              "diversity": list(cfg.proxy.ensemble_sources), "scaling": cfg.proxy.member_scaling,
+              "uwo_lambda": cfg.rl.uwo_lambda, **({"calibration": calib.key} if temperature and calib else {}),
+              **gold_key(cfg)}
 
     def fn(out: Path) -> dict:
         samples, rows = _bon_rows(task, sample)
@@ -451,16 +497,37 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
         for p, v in principles.items():
             samples[f"score.gold.{p}"] = v[back].tolist()
         names = []
-        for p in proxies:
+        for p in [*proxies, *extras]:
             name = proxy_name(p)
             sc = pq.read_table(p.dir / "bon_scores.parquet").to_pydict()
             if sc["prompt_id"] != samples["prompt_id"] or sc["sample_id"] != samples["sample_id"]:
                 raise D.DataError(f"{p.dir}/bon_scores.parquet: rows do not match the best-of-n pool")
             samples[f"score.{name}"] = sc["score"]
             names.append(name)
+        taus = json.loads((calib.dir / "calibration.json").read_text()) if temperature and calib else {}
+        meta = {}
+        for tag in dict.fromkeys(str((p.meta.get("inputs") or {}).get("tag", "")) for p in proxies):
+            for ens in ensemble_sets(cfg, tag):
+                if not all(m in names for m in ens["members"]):
+                    continue
+                pool = np.stack([np.asarray(samples[f"score.{m}"], float) for m in ens["members"]], 1)
+                t = [(taus.get(m) or {}).get("tau") for m in ens["members"]]
+                if temperature and any(x is None for x in t):
+                    log.warning("%s: a member has no fitted tau (too few held-out pairs): no temperature-scaled "
+                                "ensemble", ens["prefix"])
+                    continue
+                scales = member_scales(pool, cfg.proxy.member_scaling, t if temperature else None)
+                for obj in OBJECTIVES:
+                    name = f"{ens['prefix']}-{obj}"
+                    samples[f"score.{name}"] = ensemble_scores(pool, scales, obj, cfg.rl.uwo_lambda).tolist()
+                    names.append(name)
+                    meta[name] = {"members": ens["members"], "objective": obj, "source": ens["source"],
+                                  "scaling": cfg.proxy.member_scaling}
         D.write_table(samples, out / "bon_scores.parquet")
         result = bon_summary(samples, names, cfg.sample.bon_responses_per_prompt, cfg.n_max, cfg.bon.bootstrap,
                              stream(cfg.seed, "bon/bootstrap"))
+        for name, m in meta.items():
+            result[name].update(m)
         (out / "bon.json").write_text(json.dumps(result, indent=1))
         return {"unique_fraction": len(uniq["response"]) / len(back), "scored": len(uniq["response"])}
 
@@ -495,35 +562,55 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
             proxies += stage_proxies(cfg, run_dir, task, sample, label, lms, progress, "preferences_gold.parquet")
     else:
         proxies = stage_proxies(cfg, run_dir, task, sample, label, lms, progress)
-    # a seed ensemble's extra members (proxy.seed_members): RL members only, no best-of-n curve of their own
-    members = (stage_seed_members(cfg, run_dir, task, sample, label, lms, progress,
-                                  tag="-ai" if cfg.label.source == "ai" else "") if cfg.rl.enabled else [])
-    halves = (stage_disjoint_halves(cfg, run_dir, task, sample, label, lms, progress,
-                                    tag="-ai" if cfg.label.source == "ai" else "") if cfg.rl.enabled else [])
-    bon = stage_bon(cfg, run_dir, task, sample, proxies, progress)
+    tag = "-ai" if cfg.label.source == "ai" else ""
+    # the ensembles' extra members (proxy.ensemble_diversity) and WARM: best-of-n curves, calibration, RL
+    members = stage_extra_members(cfg, run_dir, task, sample, label, lms, progress, tag=tag)
+    from orchestrator.run.warm import stage_warm
+
+    def pool():
+        samples, rows = _bon_rows(task, sample)
+        return (samples, *_unique_rows(rows))
+
+    members += stage_warm(cfg, run_dir, task, sample, proxies + members, pool, tag)
+    halves = (stage_disjoint_halves(cfg, run_dir, task, sample, label, lms, progress, tag=tag)
+              if cfg.rl.enabled else [])
     from orchestrator.run.held_out import stage_calibration
 
-    calib = stage_calibration(cfg, run_dir, task, label, proxies)
-    t_rl = time.perf_counter()
-    rl = stage_sweep(cfg, run_dir, task, sft, proxies + members + halves, progress) if cfg.rl.enabled else []
-    curves = json.loads((bon.dir / "bon.json").read_text())
+    calib = stage_calibration(cfg, run_dir, task, label, proxies + members)
     calibration = json.loads((calib.dir / "calibration.json").read_text())
+    bon = stage_bon(cfg, run_dir, task, sample, proxies, progress, members, calib)
+    t_rl = time.perf_counter()
+    rl = (stage_sweep(cfg, run_dir, task, sft, proxies + members + halves, progress, calibration)
+          if cfg.rl.enabled else [])
+    curves = json.loads((bon.dir / "bon.json").read_text())
     shutil.copyfile(calib.dir / "calibration.parquet", run_dir / "calibration.parquet")
+    keys = ("tau", "acc", "nll", "brier", "ece", "nll_tau", "ece_tau", "pairs")
+    params = {proxy_name(p): p.meta["params"] for p in proxies + members}
+    tags = {proxy_name(p): str((p.meta.get("inputs") or {}).get("tag", "")) for p in proxies + members}
+    for p in members:  # WARM's label tag: its members'
+        if "warm_members" in p.meta:
+            tags[proxy_name(p)] = tags[p.meta["warm_members"][0]]
     entries = []
-    for p in proxies:
+    for p in proxies + members:
         name = proxy_name(p)
-        cal = calibration[name]
-        entries.append({"proxy": name, "proxy_params": p.meta["params"], "seed": cfg.seed,
-                        "labels": "ai" if name.endswith("-ai") else "gold",
+        kind = "warm" if "warm_members" in p.meta else "member" if p.meta.get("member") else "proxy"
+        entries.append({"proxy": name, "kind": kind, "proxy_params": p.meta["params"], "seed": cfg.seed,
+                        "labels": "ai" if tags[name] == "-ai" else "gold",
                         "val_accuracy": p.meta.get("val_accuracy"), "val_ece": p.meta.get("val_ece"),
-                        "calibration": {k: cal[k] for k in ("tau", "acc", "nll", "brier", "ece", "nll_tau", "ece_tau",
-                                                            "pairs")},
-                        **curves[name]})
+                        **({"members": p.meta["warm_members"]} if kind == "warm" else {}),
+                        **({"source": p.meta.get("source", "seed")} if kind == "member" else {}),
+                        "calibration": {k: calibration[name][k] for k in keys}, **curves[name]})
+    for name, c in curves.items():  # the ensembles: curves of the aggregate, fitted like a single proxy
+        if "members" in c:
+            entries.append({"proxy": name, "kind": "ensemble", "proxy_params": sum(params[m] for m in c["members"]),
+                            "seed": cfg.seed, "labels": "ai" if name.startswith("ensemble-ai") else "gold",
+                            "calibration": ({k: calibration[name][k] for k in keys} if name in calibration else None),
+                            **c})
     timings = {}
-    for name, s in [("task", task), ("sft", sft), *[(f"lm-{k}", v) for k, v in lms.items() if v.key != sft.key],
-                    ("sample", sample), ("label", label), *[(proxy_name(p), p) for p in proxies + members + halves],
-                    ("bon", bon), ("calibration", calib)]:
-        timings[name] = {"seconds": s.meta["seconds"], "cached": s.cached}
+    for name, st in [("task", task), ("sft", sft), *[(f"lm-{k}", v) for k, v in lms.items() if v.key != sft.key],
+                     ("sample", sample), ("label", label), *[(proxy_name(p), p) for p in proxies + members + halves],
+                     ("calibration", calib), ("bon", bon)]:
+        timings[name] = {"seconds": st.meta["seconds"], "cached": st.cached}
     if rl:
         all_cached = all([e.pop("cached") for e in rl])
         timings["rl-sweep"] = {"seconds": round(time.perf_counter() - t_rl, 2), "cached": all_cached,
@@ -532,10 +619,9 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         frontier_task = {k: v for k, v in task.meta.items() if k not in ("seconds", "inputs")}
     else:
         frontier_task = None
-    ensembles_cal = {n: {k: c[k] for k in ("tau", "acc", "nll", "brier", "ece", "nll_tau", "ece_tau", "pairs")}
-                     for n, c in calibration.items() if n.startswith("ensemble")}
+    judge_cal = {k: calibration["judge"][k] for k in keys} if "judge" in calibration else None
     frontier = {"config_hash": config_digest(cfg), "versions": versions(), "seed": cfg.seed,
-                **({"calibration_ensembles": ensembles_cal} if ensembles_cal else {}),
+                **({"calibration_judge": judge_cal} if judge_cal else {}),
                 **({"task": frontier_task} if frontier_task else {}),
                 "bon": entries, "rl": rl,
                 "label": {k: v for k, v in label.meta.items() if k not in ("seconds",)},
@@ -543,13 +629,13 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
                 "timings": timings, "wall_seconds": round(time.perf_counter() - t0, 2)}
     # the findings are checked on the proxies of the run's own labels (the judge's, with label.source ai)
     main = "ai" if cfg.label.source == "ai" else "gold"
-    bon_main = [e for e in entries if e["labels"] == main]
+    bon_main = [e for e in entries if e["labels"] == main and e["kind"] == "proxy"]  # one per size
     rl_main = [e for e in rl if e.get("labels", "gold") == main]
     frontier["checks"] = bon_checks(bon_main)
     if cfg.label.source == "ai":
         from orchestrator.run.rlaif import compare_labels
 
-        frontier["rlaif"] = compare_labels(entries, rl)
+        frontier["rlaif"] = compare_labels([e for e in entries if e["kind"] == "proxy"], rl)
     if rl:
         frontier["checks"]["bon_all_pass"] = frontier["checks"]["all_pass"]
         frontier["checks"]["rl"] = rl_checks(bon_main, rl_main)

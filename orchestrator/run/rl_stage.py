@@ -34,14 +34,21 @@ def rl_rows(cfg: FrontierConfig, task: StageResult) -> tuple[dict, dict]:
     return train_rows, eval_rows
 
 
-def proxy_member(cfg: FrontierConfig, proxy: StageResult) -> dict:
+def proxy_member(cfg: FrontierConfig, proxy: StageResult, tau: float | None = None) -> dict:
     """A trained proxy as a ``RewardEnsemble`` member of an RL run. With ``rl.normalize_proxies`` it
     carries ``norm`` = (mean, std) of its scores over the best-of-n pool -- samples of the SFT
-    policy, where every RL run starts (Ziegler et al. 2019 normalize the RM on the initial policy)."""
+    policy, where every RL run starts (Ziegler et al. 2019 normalize the RM on the initial policy);
+    with ``proxy.member_scaling: temperature``, (mean, its fitted tau) instead, and ``scaling`` in
+    the member (so the trial's key changes with it)."""
+    from orchestrator.math.ensembles import member_scales
     from orchestrator.run.stages import proxy_name
 
     m = {"name": proxy_name(proxy), "kind": "hf", "path": str(proxy.dir / "model"), "stage": proxy.key}
     if cfg.rl.normalize_proxies:
         s = np.asarray(pq.read_table(proxy.dir / "bon_scores.parquet", columns=["score"])["score"], np.float64)
-        m["norm"] = [float(s.mean()), float(max(s.std(), 1e-6))]
+        if cfg.proxy.member_scaling == "temperature" and tau is not None:
+            m["norm"] = list(member_scales(s[:, None], "temperature", [tau])[0])
+            m["scaling"] = f"temperature {tau!r}"
+        else:
+            m["norm"] = [float(s.mean()), float(max(s.std(), 1e-6))]
     return m

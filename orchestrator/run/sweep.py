@@ -25,6 +25,7 @@ import ray
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
+from orchestrator.config.members import ensemble_sets, warm_name
 from orchestrator.config.schema import ConfigError, FrontierConfig, digest, to_dict
 from orchestrator.run.stages import StageResult
 from orchestrator.run.wandb_logging import clear_stale_tmp, wandb_callbacks
@@ -48,14 +49,14 @@ def grid(cfg: FrontierConfig) -> list[dict]:
     lab = "-ai" if cfg.label.source == "ai" else ""  # the proxies the sweep optimizes: the judge-trained ones
     out = []
     for seed in seeds:
-        if len(cfg.proxy.names) >= 2:
-            out += [{"name": f"ensemble{lab}-{obj}{tag(seed)}", "sizes": list(cfg.proxy.names), "objective": obj,
-                     "kl_coef": 0.0, "seed": seed, "tag": lab} for obj in cfg.rl.ensemble_objectives]
-        if cfg.proxy.seed_members:  # Coste et al.: one size, members differing in seed only
+        for ens in ensemble_sets(cfg, lab):  # the size ensemble, then Coste et al.'s one-size ensembles
+            extra = {} if ens["source"] == "size" else {"member_ids": ens["member_ids"], "source": ens["source"]}
+            out += [{"name": f"{ens['prefix']}-{obj}{tag(seed)}", "sizes": ens["sizes"], "objective": obj,
+                     "kl_coef": 0.0, "seed": seed, "tag": lab, **extra} for obj in cfg.rl.ensemble_objectives]
+        if cfg.proxy.warm:  # WARM: the weight-averaged proxy, optimized like a single one
             z = cfg.proxy.seed_size
-            out += [{"name": f"ensemble{lab}-seeds-{obj}{tag(seed)}", "sizes": [z] * (cfg.proxy.seed_members + 1),
-                     "member_ids": [""] + [f"-m{i}" for i in range(1, cfg.proxy.seed_members + 1)],
-                     "objective": obj, "kl_coef": 0.0, "seed": seed, "tag": lab} for obj in cfg.rl.ensemble_objectives]
+            out.append({"name": f"{warm_name(cfg, lab)}-kl0{tag(seed)}", "sizes": [z], "member_ids": ["-warm"],
+                        "objective": cfg.rl.objective, "kl_coef": 0.0, "seed": seed, "tag": lab, "source": "warm"})
         if cfg.monitor.disjoint_size:  # the disjoint-labels judge's run: half a's proxy, monitored by half b
             z = cfg.monitor.disjoint_size
             out.append({"name": f"proxy-{z}{lab}-half-a-kl0{tag(seed)}", "sizes": [z], "member_ids": ["-half-a"],
@@ -69,14 +70,15 @@ def grid(cfg: FrontierConfig) -> list[dict]:
     return out
 
 
-def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
-    """``grid`` as ``RunSpec``s with the trained proxies as members."""
+def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: dict | None = None) -> list:
+    """``grid`` as ``RunSpec``s with the trained proxies as members (``calibration``: the calibration
+    stage's summaries, whose taus scale members under ``proxy.member_scaling: temperature``)."""
     from orchestrator.run.rl_loop import RunSpec
     from orchestrator.run.rl_stage import proxy_member
     from orchestrator.run.stages import proxy_name
 
     by_name = {proxy_name(p): p for p in proxies}
-    members = {n: proxy_member(cfg, p) for n, p in by_name.items()}
+    members = {n: proxy_member(cfg, p, ((calibration or {}).get(n) or {}).get("tau")) for n, p in by_name.items()}
 
     def names(t: dict) -> list[str]:
         return [f"proxy-{s}{t['tag']}{m}" for s, m in zip(t["sizes"], t.get("member_ids", [""] * len(t["sizes"])))]
@@ -84,9 +86,11 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
     def labels(t: dict) -> dict:
         if t.get("half"):  # not a run of the job's own proxies: kept out of the findings' checks
             return {"size": t["sizes"][0], "seed": t["seed"], "labels": ("ai" if t["tag"] else "gold") + "-half"}
-        kind = {"size": t["sizes"][0]} if len(t["sizes"]) == 1 else (
-            {"size": "ensemble", "ensemble": "seeds", "member_size": t["sizes"][0]} if "member_ids" in t
-            else {"size": "ensemble"})  # (size ensembles: no "ensemble" key, as before seed ensembles existed)
+        src = {"seed": "seeds"}.get(t.get("source", ""), t.get("source", ""))
+        kind = ({"size": "ensemble" if len(t["sizes"]) > 1 else t["sizes"][0], "ensemble": src,
+                 "member_size": t["sizes"][0]} if src
+                else {"size": t["sizes"][0]} if len(t["sizes"]) == 1
+                else {"size": "ensemble"})  # (size ensembles: no "ensemble" key, as before seed ensembles existed)
         return {**kind, "seed": t["seed"], "labels": "ai" if t["tag"] else "gold"}
 
     trials = grid(cfg)
@@ -98,7 +102,8 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult]) -> list:
         if t.get("half"):  # half a's run: judged by half b alone, which saw none of its labels
             return tuple(members[n.replace("-half-a", "-half-b")] for n in names(t))
         return tuple(members[n] for n in by_name if n not in names(t) and tag_of.get(n) == t["tag"]
-                     and "-half-" not in n)  # other sizes and other seeds (seed members) of its labels
+                     and "-half-" not in n and "warm_members" not in by_name[n].meta
+                     and by_name[n].meta.get("source") is None)  # other sizes and seed members of its labels
 
     return [RunSpec(t["name"], tuple(members[n] for n in names(t)), t["objective"], t["kl_coef"],
                     sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t), monitors=monitors(t))
@@ -116,6 +121,8 @@ def trial_dir(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageR
     key = digest({"stage": "rl", "v": 2, "task": task.key, "sft": sft.key, "rl": rl_cfg,
                   "seed": spec.labels.get("seed", cfg.seed), "objective": spec.objective, "kl_coef": spec.kl_coef,
                   "members": [m["stage"] for m in spec.members], **gold_key(cfg),
+                  **({"scaling": [m.get("scaling") for m in spec.members]}  # proxy.member_scaling temperature
+                     if any(m.get("scaling") for m in spec.members) else {}),
                   # the monitor's independent judges: their scores are in the run's records
                   **({"monitors": [m["stage"] for m in spec.monitors]} if spec.monitors else {})})[:16]
     return run_dir / "rl" / f"{spec.name}-{key}"
@@ -393,7 +400,7 @@ def _final(summary: dict) -> dict:
 
 
 def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult,
-                proxies: list[StageResult], progress: bool) -> list[dict]:
+                proxies: list[StageResult], progress: bool, calibration: dict | None = None) -> list[dict]:
     """Run (or restore and finish) the sweep; returns every trial's summary (frontier.json "rl")."""
     from ray import tune
 
@@ -405,7 +412,7 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
         # restored (a restored WandbLoggerCallback asks for an API key unless WANDB_MODE is offline)
         os.environ.setdefault("WANDB_MODE", "offline")
     clear_stale_tmp(run_dir)  # wandb's temporary files of an earlier job here that was SIGKILLed
-    specs = trial_specs(cfg, proxies)
+    specs = trial_specs(cfg, proxies, calibration)
     dirs = [trial_dir(cfg, run_dir, task, sft, s) for s in specs]
     todo = [i for i, d in enumerate(dirs) if not (d / "DONE.json").is_file()]
     for i in range(len(specs)):
