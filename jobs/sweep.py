@@ -39,9 +39,11 @@ def _list(args) -> int:
     cfg, run_dir = resolve("sweep", FrontierConfig, args)
     trials = grid(cfg)
     for t in trials:
-        what = (f"proxy {t['sizes'][0]:<7}" if len(t["sizes"]) == 1 else
-                f"ensemble of {len(t['sizes'])} {t['sizes'][0]} seeds ({t['objective']})" if "member_ids" in t else
-                f"ensemble of {len(t['sizes'])} sizes ({t['objective']})")
+        src = {"seed": "seeds", "bootstrap": "bootstrap resamples", "pretrain": "pretraining seeds"}
+        what = (f"WARM of {t['sizes'][0]:<7}" if t.get("source") == "warm" else
+                f"proxy {t['sizes'][0]:<7}" if len(t["sizes"]) == 1 else
+                f"ensemble of {len(t['sizes'])} {t['sizes'][0]} {src[t['source']]} ({t['objective']})"
+                if t.get("source") else f"ensemble of {len(t['sizes'])} sizes ({t['objective']})")
         print(f"seed {t['seed']}  {what} beta {t['kl_coef']:g}   {t['name']}")
     print(f"{len(trials)} trials, {cfg.rl.steps} steps each, {cfg.cluster.rl.num_cpus:g} CPU per trial; run dir {run_dir}")
     return 0
