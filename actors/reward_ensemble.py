@@ -314,7 +314,7 @@ class RewardEnsemble:
 
     # ----------------------------------------------------------------------------------------
     def train(self, data: dict, epochs: int, prompts_per_step: int, lr: float, seed: int,
-              member_pairs: list[list[int]] | None = None) -> dict:
+              member_pairs: list[list[int]] | None = None, draws: bool = False) -> dict:
         """Bradley-Terry training of every HF member on labelled pairs.
 
         data: ``texts`` [(prompt, response)] unique sequences; ``a``, ``b`` [pairs] indices into
@@ -322,7 +322,10 @@ class RewardEnsemble:
         A step takes ``prompts_per_step`` prompts and *all* their pairs, so each sequence is
         encoded once per step however many pairs it is in (4 responses -> 6 pairs, 4 forwards).
         ``member_pairs``: per member, the training pairs it sees (indices into the pairs, repeats
-        count twice: a bootstrap resample); default every pair not in ``val``.
+        count twice: a bootstrap resample); default every pair not in ``val``. ``draws``: a repeat is a
+        prompt drawn again, its copy a group of its own (its own place in the epoch, so a bootstrap
+        resample takes as many steps as the data it resamples, as bagging does); otherwise a repeat
+        weighs twice in its prompt's step.
         """
         torch.set_num_threads(self.threads)  # per calling thread under OpenMP (a threaded actor's pool)
         a, b = np.asarray(data["a"]), np.asarray(data["b"])
@@ -338,10 +341,13 @@ class RewardEnsemble:
             rows = np.flatnonzero(~val) if member_pairs is None else np.asarray(member_pairs[j], dtype=np.int64)
             if member_pairs is not None and val[rows].any():
                 raise ValueError(f"member_pairs[{j}] holds validation pairs")
-            train_groups = sorted(set(group[rows].tolist()))
-            by_group: dict[int, list[int]] = {}
+            by_group: dict = {}
+            copies: dict[int, int] = {}
             for i in rows:
-                by_group.setdefault(int(group[i]), []).append(int(i))
+                c = copies.get(int(i), 0) if draws else 0  # the copy of prompt group[i] this repeat belongs to
+                copies[int(i)] = c + 1
+                by_group.setdefault((int(group[i]), c) if draws else int(group[i]), []).append(int(i))
+            train_groups = sorted(by_group)
             codec = self.codecs[j]
             seqs = [codec.score_input(p, r) for p, r in data["texts"]]
             group_len = {g: max(len(seqs[x]) for i in idx for x in (a[i], b[i])) for g, idx in by_group.items()}

@@ -53,7 +53,8 @@ def _pool(run: Path):
     t = pq.read_table(files[-1]).to_pydict()
     N = len(t["prompt_id"]) // len(set(t["prompt_id"]))
     gold = pool_matrix(t, "score.gold", N)
-    entries = sorted([e for e in frontier["bon"] if e.get("labels", "gold") == "gold"], key=lambda e: e["proxy_params"])
+    entries = sorted([e for e in frontier["bon"] if e.get("labels", "gold") == "gold" and e.get("kind", "proxy") == "proxy"],
+                     key=lambda e: e["proxy_params"])
     proxies = {e["proxy"]: pool_matrix(t, f"score.{e['proxy']}", N) for e in entries}
     return frontier, entries, gold, proxies
 

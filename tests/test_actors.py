@@ -89,6 +89,31 @@ def test_proxy_ensemble_learns_gold_preferences(ray_session, policy_dir):
     assert scores.values.shape == (8, 2) and scores.members == ("rm-a", "rm-b")
 
 
+def test_a_resampled_prompt_is_a_draw_of_its_own_with_draws(ray_session, policy_dir):
+    """member_pairs that repeat every training pair: by default a repeat weighs twice in its prompt's
+    step (as many steps as prompts); with ``draws`` each copy is a prompt of its own (twice the steps,
+    as bagging takes them)."""
+    rng = random.Random(0)
+    rows = T.make_prompts(64, 4, families=("arith", "chat"))
+    texts, a, b, p, group = [], [], [], [], []
+    for i, r in enumerate(rows):
+        resp = [T.make_demonstration(r["family"], r["meta"], rng) for _ in range(3)]
+        texts += [(r["prompt"], x) for x in resp]
+        a += [3 * i, 3 * i + 1]
+        b += [3 * i + 1, 3 * i + 2]
+        p += [1.0, 0.0]
+        group += [i, i]
+    data = {"texts": texts, "a": a, "b": b, "p_a": p, "group": group, "val": [False] * len(a)}
+    twice = [list(range(len(a))) * 2]
+    steps = {}
+    for draws in (False, True):
+        grp = ActorGroup(RewardEnsemble, RoleResources(1, 1.0), "proxy",
+                         [{"name": "rm", "kind": "hf", "size": "1x8", "seed": 1}], str(policy_dir / "tok"))
+        steps[draws] = ray.get(grp.one("train", data, 1, 8, 1e-3, 0, member_pairs=twice, draws=draws))["rm"]["steps"]
+        grp.shutdown()
+    assert steps == {False: 64 // 8, True: 2 * 64 // 8}
+
+
 def test_gold_ensemble_scores_principles(ray_session):
     grp = ActorGroup(RewardEnsemble, RoleResources(1, 0.5), "gold", [{"name": "oracle", "kind": "oracle"}])
     rows = {"prompt": ["what is 3 plus 4 ?"] * 2, "response": ["3 plus 4 is 7 .", "3 plus 4 is 9 ."],

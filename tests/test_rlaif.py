@@ -55,8 +55,22 @@ def test_judge_labels_enter_the_frontier_beside_gold_labels(rlaif_run):
     lab = fr["label"]  # its measurements are checked against a recomputation in the next test
     assert lab["calibration"]["n"] == PAIRS and lab["template"] == "rlaif-v1" and lab["pairs_per_s"] > 0
     assert {"unmitigated", "mitigated"} == set(lab["injection"])
-    names = {e["proxy"] for e in fr["bon"]}
+    names = {e["proxy"] for e in fr["bon"] if e["kind"] == "proxy"}
     assert {f"proxy-{s}-ai" for s in cfg.proxy.sizes} | {f"proxy-{s}" for s in cfg.proxy.sizes} == names
+    # each label source's size ensemble gets its best-of-n curves (issue 20), labelled by its members' labels
+    ens = {e["proxy"]: e["labels"] for e in fr["bon"] if e["kind"] == "ensemble"}
+    assert ens == {**{f"ensemble-ai-{o}": "ai" for o in ("mean", "wco", "uwo")},
+                   **{f"ensemble-{o}": "gold" for o in ("mean", "wco", "uwo")}}
+    # the judge as a reward model: the logit of its soft label on each held-out pair, against gold's label
+    cal = pq.read_table(run_dir / "calibration.parquet").to_pydict()
+    rows = [i for i, rm in enumerate(cal["rm"]) if rm == "judge"]
+    assert len(rows) == fr["calibration_judge"]["pairs"] >= 1
+    for i in rows:
+        j = cal["pair_id"][i]
+        assert cal["delta"][i] == pytest.approx(np.log(p[j] / (1 - p[j])))
+        assert cal["label"][i] == gold["p_a"][j]
+    assert sorted(cal["pair_id"][i] for i in rows) == sorted(
+        cal["pair_id"][i] for i, rm in enumerate(cal["rm"]) if rm == "proxy-1x8-ai")
     assert {e["trial"] for e in fr["rl"]} >= {"proxy-1x8-ai-kl0", "proxy-1x8-kl0", "ensemble-ai-wco"}
     assert all(set(row) == {"ai", "gold"} for row in fr["rlaif"].values())
     assert "rl_gold_peak" in fr["rlaif"]["1x8"]["ai"] and "rl_gold_peak" in fr["rlaif"]["1x8"]["gold"]

@@ -257,7 +257,8 @@ def aggregate(runs: list[dict]) -> dict:
             fr = r["frontier"]
             if kind == "bon":
                 ests = {e["proxy"]: (e["proxy_params"], e["fit"]["kl_peak"], e["fit"]["gold_peak"])
-                        for e in fr.get("bon", []) if e.get("labels", "gold") == "gold" and e.get("fit")}
+                        for e in fr.get("bon", []) if e.get("labels", "gold") == "gold" and e.get("fit")
+                        and e.get("kind", "proxy") == "proxy"}  # the size law: one proxy per size
             else:
                 peaks = fr["checks"].get("sweep", {}).get("no_penalty_peaks", {})
                 ests = {p: (v["params"], v["kl_peak_fit"], v["gold_peak_fit"]) for p, v in peaks.items()}

@@ -398,7 +398,8 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
         return lms.get(f"{s}/p{i}") if src == "pretrain" else lms.get(s)
 
     def ident(i: int, src: str) -> dict:  # a member's place in the stage key (seed members: as before)
-        return {} if not i else {"member": i} if src == "seed" else {src: i}
+        return ({} if not i else {"member": i} if src == "seed" else
+                {src: i, "draws": True} if src == "bootstrap" else {src: i})
 
     pc = to_dict(cfg.proxy)
     for k in cfg.proxy.NOT_PER_PROXY:  # not inputs of any one proxy
@@ -442,7 +443,7 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
                              replicas=1, progress=True, chat_template=cfg.task.dataset.chat_template)
             # one caller's calls to an actor run in order: train, then score, then save
             tr = grp.one("train", data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
-                         stream(cfg.seed, f"{sub}/train"), **({"member_pairs": pairs} if pairs else {}))
+                         stream(cfg.seed, f"{sub}/train"), **({"member_pairs": pairs, "draws": True} if pairs else {}))
             sc = grp.one("score", uniq_ref)
             calls[grp.one("save", str(tmp))] = ((s, i, src), name, grp, tr, sc, tmp)
         poll = {v[1]: v[2].actors[0] for v in calls.values()}
