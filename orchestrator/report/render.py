@@ -120,8 +120,8 @@ def plot_bon(bon: list[dict]) -> bytes:
 
 def plot_bon_ensembles(bon: list[dict]) -> bytes:
     """Issue 20: best-of-n gold vs sqrt(KL), one panel per ensemble source (size, seed, bootstrap,
-    pretrain), its mean / WCO / UWO curves over its members' own curves (thin gray), WARM in the
-    panel of the members it averages. b"" when the run has no ensemble."""
+    pretrain), its mean / WCO / UWO curves and their fits (dotted) over its members' own curves (thin
+    gray), WARM in the panel of the members it averages. b"" when the run has no ensemble."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,8 +144,11 @@ def plot_bon_ensembles(bon: list[dict]) -> bytes:
                         label="members" if i == 0 else None)
         for e in group:
             pts = e["points"]
-            ax.plot(np.sqrt([p["kl"] for p in pts]), [p["gold"] for p in pts], color=style.get(e["objective"]),
-                    lw=1.6, label=e["objective"])
+            d = np.sqrt([p["kl"] for p in pts])
+            ax.plot(d, [p["gold"] for p in pts], color=style.get(e["objective"]), lw=1.6, label=e["objective"])
+            f = e["fit"]  # fitted like a single proxy's curve (dotted)
+            dd = np.linspace(0, d.max(), 100)
+            ax.plot(dd, dd * (f["alpha"] - f["beta"] * dd), ":", color=style.get(e["objective"]), lw=1.0)
         for w in [e for e in bon if e.get("kind") == "warm" and set(e.get("members", [])) <= set(members)]:
             pts = w["points"]
             ax.plot(np.sqrt([p["kl"] for p in pts]), [p["gold"] for p in pts], "--", color="black", label="WARM")
