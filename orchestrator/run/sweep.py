@@ -431,11 +431,25 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         storage = (run_dir / "tune").resolve()
         path = storage / "sweep"
+        # the experiment's trials by index (its param space) and the trial directories they stood for:
+        # a restore is only right when every unfinished trial is the one the experiment holds. When a
+        # trial's key changed since (another version of a stage, a member scaled otherwise), Tune would
+        # count the old trial finished and the new one would never run: set the experiment aside and
+        # start a fresh one (every trial still continues from its own checkpoints).
+        manifest = storage / "sweep.trials.json"
+        if tune.Tuner.can_restore(str(path)):
+            held = json.loads(manifest.read_text()) if manifest.is_file() else {}
+            if not all(held.get(str(i)) == str(dirs[i]) for i in todo):
+                aside = path.with_name(f"sweep.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+                path.rename(aside)
+                log.info("sweep: the Tune experiment in %s holds other trials; set aside as %s", path, aside.name)
         if tune.Tuner.can_restore(str(path)):
             log.info("sweep: restoring the Tune experiment in %s", path)
             tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
             SweepProgress.show_bar = progress  # the restored callback: this terminal decides
         else:
+            storage.mkdir(parents=True, exist_ok=True)
+            _write_json(manifest, {str(i): str(dirs[i]) for i in todo})
             tuner = tune.Tuner(
                 trainable,
                 param_space={"trial": tune.grid_search(todo)},
