@@ -275,7 +275,8 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         f = e["fit"]
         ci = e.get("kl_peak_ci90") or [None, None]
         kind = e.get("kind", "proxy") + (f" ({e['source']}, {e['objective']})" if e.get("kind") == "ensemble" else "")
-        lines.append(f"| {e['proxy']} | {kind} | {e['proxy_params']} | {_fmt(e.get('val_accuracy'))} | {f['alpha']:.3f} | "
+        acc = "-" if e.get("val_accuracy") is None else _fmt(e["val_accuracy"])  # ensembles: see calibration
+        lines.append(f"| {e['proxy']} | {kind} | {e['proxy_params']} | {acc} | {f['alpha']:.3f} | "
                      f"{f['beta']:.3f} | {f['r2']:.3f} | {_fmt(f['kl_peak'], 2)} | "
                      f"[{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}] | {_fmt(f['gold_peak'])} | "
                      f"{e['points'][-1]['proxy']:.3f} |")
