@@ -132,7 +132,7 @@ def plot_bon_ensembles(bon: list[dict]) -> bytes:
         return b""
     by_name = {e["proxy"]: e for e in bon}
     sources = list(dict.fromkeys((e["source"], e["labels"]) for e in ens))
-    fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(sources), figsize=(max(6.5, 4.2 * len(sources)), 3.6), squeeze=False)
     style = {"mean": "tab:blue", "wco": "tab:red", "uwo": "tab:green"}
     for ax, (src, lab) in zip(axes[0], sources):
         group = [e for e in ens if e["source"] == src and e["labels"] == lab]
