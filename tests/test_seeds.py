@@ -174,7 +174,7 @@ def test_bon_power_splits_the_spread_of_a_real_run(smoke_run, tmp_path):
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = json.loads(out.read_text())["runs"]
-    assert set(run["sizes"]) == {e["proxy"] for e in frontier["bon"]}
+    assert set(run["sizes"]) == {e["proxy"] for e in frontier["bon"] if e["kind"] == "proxy"}  # not the ensembles
     for name, s in run["sizes"].items():
         e = next(e for e in frontier["bon"] if e["proxy"] == name)
         assert s["kl_peak"] == e["fit"]["kl_peak"]  # the job's own fit, recomputed from the pool
@@ -194,10 +194,10 @@ def test_bon_power_factors_retrain_proxies_with_one_input_redrawn(smoke_run, tmp
     from orchestrator.config.schema import FrontierConfig, load
     from orchestrator.run.pipeline import (
         _proxy_model,
+        stage_extra_members,
         stage_label,
         stage_lms,
         stage_sample,
-        stage_seed_members,
         stage_task,
     )
 
@@ -241,7 +241,7 @@ def test_bon_power_factors_retrain_proxies_with_one_input_redrawn(smoke_run, tmp
     sample = stage_sample(cfg, run, task, lms["policy"], False)
     label = stage_label(cfg, run, task, sample, False)
     size_lms = stage_lms(cfg, run, task, {"1x8": (_proxy_model(cfg, "1x8"), cfg.cluster.proxy)}, False)
-    (m1,) = stage_seed_members(cfg, run, task, sample, label, size_lms, False)
+    (m1,) = stage_extra_members(cfg, run, task, sample, label, size_lms, False)
     assert m1.cached and m1.dir.name in new
     # a second call: every replicate cached, nothing new
     assert bon_power.main(argv) == 0
