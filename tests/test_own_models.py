@@ -272,10 +272,11 @@ def test_hf_tiny_profile_runs_the_whole_frontier_on_models_by_path(hf_run):
     from orchestrator.run.pipeline import run_frontier
 
     cfg, run_dir, fr = hf_run
-    assert [e["proxy"] for e in fr["bon"]] == ["proxy-gpt2-2x16", "proxy-gpt_neox-2x32", "proxy-llama-2x48"]
+    assert [e["proxy"] for e in fr["bon"] if e["kind"] == "proxy"] == ["proxy-gpt2-2x16", "proxy-gpt_neox-2x32",
+                                                                       "proxy-llama-2x48"]
     stages = {json.loads((d / "DONE.json").read_text()).get("name", f"proxy-{json.loads((d / 'DONE.json').read_text())['size']}"): d
               for d in run_dir.glob("stages/proxy-*") if not d.name.endswith(".tmp")}
-    for e, arch in zip(fr["bon"], ("gpt2", "gpt_neox", "llama")):
+    for e, arch in zip([e for e in fr["bon"] if e["kind"] == "proxy"], ("gpt2", "gpt_neox", "llama")):
         saved = stages[e["proxy"]] / "model"  # plain transformers loads every proxy, with its own tokenizer
         rm = AutoModelForSequenceClassification.from_pretrained(saved)
         assert rm.config.model_type == arch and rm.config.num_labels == 1

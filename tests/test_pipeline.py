@@ -16,9 +16,14 @@ def test_frontier_json_contract(smoke_run):
     on_disk = json.loads((run_dir / "frontier.json").read_text())
     assert on_disk["config_hash"] == frontier["config_hash"]
     assert set(on_disk) >= {"config_hash", "versions", "bon", "rl"}
-    assert len(on_disk["bon"]) == len(cfg.proxy.sizes)
+    # one proxy per size, then the size ensemble under mean, WCO and UWO (issue 20: on in every profile)
+    assert [(e["proxy"], e["kind"]) for e in on_disk["bon"]] == (
+        [(f"proxy-{s}", "proxy") for s in cfg.proxy.sizes] + [(f"ensemble-{o}", "ensemble") for o in ("mean", "wco", "uwo")])
     for e in on_disk["bon"]:
-        assert set(e) >= {"proxy", "proxy_params", "seed", "points", "fit"}
+        assert set(e) >= {"proxy", "kind", "proxy_params", "seed", "points", "fit", "calibration"}
+        if e["kind"] == "ensemble":
+            assert e["members"] == [f"proxy-{s}" for s in cfg.proxy.sizes] and e["scaling"] == "standardize"
+            assert e["source"] == "size" and e["proxy_params"] == sum(x["proxy_params"] for x in on_disk["bon"][:4])
         assert set(e["fit"]) >= {"alpha", "beta", "r2", "kl_peak", "gold_peak"}
         ns = [p["n"] for p in e["points"]]
         assert ns == list(range(1, cfg.n_max + 1))  # every n up to N
@@ -26,7 +31,7 @@ def test_frontier_json_contract(smoke_run):
         assert np.allclose([p["kl"] for p in e["points"]], kl_bon(np.array(ns)))
         proxy = [p["proxy"] for p in e["points"]]
         assert all(b >= a - 1e-9 for a, b in zip(proxy, proxy[1:]))
-    params = [e["proxy_params"] for e in on_disk["bon"]]
+    params = [e["proxy_params"] for e in on_disk["bon"] if e["kind"] == "proxy"]
     assert max(params) >= 5 * min(params)
     for f in ("bon.png", "report.md", "report.html", "config.yaml"):
         assert (run_dir / f).is_file() and (run_dir / f).stat().st_size > 100
@@ -75,7 +80,7 @@ def test_same_config_same_numbers_in_a_fresh_dir(smoke_run, tmp_path):
                               proxy=dataclasses.replace(cfg.proxy, sizes=sizes))
     second = run_frontier(one, tmp_path / "again", progress=False)
     assert not any(t["cached"] for t in second["timings"].values())
-    assert [e["proxy"] for e in second["bon"]] == [f"proxy-{s}" for s in sizes]
+    assert [e["proxy"] for e in second["bon"]] == [f"proxy-{s}" for s in sizes]  # one proxy: no ensemble
     assert second["bon"] == first["bon"][:1]  # CPU: same config, same numbers
     assert second["label"] == first["label"]
     assert second["rl"] == []

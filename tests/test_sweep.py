@@ -255,9 +255,13 @@ def test_seed_ensemble_members_and_check(smoke_run, tmp_path):
     assert z == "1x8"  # the smallest of the smoke sizes
     fr = run_frontier(cfg, d, progress=False)
     t = fr["timings"]
-    assert all(t[f"proxy-{s}"]["cached"] for s in cfg.proxy.sizes) and t["bon"]["cached"]  # keys unchanged
+    assert all(t[f"proxy-{s}"]["cached"] for s in cfg.proxy.sizes)  # keys unchanged
     assert [t[f"proxy-{z}-m{i}"]["cached"] for i in range(1, M + 1)] == [False] * M
-    assert fr["bon"] == base["bon"]
+    # best-of-n: every earlier curve as it was; the members' own and the seed ensembles' added (issue 20)
+    old, new = {e["proxy"]: e for e in base["bon"]}, {e["proxy"]: e for e in fr["bon"]}
+    assert all(new[n] == e for n, e in old.items())
+    assert set(new) - set(old) == {*(f"proxy-{z}-m{i}" for i in range(1, M + 1)),
+                                   *(f"ensemble-seeds-{o}" for o in ("mean", "wco", "uwo"))}
     # the members: trained from the same LM on the same labels, with their own seeds
     metas = {p: json.loads((p / "DONE.json").read_text()) for p in (d / "stages").glob("proxy-*")
              if (p / "DONE.json").is_file()}
