@@ -416,8 +416,9 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
     out = {w: cached(st) for w, st in stages.items() if st.done}
     todo = sorted([w for w in which if w not in out], key=lambda w: (-_cost(w[0]), w[1]))
     if todo:
-        data = ray.put(preference_arrays(label.dir / labels, cfg.proxy.val_fraction,
-                                         stream(cfg.seed, "proxy/val")))
+        arrays = preference_arrays(label.dir / labels, cfg.proxy.val_fraction, stream(cfg.seed, "proxy/val"))
+        data = ray.put(arrays)
+        train_rows, groups = np.flatnonzero(~np.asarray(arrays["val"], bool)), np.asarray(arrays["group"])
         samples, rows = _bon_rows(task, sample)
         uniq, back = _unique_rows(rows)
         uniq_ref = ray.put({"prompt": uniq["prompt"], "response": uniq["response"]})
@@ -430,8 +431,7 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
                       "seed": stream(cfg.seed, f"proxy/{s}/init" if src == "bootstrap" else f"{sub}/init")}
             pairs = None
             if src == "bootstrap":  # the training pairs resampled by prompt; the held-out pairs unchanged
-                arr = ray.get(data)
-                pairs = [bootstrap_by_prompt(np.flatnonzero(~np.asarray(arr["val"], bool)), np.asarray(arr["group"]),
+                pairs = [bootstrap_by_prompt(train_rows, groups,
                                              np.random.default_rng(stream(cfg.seed, f"{sub}/bootstrap"))).tolist()]
             if cfg.proxy.models:  # a base model of the user's: its own tokenizer, a fresh one-label head
                 member["path"] = cfg.proxy.model_of(s)
