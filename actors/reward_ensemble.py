@@ -74,6 +74,92 @@ def _drill(role: str, name: str, calls: dict) -> str:
     return ""
 
 
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    xc, yc = x - x.mean(), y - y.mean()
+    return (xc * yc).sum() / (xc.norm() * yc.norm()).clamp_min(1e-8)
+
+
+class _LengthControl:
+    """The Bradley-Terry loss of one training step under ``proxy.length_control`` (issue 21).
+
+    * ``none``: -log sigma(r(a) - r(b)) (soft labels as ``bradley_terry_loss``).
+    * ``regress``: the logit r(a) - r(b) + beta (len(a) - len(b)): beta, one learned scalar, absorbs
+      the part of the labels that length explains, so r is trained on the rest; beta is reported
+      and dropped (the length term zeroed at scoring, as length-controlled AlpacaEval does at
+      evaluation; Dubois et al. 2024).
+    * ``head``: ODIN (Chen et al. 2024, "ODIN: disentangled reward mitigates hacking in RLHF"):
+      the model's score layer gets a second output, the length head r_L; the pair logit uses
+      r_Q + r_L; plus lambda * (-rho(r_L, len) + |rho(r_Q, len)| + |cos(w_Q, w_L)|), rho Pearson's
+      over the step's sequences. ``finish`` cuts the layer back to the quality head r_Q alone, so the
+      saved model is an ordinary one-label reward model.
+    """
+
+    def __init__(self, mode: str, model, lam: float, lens: torch.Tensor):
+        self.mode, self.model, self.lam, self.lens = mode, model, lam, lens
+        self.beta = torch.zeros(1, requires_grad=True) if mode == "regress" else None
+        self.heads = 2 if mode == "head" else 1
+        self.rho: list[tuple[float, float]] = []
+        if mode == "head":
+            head = getattr(model, "score", None)
+            if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+                raise ValueError(f"proxy.length_control head needs a sequence-classification model whose score "
+                                 f"layer is model.score (Linear, 1 output); {type(model).__name__} has "
+                                 f"{type(head).__name__}")
+            new = torch.nn.Linear(head.in_features, 2, bias=head.bias is not None).to(head.weight.device)
+            with torch.no_grad():
+                new.weight[0] = head.weight[0]
+                new.weight[1] = head.weight[0][torch.randperm(head.in_features)]  # same scale, another direction
+                if head.bias is not None:
+                    new.bias.zero_()
+                    new.bias[0] = head.bias[0]
+            model.score = new
+            model.config.num_labels = 2
+        elif mode not in ("none", "regress"):
+            raise ValueError(f"length_control {mode!r}: none, regress or head")
+
+    def extra_params(self) -> list:
+        return [self.beta] if self.beta is not None else []
+
+    def loss(self, r: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, p_a: torch.Tensor, uniq: list[int]):
+        dev = r.device
+        ia, ib, p_a = ia.to(dev), ib.to(dev), p_a.to(dev)
+        if self.mode == "none":
+            s = r[:, 0]
+            return bradley_terry_loss(s[ia], s[ib], p_a)
+        ln = self.lens[uniq].to(dev)
+        if self.mode == "regress":
+            s = r[:, 0] + self.beta.to(dev) * ln
+            return bradley_terry_loss(s[ia], s[ib], p_a)
+        rq, rl = r[:, 0], r[:, 1]
+        s = rq + rl
+        bt = bradley_terry_loss(s[ia], s[ib], p_a)
+        if len(uniq) < 3 or float(ln.std()) == 0.0:  # no length variation in the step: nothing to disentangle
+            return bt
+        rho_l, rho_q = _pearson(rl, ln), _pearson(rq, ln)
+        w = self.model.score.weight
+        cos = (w[0] * w[1]).sum() / (w[0].norm() * w[1].norm()).clamp_min(1e-8)
+        self.rho.append((float(rho_l), float(rho_q)))
+        return bt + self.lam * (-rho_l + rho_q.abs() + cos.abs().to(dev))
+
+    def finish(self) -> dict:
+        """The stats of the run, and the model back to one output where a length head was trained."""
+        if self.mode == "regress":
+            return {"length_beta": float(self.beta.detach())}
+        if self.mode == "head":
+            head = self.model.score
+            new = torch.nn.Linear(head.in_features, 1, bias=head.bias is not None).to(head.weight.device)
+            with torch.no_grad():
+                new.weight[0] = head.weight[0]
+                if head.bias is not None:
+                    new.bias[0] = head.bias[0]
+            self.model.score = new
+            self.model.config.num_labels = 1
+            last = self.rho[-20:]
+            return {"length_head_rho": float(np.mean([x[0] for x in last])) if last else None,
+                    "quality_head_rho": float(np.mean([x[1] for x in last])) if last else None}
+        return {}
+
+
 class RewardEnsemble:
     def __init__(self, role: str, members: list[dict], tokenizer_dir: str = "", num_cpus: float = 1.0,
                  chat_template: str = "auto", batch_tokens: int = 0, device: str = "cpu", dtype: str = "float32"):
@@ -212,34 +298,36 @@ class RewardEnsemble:
         res[order] = np.concatenate(out) if out else np.zeros(0)
         return res
 
-    def _bt_backward(self, model, useqs: list[list[int]], pad_id: int, ia, ib, p_a) -> torch.Tensor:
-        """The Bradley-Terry loss of one step and its gradient, in one forward pass or -- when the
-        step's padded tokens exceed ``batch_tokens`` -- in two passes over length-bounded pieces:
-        every score without grad, the loss's gradient with respect to the scores, then each piece's
-        forward again backpropagating its share (the same gradient as one pass)."""
+    def _bt_backward(self, model, useqs: list[list[int]], pad_id: int, loss_of, heads: int = 1) -> torch.Tensor:
+        """One step's loss ``loss_of(r)`` (r: ``[sequences, heads]``, the model's first ``heads``
+        logits) and its gradient, in one forward pass or -- when the step's padded tokens exceed
+        ``batch_tokens`` -- in two passes over length-bounded pieces: every score without grad, the
+        loss's gradient with respect to the scores, then each piece's forward again backpropagating
+        its share (the same gradient as one pass; parameters outside the model that ``loss_of``
+        uses get theirs from the first backward)."""
         longest = max(len(s) for s in useqs)
         dev = self.device
         if not self.batch_tokens or len(useqs) * longest <= self.batch_tokens:
             ids, mask = _hf().pad_right(useqs, pad_id)
             with autocast(dev, self.dtype):
-                r = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float()
-            loss = bradley_terry_loss(r[ia.to(dev)], r[ib.to(dev)], torch.tensor(p_a, dtype=r.dtype, device=dev))
+                r = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, :heads].float()
+            loss = loss_of(r)
             loss.backward()
             return loss
         pieces = _hf().token_chunks([len(s) for s in useqs], self.batch_tokens, len(useqs))
-        r = torch.zeros(len(useqs))
+        r = torch.zeros(len(useqs), heads)
         with torch.no_grad():
             for c in pieces:
                 ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
                 with autocast(dev, self.dtype):
-                    r[c] = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float().cpu()
+                    r[c] = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, :heads].float().cpu()
         r.requires_grad_(True)
-        loss = bradley_terry_loss(r[ia], r[ib], torch.tensor(p_a, dtype=r.dtype))
+        loss = loss_of(r)
         loss.backward()
         for c in pieces:
             ids, mask = _hf().pad_right([useqs[j] for j in c], pad_id)
             with autocast(dev, self.dtype):
-                out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, 0].float()
+                out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits[:, :heads].float()
             out.backward(r.grad[c].to(dev))
         return loss.detach()
 
@@ -314,7 +402,8 @@ class RewardEnsemble:
 
     # ----------------------------------------------------------------------------------------
     def train(self, data: dict, epochs: int, prompts_per_step: int, lr: float, seed: int,
-              member_pairs: list[list[int]] | None = None, draws: bool = False) -> dict:
+              member_pairs: list[list[int]] | None = None, draws: bool = False,
+              length_control: str = "none", length_lambda: float = 1.0) -> dict:
         """Bradley-Terry training of every HF member on labelled pairs.
 
         data: ``texts`` [(prompt, response)] unique sequences; ``a``, ``b`` [pairs] indices into
@@ -325,7 +414,10 @@ class RewardEnsemble:
         count twice: a bootstrap resample); default every pair not in ``val``. ``draws``: a repeat is a
         prompt drawn again, its copy a group of its own (its own place in the epoch, so a bootstrap
         resample takes as many steps as the data it resamples, as bagging does); otherwise a repeat
-        weighs twice in its prompt's step.
+        weighs twice in its prompt's step. ``length_control`` (``proxy.length_control``, issue 21):
+        ``regress`` adds beta * (len(a) - len(b)) to each pair's logit, beta learned and reported
+        (``length_beta``), not part of the saved model; ``head`` trains ODIN's length head beside the
+        score (``_LengthHead``) and saves only the score.
         """
         torch.set_num_threads(self.threads)  # per calling thread under OpenMP (a threaded actor's pool)
         a, b = np.asarray(data["a"]), np.asarray(data["b"])
@@ -350,6 +442,7 @@ class RewardEnsemble:
             train_groups = sorted(by_group)
             codec = self.codecs[j]
             seqs = [codec.score_input(p, r) for p, r in data["texts"]]
+            lens = torch.tensor([float(len(codec.response(r))) for _, r in data["texts"]])
             group_len = {g: max(len(seqs[x]) for i in idx for x in (a[i], b[i])) for g, idx in by_group.items()}
             t0 = time.perf_counter()
             torch.manual_seed(seed + j)
@@ -357,7 +450,11 @@ class RewardEnsemble:
             full, rest = divmod(len(train_groups), prompts_per_step * 16)  # as _length_bucketed cuts them
             steps_per_epoch = full * 16 + math.ceil(rest / prompts_per_step)
             total = steps_per_epoch * epochs
-            opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.01)
+            lc = _LengthControl(length_control, m, length_lambda, lens)
+            groups = [{"params": list(m.parameters())}]
+            if lc.extra_params():
+                groups.append({"params": lc.extra_params(), "weight_decay": 0.0})
+            opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * max(0.0, 1 - s / total))
             m.train()
@@ -370,7 +467,9 @@ class RewardEnsemble:
                     ia = torch.tensor([where[x] for x in a[pairs].tolist()])
                     ib = torch.tensor([where[x] for x in b[pairs].tolist()])
                     opt.zero_grad(set_to_none=True)
-                    loss = self._bt_backward(m, [seqs[u] for u in uniq], codec.pad_id, ia, ib, p_a[pairs])
+                    pa = torch.tensor(p_a[pairs], dtype=torch.float32)
+                    loss = self._bt_backward(m, [seqs[u] for u in uniq], codec.pad_id,
+                                             lambda r: lc.loss(r, ia, ib, pa, uniq), lc.heads)
                     torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
                     opt.step()
                     sched.step()
@@ -380,7 +479,7 @@ class RewardEnsemble:
             done_before += total
             m.eval()
             st = {"seconds": time.perf_counter() - t0, "loss_last": float(np.mean(losses[-20:])),
-                  "steps": total, "params": _hf().n_params(m)}
+                  "steps": total, **lc.finish(), "params": _hf().n_params(m)}
             if val.any():
                 r = self._rm_scores(m, seqs, codec.pad_id)
                 ra, rb, pv = r[a[val]], r[b[val]], p_a[val]

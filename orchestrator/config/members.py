@@ -58,3 +58,16 @@ def warm_members(cfg: FrontierConfig, tag: str = "") -> list[str]:
         return []
     z, src = cfg.proxy.seed_size, cfg.proxy.warm
     return [member_name(z, tag)] + [member_name(z, tag, k, src) for k in range(1, cfg.proxy.seed_members + 1)]
+
+
+def lc_sizes(cfg: FrontierConfig) -> tuple[str, ...]:
+    """The sizes with length-controlled proxies (``generalization.length_control_sizes``, or the
+    RL sizes; issue 21)."""
+    if not cfg.generalization.length_controls:
+        return ()
+    return cfg.generalization.length_control_sizes or cfg.rl.sizes or cfg.proxy.names
+
+
+def lc_tag(tag: str, mode: str) -> str:
+    """The name tag of a length-controlled proxy: ``<labels tag>-lc-<mode>`` (``proxy-2x16-lc-head``)."""
+    return f"{tag}-lc-{mode}"

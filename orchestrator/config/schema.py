@@ -18,6 +18,10 @@ from orchestrator.config.cluster import (  # noqa: F401  (re-exported)
     TrialResources,
     validate_resources,
 )
+from orchestrator.config.generalization import (  # noqa: F401  (re-exported)
+    LENGTH_CONTROLS,
+    GeneralizationConfig,
+)
 from orchestrator.config.loading import (  # noqa: F401  (re-exported: the config API lives here)
     ConfigError,
     _check,
@@ -308,6 +312,9 @@ class ProxyConfig:
     """Share of label prompts held out for validation accuracy and calibration."""
     NOT_PER_PROXY: ClassVar[tuple[str, ...]] = ("sizes", "seed_members", "seed_member_size", "models",
                                                 "ensemble_diversity", "member_scaling", "warm")
+    ADDED_OFF: ClassVar[dict] = {"length_control": "none", "length_head_lambda": None, "holdout_families": ()}
+    """Keys added later, with their off values (``length_head_lambda``: off unless length_control is
+    ``head``): off, they leave a proxy's stage key (and every cached proxy) as it was."""
     """Keys that choose which proxies exist and how they are combined, not how one is trained: no
     proxy stage's key depends on them."""
     seed_members: int = 0
@@ -338,6 +345,18 @@ class ProxyConfig:
     (that source must be in ``ensemble_diversity``): ``proxy-<size>-warm``, with its own best-of-n
     curve, calibration and a no-penalty RL run. Empty = off."""
 
+    def per_proxy(self) -> dict:
+        """The keys that shape how one proxy is trained (a proxy stage's key): every key but
+        ``NOT_PER_PROXY``, and the ``ADDED_OFF`` keys only where they are on."""
+        pc = to_dict(self)
+        for k in self.NOT_PER_PROXY:
+            pc.pop(k)
+        for k, off in self.ADDED_OFF.items():
+            if (self.length_control != "head" if k == "length_head_lambda"
+                    else pc[k] == (list(off) if isinstance(off, tuple) else off)):
+                pc.pop(k)
+        return pc
+
     @property
     def ensemble_sources(self) -> tuple[str, ...]:
         """``ensemble_diversity``, with ``seed`` added where ``seed_members`` is set and only ``size``
@@ -365,8 +384,29 @@ class ProxyConfig:
             return self.names[0]
         return min(self.sizes, key=lambda s: (lambda lw: lw[0] * lw[1] * lw[1])(_parse_size(s, "sizes")))
 
+    length_control: str = "none"
+    """Length in the proxies' training (issue 21): ``none``; ``regress`` -- the Bradley-Terry logit is
+    r(a) - r(b) + beta (len(a) - len(b)) with beta learned beside the model and dropped at scoring
+    (length regressed out of the preference, as length-controlled AlpacaEval does at evaluation;
+    Dubois et al. 2024); ``head`` -- ODIN (Chen et al. 2024): a second, length head; the pair's
+    logit uses the sum of both heads, the length head is pushed to correlate with length and the
+    quality head not to (Pearson within each step), the heads' weights orthogonal; only the quality
+    head is kept and scores. Lengths are response tokens of the proxy's own tokenizer."""
+    length_head_lambda: float = 1.0
+    """``head``: the weight of each of ODIN's three extra terms (length correlation, quality
+    decorrelation, weight orthogonality)."""
+    holdout_families: tuple[str, ...] = ()
+    """Prompt families the proxies never train on (domain shift, issue 21): their pairs are all held
+    out -- scored in the calibration stage as out-of-domain pairs -- while the policy still meets
+    their prompts. With a dataset task, values of ``task.dataset.domain_column``."""
+
     def __post_init__(self):
         _check(len(self.sizes) >= 1, "sizes", "at least one proxy size is needed")
+        _check(self.length_control in LENGTH_CONTROLS, "length_control",
+               f"{self.length_control!r} must be one of {', '.join(LENGTH_CONTROLS)}")
+        _check(self.length_head_lambda >= 0, "length_head_lambda", f"{self.length_head_lambda} must be >= 0")
+        _check(len(set(self.holdout_families)) == len(self.holdout_families), "holdout_families",
+               f"{list(self.holdout_families)} has duplicates")
         _check(len(set(self.sizes)) == len(self.sizes), "sizes", f"{list(self.sizes)} has duplicates")
         for i, s in enumerate(self.sizes):
             _, width = _parse_size(s, f"sizes[{i}]")
@@ -622,6 +662,7 @@ class FrontierConfig:
     gold: GoldConfig = field(default_factory=GoldConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     active: ActiveConfig = field(default_factory=ActiveConfig)
+    generalization: GeneralizationConfig = field(default_factory=GeneralizationConfig)
 
     def __post_init__(self):
         _check(0 <= self.seed < 2**31, "seed", f"{self.seed} must be in 0..2^31-1")
@@ -652,6 +693,35 @@ class FrontierConfig:
         if self.monitor.disjoint_size:
             _check(self.monitor.disjoint_size in self.proxy.names, "monitor.disjoint_size",
                    f"{self.monitor.disjoint_size!r} is not one of the proxies {list(self.proxy.names)}")
+        g = self.generalization
+        _check(self.proxy.length_control not in g.length_controls, "generalization.length_controls",
+               f"{self.proxy.length_control!r} is already how the job's own proxies are trained")
+        for i, s in enumerate(g.length_control_sizes):
+            _check(s in self.proxy.names, f"generalization.length_control_sizes[{i}]",
+                   f"{s!r} is not one of the proxies {list(self.proxy.names)}")
+        if g.length_controls and self.rl.enabled:
+            _check(0.0 in self.sweep.kl_coefs, "generalization.length_controls",
+                   "a length-controlled proxy's run is compared with its size's no-penalty run: sweep.kl_coefs needs 0")
+            for s in g.length_control_sizes:
+                _check(s in (self.rl.sizes or self.proxy.names), "generalization.length_control_sizes",
+                       f"{s!r} has no RL run of its own to compare with (rl.sizes {list(self.rl.sizes)})")
+        for i, s in enumerate(g.finetune_sizes):
+            _check(s in self.proxy.names, f"generalization.finetune_sizes[{i}]",
+                   f"{s!r} is not one of the proxies {list(self.proxy.names)}")
+        _check(not g.finetune_budgets or bool(self.proxy.holdout_families), "generalization.finetune_budgets",
+               "domain fine-tuning adapts proxies to a family they never saw: set proxy.holdout_families")
+        if self.task.name == "synthetic":
+            for i, f in enumerate(self.proxy.holdout_families):
+                _check(f in self.task.families, f"proxy.holdout_families[{i}]",
+                       f"{f!r} is not one of task.families {list(self.task.families)}")
+            _check(set(self.task.families) - set(self.proxy.holdout_families) != set(), "proxy.holdout_families",
+                   "holds out every family: the proxies would have nothing to train on")
+        else:
+            _check(not self.proxy.holdout_families or bool(self.task.dataset.domain_column), "proxy.holdout_families",
+                   "a dataset task's families are the values of task.dataset.domain_column: set it")
+            _check(not self.proxy.holdout_families or self.label.source != "dataset", "proxy.holdout_families",
+                   "label.source dataset brings its own pairs, with no family: hold out families of pairs "
+                   "labelled here (label.source gold)")
         if self.active.size:
             _check(self.active.size in self.proxy.names, "active.size",
                    f"{self.active.size!r} is not one of the proxies {list(self.proxy.names)}")

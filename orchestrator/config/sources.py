@@ -45,6 +45,9 @@ class DatasetConfig(DataSource):
     max_prompt_tokens: int = 0
     """Prompts longer than this (in the policy's tokens, template included) are dropped and counted;
     0 = the policy's context minus the longest response."""
+    domain_column: str = ""
+    """A column naming each prompt's domain (its family: the per-family frontiers and
+    ``proxy.holdout_families`` read it; issue 21); empty = one family, ``dataset``."""
 
     def __post_init__(self):
         _check(0.0 < self.eval_fraction < 1.0, "eval_fraction", f"{self.eval_fraction} must be in (0, 1)")

@@ -261,6 +261,19 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         rel = plot_reliability(extra["calibration"])
         if rel:
             images["reliability.png"] = rel
+    gen = frontier.get("generalization")
+    main = [e["proxy"] for e in frontier["bon"] if e.get("kind", "proxy") == "proxy"
+            and e.get("labels", "gold") == ("ai" if "agreement" in frontier.get("label", {}) else "gold")]
+    if gen:  # length, families, domain shift and fine-tuning (issue 21)
+        from orchestrator.report.generalization import (
+            generalization_lines,
+            plot_finetune,
+            plot_generalization,
+        )
+
+        images["generalization.png"] = plot_generalization(gen, main, {e["proxy"]: e["points"] for e in frontier["bon"]})
+        if gen.get("finetune"):
+            images["finetune.png"] = plot_finetune(gen["finetune"])
     for name, png in images.items():
         (run_dir / name).write_bytes(png)
     c = frontier["checks"]
@@ -382,6 +395,8 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
             lines.append(f"| (no stopping) | - | {mon['no_stop']['n_runs']} | - | - | - | - | "
                          f"{f(mon['no_stop']['gold_kept_frac'], 2)} |")
         lines += [*_not_evaluated(mon), ""]
+    if gen:
+        lines += generalization_lines(gen, main, "generalization.png" in images, "finetune.png" in images)
     if "agreement" in frontier.get("label", {}):
         lines += rlaif_section(frontier)
     lines += ["## Timings", "", "| stage | seconds | cached |", "|---|---|---|"]

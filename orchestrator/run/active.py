@@ -34,7 +34,7 @@ import numpy as np
 import ray
 
 from actors.reward_ensemble import RewardEnsemble
-from orchestrator.config.schema import FrontierConfig, config_digest, digest, to_dict
+from orchestrator.config.schema import FrontierConfig, config_digest, digest
 from orchestrator.data.checkpoint import stream
 from orchestrator.math.active import (
     bootstrap_by_prompt,
@@ -91,9 +91,7 @@ def _train_rounds(cfg: FrontierConfig, run_dir: Path, task: StageResult, lm: Sta
     (``bon_scores.npy``). One actor per set (``cluster.proxy``), sets in parallel; with
     ``active.bootstrap`` each member trains on its own resample of the set."""
     a = cfg.active
-    pc = to_dict(cfg.proxy)
-    for k in cfg.proxy.NOT_PER_PROXY:
-        pc.pop(k)
+    pc = cfg.proxy.per_proxy()
     if cfg.proxy.models:  # as the job's own proxies: a base model of the user's reads through its template
         pc["template"] = cfg.task.dataset.chat_template
     stages = {}

@@ -25,7 +25,7 @@ from orchestrator.run.stages import StageResult, run_stage
 def stage_calibration(cfg: FrontierConfig, run_dir: Path, task: StageResult, label: StageResult,
                       proxies: list[StageResult]) -> StageResult:
     """Every reward model scored on its held-out pairs (the validation prompts its training left out,
-    by the same split): ``calibration.parquet`` with one row per (reward model, pair) -- ``rm,
+    by the same split, and every pair of ``proxy.holdout_families``): ``calibration.parquet`` with one row per (reward model, pair) -- ``rm,
     pair_id, delta, label`` (delta = r(a) - r(b) as the model scores it, label = P(a preferred) as
     its training labels say) -- and ``calibration.json``: ``calibration_summary`` per model (issue
     20). The models: each proxy (the extra ensemble members and WARM included); every ensemble of
@@ -36,6 +36,7 @@ def stage_calibration(cfg: FrontierConfig, run_dir: Path, task: StageResult, lab
     from orchestrator.config.members import OBJECTIVES, ensemble_sets
     from orchestrator.math.calibration import calibration_summary, reliability
     from orchestrator.math.ensembles import ensemble_scores, member_scales
+    from orchestrator.run.pipeline import held_out_pairs
     from orchestrator.run.stages import proxy_name
 
     def labels_of(p: StageResult) -> str:
@@ -48,7 +49,8 @@ def stage_calibration(cfg: FrontierConfig, run_dir: Path, task: StageResult, lab
     inputs = {"stage": "calibration", "v": 3, "label": label.key, "proxies": [p.key for p in proxies],
               "val_fraction": cfg.proxy.val_fraction, "seed": cfg.seed, "objectives": list(OBJECTIVES),
               "uwo_lambda": cfg.rl.uwo_lambda, "scaling": cfg.proxy.member_scaling,
-              "diversity": list(cfg.proxy.ensemble_sources), "judge": cfg.label.source == "ai"}
+              "diversity": list(cfg.proxy.ensemble_sources), "judge": cfg.label.source == "ai",
+              **({"holdout": list(cfg.proxy.holdout_families)} if cfg.proxy.holdout_families else {})}
 
     def fn(out: Path) -> dict:
         cols = {"rm": [], "pair_id": [], "delta": [], "label": []}
@@ -69,7 +71,7 @@ def stage_calibration(cfg: FrontierConfig, run_dir: Path, task: StageResult, lab
         for labels in dict.fromkeys(label_file(p) for p in proxies):
             group = [p for p in proxies if label_file(p) == labels]
             data = preference_arrays(label.dir / labels, cfg.proxy.val_fraction, stream(cfg.seed, "proxy/val"))
-            val = np.flatnonzero(data["val"])
+            val = np.flatnonzero(np.asarray(data["val"], bool) | held_out_pairs(cfg, task, data))
             a, b = np.asarray(data["a"])[val], np.asarray(data["b"])[val]
             need = sorted(set(a.tolist()) | set(b.tolist()))
             where = {t: i for i, t in enumerate(need)}
@@ -88,7 +90,8 @@ def stage_calibration(cfg: FrontierConfig, run_dir: Path, task: StageResult, lab
             col = {name: j for j, name in enumerate(sc.members)}
             for name, j in col.items():
                 add(name, v[ia, j] - v[ib, j], y, val)
-            tags = {str((p.meta.get("inputs") or {}).get("tag", "")) for p in group if "warm_members" not in p.meta}
+            tags = {str((p.meta.get("inputs") or {}).get("tag", "")) for p in group if "warm_members" not in p.meta
+                    and "-lc-" not in str((p.meta.get("inputs") or {}).get("tag", ""))}  # no length-control ensembles
             for tag in sorted(tags):  # the ensembles whose members are all in this group
                 for ens in ensemble_sets(cfg, tag):
                     if not all(m in col for m in ens["members"]):
@@ -106,7 +109,7 @@ def stage_calibration(cfg: FrontierConfig, run_dir: Path, task: StageResult, lab
                                      stream(cfg.seed, "proxy/val"))
             gold = preference_arrays(label.dir / "preferences_gold.parquet", cfg.proxy.val_fraction,
                                      stream(cfg.seed, "proxy/val"))
-            val = np.flatnonzero(data["val"])
+            val = np.flatnonzero(np.asarray(data["val"], bool) | held_out_pairs(cfg, task, data))
             if list(data["a"]) != list(gold["a"]) or list(data["b"]) != list(gold["b"]):
                 raise D.DataError(f"{label.dir}: the judge's and gold's preference files hold other pairs")
             pj = np.clip(np.asarray(data["p_a"], float)[val], 1e-6, 1 - 1e-6)

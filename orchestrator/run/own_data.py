@@ -44,7 +44,10 @@ def stage_dataset_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
 
     d, s = cfg.task.dataset, cfg.sample
     demos_cfg = cfg.sft.dataset
-    inputs = {"stage": "task", "v": 1, "seed": cfg.seed, "task": to_dict(cfg.task),
+    task_key = to_dict(cfg.task)
+    if not d.domain_column:  # added later (issue 21): unset, it leaves the key (and cached tasks) as they were
+        task_key["dataset"].pop("domain_column")
+    inputs = {"stage": "task", "v": 1, "seed": cfg.seed, "task": task_key,
               "data": DS.fingerprint(d.path, d.split, d.subset), "policy": cfg.sft.policy.path,
               "label_prompts": s.label_prompts, "bon_prompts": s.bon_prompts, "rl_prompts": cfg.rl.train_prompts,
               "longest": [s.max_new_tokens, cfg.rl.max_new_tokens],
@@ -54,7 +57,12 @@ def stage_dataset_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
     def fn(out: Path) -> dict:
         codec = load_codec(cfg.sft.policy.path, d.chat_template)
         limit, ctx = policy_limit(cfg)
-        prompts = DS.read_columns(d.path, d.split, {"prompt": d.prompt_column}, "task.dataset", d.subset)["prompt"]
+        cols = {"prompt": d.prompt_column, **({"domain": d.domain_column} if d.domain_column else {})}
+        table = DS.read_columns(d.path, d.split, cols, "task.dataset", d.subset)
+        prompts = table["prompt"]
+        domain: dict[str, str] = {}  # a prompt's family: its first row's domain
+        for p, v in zip(prompts, table.get("domain", ())):  # read_columns refused empty values
+            domain.setdefault(p, v.strip())
         uniq = list(dict.fromkeys(prompts))
         kept = [p for p in uniq if len(codec.prompt(p)) <= limit]
         dropped = len(uniq) - len(kept)
@@ -78,8 +86,14 @@ def stage_dataset_task(cfg: FrontierConfig, run_dir: Path) -> StageResult:
         splits = [("label", train[: s.label_prompts]), ("bon", held[: s.bon_prompts]), ("rl", rl)]
         for split, texts in splits:
             for t in texts:
-                rows.append({"prompt": t, "family": "dataset", "meta": "{}", "split": split, "prompt_id": len(rows)})
+                rows.append({"prompt": t, "family": domain.get(t, "dataset"), "meta": "{}", "split": split,
+                             "prompt_id": len(rows)})
         D.write_table({k: [r[k] for r in rows] for k in D.PROMPTS}, out / "prompts.parquet")
+        if d.domain_column:
+            missing = set(cfg.proxy.holdout_families) - {r["family"] for r in rows}
+            if missing:
+                raise D.DataError(f"proxy.holdout_families: {sorted(missing)} not among the values of "
+                                  f"{d.domain_column!r} in {d.path} ({sorted(set(domain.values()))[:10]})")
         meta = {"prompts": len(rows), "dataset_prompts": len(prompts), "duplicates": len(prompts) - len(uniq),
                 "dropped_long": dropped, "max_prompt_tokens": limit, "held_out": len(held), "train": len(train)}
         if inputs["demos"]:

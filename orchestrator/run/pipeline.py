@@ -401,9 +401,7 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
         return ({} if not i else {"member": i} if src == "seed" else
                 {src: i, "draws": True} if src == "bootstrap" else {src: i})
 
-    pc = to_dict(cfg.proxy)
-    for k in cfg.proxy.NOT_PER_PROXY:  # not inputs of any one proxy
-        pc.pop(k)
+    pc = cfg.proxy.per_proxy()
     if cfg.proxy.models:
         pc["template"] = cfg.task.dataset.chat_template
     extra = {"labels": labels, "tag": tag} if (labels, tag) != ("preferences.parquet", "") else {}
@@ -417,8 +415,14 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
     todo = sorted([w for w in which if w not in out], key=lambda w: (-_cost(w[0]), w[1]))
     if todo:
         arrays = preference_arrays(label.dir / labels, cfg.proxy.val_fraction, stream(cfg.seed, "proxy/val"))
+        held = held_out_pairs(cfg, task, arrays)
+        train_rows = np.flatnonzero(~np.asarray(arrays["val"], bool) & ~held)
+        if held.any():  # domain shift (issue 21): those families' pairs neither train nor validate the proxy
+            arrays = {**arrays, "val": (np.asarray(arrays["val"], bool) & ~held).tolist()}
+            log.info("proxies: %d of %d pairs are of the held-out families %s: not trained on", int(held.sum()),
+                     len(held), list(cfg.proxy.holdout_families))
         data = ray.put(arrays)
-        train_rows, groups = np.flatnonzero(~np.asarray(arrays["val"], bool)), np.asarray(arrays["group"])
+        groups = np.asarray(arrays["group"])
         samples, rows = _bon_rows(task, sample)
         uniq, back = _unique_rows(rows)
         uniq_ref = ray.put({"prompt": uniq["prompt"], "response": uniq["response"]})
@@ -429,7 +433,7 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
             # a bootstrap member shares its size's head initialization (WARM averages one initialization)
             member = {"name": name, "kind": "hf",
                       "seed": stream(cfg.seed, f"proxy/{s}/init" if src == "bootstrap" else f"{sub}/init")}
-            pairs = None
+            pairs = [train_rows.tolist()] if held.any() else None
             if src == "bootstrap":  # the training pairs resampled by prompt; the held-out pairs unchanged
                 pairs = [bootstrap_by_prompt(train_rows, groups,
                                              np.random.default_rng(stream(cfg.seed, f"{sub}/bootstrap"))).tolist()]
@@ -442,8 +446,11 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
             grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", [member], tokenizer_dir(task),
                              replicas=1, progress=True, chat_template=cfg.task.dataset.chat_template)
             # one caller's calls to an actor run in order: train, then score, then save
+            lc = ({"length_control": cfg.proxy.length_control, "length_lambda": cfg.proxy.length_head_lambda}
+                  if cfg.proxy.length_control != "none" else {})
             tr = grp.one("train", data, cfg.proxy.epochs, cfg.proxy.prompts_per_step, cfg.proxy.lr,
-                         stream(cfg.seed, f"{sub}/train"), **({"member_pairs": pairs, "draws": True} if pairs else {}))
+                         stream(cfg.seed, f"{sub}/train"),
+                         **({"member_pairs": pairs, "draws": src == "bootstrap"} if pairs else {}), **lc)
             sc = grp.one("score", uniq_ref)
             calls[grp.one("save", str(tmp))] = ((s, i, src), name, grp, tr, sc, tmp)
         poll = {v[1]: v[2].actors[0] for v in calls.values()}
@@ -461,6 +468,42 @@ def _train_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
             out[w] = commit(stages[w], {**stats, "size": w[0], **named, **({"member": w[1]} if w[1] else {}),
                                         **({"source": w[2]} if w[1] and w[2] != "seed" else {})})
     return [out[w] for w in which]
+
+
+def stage_length_controlled(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
+                            label: StageResult, lms: dict[str, StageResult], progress: bool,
+                            tag: str = "") -> list[StageResult]:
+    """``generalization.length_controls``: per mode, a proxy of each ``lc_sizes`` size trained with
+    ``proxy.length_control`` = mode, otherwise as the job's own (same LM, labels, seeds) --
+    ``proxy-<size>-lc-<mode>`` (issue 21)."""
+    import dataclasses
+
+    from orchestrator.config.members import lc_sizes, lc_tag
+
+    out = []
+    for mode in cfg.generalization.length_controls:
+        c = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, length_control=mode),
+                                generalization=dataclasses.replace(cfg.generalization, length_controls=()))
+        labels = "preferences.parquet"
+        out += _train_proxies(c, run_dir, task, sample, label, lms, progress, labels, lc_tag(tag, mode),
+                              [(s, 0) for s in lc_sizes(cfg)])
+    return out
+
+
+def held_out_pairs(cfg: FrontierConfig, task: StageResult, arrays: dict) -> np.ndarray:
+    """``[pairs]`` bool: the pairs whose prompt is of a ``proxy.holdout_families`` family (by the task's
+    prompt table; pairs of prompts it does not hold -- dataset labels -- are never held out)."""
+    if not cfg.proxy.holdout_families:
+        return np.zeros(len(arrays["group"]), bool)
+    fam = family_of_prompt(task)
+    held = set(cfg.proxy.holdout_families)
+    return np.array([fam.get(int(g)) in held for g in arrays["group"]], bool)
+
+
+def family_of_prompt(task: StageResult) -> dict[int, str]:
+    """{prompt_id: family} of the task's prompt table."""
+    t = pq.read_table(task.dir / "prompts.parquet", columns=["prompt_id", "family"]).to_pydict()
+    return dict(zip(t["prompt_id"], t["family"]))
 
 
 def _cost(size: str) -> int:
@@ -573,6 +616,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         return (samples, *_unique_rows(rows))
 
     members += stage_warm(cfg, run_dir, task, sample, proxies + members, pool, tag)
+    members += stage_length_controlled(cfg, run_dir, task, sample, label, lms, progress, tag)
     halves = (stage_disjoint_halves(cfg, run_dir, task, sample, label, lms, progress, tag=tag)
               if cfg.rl.enabled else [])
     from orchestrator.run.held_out import stage_calibration
@@ -594,9 +638,11 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     entries = []
     for p in proxies + members:
         name = proxy_name(p)
-        kind = "warm" if "warm_members" in p.meta else "member" if p.meta.get("member") else "proxy"
+        kind = ("warm" if "warm_members" in p.meta else "member" if p.meta.get("member")
+                else "length_control" if "-lc-" in tags[name] else "proxy")
         entries.append({"proxy": name, "kind": kind, "proxy_params": p.meta["params"], "seed": cfg.seed,
-                        "labels": "ai" if tags[name] == "-ai" else "gold",
+                        "labels": "ai" if tags[name].startswith("-ai") else "gold",
+                        **({"length_control": tags[name].rsplit("-lc-", 1)[1]} if kind == "length_control" else {}),
                         "val_accuracy": p.meta.get("val_accuracy"), "val_ece": p.meta.get("val_ece"),
                         **({"members": p.meta["warm_members"]} if kind == "warm" else {}),
                         **({"source": p.meta.get("source", "seed")} if kind == "member" else {}),
@@ -643,6 +689,15 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         frontier["checks"]["sweep"] = sweep_checks(bon_main, rl_main)
         frontier["checks"]["all_pass"] = bool(frontier["checks"]["all_pass"] and frontier["checks"]["rl"]["all_pass"]
                                               and frontier["checks"]["sweep"]["all_pass"])
+    if cfg.generalization.enabled:  # length, domain, fine-tuning (issue 21)
+        from orchestrator.run.generalization import generalization_section
+
+        frontier["generalization"] = generalization_section(cfg, run_dir, task, sample, label, bon, calib,
+                                                            proxies, [e["proxy"] for e in bon_main], rl, progress)
+        for name in ("generalization", "finetune"):
+            st = frontier["generalization"].pop(f"_{name}_stage", None)
+            if st is not None:
+                timings[name] = {"seconds": st.meta["seconds"], "cached": st.cached}
     monitored = [{"trial": e["trial"], "steps": [p["step"] for p in e["points"]], "kl": [p["kl"] for p in e["points"]],
                   "gold": [p["gold"] for p in e["points"]], "gold_se": e["gold_se_per_eval"], "signals": e["monitor"]}
                  for e in rl if "monitor" in e and e.get("gold_se_per_eval")

@@ -34,6 +34,7 @@ from orchestrator.data.checkpoint import (
 )
 from orchestrator.math import rl as R
 from orchestrator.math.algorithms import ALGORITHMS  # noqa: F401  (re-exported)
+from orchestrator.math.generalization import spearman
 from orchestrator.run.actor_group import fetch, put
 
 if TYPE_CHECKING:
@@ -303,6 +304,17 @@ class RLRun:
                "entropy": float(-(b.logprobs * mask).sum() / mask.sum().clamp_min(1))}
         for j, m in enumerate(ps.members):
             out[f"proxy/{m}"] = float(pv[:, j].mean())
+        # length and domain (issue 21): the objective's rank correlation with response length, and
+        # every family's mean length (gold per family below) -- the stratified frontiers' raw points
+        lens = mask.sum(1).numpy().astype(float)
+        obj = R.aggregate(pv, self.spec.objective, self.cfg.uwo_lambda).numpy()
+        rho = spearman(obj, lens)
+        if rho is not None:
+            out["proxy_length_spearman"] = rho
+        fam = np.asarray(rows["family"])
+        families = sorted(set(fam.tolist()))
+        for f in families:
+            out[f"tokens_family/{f}"] = float(lens[fam == f].mean())
         if pv.shape[1] > 1:  # the members' disagreement on the policy's samples
             out["proxy_spread"] = float(pv.std(1, unbiased=False).mean())
         if self.spec.monitors:  # reward models the run does not train on, on the first response of each
@@ -320,6 +332,8 @@ class RLRun:
                 out["gold_se"] = float(per_prompt.std() / np.sqrt(len(per_prompt)))
                 for p, v in gs.principles.items():
                     out[f"gold/{p}"] = float(np.asarray(v).mean())
+                for f in families:
+                    out[f"gold_family/{f}"] = float(g[fam == f].mean())
         return out
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -545,6 +559,21 @@ def _write_eval(writer, ev: dict, step: int) -> None:
             writer.add_scalar(k if k.startswith("monitor/") else f"eval/{k}", v, step)
 
 
+def _length_family(e: dict, base: dict) -> dict:
+    """An evaluation's length and per-family numbers for frontier.json (issue 21): ``length`` (mean
+    response tokens), ``proxy_length_spearman``, and per family its gold gain since the initial
+    policy and its mean length (what length-controlled gold and the stratified frontiers read)."""
+    out = {"length": e["tokens"]}
+    if "proxy_length_spearman" in e:
+        out["proxy_length_spearman"] = e["proxy_length_spearman"]
+    fams = sorted(k.split("/", 1)[1] for k in e if k.startswith("tokens_family/"))
+    if fams:
+        out["length_family"] = {f: e[f"tokens_family/{f}"] for f in fams}
+        if all(f"gold_family/{f}" in e for f in fams):
+            out["gold_family"] = {f: e[f"gold_family/{f}"] - base.get(f"gold_family/{f}", 0.0) for f in fams}
+    return out
+
+
 def summarize(run: RLRun) -> dict:
     """The run's contract entry (frontier.json "rl"): eval points relative to the initial policy."""
     from orchestrator.math.scaling import fit_bon, fit_rl
@@ -552,7 +581,7 @@ def summarize(run: RLRun) -> dict:
     ev = run.evals
     base = ev[0] if ev else {}
     points = [{"step": e["step"], "kl": max(e["kl"], 0.0), "gold": e.get("gold", float("nan")) - base.get("gold", 0.0),
-               "proxy": e["proxy"] - base["proxy"]} for e in ev]
+               "proxy": e["proxy"] - base["proxy"], **_length_family(e, base)} for e in ev]
     out = {"proxy": run.spec.name, "proxy_params": run.spec.proxy_params, "kl_coef": run.spec.kl_coef,
            "seed": run.seed, "objective": run.spec.objective, "algorithm": run.cfg.algorithm,
            "members": [m["name"] for m in run.spec.members], "steps": run.step, "points": points,

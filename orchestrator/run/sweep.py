@@ -25,7 +25,7 @@ import ray
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
-from orchestrator.config.members import ensemble_sets, warm_name
+from orchestrator.config.members import ensemble_sets, lc_sizes, lc_tag, warm_name
 from orchestrator.config.schema import ConfigError, FrontierConfig, digest, to_dict
 from orchestrator.run.stages import StageResult
 from orchestrator.run.wandb_logging import clear_stale_tmp, wandb_callbacks
@@ -57,6 +57,10 @@ def grid(cfg: FrontierConfig) -> list[dict]:
             z = cfg.proxy.seed_size
             out.append({"name": f"{warm_name(cfg, lab)}-kl0{tag(seed)}", "sizes": [z], "member_ids": ["-warm"],
                         "objective": cfg.rl.objective, "kl_coef": 0.0, "seed": seed, "tag": lab, "source": "warm"})
+        for mode in cfg.generalization.length_controls:  # length-controlled proxies, no penalty (issue 21)
+            out += [{"name": f"proxy-{z}{lc_tag(lab, mode)}-kl0{tag(seed)}", "sizes": [z],
+                     "member_ids": [f"-lc-{mode}"], "objective": cfg.rl.objective, "kl_coef": 0.0, "seed": seed,
+                     "tag": lab, "source": f"length-{mode}"} for z in lc_sizes(cfg)]
         if cfg.monitor.disjoint_size:  # the disjoint-labels judge's run: half a's proxy, monitored by half b
             z = cfg.monitor.disjoint_size
             out.append({"name": f"proxy-{z}{lab}-half-a-kl0{tag(seed)}", "sizes": [z], "member_ids": ["-half-a"],
