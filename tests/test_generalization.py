@@ -206,3 +206,73 @@ def test_length_control_takes_length_out_of_the_score(tok_dir):
     assert rho["regress"] < rho["none"] - 0.2, rho
     assert rho["head"] < rho["none"] - 0.2, rho
     assert stats["head"]["length_head_rho"] > 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# end to end on the smoke run's stages
+
+
+@pytest.mark.slow
+def test_generalization_section_on_the_smoke_run(smoke_run, tmp_path):
+    """The plain smoke run has the length and domain analyses (every curve again in length-controlled
+    gold, recomputed here from the pool); then, on the same early stages, ``capital`` held out,
+    length-controlled proxies of both modes with their RL runs, and fine-tuning budgets."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from orchestrator.config.schema import load
+    from orchestrator.math.bon import bon_curves, pool_matrix
+    from orchestrator.run.pipeline import run_frontier
+
+    cfg0, run0, fr0 = smoke_run
+    g = fr0["generalization"]
+    names = [e["proxy"] for e in fr0["bon"]]
+    assert set(g["length"]["bon_lc"]) == set(names)
+    assert {*names, "gold"} <= set(g["length"]["spearman"])
+    # length-controlled best-of-n of one proxy, by hand from the pool and the fitted slope
+    bon_dir = next((run0 / "stages").glob("bon-*"))
+    s = pq.read_table(bon_dir / "bon_scores.parquet").to_pydict()
+    m = g["length"]["model"]
+    s["score.gold"] = (np.asarray(s["score.gold"]) - m["slope"] * (np.asarray(s["n_tokens"], float)
+                                                                     - m["ref_length"])).tolist()
+    N = cfg0.sample.bon_responses_per_prompt
+    name = names[0]
+    _, gb = bon_curves(pool_matrix(s, f"score.{name}", N), pool_matrix(s, "score.gold", N))
+    want = gb.mean(0) - gb[:, 0].mean()
+    assert [p["gold"] for p in g["length"]["bon_lc"][name]["points"]] == pytest.approx(want.tolist())
+    assert set(g["rl"]) == {e["trial"] for e in fr0["rl"]}
+    for r in g["rl"].values():
+        assert len(r["length"]) == len(r["kl"]) and set(r["families"])
+    assert g["domain"]["holdout_families"] == [] and set(g["domain"]["rms"]) >= set(names)
+
+    shutil.copytree(run0 / "stages", tmp_path / "stages")
+    over = ["proxy.holdout_families=[capital]", "generalization.length_controls=[regress,head]",
+            "generalization.length_control_sizes=[1x8]", "generalization.finetune_budgets=[0,20,60]"]
+    cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", over)
+    fr = run_frontier(cfg, tmp_path, progress=False)
+    g = fr["generalization"]
+    by = {e["proxy"]: e for e in fr["bon"]}
+    assert by["proxy-1x8-lc-regress"]["kind"] == "length_control" and by["proxy-1x8-lc-head"]["length_control"] == "head"
+    assert {"proxy-1x8-lc-regress-kl0", "proxy-1x8-lc-head-kl0"} <= {e["trial"] for e in fr["rl"]}
+    assert set(fr["checks"]["rl"]["ensembles_by_source"]) >= {"length-regress", "length-head"}
+    # held out: every capital pair is scored as out of domain, none of them trained the proxies
+    prefs = pq.read_table(next((tmp_path / "stages").glob("label-*")) / "preferences.parquet").to_pydict()
+    prompts = pq.read_table(next((tmp_path / "stages").glob("task-*")) / "prompts.parquet").to_pydict()
+    fam = dict(zip(prompts["prompt_id"], prompts["family"]))
+    n_capital = sum(fam[p] == "capital" for p in prefs["prompt_id"])
+    d = g["domain"]["rms"]["proxy-2x32"]
+    assert g["domain"]["holdout_families"] == ["capital"]
+    assert d["out_of_domain"]["pairs"] == n_capital > 0
+    assert d["per_family"]["capital"]["held_out"] is True
+    # fine-tuning: the largest proxy, one row per budget; k = 0 trains nothing
+    rows = g["finetune"]["proxy-2x32"]["capital"]
+    assert [r["k"] for r in rows] == [0, 20, 60]
+    assert rows[0]["steps"] == 0 and all(r["steps"] > 0 for r in rows[1:])
+    assert [r["pairs_used"] for r in rows] == [0, 20, 60]
+    assert rows[0]["original"]["pairs"] == rows[2]["original"]["pairs"] > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "## Generalization" in report and "### Domain fine-tuning" in report
+    assert (tmp_path / "generalization.png").stat().st_size > 0 and (tmp_path / "finetune.png").stat().st_size > 0
+    json.dumps(g)  # the section is plain JSON

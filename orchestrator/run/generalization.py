@@ -54,7 +54,7 @@ def stage_generalization(cfg: FrontierConfig, run_dir: Path, task: StageResult, 
                          bon: StageResult, calib: StageResult, main: list[str]) -> StageResult:
     """The length and domain analyses of the best-of-n pool and the held-out pairs (module doc).
     ``main``: the proxies whose per-family frontiers are drawn (one per size, the run's own labels)."""
-    from orchestrator.run.pipeline import family_of_prompt
+    from orchestrator.run.stages import family_of_prompt
 
     inputs = {"stage": "generalization", "v": 1, "bon": bon.key, "calibration": calib.key, "label": label.key,
               "task": task.key, "main": list(main), "holdout": list(cfg.proxy.holdout_families),
@@ -221,9 +221,8 @@ def stage_finetune(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample
     from orchestrator.data.tables import preference_arrays
     from orchestrator.math.calibration import calibration_summary
     from orchestrator.run.actor_group import ActorGroup
-    from orchestrator.run.pipeline import family_of_prompt
     from orchestrator.run.roles import tokenizer_dir
-    from orchestrator.run.stages import proxy_name
+    from orchestrator.run.stages import family_of_prompt, proxy_name
 
     g = cfg.generalization
     if not g.finetune_budgets:

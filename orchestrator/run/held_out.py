@@ -36,8 +36,7 @@ def stage_calibration(cfg: FrontierConfig, run_dir: Path, task: StageResult, lab
     from orchestrator.config.members import OBJECTIVES, ensemble_sets
     from orchestrator.math.calibration import calibration_summary, reliability
     from orchestrator.math.ensembles import ensemble_scores, member_scales
-    from orchestrator.run.pipeline import held_out_pairs
-    from orchestrator.run.stages import proxy_name
+    from orchestrator.run.stages import held_out_pairs, proxy_name
 
     def labels_of(p: StageResult) -> str:
         return (p.meta.get("inputs") or {}).get("labels", "preferences.parquet")

@@ -44,6 +44,7 @@ from orchestrator.run.stages import (
     begin,
     cached,
     commit,
+    held_out_pairs,
     proxy_name,
     run_stage,
     stage,
@@ -488,22 +489,6 @@ def stage_length_controlled(cfg: FrontierConfig, run_dir: Path, task: StageResul
         out += _train_proxies(c, run_dir, task, sample, label, lms, progress, labels, lc_tag(tag, mode),
                               [(s, 0) for s in lc_sizes(cfg)])
     return out
-
-
-def held_out_pairs(cfg: FrontierConfig, task: StageResult, arrays: dict) -> np.ndarray:
-    """``[pairs]`` bool: the pairs whose prompt is of a ``proxy.holdout_families`` family (by the task's
-    prompt table; pairs of prompts it does not hold -- dataset labels -- are never held out)."""
-    if not cfg.proxy.holdout_families:
-        return np.zeros(len(arrays["group"]), bool)
-    fam = family_of_prompt(task)
-    held = set(cfg.proxy.holdout_families)
-    return np.array([fam.get(int(g)) in held for g in arrays["group"]], bool)
-
-
-def family_of_prompt(task: StageResult) -> dict[int, str]:
-    """{prompt_id: family} of the task's prompt table."""
-    t = pq.read_table(task.dir / "prompts.parquet", columns=["prompt_id", "family"]).to_pydict()
-    return dict(zip(t["prompt_id"], t["family"]))
 
 
 def _cost(size: str) -> int:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from orchestrator.config.schema import digest
 
 log = logging.getLogger("rlhf_frontier")
@@ -90,3 +92,21 @@ def run_stage(run_dir: Path, name: str, inputs: Any, fn: Callable[[Path], dict])
 def proxy_name(p: StageResult) -> str:
     """A trained proxy's name: ``proxy-<size>``, plus ``-ai`` when trained on the judge's labels."""
     return p.meta.get("name") or f"proxy-{p.meta['size']}"
+
+
+def held_out_pairs(cfg, task: StageResult, arrays: dict) -> np.ndarray:
+    """``[pairs]`` bool: the pairs whose prompt is of a ``proxy.holdout_families`` family (by the task's
+    prompt table; pairs of prompts it does not hold -- dataset labels -- are never held out)."""
+    if not cfg.proxy.holdout_families:
+        return np.zeros(len(arrays["group"]), bool)
+    fam = family_of_prompt(task)
+    held = set(cfg.proxy.holdout_families)
+    return np.array([fam.get(int(g)) in held for g in arrays["group"]], bool)
+
+
+def family_of_prompt(task: StageResult) -> dict[int, str]:
+    """{prompt_id: family} of the task's prompt table."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(task.dir / "prompts.parquet", columns=["prompt_id", "family"]).to_pydict()
+    return dict(zip(t["prompt_id"], t["family"]))
