@@ -272,6 +272,14 @@ def test_generalization_section_on_the_smoke_run(smoke_run, tmp_path):
     assert rows[0]["steps"] == 0 and all(r["steps"] > 0 for r in rows[1:])
     assert [r["pairs_used"] for r in rows] == [0, 20, 60]
     assert rows[0]["original"]["pairs"] == rows[2]["original"]["pairs"] > 0
+    # jobs.seeds' per-seed numbers: differences of the section's own entries
+    from orchestrator.report.pooled import generalization_effects
+
+    eff = generalization_effects(fr)
+    want = rows[1]["target"]["acc"] - rows[0]["target"]["acc"] if rows[1]["target"].get("acc") is not None else None
+    assert eff["Fine-tune proxy-2x32 on capital, k=20: capital accuracy - k=0's"] == want
+    assert eff["Domain: proxy-2x32 accuracy, in domain - out of domain"] == d["gap"]
+    assert "BoN proxy-1x8-lc-head: peak gold - its size's own proxy's" in eff
     report = (tmp_path / "report.md").read_text()
     assert "## Generalization" in report and "### Domain fine-tuning" in report
     assert (tmp_path / "generalization.png").stat().st_size > 0 and (tmp_path / "finetune.png").stat().st_size > 0

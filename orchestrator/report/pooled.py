@@ -178,3 +178,65 @@ def ensemble_effects(frontier: dict) -> dict[str, float | None]:
         out[f"{what}: gold lost past the peak by the largest n, members' mean - ensemble"] = (
             float(np.mean([peak(m) - last(m) for m in members])) - (peak(e) - last(e)))
     return out
+
+
+def generalization_effects(frontier: dict) -> dict[str, float | None]:
+    """Issue 21 as per-seed numbers (jobs.seeds pools each over seeds: mean, s.e., t): the length
+    regression's slope; each proxy's and gold's Spearman with length on the pool; the labels'
+    preference for the longer response (share - 0.5); per proxy, best-of-n peak gold in gold minus in
+    length-controlled gold (the part of the peak that is length); per no-penalty RL run, its length
+    change and its peak gold minus its length-controlled peak gold; per proxy, in-domain minus
+    out-of-domain accuracy; per length-controlled proxy, its best-of-n peak gold and Spearman with
+    length minus its size's own proxy's; per fine-tuning budget, the held-out family's accuracy and the
+    trained families' accuracy minus k = 0's."""
+    g = frontier.get("generalization")
+    if not g:
+        return {}
+    L = g["length"]
+    out: dict[str, float | None] = {"Length: gold per token (regression on the SFT pool, families fixed)":
+                                    L["model"]["slope"],
+                                    "Length: Spearman(gold, length) on the pool": L["spearman"].get("gold", {}).get("spearman")}
+    lab = (L.get("labels") or {}).get("labels")
+    if lab and lab.get("share") is not None:
+        out["Length: labels prefer the longer response, share - 0.5"] = lab["share"] - 0.5
+    bon = frontier.get("bon", [])
+    main = [e for e in bon if e.get("kind", "proxy") == "proxy" and e.get("labels", "gold") == "gold"]
+    for e in main:
+        p = e["proxy"]
+        out[f"Length: Spearman({p}, length) on the pool"] = L["spearman"].get(p, {}).get("spearman")
+        lc = L["bon_lc"].get(p)
+        if lc:
+            out[f"BoN {p}: peak gold - peak length-controlled gold (measured)"] = (
+                lc["peak_gold_units"]["gold_peak"] - lc["peak"]["gold_peak"])
+        d = g["domain"]["rms"].get(p)
+        if d and d.get("gap") is not None and g["domain"]["holdout_families"]:
+            out[f"Domain: {p} accuracy, in domain - out of domain"] = d["gap"]
+    by = {e["proxy"]: e for e in bon}
+    for e in bon:
+        if e.get("kind") != "length_control":
+            continue
+        base = by.get(e["proxy"].rsplit("-lc-", 1)[0])
+        if not base:
+            continue
+        peak = lambda x: max(q["gold"] for q in x["points"])  # noqa: E731
+        out[f"BoN {e['proxy']}: peak gold - its size's own proxy's"] = peak(e) - peak(base)
+        a, b = (L["spearman"].get(x["proxy"], {}).get("spearman") for x in (base, e))
+        out[f"Length: Spearman with length, {base['proxy']} - {e['proxy']}"] = None if a is None or b is None else a - b
+    for t, r in g.get("rl", {}).items():
+        if not t.endswith("-kl0") or "peak" not in r:
+            continue
+        out[f"RL {t}: length change (tokens)"] = r["length_change"]
+        if r["peak"]["gold"] is not None and r["peak_lc"]["gold"] is not None:
+            out[f"RL {t}: peak gold - peak length-controlled gold"] = r["peak"]["gold"] - r["peak_lc"]["gold"]
+    for p, fams in (g.get("finetune") or {}).items():
+        for f, rows in fams.items():
+            k0 = next((r for r in rows if r["k"] == 0), None)
+            if not k0:
+                continue
+            for r in rows:
+                if r["k"] == 0:
+                    continue
+                for part, what in (("target", f"{f} accuracy"), ("original", "trained families' accuracy")):
+                    a, b = r[part].get("acc"), k0[part].get("acc")
+                    out[f"Fine-tune {p} on {f}, k={r['k']}: {what} - k=0's"] = None if a is None or b is None else a - b
+    return out

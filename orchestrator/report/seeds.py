@@ -35,6 +35,7 @@ from orchestrator.report.pooled import (  # noqa: F401  (re-exported: jobs.seeds
     _mean_se,
     _monitor_runs,
     ensemble_effects,
+    generalization_effects,
     pool_active,
     pool_calibration,
     pool_monitor,
@@ -241,7 +242,8 @@ def aggregate(runs: list[dict]) -> dict:
     numbers["job wall (s)"] = {str(r["seed"]): r["frontier"].get("wall_seconds") for r in runs}
     per_effects = {str(r["seed"]): {**_trend_effects(r["frontier"]["checks"]),
                                     **_rl_effects(r["frontier"]["checks"].get("rl") or {}),
-                                    **ensemble_effects(r["frontier"])} for r in runs}
+                                    **ensemble_effects(r["frontier"]),
+                                    **generalization_effects(r["frontier"])} for r in runs}
     effects = {}
     for label in dict.fromkeys(k for e in per_effects.values() for k in e):
         vals = {s: e.get(label) for s, e in per_effects.items()}
