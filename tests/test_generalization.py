@@ -284,3 +284,15 @@ def test_generalization_section_on_the_smoke_run(smoke_run, tmp_path):
     assert "## Generalization" in report and "### Domain fine-tuning" in report
     assert (tmp_path / "generalization.png").stat().st_size > 0 and (tmp_path / "finetune.png").stat().st_size > 0
     json.dumps(g)  # the section is plain JSON
+
+
+def test_length_beta_is_the_logistic_regression_on_length_differences():
+    from actors.reward_ensemble import fit_length_beta
+
+    # sigma(beta * 1) = 0.75 and sigma(beta * -1) = 0.25: beta = ln 3
+    assert fit_length_beta(np.array([1.0, -1.0]), np.array([0.75, 0.25]), ridge=0.0) == pytest.approx(math.log(3))
+    assert fit_length_beta(np.array([2.0, -2.0]), np.array([0.25, 0.75]), ridge=0.0) == pytest.approx(-math.log(3) / 2)
+    # length separates the labels: the ridge keeps beta finite and positive
+    b = fit_length_beta(np.array([1.0, 2.0, -3.0]), np.array([1.0, 1.0, 0.0]))
+    assert 0 < b < 100
+    assert fit_length_beta(np.zeros(3), np.ones(3)) == 0.0

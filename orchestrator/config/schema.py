@@ -355,6 +355,8 @@ class ProxyConfig:
             if (self.length_control != "head" if k == "length_head_lambda"
                     else pc[k] == (list(off) if isinstance(off, tuple) else off)):
                 pc.pop(k)
+        if self.length_control == "regress":  # beta fitted first, then fixed (a jointly learned beta was the
+            pc["length_beta"] = "logistic-first"  # first version: its proxies are not reused)
         return pc
 
     @property
