@@ -481,3 +481,35 @@ def test_bfloat16_roles_keep_fp32_master_weights_and_stay_close(models):
     s32 = RewardEnsemble("gold", member).score(rows).values
     s16 = RewardEnsemble("gold", member, dtype="bfloat16").score(rows).values
     assert 0 < abs(s32 - s16).max() < 0.01 and s32.std() > 0.1  # bf16 did round, and little
+
+
+def test_dataset_domain_column_names_the_families(models, tmp_path):
+    """``task.dataset.domain_column``: each prompt's family is its row's domain (the per-family
+    frontiers and ``proxy.holdout_families`` read it); a held-out family the column lacks exits as a
+    data error naming the key (issue 21)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.data.tables import DataError
+    from orchestrator.data.tasks import dataset as DS
+    from orchestrator.run.cli import absolute_paths
+    from orchestrator.run.pipeline import stage_task
+
+    prompts = DS.read_columns(models("tiny:prompts"), "train", {"prompt": "prompt"}, "t")["prompt"]
+    domain = ["math" if any(c.isdigit() for c in p) else "words" for p in prompts]
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": prompts, "domain": domain}), path)
+    want = dict(zip(prompts, domain))
+
+    def run(d, *extra):
+        cfg = absolute_paths(FrontierConfig, load(FrontierConfig, HF_TINY, [
+            f"task.dataset.path={path}", "task.dataset.domain_column=domain", *extra]))
+        res = stage_task(cfg, d)
+        return pq.read_table(res.dir / "prompts.parquet").to_pydict()
+
+    t = run(tmp_path / "a", "proxy.holdout_families=[math]")
+    assert set(t["family"]) == {"math", "words"}
+    assert all(f == want[p] for p, f in zip(t["prompt"], t["family"]))
+    with pytest.raises(DataError, match="proxy.holdout_families"):
+        run(tmp_path / "b", "proxy.holdout_families=[poetry]")
