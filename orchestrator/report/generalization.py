@@ -21,7 +21,7 @@ def plot_generalization(gen: dict, main: list[str], bon_points: dict[str, list])
     length on the pool; the smallest proxy's best-of-n gold per family; RL length drift; RL gold and
     length-controlled gold of the no-penalty runs; accuracy per family (held-out families marked)."""
     plt = _plt()
-    fig, ax = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig, ax = plt.subplots(3, 3, figsize=(16, 12.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     L = gen["length"]
     a = ax[0, 0]
@@ -86,6 +86,42 @@ def plot_generalization(gen: dict, main: list[str], bon_points: dict[str, list])
     a.set(ylabel="held-out pair accuracy", ylim=(0.4, 1.0),
           title="accuracy per family" + (" (* never trained on)" if held else ""))
     a.legend(fontsize=6)
+    # row 3: one no-penalty RL run per family; the length-controlled proxies' best-of-n; the objective's
+    # rank correlation with length along the no-penalty runs
+    a = ax[2, 0]
+    first = next(((t, r) for t, r in sorted(runs.items()) if t.endswith("-kl0") and r.get("families")
+                  and main and t.startswith(main[0] + "-kl0")), None) or next(
+        ((t, r) for t, r in sorted(runs.items()) if r.get("families")), None)
+    if first:
+        t, r = first
+        for i, (f, v) in enumerate(sorted(r["families"].items())):
+            a.plot(r["kl"], v["gold"], color=colors[i % len(colors)], label=f)
+            if v["peak"]["kl"] is not None:
+                a.plot([v["peak"]["kl"]], [v["peak"]["gold"]], "o", color=colors[i % len(colors)], ms=4)
+        a.set(title=f"RL per family: {t}; dots: peaks")
+        a.legend(fontsize=6)
+    a.set(xlabel="KL (nats)", ylabel="gold gain")
+    a = ax[2, 1]
+    lcs = [n for n in bon_points if "-lc-" in n]
+    for i, base in enumerate(dict.fromkeys(n.rsplit("-lc-", 1)[0] for n in lcs)):
+        c = colors[i % len(colors)]
+        for n, ls in ((base, "-"), (f"{base}-lc-regress", "--"), (f"{base}-lc-head", ":")):
+            if n in bon_points:
+                a.plot([p["kl"] for p in bon_points[n]], [p["gold"] for p in bon_points[n]], color=c, ls=ls,
+                       label=n.removeprefix("proxy-"))
+    a.set(xlabel="KL (nats, best-of-n bound)", ylabel="gold gain",
+          title="length-controlled proxies: plain (-), regress (--), head (:)")
+    if lcs:
+        a.legend(fontsize=6)
+    a = ax[2, 2]
+    for i, (t, r) in enumerate([(t, r) for t, r in sorted(runs.items()) if t.endswith("-kl0")][:10]):
+        pts = [(k, x) for k, x in zip(r["kl"], r["proxy_length_spearman"]) if x is not None]
+        if pts:
+            a.plot(*zip(*pts), color=colors[i % len(colors)], lw=0.8, label=t)
+    a.axhline(0, color="k", lw=0.5)
+    a.set(xlabel="KL (nats)", ylabel="Spearman(objective, length)", title="RL (no penalty): the objective's length correlation")
+    if a.get_legend_handles_labels()[0]:
+        a.legend(fontsize=5)
     fig.tight_layout()
     data = _png(fig)
     plt.close(fig)
