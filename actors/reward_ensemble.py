@@ -162,7 +162,7 @@ class _LengthControl:
         rho_l, rho_q = _pearson(rl, ln), _pearson(rq, ln)
         w = self.model.score.weight
         cos = (w[0] * w[1]).sum() / (w[0].norm() * w[1].norm()).clamp_min(1e-8)
-        self.rho.append((float(rho_l), float(rho_q)))
+        self.rho.append((float(rho_l.detach()), float(rho_q.detach())))
         return bt + self.lam * (-rho_l + rho_q.abs() + cos.abs().to(dev))
 
     def finish(self) -> dict:

@@ -315,7 +315,10 @@ def test_metrics_vocabulary_in_tensorboard_and_jsonl(smoke_run):
     entry = [e for e in frontier["rl"] if e["trial"] == "proxy-1x8-kl0"][0]
     want = sorted(set(range(0, cfg.rl.steps + 1, cfg.rl.eval_every)) | set(range(cfg.rl.eval_early + 1)))
     assert [p["step"] for p in entry["points"]] == want
-    assert entry["points"][0] == {"step": 0, "kl": 0.0, "gold": 0.0, "proxy": 0.0}  # relative to the start
+    p0 = entry["points"][0]
+    assert {k: p0[k] for k in ("step", "kl", "gold", "proxy")} == {"step": 0, "kl": 0.0, "gold": 0.0, "proxy": 0.0}
+    assert set(p0["gold_family"].values()) == {0.0}  # relative to the start, per family too (issue 21)
+    assert p0["length"] > 0 and set(p0["length_family"]) == set(p0["gold_family"])
     # the gold-free monitor (issue 19): its signals logged live, scored against gold in frontier.json
     # (proxy_slope and kl_acceleration need KL to grow first: on the smoke profile's 6 steps it barely
     # leaves 0, so they may be undefined -- then listed under not_evaluated, below)
