@@ -113,7 +113,9 @@ class _LengthControl:
       the model's score layer gets a second output, the length head r_L; the pair logit uses
       r_Q + r_L; plus lambda * (-rho(r_L, len) + |rho(r_Q, len)| + |cos(w_Q, w_L)|), rho Pearson's
       over the step's sequences. ``finish`` cuts the layer back to the quality head r_Q alone, so the
-      saved model is an ordinary one-label reward model.
+      saved model is an ordinary one-label reward model. The pull on the length head is signed, as
+      published (longer scores higher on it); on the default's labels, which prefer shorter responses,
+      a sign-free pull (-|rho|) gave the same quality head (held-out accuracy 0.549 vs 0.558, 2x16).
     """
 
     def __init__(self, mode: str, model, lam: float, lens: torch.Tensor, pairs: tuple = ()):
