@@ -1,0 +1,108 @@
+"""Multi-principle rewards: the Pareto front, its hypervolume, weight grids and the Lagrange
+multipliers of constrained RL (issue 22; SCIENCE.md "Multi-principle rewards").
+
+* Every objective is maximized. A point p dominates q when p >= q in every principle and p > q in
+  at least one; the front is the set no other point dominates (``non_dominated``).
+* Hypervolume (Zitzler & Thiele 1998): the volume of the union of the boxes [reference, p] over the
+  front's points -- the part of objective space the front dominates above a reference point (here
+  the SFT policy's gold per principle). Exact, by slicing along the first objective (``hypervolume``;
+  fine for the tens of points a sweep makes).
+* Constrained RL (Moskovitz et al. 2024, "Confronting reward model overoptimization with
+  constrained RLHF"): maximize the objective subject to each constrained principle's proxy
+  r_i >= c_i; the Lagrangian max_pi min_{lambda >= 0} J(pi) + sum_i lambda_i (r_i - c_i) is solved by
+  alternating policy steps with projected gradient steps on the multipliers,
+  lambda_i <- max(0, lambda_i + eta (c_i - r_i)) (``multiplier_step``): a violated constraint raises
+  its multiplier, a slack one lowers it to zero.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+
+def dominates(p: np.ndarray, q: np.ndarray) -> bool:
+    """p dominates q (maximization): no worse anywhere, better somewhere."""
+    p, q = np.asarray(p, float), np.asarray(q, float)
+    return bool(np.all(p >= q) and np.any(p > q))
+
+
+def non_dominated(points: np.ndarray) -> list[int]:
+    """Indices of the points no other point dominates, in input order (duplicates all kept)."""
+    P = np.asarray(points, float)
+    if P.ndim != 2:
+        raise ValueError(f"points must be [n, d], got shape {P.shape}")
+    return [i for i in range(len(P)) if not any(dominates(P[j], P[i]) for j in range(len(P)) if j != i)]
+
+
+def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Volume dominated by ``points`` above ``reference`` (maximization): the union of the boxes
+    [reference, p]. Points not above the reference in every principle contribute only their part
+    above it (coordinates below it are clipped to it, so they add nothing)."""
+    P = np.asarray(points, float)
+    r = np.asarray(reference, float)
+    if P.size == 0:
+        return 0.0
+    if P.ndim != 2 or P.shape[1] != len(r):
+        raise ValueError(f"points {P.shape} and reference {r.shape} disagree")
+    P = np.maximum(P, r)
+    P = P[np.all(P > r, axis=1)]
+    return float(_hv(P - r)) if len(P) else 0.0
+
+
+def _hv(P: np.ndarray) -> float:
+    """Hypervolume of points above the origin, by slicing along the first coordinate: between two
+    consecutive distinct first coordinates (taken from the top), the slice's (d-1)-volume is that of
+    the points reaching at least that far."""
+    if P.shape[1] == 1:
+        return float(P[:, 0].max())
+    xs = np.unique(P[:, 0])[::-1]
+    total = 0.0
+    for k, x in enumerate(xs):
+        lower = xs[k + 1] if k + 1 < len(xs) else 0.0
+        reach = P[P[:, 0] >= x][:, 1:]
+        total += (x - lower) * _hv(reach[non_dominated(reach)] if len(reach) > 1 else reach)
+    return total
+
+
+def hypervolume_brute_force(points: np.ndarray, reference: np.ndarray) -> float:
+    """The same volume by coordinate compression: every cell of the grid of all the points'
+    coordinates, counted when some point dominates its upper corner. Exponential in d; for tests."""
+    P = np.maximum(np.asarray(points, float), np.asarray(reference, float))
+    r = np.asarray(reference, float)
+    grids = [np.unique(np.concatenate([[r[d]], P[:, d]])) for d in range(len(r))]
+    total = 0.0
+    for cell in itertools.product(*[range(len(g) - 1) for g in grids]):
+        upper = np.array([grids[d][c + 1] for d, c in enumerate(cell)])
+        if np.any(np.all(P >= upper, axis=1)):
+            total += float(np.prod([grids[d][c + 1] - grids[d][c] for d, c in enumerate(cell)]))
+    return total
+
+
+def simplex_grid(k: int, divisions: int) -> list[tuple[float, ...]]:
+    """Every weight vector of ``k`` principles whose weights are multiples of 1/``divisions``
+    and sum to 1 (C(divisions + k - 1, k - 1) of them), in lexicographic order, largest first."""
+    if k < 1 or divisions < 1:
+        raise ValueError(f"simplex_grid: k={k}, divisions={divisions} must be >= 1")
+    out = []
+    for cut in itertools.combinations(range(divisions + k - 1), k - 1):  # stars and bars
+        edges = (-1, *cut, divisions + k - 1)
+        out.append(tuple((edges[i + 1] - edges[i] - 1) / divisions for i in range(k)))
+    return sorted(out, reverse=True)
+
+
+def multiplier_step(lam: np.ndarray, values: np.ndarray, thresholds: np.ndarray, lr: float) -> np.ndarray:
+    """One projected gradient step on the Lagrange multipliers of constraints values >= thresholds:
+    lambda <- max(0, lambda + lr (threshold - value))."""
+    lam, v, c = (np.asarray(x, float) for x in (lam, values, thresholds))
+    return np.maximum(0.0, lam + lr * (c - v))
+
+
+def lagrangian_reward(objective: np.ndarray, constrained: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """The per-sample reward the policy maximizes under multipliers ``lam``: objective + sum_i lam_i
+    r_i, normalized by 1 + sum lam so its scale stays that of one reward (Moskovitz et al.'s
+    normalized Lagrangian; the constant c_i terms do not change the policy gradient).
+    objective: [b]; constrained: [b, m]; lam: [m]."""
+    o, R, lam = np.asarray(objective, float), np.asarray(constrained, float), np.asarray(lam, float)
+    return (o + R @ lam) / (1.0 + lam.sum())

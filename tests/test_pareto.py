@@ -1,0 +1,72 @@
+"""Issue 22's pure parts: the non-dominated set and the hypervolume against brute force (2-D and
+4-D), the simplex grid, and the Lagrange multiplier update on a hand-computed sequence."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator.math import pareto as PA
+
+
+def test_front_and_hypervolume_by_hand_2d():
+    pts = np.array([[1, 3], [2, 2], [3, 1], [1, 1], [2, 2]], float)
+    assert PA.non_dominated(pts) == [0, 1, 2, 4]  # (1, 1) is dominated; the duplicate (2, 2) stays
+    # the staircase above (0, 0): 1 x 3 + 1 x 2 + 1 x 1
+    assert PA.hypervolume(pts, [0, 0]) == pytest.approx(6.0)
+    # a reference above some coordinates clips them: above (1.5, 0.5) only 0.5 x 2.5 + 1 x 0.5 ... by hand:
+    # x in [1.5, 2]: height 2 - 0.5 = 1.5; x in [2, 3]: height 1 - 0.5 = 0.5 -> 0.75 + 0.5
+    assert PA.hypervolume(pts, [1.5, 0.5]) == pytest.approx(1.25)
+    assert PA.hypervolume(np.zeros((0, 2)), [0, 0]) == 0.0
+    assert PA.hypervolume([[-1, 5]], [0, 0]) == 0.0  # not above the reference in every principle
+
+
+@pytest.mark.parametrize("d,n", [(2, 7), (3, 6), (4, 6), (4, 9)])
+def test_hypervolume_equals_brute_force(d, n):
+    rng = np.random.default_rng(100 * d + n)
+    for _ in range(5):
+        pts = rng.normal(size=(n, d))
+        pts[rng.integers(0, n)] = pts[rng.integers(0, n)]  # a duplicate now and then
+        ref = rng.normal(size=d) - 1.0
+        assert PA.hypervolume(pts, ref) == pytest.approx(PA.hypervolume_brute_force(pts, ref), rel=1e-9, abs=1e-12)
+        front = PA.non_dominated(pts)
+        # the front holds exactly the points nothing dominates, and they carry all the volume
+        for i in range(n):
+            dominated = any(np.all(pts[j] >= pts[i]) and np.any(pts[j] > pts[i]) for j in range(n))
+            assert (i in front) == (not dominated)
+        assert PA.hypervolume(pts[front], ref) == pytest.approx(PA.hypervolume(pts, ref))
+
+
+def test_simplex_grid():
+    g = PA.simplex_grid(3, 2)
+    assert g == [(1.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 1.0, 0.0), (0.0, 0.5, 0.5), (0.0, 0.0, 1.0)]
+    g4 = PA.simplex_grid(4, 4)
+    assert len(g4) == math.comb(4 + 3, 3) == len(set(g4))
+    assert all(sum(w) == pytest.approx(1.0) for w in g4)
+    want = {w for w in itertools.product([i / 4 for i in range(5)], repeat=4) if abs(sum(w) - 1) < 1e-9}
+    assert set(g4) == want
+    with pytest.raises(ValueError):
+        PA.simplex_grid(0, 2)
+
+
+def test_multiplier_steps_by_hand():
+    lam = np.zeros(1)
+    seq = []
+    for v in (0.2, 0.6, 1.5, 1.5, 1.5):  # threshold 1, lr 0.5: violated, violated, then slack
+        lam = PA.multiplier_step(lam, [v], [1.0], 0.5)
+        seq.append(float(lam[0]))
+    # 0 + 0.5 * 0.8 = 0.4; + 0.5 * 0.4 = 0.6; + 0.5 * -0.5 = 0.35; 0.1; max(0, -0.15) = 0
+    assert seq == pytest.approx([0.4, 0.6, 0.35, 0.1, 0.0])
+    two = PA.multiplier_step([0.2, 1.0], [0.0, 3.0], [1.0, 1.0], 0.1)
+    assert two.tolist() == pytest.approx([0.3, 0.8])
+
+
+def test_lagrangian_reward_by_hand():
+    o = np.array([1.0, 0.0])
+    R = np.array([[0.5, -1.0], [2.0, 0.0]])
+    lam = np.array([1.0, 2.0])
+    # (o + R @ lam) / (1 + 3): (1 + 0.5 - 2) / 4, (0 + 2 + 0) / 4
+    assert PA.lagrangian_reward(o, R, lam).tolist() == pytest.approx([-0.125, 0.5])
