@@ -70,3 +70,45 @@ def test_lagrangian_reward_by_hand():
     lam = np.array([1.0, 2.0])
     # (o + R @ lam) / (1 + 3): (1 + 0.5 - 2) / 4, (0 + 2 + 0) / 4
     assert PA.lagrangian_reward(o, R, lam).tolist() == pytest.approx([-0.125, 0.5])
+
+
+@pytest.mark.slow
+def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(smoke_run, tmp_path):
+    """``proxy.principles``: the same pairs labelled by each principle's gold alone (ties dropped), a
+    proxy per principle trained on them, and its best-of-n curve measured against that principle's
+    gold (recomputed here from the pool)."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.data.tasks.synthetic import oracle
+    from orchestrator.math.bon import bon_curves, pool_matrix
+    from orchestrator.run.pipeline import run_frontier
+
+    cfg0, run0, _ = smoke_run
+    shutil.copytree(run0 / "stages", tmp_path / "stages")
+    cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", ["proxy.principles=[harmless,format]"])
+    fr = run_frontier(cfg, tmp_path, progress=False)
+    label_dir = next(d for d in (tmp_path / "stages").glob("label-*")
+                     if "principles" in json.loads((d / "DONE.json").read_text())["inputs"])
+    prompts = pq.read_table(next((tmp_path / "stages").glob("task-*")) / "prompts.parquet").to_pydict()
+    meta = {p: (f, m) for p, f, m in zip(prompts["prompt_id"], prompts["family"], prompts["meta"])}
+    for pr in ("harmless", "format"):
+        t = pq.read_table(label_dir / f"preferences_{pr}.parquet").to_pydict()
+        assert set(t["principle"]) == {pr} and len(t["pair_id"]) == fr["label"]["principles"][pr]["pairs"] > 0
+        for p, a, b, y in zip(t["prompt_id"], t["response_a"], t["response_b"], t["p_a"]):
+            sa, sb = (oracle(*meta[p], r)[pr] for r in (a, b))
+            assert sa != sb and y == (1.0 if sa > sb else 0.0)  # noise 0: the principle's own order
+    by = {e["proxy"]: e for e in fr["bon"]}
+    e = by["proxy-1x8-format"]
+    assert e["kind"] == "principle" and e["principle"] == "format"
+    s = pq.read_table(next(d for d in (tmp_path / "stages").glob("bon-*")
+                           if "principled" in json.loads((d / "DONE.json").read_text())["inputs"])
+                      / "bon_scores.parquet").to_pydict()
+    N = cfg.sample.bon_responses_per_prompt
+    _, gb = bon_curves(pool_matrix(s, "score.proxy-1x8-format", N), pool_matrix(s, "score.gold.format", N))
+    assert [p["gold"] for p in e["points"]] == pytest.approx((gb.mean(0) - gb[:, 0].mean()).tolist())
+    assert "## Per-principle proxies" in (tmp_path / "report.md").read_text()
+    assert all(x["kind"] != "principle" for x in fr["bon"] if x["proxy"] in fr["generalization"]["length"]["bon_lc"])

@@ -90,6 +90,9 @@ class ModelConfig:
 FAMILIES = ("arith", "capital", "animal", "list", "unsafe", "chat", "unknown")
 """The synthetic task's prompt families (``orchestrator.data.tasks.synthetic`` builds each)."""
 
+PRINCIPLES = ("helpful", "harmless", "honest", "format")
+"""The synthetic oracle's principles: gold is their sum (``orchestrator.data.tasks.synthetic.oracle``)."""
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -311,7 +314,8 @@ class ProxyConfig:
     val_fraction: float = 0.1
     """Share of label prompts held out for validation accuracy and calibration."""
     NOT_PER_PROXY: ClassVar[tuple[str, ...]] = ("sizes", "seed_members", "seed_member_size", "models",
-                                                "ensemble_diversity", "member_scaling", "warm")
+                                                "ensemble_diversity", "member_scaling", "warm", "principles",
+                                                "principle_sizes")
     ADDED_OFF: ClassVar[dict] = {"length_control": "none", "length_head_lambda": None, "holdout_families": ()}
     """Keys added later, with their off values (``length_head_lambda``: off unless length_control is
     ``head``): off, they leave a proxy's stage key (and every cached proxy) as it was."""
@@ -402,8 +406,22 @@ class ProxyConfig:
     out -- scored in the calibration stage as out-of-domain pairs -- while the policy still meets
     their prompts. With a dataset task, values of ``task.dataset.domain_column``."""
 
+    principles: tuple[str, ...] = ()
+    """Per-principle proxies (issue 22): for each named principle of the oracle (helpful, harmless,
+    honest, format) the label stage also labels the same pairs by that principle's gold alone (ties
+    dropped, the same label noise), and a proxy of each ``principle_sizes`` size trains on them --
+    ``proxy-<size>-<principle>`` -- with its own best-of-n frontier against that principle's gold.
+    Empty = none."""
+    principle_sizes: tuple[str, ...] = ()
+    """The sizes of the per-principle proxies; empty = ``rl.sizes`` (all proxies when that is empty)."""
+
     def __post_init__(self):
         _check(len(self.sizes) >= 1, "sizes", "at least one proxy size is needed")
+        for i, p in enumerate(self.principles):
+            _check(p in PRINCIPLES, f"principles[{i}]", f"{p!r} is not one of {', '.join(PRINCIPLES)}")
+        _check(len(set(self.principles)) == len(self.principles), "principles", f"{list(self.principles)} has duplicates")
+        for i, z in enumerate(self.principle_sizes):
+            _check(z in self.names, f"principle_sizes[{i}]", f"{z!r} is not one of the proxies {list(self.names)}")
         _check(self.length_control in LENGTH_CONTROLS, "length_control",
                f"{self.length_control!r} must be one of {', '.join(LENGTH_CONTROLS)}")
         _check(self.length_head_lambda >= 0, "length_head_lambda", f"{self.length_head_lambda} must be >= 0")
@@ -695,6 +713,9 @@ class FrontierConfig:
         if self.monitor.disjoint_size:
             _check(self.monitor.disjoint_size in self.proxy.names, "monitor.disjoint_size",
                    f"{self.monitor.disjoint_size!r} is not one of the proxies {list(self.proxy.names)}")
+        if self.proxy.principles:  # per-principle gold exists for the synthetic oracle's gold labels
+            _check(self.task.name == "synthetic" and self.label.source == "gold", "proxy.principles",
+                   "per-principle labels come from the synthetic oracle: task.name synthetic, label.source gold")
         g = self.generalization
         _check(self.proxy.length_control not in g.length_controls, "generalization.length_controls",
                f"{self.proxy.length_control!r} is already how the job's own proxies are trained")

@@ -261,6 +261,10 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         rel = plot_reliability(extra["calibration"])
         if rel:
             images["reliability.png"] = rel
+    if any(e.get("kind") == "principle" for e in frontier["bon"]):  # per-principle proxies (issue 22)
+        from orchestrator.report.principles import plot_principles
+
+        images["principles.png"] = plot_principles(frontier["bon"])
     gen = frontier.get("generalization")
     main = [e["proxy"] for e in frontier["bon"] if e.get("kind", "proxy") == "proxy"
             and e.get("labels", "gold") == ("ai" if "agreement" in frontier.get("label", {}) else "gold")]
@@ -395,6 +399,10 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
             lines.append(f"| (no stopping) | - | {mon['no_stop']['n_runs']} | - | - | - | - | "
                          f"{f(mon['no_stop']['gold_kept_frac'], 2)} |")
         lines += [*_not_evaluated(mon), ""]
+    if "principles.png" in images:
+        from orchestrator.report.principles import principle_lines
+
+        lines += principle_lines(frontier["bon"], True)
     if gen:
         lines += generalization_lines(gen, main, "generalization.png" in images, "finetune.png" in images)
     if "agreement" in frontier.get("label", {}):

@@ -81,7 +81,7 @@ def stage_generalization(cfg: FrontierConfig, run_dir: Path, task: StageResult, 
         model = G.fit_length_model(gold, length, fam)
         lc = dict(s)
         lc["score.gold"] = G.length_controlled(gold, length, model).tolist()
-        names = [n for n in curves]  # every curve of the bon stage, read again in length-controlled gold
+        names = [n for n, c in curves.items() if "principle" not in c]  # every curve against gold, read again
         lc_curves = bon_summary(lc, names, N, n_max, cfg.bon.bootstrap, stream(cfg.seed, "bon/bootstrap"))
         length_sec = {
             "unit": "response tokens (the policy's tokenizer)",

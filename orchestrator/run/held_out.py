@@ -89,8 +89,8 @@ def stage_calibration(cfg: FrontierConfig, run_dir: Path, task: StageResult, lab
             col = {name: j for j, name in enumerate(sc.members)}
             for name, j in col.items():
                 add(name, v[ia, j] - v[ib, j], y, val)
-            tags = {str((p.meta.get("inputs") or {}).get("tag", "")) for p in group if "warm_members" not in p.meta
-                    and "-lc-" not in str((p.meta.get("inputs") or {}).get("tag", ""))}  # no length-control ensembles
+            tags = {str((p.meta.get("inputs") or {}).get("tag", "")) for p in group if "warm_members" not in p.meta}
+            tags &= {"", "-ai"}  # ensembles of the job's own proxies (not of length-controlled or per-principle ones)
             for tag in sorted(tags):  # the ensembles whose members are all in this group
                 for ens in ensemble_sets(cfg, tag):
                     if not all(m in col for m in ens["members"]):

@@ -23,6 +23,7 @@ from actors.policy_learner import PolicyLearner
 from actors.reward_ensemble import RewardEnsemble
 from actors.rollout_generator import RolloutGenerator
 from orchestrator.config.schema import (
+    PRINCIPLES,
     FrontierConfig,
     ModelConfig,
     RoleResources,
@@ -256,7 +257,8 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
         from orchestrator.data.tasks.dataset import fingerprint
 
         label["data"] = fingerprint(cfg.label.dataset.path, cfg.label.dataset.split, cfg.label.dataset.subset)
-    inputs = {"stage": "label", "v": 1, "sample": sample.key, "label": label, "seed": cfg.seed, **gold_key(cfg)}
+    inputs = {"stage": "label", "v": 1, "sample": sample.key, "label": label, "seed": cfg.seed, **gold_key(cfg),
+              **({"principles": list(cfg.proxy.principles)} if cfg.proxy.principles else {})}
 
     def fn(out: Path) -> dict:
         if cfg.label.source == "dataset":
@@ -274,38 +276,54 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
 
             return label_with_judge(cfg, run_dir, out, rows, samples, g, principles, stream(cfg.seed, "label/ai"),
                                     progress)
-        rng = np.random.default_rng(stream(cfg.seed, "label/noise"))
-        by_prompt: dict[int, list[int]] = {}
-        for i, p in enumerate(samples["prompt_id"]):
-            by_prompt.setdefault(p, []).append(i)
-        pairs = {k: [] for k in D.PREFERENCES}
-        ties = 0
-        for p, idx in by_prompt.items():
-            for x in range(len(idx)):
-                for y in range(x + 1, len(idx)):
-                    i, j = idx[x], idx[y]
-                    if g[i] == g[j]:
-                        ties += 1  # equal gold carries no preference (Gao et al.: ties dropped)
-                        continue
-                    p_a = 1.0 if g[i] > g[j] else 0.0
-                    if rng.random() < cfg.label.noise_rate:
-                        p_a = 1.0 - p_a
-                    pairs["pair_id"].append(len(pairs["pair_id"]))
-                    pairs["prompt_id"].append(p)
-                    pairs["prompt"].append(rows["prompt"][i])
-                    pairs["response_a"].append(samples["response"][i])
-                    pairs["response_b"].append(samples["response"][j])
-                    pairs["p_a"].append(p_a)
-                    pairs["labeler"].append("gold")
-                    pairs["principle"].append("gold")
-                    pairs["rationale"].append("")
+        pairs, ties = _gold_pairs(samples, rows, g, "gold", cfg.label.noise_rate,
+                                  np.random.default_rng(stream(cfg.seed, "label/noise")))
         D.write_table(pairs, out / "preferences.parquet")
+        per_principle = {}
+        for pr in cfg.proxy.principles:  # one label set per principle, the same pairs by that principle's gold
+            pp, pt = _gold_pairs(samples, rows, principles[pr], pr, cfg.label.noise_rate,
+                                 np.random.default_rng(stream(cfg.seed, f"label/noise/{pr}")))
+            D.write_table(pp, out / f"preferences_{pr}.parquet")
+            per_principle[pr] = {"pairs": len(pp["pair_id"]), "ties_dropped": pt}
         src = np.array(samples["source"])
         return {"pairs": len(pairs["pair_id"]), "ties_dropped": ties,
+                **({"principles": per_principle} if per_principle else {}),
                 "gold_mean_policy": float(g[src == "policy"].mean()) if (src == "policy").any() else None,
                 "gold_mean_demo": float(g[src == "demo"].mean()) if (src == "demo").any() else None}
 
     return run_stage(run_dir, "label", inputs, fn)
+
+
+def _gold_pairs(samples: dict, rows: dict, g: np.ndarray, principle: str, noise: float,
+                rng: np.random.Generator) -> tuple[dict, int]:
+    """Every within-prompt pair of the labelling pool, labelled by ``g`` (gold, or one principle's
+    gold: issue 22), each label flipped with probability ``noise``; pairs ``g`` ties are dropped (Gao
+    et al.). Returns the preference table and the number of ties."""
+    by_prompt: dict[int, list[int]] = {}
+    for i, p in enumerate(samples["prompt_id"]):
+        by_prompt.setdefault(p, []).append(i)
+    pairs = {k: [] for k in D.PREFERENCES}
+    ties = 0
+    for p, idx in by_prompt.items():
+        for x in range(len(idx)):
+            for y in range(x + 1, len(idx)):
+                i, j = idx[x], idx[y]
+                if g[i] == g[j]:
+                    ties += 1  # equal gold carries no preference (Gao et al.: ties dropped)
+                    continue
+                p_a = 1.0 if g[i] > g[j] else 0.0
+                if rng.random() < noise:
+                    p_a = 1.0 - p_a
+                pairs["pair_id"].append(len(pairs["pair_id"]))
+                pairs["prompt_id"].append(p)
+                pairs["prompt"].append(rows["prompt"][i])
+                pairs["response_a"].append(samples["response"][i])
+                pairs["response_b"].append(samples["response"][j])
+                pairs["p_a"].append(p_a)
+                pairs["labeler"].append("gold")
+                pairs["principle"].append(principle)
+                pairs["rationale"].append("")
+    return pairs, ties
 
 
 def _unique_rows(rows: dict) -> tuple[dict, np.ndarray]:
@@ -491,6 +509,25 @@ def stage_length_controlled(cfg: FrontierConfig, run_dir: Path, task: StageResul
     return out
 
 
+def stage_principle_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
+                            label: StageResult, lms: dict[str, StageResult], progress: bool) -> list[StageResult]:
+    """``proxy.principles`` (issue 22): per principle, a proxy of each ``principle_sizes`` size trained
+    on that principle's labels of the same pairs (``preferences_<principle>.parquet``), otherwise as
+    the job's own -- ``proxy-<size>-<principle>``. A principle whose gold ties on every pair (no
+    labels) is left out with a warning."""
+    sizes = cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names
+    counts = label.meta.get("principles") or {}
+    out = []
+    for pr in cfg.proxy.principles:
+        if (counts.get(pr) or {}).get("pairs", 0) < 2:
+            log.warning("proxy.principles: %r has %d labelled pairs (its gold ties on the rest): no proxy", pr,
+                        (counts.get(pr) or {}).get("pairs", 0))
+            continue
+        out += _train_proxies(cfg, run_dir, task, sample, label, lms, progress, f"preferences_{pr}.parquet",
+                              f"-{pr}", [(s, 0) for s in sizes])
+    return out
+
+
 def _cost(size: str) -> int:
     """A proxy's relative cost (larger ones start first); 0 for a model by path (kept in list order)."""
     try:
@@ -502,12 +539,13 @@ def _cost(size: str) -> int:
 
 def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
               proxies: list[StageResult], progress: bool, extras: list[StageResult] = (),
-              calib: StageResult | None = None) -> StageResult:
+              calib: StageResult | None = None, principled: list[StageResult] = ()) -> StageResult:
     """Best-of-n curves of every proxy, of ``extras`` (ensemble members, WARM) and of every ensemble
     of ``ensemble_sets`` under mean, WCO and UWO: members scaled by ``proxy.member_scaling`` (with
     ``temperature``, by the taus of ``calib``), aggregated per response, and the aggregate taken as
     one more proxy by the same estimator (issue 20). ``bon.json``: {name: curve}; an ensemble's curve
-    also names its ``members``, ``objective`` and ``source``."""
+    also names its ``members``, ``objective`` and ``source``. ``principled``: per-principle proxies,
+    each measured against its own principle's gold (its curve names the ``principle``; issue 22)."""
     from orchestrator.config.members import OBJECTIVES, ensemble_sets
     from orchestrator.math.ensembles import ensemble_scores, member_scales
 
@@ -516,6 +554,7 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
               "extras": [p.key for p in extras], "bon": to_dict(cfg.bon), "n_max": cfg.n_max, "seed": cfg.seed,
               "diversity": list(cfg.proxy.ensemble_sources), "scaling": cfg.proxy.member_scaling,
               "uwo_lambda": cfg.rl.uwo_lambda, **({"calibration": calib.key} if temperature and calib else {}),
+              **({"principled": [p.key for p in principled]} if principled else {}),
               **gold_key(cfg)}
 
     def fn(out: Path) -> dict:
@@ -552,9 +591,22 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
                     names.append(name)
                     meta[name] = {"members": ens["members"], "objective": obj, "source": ens["source"],
                                   "scaling": cfg.proxy.member_scaling}
+        by_principle: dict[str, list[str]] = {}
+        for p in principled:
+            name = proxy_name(p)
+            sc = pq.read_table(p.dir / "bon_scores.parquet").to_pydict()
+            if sc["prompt_id"] != samples["prompt_id"] or sc["sample_id"] != samples["sample_id"]:
+                raise D.DataError(f"{p.dir}/bon_scores.parquet: rows do not match the best-of-n pool")
+            samples[f"score.{name}"] = sc["score"]
+            by_principle.setdefault(str(p.meta["inputs"]["tag"]).removeprefix("-"), []).append(name)
         D.write_table(samples, out / "bon_scores.parquet")
         result = bon_summary(samples, names, cfg.sample.bon_responses_per_prompt, cfg.n_max, cfg.bon.bootstrap,
                              stream(cfg.seed, "bon/bootstrap"))
+        for pr, pnames in by_principle.items():  # against that principle's gold
+            sub = {**samples, "score.gold": samples[f"score.gold.{pr}"]}
+            for name, c in bon_summary(sub, pnames, cfg.sample.bon_responses_per_prompt, cfg.n_max, cfg.bon.bootstrap,
+                                       stream(cfg.seed, "bon/bootstrap")).items():
+                result[name] = {**c, "principle": pr}
         for name, m in meta.items():
             result[name].update(m)
         (out / "bon.json").write_text(json.dumps(result, indent=1))
@@ -602,32 +654,35 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
 
     members += stage_warm(cfg, run_dir, task, sample, proxies + members, pool, tag)
     members += stage_length_controlled(cfg, run_dir, task, sample, label, lms, progress, tag)
+    principled = stage_principle_proxies(cfg, run_dir, task, sample, label, lms, progress)
     halves = (stage_disjoint_halves(cfg, run_dir, task, sample, label, lms, progress, tag=tag)
               if cfg.rl.enabled else [])
     from orchestrator.run.held_out import stage_calibration
 
-    calib = stage_calibration(cfg, run_dir, task, label, proxies + members)
+    calib = stage_calibration(cfg, run_dir, task, label, proxies + members + principled)
     calibration = json.loads((calib.dir / "calibration.json").read_text())
-    bon = stage_bon(cfg, run_dir, task, sample, proxies, progress, members, calib)
+    bon = stage_bon(cfg, run_dir, task, sample, proxies, progress, members, calib, principled)
     t_rl = time.perf_counter()
     rl = (stage_sweep(cfg, run_dir, task, sft, proxies + members + halves, progress, calibration)
           if cfg.rl.enabled else [])
     curves = json.loads((bon.dir / "bon.json").read_text())
     shutil.copyfile(calib.dir / "calibration.parquet", run_dir / "calibration.parquet")
     keys = ("tau", "acc", "nll", "brier", "ece", "nll_tau", "ece_tau", "pairs")
-    params = {proxy_name(p): p.meta["params"] for p in proxies + members}
-    tags = {proxy_name(p): str((p.meta.get("inputs") or {}).get("tag", "")) for p in proxies + members}
+    params = {proxy_name(p): p.meta["params"] for p in proxies + members + principled}
+    tags = {proxy_name(p): str((p.meta.get("inputs") or {}).get("tag", "")) for p in proxies + members + principled}
     for p in members:  # WARM's label tag: its members'
         if "warm_members" in p.meta:
             tags[proxy_name(p)] = tags[p.meta["warm_members"][0]]
     entries = []
-    for p in proxies + members:
+    for p in proxies + members + principled:
         name = proxy_name(p)
         kind = ("warm" if "warm_members" in p.meta else "member" if p.meta.get("member")
-                else "length_control" if "-lc-" in tags[name] else "proxy")
+                else "length_control" if "-lc-" in tags[name]
+                else "principle" if tags[name].removeprefix("-") in PRINCIPLES else "proxy")
         entries.append({"proxy": name, "kind": kind, "proxy_params": p.meta["params"], "seed": cfg.seed,
                         "labels": "ai" if tags[name].startswith("-ai") else "gold",
                         **({"length_control": tags[name].rsplit("-lc-", 1)[1]} if kind == "length_control" else {}),
+                        **({"principle": tags[name].removeprefix("-")} if kind == "principle" else {}),
                         "val_accuracy": p.meta.get("val_accuracy"), "val_ece": p.meta.get("val_ece"),
                         **({"members": p.meta["warm_members"]} if kind == "warm" else {}),
                         **({"source": p.meta.get("source", "seed")} if kind == "member" else {}),
@@ -640,7 +695,8 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
                             **c})
     timings = {}
     for name, st in [("task", task), ("sft", sft), *[(f"lm-{k}", v) for k, v in lms.items() if v.key != sft.key],
-                     ("sample", sample), ("label", label), *[(proxy_name(p), p) for p in proxies + members + halves],
+                     ("sample", sample), ("label", label),
+                     *[(proxy_name(p), p) for p in proxies + members + principled + halves],
                      ("calibration", calib), ("bon", bon)]:
         timings[name] = {"seconds": st.meta["seconds"], "cached": st.cached}
     if rl:

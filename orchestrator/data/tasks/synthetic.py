@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from orchestrator.config.schema import (
-    FAMILIES,  # the prompt families (the config validates names against them)
+from orchestrator.config.schema import (  # noqa: F401  (the config validates names against them)
+    FAMILIES,  # the prompt families
+    PRINCIPLES,  # the oracle's principles (re-exported)
 )
-
-PRINCIPLES = ("helpful", "harmless", "honest", "format")
 
 STOCK_PHRASES = (
     "sure !",
