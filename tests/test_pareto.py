@@ -89,7 +89,8 @@ def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(smoke_run, 
 
     cfg0, run0, _ = smoke_run
     shutil.copytree(run0 / "stages", tmp_path / "stages")
-    cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", ["proxy.principles=[harmless,format]"])
+    cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", ["proxy.principles=[harmless,format]",
+                                                          "sweep.principle_weights=[[1,0],[0.5,0.5],[0,1]]"])
     fr = run_frontier(cfg, tmp_path, progress=False)
     label_dir = next(d for d in (tmp_path / "stages").glob("label-*")
                      if "principles" in json.loads((d / "DONE.json").read_text())["inputs"])
@@ -112,3 +113,30 @@ def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(smoke_run, 
     assert [p["gold"] for p in e["points"]] == pytest.approx((gb.mean(0) - gb[:, 0].mean()).tolist())
     assert "## Per-principle proxies" in (tmp_path / "report.md").read_text()
     assert all(x["kind"] != "principle" for x in fr["bon"] if x["proxy"] in fr["generalization"]["length"]["bon_lc"])
+    # the weighted runs: each optimized sum_i w_i r_i of the two proxies; the front is their non-dominated set
+    runs = [e for e in fr["rl"] if e.get("weights")]
+    assert sorted(tuple(e["weights"]) for e in runs) == [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
+    assert all(e["members"] == ["proxy-1x8-harmless", "proxy-1x8-format"] for e in runs)
+    pa = fr["pareto"]
+    assert pa["principles"] == ["harmless", "format"] and len(pa["points"]) == 3
+    G = np.array([[q["peak"]["gold"][p] for p in pa["principles"]] for q in pa["points"]])
+    assert pa["front"] == PA.non_dominated(G)
+    assert pa["hypervolume"] == pytest.approx(PA.hypervolume_brute_force(G[pa["front"]], [0, 0]) if pa["front"] else 0.0)
+
+
+def test_pareto_section_by_hand():
+    def run(trial, w, golds):  # golds: per evaluation (overall, {principle: gain})
+        return {"trial": trial, "weights": w,
+                "points": [{"step": i, "kl": float(i), "gold": g, "gold_principles": gp, "proxy_members": {}}
+                           for i, (g, gp) in enumerate(golds)]}
+
+    runs = [run("a", [1, 0], [(0, {"x": 0, "y": 0}), (0.5, {"x": 0.6, "y": -0.1}), (0.2, {"x": 0.5, "y": -0.3})]),
+            run("b", [0, 1], [(0, {"x": 0, "y": 0}), (0.4, {"x": 0.1, "y": 0.3}), (0.45, {"x": 0.2, "y": 0.25})]),
+            run("c", [.5, .5], [(0, {"x": 0, "y": 0}), (0.3, {"x": 0.05, "y": 0.2})])]
+    out = PA.pareto_section(runs, ["x", "y"])
+    # peaks: a at step 1 (0.6, -0.1), b at step 2 (0.2, 0.25), c at step 1 (0.05, 0.2) -- dominated by b
+    assert [p["peak"]["step"] for p in out["points"]] == [1, 2, 1]
+    assert out["front"] == [0, 1]
+    # only b is above the reference (0, 0) in both: 0.2 x 0.25
+    assert out["hypervolume"] == pytest.approx(0.05)
+    assert out["front_end"] == [0, 1] and out["hypervolume_end"] == pytest.approx(0.2 * 0.25)

@@ -90,6 +90,20 @@ class ModelConfig:
 FAMILIES = ("arith", "capital", "animal", "list", "unsafe", "chat", "unknown")
 """The synthetic task's prompt families (``orchestrator.data.tasks.synthetic`` builds each)."""
 
+def simplex_grid(k: int, divisions: int) -> list[tuple[float, ...]]:
+    """Every weight vector of ``k`` principles whose weights are multiples of 1/``divisions`` and sum
+    to 1 (C(divisions + k - 1, k - 1) of them), largest first (``orchestrator.math.pareto`` re-exports it)."""
+    import itertools
+
+    if k < 1 or divisions < 1:
+        raise ValueError(f"simplex_grid: k={k}, divisions={divisions} must be >= 1")
+    out = []
+    for cut in itertools.combinations(range(divisions + k - 1), k - 1):  # stars and bars
+        edges = (-1, *cut, divisions + k - 1)
+        out.append(tuple((edges[i + 1] - edges[i] - 1) / divisions for i in range(k)))
+    return sorted(out, reverse=True)
+
+
 PRINCIPLES = ("helpful", "harmless", "honest", "format")
 """The synthetic oracle's principles: gold is their sum (``orchestrator.data.tasks.synthetic.oracle``)."""
 
@@ -653,8 +667,20 @@ class SweepConfig:
     """Log every trial to Weights & Biases (offline unless ``WANDB_MODE`` says otherwise)."""
     wandb_project: str = "rlhf-frontier"
     """wandb project name."""
+    principle_weights: tuple[tuple[float, ...], ...] = ()
+    """Fixed-weight aggregations of the per-principle proxies (``proxy.principles``; issue 22): one
+    no-penalty trial per weight vector (one weight per principle, in ``proxy.principles``' order, >= 0,
+    summing to 1), optimizing sum_i w_i r_i of the ``principle_sizes[0]`` proxies; the trials' gold per
+    principle makes frontier.json's ``pareto`` front. ``principle_simplex`` adds a whole simplex grid."""
+    principle_simplex: int = 0
+    """> 0: every weight vector whose weights are multiples of 1/this (a simplex grid; 4 principles at
+    2 make 10 vectors, at 4 make 35) joins ``principle_weights``."""
 
     def __post_init__(self):
+        for i, w in enumerate(self.principle_weights):
+            _check(len(w) >= 1 and all(x >= 0 for x in w) and abs(sum(w) - 1) < 1e-6, f"principle_weights[{i}]",
+                   f"{list(w)}: weights >= 0 summing to 1")
+        _check(self.principle_simplex >= 0, "principle_simplex", "must be >= 0")
         _check(len(self.kl_coefs) >= 1 and all(k >= 0 for k in self.kl_coefs), "kl_coefs",
                f"{list(self.kl_coefs)}: at least one coefficient, all >= 0")
         _check(len(set(self.kl_coefs)) == len(self.kl_coefs), "kl_coefs", f"{list(self.kl_coefs)} has duplicates")
@@ -683,6 +709,16 @@ class FrontierConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     active: ActiveConfig = field(default_factory=ActiveConfig)
     generalization: GeneralizationConfig = field(default_factory=GeneralizationConfig)
+
+    def principle_weight_vectors(self) -> list[tuple[float, ...]]:
+        """``sweep.principle_weights`` and, with ``sweep.principle_simplex``, the simplex grid's vectors
+        over ``proxy.principles`` not already listed (issue 22)."""
+        out = [tuple(float(x) for x in w) for w in self.sweep.principle_weights]
+        if self.sweep.principle_simplex and len(self.proxy.principles) >= 2:
+            seen = {tuple(round(x, 9) for x in w) for w in out}
+            out += [w for w in simplex_grid(len(self.proxy.principles), self.sweep.principle_simplex)
+                    if tuple(round(x, 9) for x in w) not in seen]
+        return out
 
     def __post_init__(self):
         _check(0 <= self.seed < 2**31, "seed", f"{self.seed} must be in 0..2^31-1")
@@ -716,6 +752,11 @@ class FrontierConfig:
         if self.proxy.principles:  # per-principle gold exists for the synthetic oracle's gold labels
             _check(self.task.name == "synthetic" and self.label.source == "gold", "proxy.principles",
                    "per-principle labels come from the synthetic oracle: task.name synthetic, label.source gold")
+        for i, w in enumerate(self.sweep.principle_weights):
+            _check(len(w) == len(self.proxy.principles), f"sweep.principle_weights[{i}]",
+                   f"{list(w)}: one weight per principle of proxy.principles {list(self.proxy.principles)}")
+        _check(not self.sweep.principle_simplex or len(self.proxy.principles) >= 2, "sweep.principle_simplex",
+               "a simplex of weights needs proxy.principles with >= 2 principles")
         g = self.generalization
         _check(self.proxy.length_control not in g.length_controls, "generalization.length_controls",
                f"{self.proxy.length_control!r} is already how the job's own proxies are trained")

@@ -21,6 +21,8 @@ import itertools
 
 import numpy as np
 
+from orchestrator.config.schema import simplex_grid  # noqa: F401  (re-exported: the sweep's weight grid)
+
 
 def dominates(p: np.ndarray, q: np.ndarray) -> bool:
     """p dominates q (maximization): no worse anywhere, better somewhere."""
@@ -80,18 +82,6 @@ def hypervolume_brute_force(points: np.ndarray, reference: np.ndarray) -> float:
     return total
 
 
-def simplex_grid(k: int, divisions: int) -> list[tuple[float, ...]]:
-    """Every weight vector of ``k`` principles whose weights are multiples of 1/``divisions``
-    and sum to 1 (C(divisions + k - 1, k - 1) of them), in lexicographic order, largest first."""
-    if k < 1 or divisions < 1:
-        raise ValueError(f"simplex_grid: k={k}, divisions={divisions} must be >= 1")
-    out = []
-    for cut in itertools.combinations(range(divisions + k - 1), k - 1):  # stars and bars
-        edges = (-1, *cut, divisions + k - 1)
-        out.append(tuple((edges[i + 1] - edges[i] - 1) / divisions for i in range(k)))
-    return sorted(out, reverse=True)
-
-
 def multiplier_step(lam: np.ndarray, values: np.ndarray, thresholds: np.ndarray, lr: float) -> np.ndarray:
     """One projected gradient step on the Lagrange multipliers of constraints values >= thresholds:
     lambda <- max(0, lambda + lr (threshold - value))."""
@@ -106,3 +96,35 @@ def lagrangian_reward(objective: np.ndarray, constrained: np.ndarray, lam: np.nd
     objective: [b]; constrained: [b, m]; lam: [m]."""
     o, R, lam = np.asarray(objective, float), np.asarray(constrained, float), np.asarray(lam, float)
     return (o + R @ lam) / (1.0 + lam.sum())
+
+
+def pareto_section(runs: list[dict], principles: list[str]) -> dict:
+    """frontier.json's ``pareto`` from the runs that optimized fixed principle weights (rl entries with
+    ``weights`` and per-point ``gold_principles``): per run, each principle's gold gain (over the
+    initial -- SFT -- policy) and proxy change at the run's overall gold peak and at its end, with the
+    KL there; the non-dominated set and its hypervolume above the reference (the SFT policy: 0 gain in
+    every principle), at the peak (``front``, ``hypervolume``) and at the end (``front_end``,
+    ``hypervolume_end``)."""
+    pts = []
+    for e in runs:
+        p = e.get("points") or []
+        if not p or "gold_principles" not in p[0]:
+            continue
+        g = [q["gold"] for q in p]
+        i = int(np.nanargmax(g)) if np.isfinite(g).any() else len(p) - 1
+        row = {"trial": e.get("trial", e.get("proxy")), "weights": e.get("weights")}
+        for at, q in (("peak", p[i]), ("end", p[-1])):
+            row[at] = {"step": q["step"], "kl": q["kl"], "gold": {pr: q["gold_principles"].get(pr) for pr in principles},
+                       "proxy": {pr: v for pr, v in (q.get("proxy_members") or {}).items()}}
+        pts.append(row)
+    out = {"principles": list(principles), "reference": {pr: 0.0 for pr in principles},
+           "reference_is": "the SFT policy (gold gains are relative to it)", "points": pts}
+    for at, key in (("peak", ""), ("end", "_end")):
+        G = np.array([[r[at]["gold"][pr] for pr in principles] for r in pts], float).reshape(len(pts), len(principles))
+        ok = np.all(np.isfinite(G), axis=1)
+        idx = [int(j) for j in np.flatnonzero(ok)]
+        front = [idx[j] for j in non_dominated(G[idx])] if idx else []
+        out["front" + key] = front
+        out["hypervolume" + key] = hypervolume(G[front], np.zeros(len(principles))) if front else 0.0
+    out["hypervolume_at"] = "each run's overall gold peak (front, hypervolume) and its last evaluation (_end)"
+    return out

@@ -68,11 +68,27 @@ class KLController:
 # proxy ensembles (Coste et al. 2023; Eisenstein et al. 2023)
 
 
+def weighted_objective(weights) -> str:
+    """The objective name of fixed principle weights: ``weighted:0.5,0.25,0.25,0``."""
+    return "weighted:" + ",".join(f"{float(w):g}" for w in weights)
+
+
+def principle_weights(objective: str) -> list[float]:
+    """The weights of a ``weighted:`` objective."""
+    return [float(x) for x in objective.removeprefix("weighted:").split(",")]
+
+
 def aggregate(values: torch.Tensor, objective: str, uwo_lambda: float = 0.1) -> torch.Tensor:
     """``[b, k]`` member scores -> ``[b]`` reward.
 
     mean: (1/k) sum_i R_i;  wco (worst case): min_i R_i;  uwo (uncertainty weighted):
-    mean - lambda * (1/k) sum_i (R_i - mean)^2  (Coste et al. 2023, eqs. 2-4)."""
+    mean - lambda * (1/k) sum_i (R_i - mean)^2  (Coste et al. 2023, eqs. 2-4);
+    ``weighted:w_1,...,w_k``: sum_i w_i R_i (per-principle proxies under fixed weights; issue 22)."""
+    if objective.startswith("weighted:"):
+        w = principle_weights(objective)
+        if len(w) != values.shape[1]:
+            raise ValueError(f"objective {objective!r}: {len(w)} weights for {values.shape[1]} members")
+        return values @ torch.tensor(w, dtype=values.dtype)
     if objective == "mean":
         return values.mean(1)
     if objective == "wco":

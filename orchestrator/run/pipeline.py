@@ -663,7 +663,7 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     calibration = json.loads((calib.dir / "calibration.json").read_text())
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress, members, calib, principled)
     t_rl = time.perf_counter()
-    rl = (stage_sweep(cfg, run_dir, task, sft, proxies + members + halves, progress, calibration)
+    rl = (stage_sweep(cfg, run_dir, task, sft, proxies + members + principled + halves, progress, calibration)
           if cfg.rl.enabled else [])
     curves = json.loads((bon.dir / "bon.json").read_text())
     shutil.copyfile(calib.dir / "calibration.parquet", run_dir / "calibration.parquet")
@@ -730,6 +730,11 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         frontier["checks"]["sweep"] = sweep_checks(bon_main, rl_main)
         frontier["checks"]["all_pass"] = bool(frontier["checks"]["all_pass"] and frontier["checks"]["rl"]["all_pass"]
                                               and frontier["checks"]["sweep"]["all_pass"])
+    weighted = [e for e in rl if e.get("weights")]
+    if weighted:  # the per-principle runs' front (issue 22)
+        from orchestrator.math.pareto import pareto_section
+
+        frontier["pareto"] = pareto_section(weighted, list(cfg.proxy.principles))
     if cfg.generalization.enabled:  # length, domain, fine-tuning (issue 21)
         from orchestrator.run.generalization import generalization_section
 

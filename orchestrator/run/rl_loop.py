@@ -564,6 +564,12 @@ def _length_family(e: dict, base: dict) -> dict:
     response tokens), ``proxy_length_spearman``, and per family its gold gain since the initial
     policy and its mean length (what length-controlled gold and the stratified frontiers read)."""
     out = {"length": e["tokens"]}
+    gp = {k.split("/", 1)[1]: e[k] - base.get(k, 0.0) for k in e if k.startswith("gold/")}
+    if gp:  # each principle's gold gain (issue 22: the Pareto front reads these)
+        out["gold_principles"] = gp
+    pm = {k.split("/", 1)[1]: e[k] - base.get(k, 0.0) for k in e if k.startswith("proxy/")}
+    if len(pm) > 1:  # each member's score change (the per-principle proxies of a weighted run)
+        out["proxy_members"] = pm
     if "proxy_length_spearman" in e:
         out["proxy_length_spearman"] = e["proxy_length_spearman"]
     fams = sorted(k.split("/", 1)[1] for k in e if k.startswith("tokens_family/"))

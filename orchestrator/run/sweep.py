@@ -27,6 +27,7 @@ from ray.tune.stopper import Stopper
 
 from orchestrator.config.members import ensemble_sets, lc_sizes, lc_tag, warm_name
 from orchestrator.config.schema import ConfigError, FrontierConfig, digest, to_dict
+from orchestrator.math.rl import weighted_objective
 from orchestrator.run.stages import StageResult
 from orchestrator.run.wandb_logging import clear_stale_tmp, wandb_callbacks
 
@@ -61,6 +62,13 @@ def grid(cfg: FrontierConfig) -> list[dict]:
             out += [{"name": f"proxy-{z}{lc_tag(lab, mode)}-kl0{tag(seed)}", "sizes": [z],
                      "member_ids": [f"-lc-{mode}"], "objective": cfg.rl.objective, "kl_coef": 0.0, "seed": seed,
                      "tag": lab, "source": f"length-{mode}"} for z in lc_sizes(cfg)]
+        if cfg.proxy.principles:  # fixed-weight aggregations of the per-principle proxies (issue 22)
+            z = (cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names)[0]
+            for w in cfg.principle_weight_vectors():
+                out.append({"name": f"principles-{z}-w{'-'.join(f'{x:g}' for x in w)}-kl0{tag(seed)}",
+                            "sizes": [z] * len(w), "member_ids": [f"-{p}" for p in cfg.proxy.principles],
+                            "objective": weighted_objective(w), "kl_coef": 0.0, "seed": seed, "tag": lab,
+                            "weights": list(w)})
         if cfg.monitor.disjoint_size:  # the disjoint-labels judge's run: half a's proxy, monitored by half b
             z = cfg.monitor.disjoint_size
             out.append({"name": f"proxy-{z}{lab}-half-a-kl0{tag(seed)}", "sizes": [z], "member_ids": ["-half-a"],
@@ -88,6 +96,9 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: di
         return [f"proxy-{s}{t['tag']}{m}" for s, m in zip(t["sizes"], t.get("member_ids", [""] * len(t["sizes"])))]
 
     def labels(t: dict) -> dict:
+        if "weights" in t:  # a fixed-weight aggregation of per-principle proxies: kept out of the size checks
+            return {"size": "principles", "member_size": t["sizes"][0], "weights": t["weights"], "seed": t["seed"],
+                    "labels": "ai" if t["tag"] else "gold"}
         if t.get("half"):  # not a run of the job's own proxies: kept out of the findings' checks
             return {"size": t["sizes"][0], "seed": t["seed"], "labels": ("ai" if t["tag"] else "gold") + "-half"}
         src = {"seed": "seeds"}.get(t.get("source", ""), t.get("source", ""))
@@ -103,12 +114,18 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: di
     tag_of = {n: str(p.meta.get("inputs", {}).get("tag", "")) for n, p in by_name.items()}
 
     def monitors(t: dict) -> tuple:  # the monitor's independent judges: proxies of its labels it does not train on
+        if "weights" in t:  # the per-principle runs: their members are the judges of each other
+            return ()
         if t.get("half"):  # half a's run: judged by half b alone, which saw none of its labels
             return tuple(members[n.replace("-half-a", "-half-b")] for n in names(t))
         return tuple(members[n] for n in by_name if n not in names(t) and tag_of.get(n) == t["tag"]
                      and "-half-" not in n and "warm_members" not in by_name[n].meta
                      and by_name[n].meta.get("source") is None)  # other sizes and seed members of its labels
 
+    missing = [t["name"] for t in trials if any(n not in members for n in names(t))]
+    if missing:  # a principle whose gold tied on every pair has no proxy (stage_principle_proxies warned)
+        log.warning("sweep: %d trial(s) without every member's proxy are left out: %s", len(missing), missing)
+        trials = [t for t in trials if t["name"] not in missing]
     return [RunSpec(t["name"], tuple(members[n] for n in names(t)), t["objective"], t["kl_coef"],
                     sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t), monitors=monitors(t))
             for t in trials]
