@@ -111,7 +111,8 @@ def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(smoke_run, 
     N = cfg.sample.bon_responses_per_prompt
     _, gb = bon_curves(pool_matrix(s, "score.proxy-1x8-format", N), pool_matrix(s, "score.gold.format", N))
     assert [p["gold"] for p in e["points"]] == pytest.approx((gb.mean(0) - gb[:, 0].mean()).tolist())
-    assert "## Per-principle proxies" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "## Per-principle proxies" in report and "## The Pareto front of the principles" in report
     assert all(x["kind"] != "principle" for x in fr["bon"] if x["proxy"] in fr["generalization"]["length"]["bon_lc"])
     # the weighted runs: each optimized sum_i w_i r_i of the two proxies; the front is their non-dominated set
     runs = [e for e in fr["rl"] if e.get("weights")]

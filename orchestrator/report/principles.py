@@ -50,3 +50,53 @@ def principle_lines(bon: list[dict], has_png: bool) -> list[str]:
         lines.append(f"| {e['proxy']} | {e['principle']} | {e['proxy_params']} | {fmt(e.get('val_accuracy'))} | "
                      f"{fmt(f.get('kl_peak'), 2)} | {fmt(f.get('gold_peak'))} | {max(p['gold'] for p in e['points']):.3f} |")
     return lines + [""]
+
+
+def plot_pareto(pareto: dict) -> bytes:
+    """2-D projections of the front: each pair of principles, every weighted run's gold gains at its
+    gold peak (grey), the non-dominated runs in colour with their weights, the reference at 0."""
+    import itertools
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prs = pareto["principles"]
+    pairs = list(itertools.combinations(range(len(prs)), 2)) or [(0, 0)]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.8 * len(pairs), 3.5), squeeze=False)
+    pts = pareto["points"]
+    for ax, (i, j) in zip(axes[0], pairs):
+        for k, p in enumerate(pts):
+            g = p["peak"]["gold"]
+            on = k in pareto["front"]
+            ax.plot(g[prs[i]], g[prs[j]], "o", color="C0" if on else "0.7", ms=5 if on else 3)
+            if on and p.get("weights"):
+                ax.annotate("/".join(f"{w:g}" for w in p["weights"]), (g[prs[i]], g[prs[j]]), fontsize=5)
+        ax.axhline(0, color="k", lw=0.4)
+        ax.axvline(0, color="k", lw=0.4)
+        ax.set(xlabel=f"{prs[i]} gold gain", ylabel=f"{prs[j]} gold gain")
+    fig.suptitle(f"weighted runs at their gold peak; front in colour (hypervolume {pareto['hypervolume']:.4f})",
+                 fontsize=9)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def pareto_lines(pareto: dict, has_png: bool) -> list[str]:
+    prs = pareto["principles"]
+    lines = ["## The Pareto front of the principles", "",
+             f"Runs optimizing fixed weights of the per-principle proxies; gold gains over the SFT policy per "
+             f"principle at each run's overall gold peak. Non-dominated: {len(pareto['front'])} of "
+             f"{len(pareto['points'])}; hypervolume above the SFT policy {pareto['hypervolume']:.4f} at the peaks, "
+             f"{pareto['hypervolume_end']:.4f} at the runs' ends.", ""]
+    if has_png:
+        lines += ["![pareto](pareto.png)", ""]
+    lines += ["| run | weights | KL at peak | " + " | ".join(prs) + " | on the front |",
+              "|---|---|---|" + "---|" * len(prs) + "---|"]
+    for k, p in enumerate(pareto["points"]):
+        g = p["peak"]["gold"]
+        lines.append(f"| {p['trial']} | {p.get('weights')} | {p['peak']['kl']:.2f} | " +
+                     " | ".join(fmt(g[x]) for x in prs) + f" | {k in pareto['front']} |")
+    return lines + [""]

@@ -265,6 +265,10 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         from orchestrator.report.principles import plot_principles
 
         images["principles.png"] = plot_principles(frontier["bon"])
+    if frontier.get("pareto", {}).get("points"):
+        from orchestrator.report.principles import plot_pareto
+
+        images["pareto.png"] = plot_pareto(frontier["pareto"])
     gen = frontier.get("generalization")
     main = [e["proxy"] for e in frontier["bon"] if e.get("kind", "proxy") == "proxy"
             and e.get("labels", "gold") == ("ai" if "agreement" in frontier.get("label", {}) else "gold")]
@@ -403,6 +407,10 @@ def write_report(run_dir: Path, frontier: dict, extra: dict) -> dict[str, Path]:
         from orchestrator.report.principles import principle_lines
 
         lines += principle_lines(frontier["bon"], True)
+    if "pareto.png" in images:
+        from orchestrator.report.principles import pareto_lines
+
+        lines += pareto_lines(frontier["pareto"], True)
     if gen:
         lines += generalization_lines(gen, main, "generalization.png" in images, "finetune.png" in images)
     if "agreement" in frontier.get("label", {}):
