@@ -213,18 +213,15 @@ def test_length_control_takes_length_out_of_the_score(tok_dir):
 
 
 @pytest.mark.slow
-def test_generalization_section_on_the_smoke_run(smoke_run, tmp_path):
+def test_generalization_section_on_the_smoke_run(smoke_run, extended_smoke_run):
     """The plain smoke run has the length and domain analyses (every curve again in length-controlled
     gold, recomputed here from the pool); then, on the same early stages, ``capital`` held out,
     length-controlled proxies of both modes with their RL runs, and fine-tuning budgets."""
     import json
-    import shutil
 
     import pyarrow.parquet as pq
 
-    from orchestrator.config.schema import load
     from orchestrator.math.bon import bon_curves, pool_matrix
-    from orchestrator.run.pipeline import run_frontier
 
     cfg0, run0, fr0 = smoke_run
     g = fr0["generalization"]
@@ -247,18 +244,16 @@ def test_generalization_section_on_the_smoke_run(smoke_run, tmp_path):
         assert len(r["length"]) == len(r["kl"]) and set(r["families"])
     assert g["domain"]["holdout_families"] == [] and set(g["domain"]["rms"]) >= set(names)
 
-    shutil.copytree(run0 / "stages", tmp_path / "stages")
-    over = ["proxy.holdout_families=[capital]", "generalization.length_controls=[regress,head]",
-            "generalization.length_control_sizes=[1x8]", "generalization.finetune_budgets=[0,20,60]"]
-    cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", over)
-    fr = run_frontier(cfg, tmp_path, progress=False)
+    cfg, tmp_path, fr = extended_smoke_run  # capital held out, length controls, fine-tuning budgets
     g = fr["generalization"]
     by = {e["proxy"]: e for e in fr["bon"]}
     assert by["proxy-1x8-lc-regress"]["kind"] == "length_control" and by["proxy-1x8-lc-head"]["length_control"] == "head"
     assert {"proxy-1x8-lc-regress-kl0", "proxy-1x8-lc-head-kl0"} <= {e["trial"] for e in fr["rl"]}
     assert set(fr["checks"]["rl"]["ensembles_by_source"]) >= {"length-regress", "length-head"}
     # held out: every capital pair is scored as out of domain, none of them trained the proxies
-    prefs = pq.read_table(next((tmp_path / "stages").glob("label-*")) / "preferences.parquet").to_pydict()
+    label_dir = next(d for d in (tmp_path / "stages").glob("label-*")
+                     if "principles" in json.loads((d / "DONE.json").read_text())["inputs"])
+    prefs = pq.read_table(label_dir / "preferences.parquet").to_pydict()
     prompts = pq.read_table(next((tmp_path / "stages").glob("task-*")) / "prompts.parquet").to_pydict()
     fam = dict(zip(prompts["prompt_id"], prompts["family"]))
     n_capital = sum(fam[p] == "capital" for p in prefs["prompt_id"])

@@ -73,25 +73,18 @@ def test_lagrangian_reward_by_hand():
 
 
 @pytest.mark.slow
-def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(smoke_run, tmp_path):
+def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(extended_smoke_run):
     """``proxy.principles``: the same pairs labelled by each principle's gold alone (ties dropped), a
     proxy per principle trained on them, and its best-of-n curve measured against that principle's
     gold (recomputed here from the pool)."""
     import json
-    import shutil
 
     import pyarrow.parquet as pq
 
-    from orchestrator.config.schema import FrontierConfig, load
     from orchestrator.data.tasks.synthetic import oracle
     from orchestrator.math.bon import bon_curves, pool_matrix
-    from orchestrator.run.pipeline import run_frontier
 
-    cfg0, run0, _ = smoke_run
-    shutil.copytree(run0 / "stages", tmp_path / "stages")
-    cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", ["proxy.principles=[harmless,format]",
-                                                          "sweep.principle_weights=[[1,0],[0.5,0.5],[0,1]]"])
-    fr = run_frontier(cfg, tmp_path, progress=False)
+    cfg, tmp_path, fr = extended_smoke_run  # per-principle proxies and three fixed-weight runs (and issue 21's options)
     label_dir = next(d for d in (tmp_path / "stages").glob("label-*")
                      if "principles" in json.loads((d / "DONE.json").read_text())["inputs"])
     prompts = pq.read_table(next((tmp_path / "stages").glob("task-*")) / "prompts.parquet").to_pydict()
