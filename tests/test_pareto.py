@@ -134,3 +134,16 @@ def test_pareto_section_by_hand():
     # only b is above the reference (0, 0) in both: 0.2 x 0.25
     assert out["hypervolume"] == pytest.approx(0.05)
     assert out["front_end"] == [0, 1] and out["hypervolume_end"] == pytest.approx(0.2 * 0.25)
+
+
+def test_logistic_weights_by_hand_and_recovered():
+    # one feature, two pairs: sigma(w) = 0.75 and sigma(-w) = 0.25 -> w = ln 3
+    assert PA.fit_logistic(np.array([[1.0], [-1.0]]), np.array([0.75, 0.25]), ridge=0.0)[0] == pytest.approx(math.log(3))
+    rng = np.random.default_rng(0)
+    D = rng.normal(size=(4000, 3))
+    true = np.array([2.0, 1.0, 0.0])
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(D @ true)))).astype(float)
+    out = PA.learn_principle_weights(D, y, np.arange(4000) // 4, bootstrap=30, seed=1)
+    assert out["weights"] == pytest.approx([2 / 3, 1 / 3, 0.0], abs=0.03)
+    for (lo, hi), w in zip(out["weights_ci90"], out["weights"]):
+        assert lo <= w <= hi and hi - lo < 0.1

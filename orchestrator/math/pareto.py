@@ -128,3 +128,46 @@ def pareto_section(runs: list[dict], principles: list[str]) -> dict:
         out["hypervolume" + key] = hypervolume(G[front], np.zeros(len(principles))) if front else 0.0
     out["hypervolume_at"] = "each run's overall gold peak (front, hypervolume) and its last evaluation (_end)"
     return out
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3, iters: int = 100) -> np.ndarray:
+    """Coefficients w of P(y = 1) = sigma(x @ w) (no intercept: a pair's order carries none) for soft
+    labels ``y`` in [0, 1], by Newton's method (IRLS) with a ridge of ``ridge`` x rows on |w|^2 / 2."""
+    X, y = np.asarray(x, float), np.asarray(y, float)
+    n, k = X.shape
+    w = np.zeros(k)
+    lam = ridge * n
+    for _ in range(iters):
+        s = 0.5 * (1.0 + np.tanh(0.5 * (X @ w)))
+        grad = X.T @ (s - y) + lam * w
+        hess = (X * (s * (1 - s))[:, None]).T @ X + lam * np.eye(k)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return w
+
+
+def learn_principle_weights(deltas: np.ndarray, labels: np.ndarray, groups: np.ndarray, bootstrap: int,
+                            seed: int) -> dict:
+    """Weights of the principles learned from trade-off preferences (issue 22's ``learned``
+    aggregation): a logistic model of P(a preferred) on the per-principle proxies' score differences
+    r_i(a) - r_i(b) (``deltas`` [pairs, k]; ``labels`` the overall preference); ``weights`` are the
+    coefficients scaled to sum to 1 (``raw`` as fitted), with a 90% interval from ``bootstrap``
+    resamples of the pairs' prompts (``groups``)."""
+    D, y, g = np.asarray(deltas, float), np.asarray(labels, float), np.asarray(groups)
+    raw = fit_logistic(D, y)
+    out = {"raw": raw.tolist(), "weights": (raw / raw.sum()).tolist() if raw.sum() > 0 else None, "pairs": len(y)}
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        ug = np.unique(g)
+        rows = {u: np.flatnonzero(g == u) for u in ug}
+        draws = []
+        for _ in range(bootstrap):
+            pick = np.concatenate([rows[u] for u in rng.choice(ug, len(ug))])
+            w = fit_logistic(D[pick], y[pick])
+            draws.append(w / w.sum() if w.sum() > 0 else np.full(len(w), np.nan))
+        B = np.array(draws)
+        out["weights_ci90"] = [[float(np.nanpercentile(B[:, j], 5)), float(np.nanpercentile(B[:, j], 95))]
+                               for j in range(B.shape[1])]
+    return out
