@@ -34,7 +34,8 @@ def smoke_run(ray_session, tmp_path_factory):
 
 EXTENDED = ["proxy.holdout_families=[capital]", "generalization.length_controls=[regress,head]",
             "generalization.length_control_sizes=[1x8]", "generalization.finetune_budgets=[0,20,60]",
-            "proxy.principles=[harmless,format]", "sweep.principle_weights=[[1,0],[0.5,0.5],[0,1]]"]
+            "proxy.principles=[harmless,format]", "sweep.principle_weights=[[1,0],[0.5,0.5],[0,1]]",
+            "sweep.principle_learned=200"]
 """Issues 21 and 22 on the smoke profile: a held-out family, length-controlled proxies, fine-tuning
 budgets, per-principle proxies and their fixed-weight runs -- one run for both issues' tests."""
 

@@ -109,10 +109,16 @@ def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(extended_sm
     assert all(x["kind"] != "principle" for x in fr["bon"] if x["proxy"] in fr["generalization"]["length"]["bon_lc"])
     # the weighted runs: each optimized sum_i w_i r_i of the two proxies; the front is their non-dominated set
     runs = [e for e in fr["rl"] if e.get("weights")]
-    assert sorted(tuple(e["weights"]) for e in runs) == [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
+    learned = fr["pareto"]["learned"]
+    assert learned["pairs"] == 200 and len(learned["weights"]) == 2 and len(learned["weights_ci90"]) == 2
+    assert sum(abs(w) for w in learned["weights"]) == pytest.approx(1.0)
+    by_trial = {e["trial"]: e for e in runs}
+    assert by_trial["principles-1x8-learned-kl0"]["weights"] == pytest.approx(learned["weights"])
+    assert sorted(tuple(e["weights"]) for t, e in by_trial.items() if "learned" not in t) == [
+        (0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
     assert all(e["members"] == ["proxy-1x8-harmless", "proxy-1x8-format"] for e in runs)
     pa = fr["pareto"]
-    assert pa["principles"] == ["harmless", "format"] and len(pa["points"]) == 3
+    assert pa["principles"] == ["harmless", "format"] and len(pa["points"]) == 4
     G = np.array([[q["peak"]["gold"][p] for p in pa["principles"]] for q in pa["points"]])
     assert pa["front"] == PA.non_dominated(G)
     assert pa["hypervolume"] == pytest.approx(PA.hypervolume_brute_force(G[pa["front"]], [0, 0]) if pa["front"] else 0.0)

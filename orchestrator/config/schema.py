@@ -675,12 +675,18 @@ class SweepConfig:
     principle_simplex: int = 0
     """> 0: every weight vector whose weights are multiples of 1/this (a simplex grid; 4 principles at
     2 make 10 vectors, at 4 make 35) joins ``principle_weights``."""
+    principle_learned: int = 0
+    """> 0: one more no-penalty trial whose weights are learned from this many trade-off preferences --
+    overall-gold labels of training pairs drawn by seed, a logistic model of the preference on the
+    per-principle proxies' score differences (``orchestrator.math.pareto.learn_principle_weights``; the
+    weights, scaled to sum to 1, and their bootstrap interval are in frontier.json ``pareto.learned``)."""
 
     def __post_init__(self):
         for i, w in enumerate(self.principle_weights):
             _check(len(w) >= 1 and all(x >= 0 for x in w) and abs(sum(w) - 1) < 1e-6, f"principle_weights[{i}]",
                    f"{list(w)}: weights >= 0 summing to 1")
         _check(self.principle_simplex >= 0, "principle_simplex", "must be >= 0")
+        _check(self.principle_learned >= 0, "principle_learned", "must be >= 0")
         _check(len(self.kl_coefs) >= 1 and all(k >= 0 for k in self.kl_coefs), "kl_coefs",
                f"{list(self.kl_coefs)}: at least one coefficient, all >= 0")
         _check(len(set(self.kl_coefs)) == len(self.kl_coefs), "kl_coefs", f"{list(self.kl_coefs)} has duplicates")
@@ -757,6 +763,8 @@ class FrontierConfig:
                    f"{list(w)}: one weight per principle of proxy.principles {list(self.proxy.principles)}")
         _check(not self.sweep.principle_simplex or len(self.proxy.principles) >= 2, "sweep.principle_simplex",
                "a simplex of weights needs proxy.principles with >= 2 principles")
+        _check(not self.sweep.principle_learned or len(self.proxy.principles) >= 2, "sweep.principle_learned",
+               "learned weights need proxy.principles with >= 2 principles")
         g = self.generalization
         _check(self.proxy.length_control not in g.length_controls, "generalization.length_controls",
                f"{self.proxy.length_control!r} is already how the job's own proxies are trained")

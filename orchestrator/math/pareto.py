@@ -153,11 +153,13 @@ def learn_principle_weights(deltas: np.ndarray, labels: np.ndarray, groups: np.n
     """Weights of the principles learned from trade-off preferences (issue 22's ``learned``
     aggregation): a logistic model of P(a preferred) on the per-principle proxies' score differences
     r_i(a) - r_i(b) (``deltas`` [pairs, k]; ``labels`` the overall preference); ``weights`` are the
-    coefficients scaled to sum to 1 (``raw`` as fitted), with a 90% interval from ``bootstrap``
+    coefficients scaled so their absolute values sum to 1 (a principle the preference runs against
+    keeps its negative sign; ``raw`` as fitted), with a 90% interval from ``bootstrap``
     resamples of the pairs' prompts (``groups``)."""
     D, y, g = np.asarray(deltas, float), np.asarray(labels, float), np.asarray(groups)
     raw = fit_logistic(D, y)
-    out = {"raw": raw.tolist(), "weights": (raw / raw.sum()).tolist() if raw.sum() > 0 else None, "pairs": len(y)}
+    scale = lambda w: w / np.abs(w).sum() if np.abs(w).sum() > 0 else np.full(len(w), np.nan)  # noqa: E731
+    out = {"raw": raw.tolist(), "weights": scale(raw).tolist(), "pairs": len(y)}
     if bootstrap:
         rng = np.random.default_rng(seed)
         ug = np.unique(g)
@@ -166,7 +168,7 @@ def learn_principle_weights(deltas: np.ndarray, labels: np.ndarray, groups: np.n
         for _ in range(bootstrap):
             pick = np.concatenate([rows[u] for u in rng.choice(ug, len(ug))])
             w = fit_logistic(D[pick], y[pick])
-            draws.append(w / w.sum() if w.sum() > 0 else np.full(len(w), np.nan))
+            draws.append(scale(w))
         B = np.array(draws)
         out["weights_ci90"] = [[float(np.nanpercentile(B[:, j], 5)), float(np.nanpercentile(B[:, j], 95))]
                                for j in range(B.shape[1])]

@@ -528,6 +528,54 @@ def stage_principle_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResul
     return out
 
 
+def stage_learned_weights(cfg: FrontierConfig, run_dir: Path, task: StageResult, label: StageResult,
+                          principled: list[StageResult]) -> StageResult:
+    """``sweep.principle_learned`` (issue 22): that many training pairs with overall-gold labels, drawn
+    by seed (the trade-off preferences), scored by the RL size's per-principle proxies; the logistic
+    weights of the preference on their score differences (each proxy standardized on the best-of-n
+    pool, as the RL run scales it), with a 90% bootstrap-by-prompt interval: ``learned.json``."""
+    from orchestrator.math.pareto import learn_principle_weights
+
+    z = (cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names)[0]
+    names = [f"proxy-{z}-{pr}" for pr in cfg.proxy.principles]
+    by = {proxy_name(p): p for p in principled}
+    missing = [n for n in names if n not in by]
+    if missing:
+        raise D.DataError(f"sweep.principle_learned: no per-principle proxy {missing} (its principle has no labels)")
+    inputs = {"stage": "learned-weights", "v": 1, "label": label.key, "proxies": [by[n].key for n in names],
+              "pairs": cfg.sweep.principle_learned, "val_fraction": cfg.proxy.val_fraction, "seed": cfg.seed}
+
+    def fn(out: Path) -> dict:
+        arrays = preference_arrays(label.dir / "preferences.parquet", cfg.proxy.val_fraction,
+                                   stream(cfg.seed, "proxy/val"))
+        train = np.flatnonzero(~np.asarray(arrays["val"], bool))
+        rng = np.random.default_rng(stream(cfg.seed, "learned-weights/pairs"))
+        pick = np.sort(rng.permutation(train)[: cfg.sweep.principle_learned])
+        a, b = np.asarray(arrays["a"])[pick], np.asarray(arrays["b"])[pick]
+        texts = sorted(set(a.tolist()) | set(b.tolist()))
+        where = {t: i for i, t in enumerate(texts)}
+        rows = {"prompt": [arrays["texts"][t][0] for t in texts], "response": [arrays["texts"][t][1] for t in texts]}
+        members = [{"name": n, "kind": "hf", "path": str(by[n].dir / "model"), "head": "trained"} for n in names]
+        grp = ActorGroup(RewardEnsemble, cfg.cluster.proxy, "proxy", members, tokenizer_dir(task), replicas=1,
+                         chat_template=cfg.task.dataset.chat_template)
+        try:
+            v = np.asarray(ray.get(grp.one("score", rows)).values, float)
+        finally:
+            grp.shutdown()
+        pool = np.stack([np.asarray(pq.read_table(by[n].dir / "bon_scores.parquet", columns=["score"])["score"],
+                                    float) for n in names], 1)
+        v = v / np.maximum(pool.std(0), 1e-8)  # the RL run's scale (standardized on the pool; the shift cancels)
+        d = v[[where[t] for t in a]] - v[[where[t] for t in b]]
+        res = learn_principle_weights(d, np.asarray(arrays["p_a"], float)[pick], np.asarray(arrays["group"])[pick],
+                                      cfg.bon.bootstrap, stream(cfg.seed, "learned-weights/bootstrap"))
+        res["principles"] = list(cfg.proxy.principles)
+        (out / "learned.json").write_text(json.dumps(res, indent=1))
+        log.info("learned principle weights %s from %d pairs", dict(zip(res["principles"], res["raw"])), len(pick))
+        return {"pairs": len(pick)}
+
+    return run_stage(run_dir, "learned-weights", inputs, fn)
+
+
 def _cost(size: str) -> int:
     """A proxy's relative cost (larger ones start first); 0 for a model by path (kept in list order)."""
     try:
@@ -663,7 +711,12 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     calibration = json.loads((calib.dir / "calibration.json").read_text())
     bon = stage_bon(cfg, run_dir, task, sample, proxies, progress, members, calib, principled)
     t_rl = time.perf_counter()
-    rl = (stage_sweep(cfg, run_dir, task, sft, proxies + members + principled + halves, progress, calibration)
+    learned = None
+    if cfg.sweep.principle_learned and cfg.rl.enabled:
+        lw = stage_learned_weights(cfg, run_dir, task, label, principled)
+        learned = json.loads((lw.dir / "learned.json").read_text())
+    rl = (stage_sweep(cfg, run_dir, task, sft, proxies + members + principled + halves, progress, calibration,
+                      learned and learned["weights"])
           if cfg.rl.enabled else [])
     curves = json.loads((bon.dir / "bon.json").read_text())
     shutil.copyfile(calib.dir / "calibration.parquet", run_dir / "calibration.parquet")
@@ -735,6 +788,8 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         from orchestrator.math.pareto import pareto_section
 
         frontier["pareto"] = pareto_section(weighted, list(cfg.proxy.principles))
+        if learned:
+            frontier["pareto"]["learned"] = learned
     if cfg.generalization.enabled:  # length, domain, fine-tuning (issue 21)
         from orchestrator.run.generalization import generalization_section
 

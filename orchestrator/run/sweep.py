@@ -69,6 +69,11 @@ def grid(cfg: FrontierConfig) -> list[dict]:
                             "sizes": [z] * len(w), "member_ids": [f"-{p}" for p in cfg.proxy.principles],
                             "objective": weighted_objective(w), "kl_coef": 0.0, "seed": seed, "tag": lab,
                             "weights": list(w)})
+            if cfg.sweep.principle_learned:  # its weights come from the learned-weights stage (trial_specs)
+                k = len(cfg.proxy.principles)
+                out.append({"name": f"principles-{z}-learned-kl0{tag(seed)}", "sizes": [z] * k,
+                            "member_ids": [f"-{p}" for p in cfg.proxy.principles], "objective": "learned",
+                            "kl_coef": 0.0, "seed": seed, "tag": lab, "weights": "learned"})
         if cfg.monitor.disjoint_size:  # the disjoint-labels judge's run: half a's proxy, monitored by half b
             z = cfg.monitor.disjoint_size
             out.append({"name": f"proxy-{z}{lab}-half-a-kl0{tag(seed)}", "sizes": [z], "member_ids": ["-half-a"],
@@ -82,9 +87,11 @@ def grid(cfg: FrontierConfig) -> list[dict]:
     return out
 
 
-def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: dict | None = None) -> list:
+def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: dict | None = None,
+                learned: list[float] | None = None) -> list:
     """``grid`` as ``RunSpec``s with the trained proxies as members (``calibration``: the calibration
-    stage's summaries, whose taus scale members under ``proxy.member_scaling: temperature``)."""
+    stage's summaries, whose taus scale members under ``proxy.member_scaling: temperature``;
+    ``learned``: the learned principle weights, ``sweep.principle_learned``'s trial's)."""
     from orchestrator.run.rl_loop import RunSpec
     from orchestrator.run.rl_stage import proxy_member
     from orchestrator.run.stages import proxy_name
@@ -109,6 +116,11 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: di
         return {**kind, "seed": t["seed"], "labels": "ai" if t["tag"] else "gold"}
 
     trials = grid(cfg)
+    for t in trials:  # the learned-weights trial: its weights, from the stage that learned them
+        if t.get("weights") == "learned":
+            if learned is None:
+                raise ValueError(f"trial {t['name']}: sweep.principle_learned needs the learned weights")
+            t["weights"], t["objective"] = [float(x) for x in learned], weighted_objective(learned)
     # each proxy's labels, from its stage's inputs ("-ai": the judge's; no tag: gold), whether or not a
     # trial trains on it (with rl.sizes narrowed, the other sizes still judge)
     tag_of = {n: str(p.meta.get("inputs", {}).get("tag", "")) for n, p in by_name.items()}
@@ -421,7 +433,8 @@ def _final(summary: dict) -> dict:
 
 
 def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageResult,
-                proxies: list[StageResult], progress: bool, calibration: dict | None = None) -> list[dict]:
+                proxies: list[StageResult], progress: bool, calibration: dict | None = None,
+                learned: list[float] | None = None) -> list[dict]:
     """Run (or restore and finish) the sweep; returns every trial's summary (frontier.json "rl")."""
     from ray import tune
 
@@ -433,7 +446,7 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
         # restored (a restored WandbLoggerCallback asks for an API key unless WANDB_MODE is offline)
         os.environ.setdefault("WANDB_MODE", "offline")
     clear_stale_tmp(run_dir)  # wandb's temporary files of an earlier job here that was SIGKILLed
-    specs = trial_specs(cfg, proxies, calibration)
+    specs = trial_specs(cfg, proxies, calibration, learned)
     dirs = [trial_dir(cfg, run_dir, task, sft, s) for s in specs]
     todo = [i for i, d in enumerate(dirs) if not (d / "DONE.json").is_file()]
     for i in range(len(specs)):
