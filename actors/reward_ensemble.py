@@ -93,6 +93,21 @@ def fit_length_beta(dlen: np.ndarray, p_a: np.ndarray, ridge: float = 1e-3, iter
     return float(beta)
 
 
+def _resize_score(model, outputs: int) -> None:
+    """``model.score`` replaced by a bias-matching Linear with ``outputs`` rows whose first row is the
+    old first row (the quality score); new rows (and biases) start at zero."""
+    head = model.score
+    new = torch.nn.Linear(head.in_features, outputs, bias=head.bias is not None).to(head.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[0] = head.weight[0]
+        if head.bias is not None:
+            new.bias.zero_()
+            new.bias[0] = head.bias[0]
+    model.score = new
+    model.config.num_labels = outputs
+
+
 def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     xc, yc = x - x.mean(), y - y.mean()
     return (xc * yc).sum() / (xc.norm() * yc.norm()).clamp_min(1e-8)
@@ -134,15 +149,9 @@ class _LengthControl:
                 raise ValueError(f"proxy.length_control head needs a sequence-classification model whose score "
                                  f"layer is model.score (Linear, 1 output); {type(model).__name__} has "
                                  f"{type(head).__name__}")
-            new = torch.nn.Linear(head.in_features, 2, bias=head.bias is not None).to(head.weight.device)
-            with torch.no_grad():
-                new.weight[0] = head.weight[0]
-                new.weight[1] = head.weight[0][torch.randperm(head.in_features)]  # same scale, another direction
-                if head.bias is not None:
-                    new.bias.zero_()
-                    new.bias[0] = head.bias[0]
-            model.score = new
-            model.config.num_labels = 2
+            _resize_score(model, 2)
+            with torch.no_grad():  # the length head: the score's weights permuted (same scale, another direction)
+                model.score.weight[1] = head.weight[0][torch.randperm(head.in_features)]
         elif mode not in ("none", "regress"):
             raise ValueError(f"length_control {mode!r}: none, regress or head")
 
@@ -172,14 +181,7 @@ class _LengthControl:
         if self.mode == "regress":
             return {"length_beta": float(self.beta.detach())}
         if self.mode == "head":
-            head = self.model.score
-            new = torch.nn.Linear(head.in_features, 1, bias=head.bias is not None).to(head.weight.device)
-            with torch.no_grad():
-                new.weight[0] = head.weight[0]
-                if head.bias is not None:
-                    new.bias[0] = head.bias[0]
-            self.model.score = new
-            self.model.config.num_labels = 1
+            _resize_score(self.model, 1)
             last = self.rho[-20:]
             return {"length_head_rho": float(np.mean([x[0] for x in last])) if last else None,
                     "quality_head_rho": float(np.mean([x[1] for x in last])) if last else None}

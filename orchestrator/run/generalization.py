@@ -315,7 +315,7 @@ def _fmt(x) -> str:
 
 def generalization_section(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: StageResult,
                            label: StageResult, bon: StageResult, calib: StageResult, proxies: list[StageResult],
-                           main: list[str], rl: list[dict], progress: bool) -> dict:
+                           main: list[str], rl: list[dict], progress: bool) -> tuple[dict, dict[str, StageResult]]:
     """frontier.json's ``generalization`` (schema in the README): the cached analyses, the RL runs'
     length and families, and domain fine-tuning where budgets are set. The stages ride along as
     ``_generalization_stage`` / ``_finetune_stage`` (popped by the caller for the timings)."""
@@ -328,7 +328,4 @@ def generalization_section(cfg: FrontierConfig, run_dir: Path, task: StageResult
     ft = stage_finetune(cfg, run_dir, task, sample, label, bon, proxies, progress)
     if ft is not None:
         out["finetune"] = json.loads((ft.dir / "finetune.json").read_text())
-    out["_generalization_stage"] = st
-    if ft is not None:
-        out["_finetune_stage"] = ft
-    return out
+    return out, {"generalization": st, **({"finetune": ft} if ft is not None else {})}

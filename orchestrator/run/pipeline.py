@@ -612,14 +612,15 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
         samples["score.gold"] = g[back].tolist()
         for p, v in principles.items():
             samples[f"score.gold.{p}"] = v[back].tolist()
-        names = []
-        for p in [*proxies, *extras]:
+        def add_scores(p: StageResult) -> str:  # a proxy's pool scores as the column score.<name>
             name = proxy_name(p)
             sc = pq.read_table(p.dir / "bon_scores.parquet").to_pydict()
             if sc["prompt_id"] != samples["prompt_id"] or sc["sample_id"] != samples["sample_id"]:
                 raise D.DataError(f"{p.dir}/bon_scores.parquet: rows do not match the best-of-n pool")
             samples[f"score.{name}"] = sc["score"]
-            names.append(name)
+            return name
+
+        names = [add_scores(p) for p in [*proxies, *extras]]
         taus = json.loads((calib.dir / "calibration.json").read_text()) if temperature and calib else {}
         meta = {}
         for tag in dict.fromkeys(str((p.meta.get("inputs") or {}).get("tag", "")) for p in proxies):
@@ -641,12 +642,7 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
                                   "scaling": cfg.proxy.member_scaling}
         by_principle: dict[str, list[str]] = {}
         for p in principled:
-            name = proxy_name(p)
-            sc = pq.read_table(p.dir / "bon_scores.parquet").to_pydict()
-            if sc["prompt_id"] != samples["prompt_id"] or sc["sample_id"] != samples["sample_id"]:
-                raise D.DataError(f"{p.dir}/bon_scores.parquet: rows do not match the best-of-n pool")
-            samples[f"score.{name}"] = sc["score"]
-            by_principle.setdefault(str(p.meta["inputs"]["tag"]).removeprefix("-"), []).append(name)
+            by_principle.setdefault(str(p.meta["inputs"]["tag"]).removeprefix("-"), []).append(add_scores(p))
         D.write_table(samples, out / "bon_scores.parquet")
         result = bon_summary(samples, names, cfg.sample.bon_responses_per_prompt, cfg.n_max, cfg.bon.bootstrap,
                              stream(cfg.seed, "bon/bootstrap"))
@@ -793,12 +789,9 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
     if cfg.generalization.enabled:  # length, domain, fine-tuning (issue 21)
         from orchestrator.run.generalization import generalization_section
 
-        frontier["generalization"] = generalization_section(cfg, run_dir, task, sample, label, bon, calib,
-                                                            proxies, [e["proxy"] for e in bon_main], rl, progress)
-        for name in ("generalization", "finetune"):
-            st = frontier["generalization"].pop(f"_{name}_stage", None)
-            if st is not None:
-                timings[name] = {"seconds": st.meta["seconds"], "cached": st.cached}
+        frontier["generalization"], ran = generalization_section(cfg, run_dir, task, sample, label, bon, calib,
+                                                                 proxies, [e["proxy"] for e in bon_main], rl, progress)
+        timings.update({name: {"seconds": st.meta["seconds"], "cached": st.cached} for name, st in ran.items()})
     monitored = [{"trial": e["trial"], "steps": [p["step"] for p in e["points"]], "kl": [p["kl"] for p in e["points"]],
                   "gold": [p["gold"] for p in e["points"]], "gold_se": e["gold_se_per_eval"], "signals": e["monitor"]}
                  for e in rl if "monitor" in e and e.get("gold_se_per_eval")
