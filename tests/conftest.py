@@ -33,11 +33,8 @@ def smoke_run(ray_session, tmp_path_factory):
 
 
 EXTENDED = ["proxy.holdout_families=[capital]", "generalization.length_controls=[regress,head]",
-            "generalization.length_control_sizes=[1x8]", "generalization.finetune_budgets=[0,20,60]",
-            "proxy.principles=[harmless,format]", "sweep.principle_weights=[[1,0],[0.5,0.5],[0,1]]",
-            "sweep.principle_learned=200"]
-"""Issues 21 and 22 on the smoke profile: a held-out family, length-controlled proxies, fine-tuning
-budgets, per-principle proxies and their fixed-weight runs -- one run for both issues' tests."""
+            "generalization.length_control_sizes=[1x8]", "generalization.finetune_budgets=[0,20,60]"]
+"""Issue 21 on the smoke profile: a held-out family, length-controlled proxies, fine-tuning budgets."""
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +52,24 @@ def extended_smoke_run(smoke_run, tmp_path_factory):
     return cfg, run_dir, run_frontier(cfg, run_dir, progress=False)
 
 
+@pytest.fixture(scope="session")
+def pareto_smoke_run(smoke_run, tmp_path_factory):
+    """``jobs/configs/pareto-smoke.yaml`` (issue 22: per-principle proxies; fixed, learned, per-family
+    and constrained trials), the smoke run's stages reused (the profile is the smoke profile plus these)."""
+    import shutil
+
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.run.pipeline import run_frontier
+
+    _, run0, _ = smoke_run
+    run_dir = tmp_path_factory.mktemp("smoke-pareto")
+    shutil.copytree(run0 / "stages", run_dir / "stages")
+    cfg = load(FrontierConfig, "jobs/configs/pareto-smoke.yaml")
+    return cfg, run_dir, run_frontier(cfg, run_dir, progress=False)
+
+
 # fixtures that run a pipeline (minutes): a test using one belongs to the slow tier
-SLOW_FIXTURES = ("smoke_run", "extended_smoke_run")
+SLOW_FIXTURES = ("smoke_run", "extended_smoke_run", "pareto_smoke_run")
 
 
 def pytest_collection_modifyitems(config, items):

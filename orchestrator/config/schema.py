@@ -39,6 +39,8 @@ from orchestrator.config.monitor import (  # noqa: F401  (re-exported)
     MonitorConfig,
     MonitorRule,
 )
+from orchestrator.config.pareto import ParetoConfig  # noqa: F401  (re-exported)
+from orchestrator.config.pareto import check as check_pareto
 from orchestrator.config.sources import (  # noqa: F401  (re-exported)
     DatasetConfig,
     DataSource,
@@ -715,6 +717,7 @@ class FrontierConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     active: ActiveConfig = field(default_factory=ActiveConfig)
     generalization: GeneralizationConfig = field(default_factory=GeneralizationConfig)
+    pareto: ParetoConfig = field(default_factory=ParetoConfig)
 
     def principle_weight_vectors(self) -> list[tuple[float, ...]]:
         """``sweep.principle_weights`` and, with ``sweep.principle_simplex``, the simplex grid's vectors
@@ -765,6 +768,7 @@ class FrontierConfig:
                "a simplex of weights needs proxy.principles with >= 2 principles")
         _check(not self.sweep.principle_learned or len(self.proxy.principles) >= 2, "sweep.principle_learned",
                "learned weights need proxy.principles with >= 2 principles")
+        check_pareto(self)
         g = self.generalization
         _check(self.proxy.length_control not in g.length_controls, "generalization.length_controls",
                f"{self.proxy.length_control!r} is already how the job's own proxies are trained")

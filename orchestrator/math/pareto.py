@@ -93,40 +93,116 @@ def lagrangian_reward(objective: np.ndarray, constrained: np.ndarray, lam: np.nd
     """The per-sample reward the policy maximizes under multipliers ``lam``: objective + sum_i lam_i
     r_i, normalized by 1 + sum lam so its scale stays that of one reward (Moskovitz et al.'s
     normalized Lagrangian; the constant c_i terms do not change the policy gradient).
-    objective: [b]; constrained: [b, m]; lam: [m]."""
-    o, R, lam = np.asarray(objective, float), np.asarray(constrained, float), np.asarray(lam, float)
-    return (o + R @ lam) / (1.0 + lam.sum())
+    objective: [b]; constrained: [b, m]; lam: [m] -- numpy arrays or torch tensors alike (the RL loop
+    passes its tensors)."""
+    return (objective + constrained @ lam) / (1.0 + lam.sum())
 
 
-def pareto_section(runs: list[dict], principles: list[str]) -> dict:
-    """frontier.json's ``pareto`` from the runs that optimized fixed principle weights (rl entries with
-    ``weights`` and per-point ``gold_principles``): per run, each principle's gold gain (over the
+AGGREGATION_GROUPS = {"fixed": "aggregation", "learned": "aggregation", "family": "aggregation",
+                      "constrained": "constrained"}
+
+
+def pareto_section(runs: list[dict], principles: list[str], levels: int = 4) -> dict:
+    """frontier.json's ``pareto`` from the runs over the per-principle proxies (rl entries of size
+    ``principles`` with per-point ``gold_principles``): per run, its ``aggregation`` (fixed, learned,
+    family, constrained), its weights or constraints, and each principle's gold gain (over the
     initial -- SFT -- policy) and proxy change at the run's overall gold peak and at its end, with the
     KL there; the non-dominated set and its hypervolume above the reference (the SFT policy: 0 gain in
     every principle), at the peak (``front``, ``hypervolume``) and at the end (``front_end``,
-    ``hypervolume_end``)."""
-    pts = []
+    ``hypervolume_end``); and ``compare`` (``compare_at_kl``): aggregation vs constrained at equal KL."""
+    pts, series = [], []
     for e in runs:
         p = e.get("points") or []
         if not p or "gold_principles" not in p[0]:
             continue
         g = [q["gold"] for q in p]
         i = int(np.nanargmax(g)) if np.isfinite(g).any() else len(p) - 1
-        row = {"trial": e.get("trial", e.get("proxy")), "weights": e.get("weights")}
+        row = {"trial": e.get("trial", e.get("proxy")), "aggregation": e.get("aggregation", "fixed")}
+        row.update({k: e[k] for k in ("weights", "constraints", "lagrange") if k in e})
         for at, q in (("peak", p[i]), ("end", p[-1])):
             row[at] = {"step": q["step"], "kl": q["kl"], "gold": {pr: q["gold_principles"].get(pr) for pr in principles},
                        "proxy": {pr: v for pr, v in (q.get("proxy_members") or {}).items()}}
+        row["degraded_end"] = [pr for pr in principles if (row["end"]["gold"][pr] or 0.0) < 0]
         pts.append(row)
+        series.append((row["aggregation"], np.array([q["kl"] for q in p], float),
+                       np.array([[q["gold_principles"].get(pr, np.nan) for pr in principles] for q in p], float)))
     out = {"principles": list(principles), "reference": {pr: 0.0 for pr in principles},
            "reference_is": "the SFT policy (gold gains are relative to it)", "points": pts}
     for at, key in (("peak", ""), ("end", "_end")):
         G = np.array([[r[at]["gold"][pr] for pr in principles] for r in pts], float).reshape(len(pts), len(principles))
-        ok = np.all(np.isfinite(G), axis=1)
-        idx = [int(j) for j in np.flatnonzero(ok)]
-        front = [idx[j] for j in non_dominated(G[idx])] if idx else []
-        out["front" + key] = front
-        out["hypervolume" + key] = hypervolume(G[front], np.zeros(len(principles))) if front else 0.0
+        out["front" + key], out["hypervolume" + key] = front_and_hypervolume(G)
     out["hypervolume_at"] = "each run's overall gold peak (front, hypervolume) and its last evaluation (_end)"
+    if len({AGGREGATION_GROUPS.get(a, a) for a, _, _ in series}) == 2:
+        out["compare"] = compare_at_kl(series, principles, levels)
+    return out
+
+
+def front_and_hypervolume(G: np.ndarray) -> tuple[list[int], float]:
+    """The non-dominated rows of ``G`` [n, d] among the finite ones, and their hypervolume above 0."""
+    ok = np.all(np.isfinite(G), axis=1) if len(G) else np.zeros(0, bool)
+    idx = [int(j) for j in np.flatnonzero(ok)]
+    front = [idx[j] for j in non_dominated(G[idx])] if idx else []
+    return front, (hypervolume(G[front], np.zeros(G.shape[1])) if front else 0.0)
+
+
+def gold_at_kl(kl: np.ndarray, G: np.ndarray, level: float) -> np.ndarray | None:
+    """A run's per-principle gold where its KL first reaches ``level`` (linear between the two
+    evaluations around it, in evaluation order); None when it never gets there."""
+    hit = np.flatnonzero(kl >= level)
+    if not len(hit):
+        return None
+    i = int(hit[0])
+    if i == 0 or kl[i] == kl[i - 1]:
+        return G[i]
+    t = (level - kl[i - 1]) / (kl[i] - kl[i - 1])
+    return G[i - 1] + t * (G[i] - G[i - 1])
+
+
+def first_overoptimized(kl: np.ndarray, G: np.ndarray, principles: list[str]) -> tuple[str | None, dict]:
+    """Per principle, the KL at which its gold peaks when it falls after (None: it never fell); the
+    principle that peaks at the smallest such KL (None when none did)."""
+    peaks = {}
+    for j, pr in enumerate(principles):
+        g = G[:, j]
+        if not np.isfinite(g).any():
+            peaks[pr] = None
+            continue
+        i = int(np.nanargmax(g))
+        peaks[pr] = float(kl[i]) if i < len(g) - 1 and g[-1] < g[i] else None
+    have = {p: k for p, k in peaks.items() if k is not None}
+    return (min(have, key=lambda p: (have[p], p)) if have else None), peaks
+
+
+def compare_at_kl(series: list[tuple[str, np.ndarray, np.ndarray]], principles: list[str], levels: int = 4) -> dict:
+    """Aggregation (fixed, learned, per-family weights) vs constrained runs at equal KL: at ``levels``
+    KLs evenly up to the largest both groups reach, each group's hypervolume (above the SFT policy)
+    of its runs' per-principle gold there (a run counts at the KLs it reaches); and which principle
+    overoptimizes first in each run (``first_overoptimized``), counted per group.
+    ``series``: (aggregation, kl [t], gold per principle [t, d]) per run."""
+    groups: dict[str, list] = {}
+    for a, kl, G in series:
+        groups.setdefault(AGGREGATION_GROUPS.get(a, a), []).append((kl, G))
+    reach = {g: max(float(np.nanmax(kl)) for kl, _ in rs) for g, rs in groups.items()}
+    top = min(reach.values())
+    out = {"kl": [], "hypervolume": {g: [] for g in groups}, "runs": {g: [] for g in groups}, "reach": reach}
+    for k in range(1, levels + 1):
+        level = top * k / levels
+        out["kl"].append(level)
+        for g, rs in groups.items():
+            at = [x for x in (gold_at_kl(kl, G, level) for kl, G in rs) if x is not None]
+            G = np.array(at, float).reshape(len(at), len(principles))
+            out["hypervolume"][g].append(front_and_hypervolume(G)[1])
+            out["runs"][g].append(len(at))
+    out["first_overoptimized"] = {}
+    for g, rs in groups.items():
+        counts = {pr: 0 for pr in principles}
+        counts["none"] = 0
+        for kl, G in rs:
+            first, _ = first_overoptimized(kl, G, principles)
+            counts[first or "none"] += 1
+        out["first_overoptimized"][g] = counts
+    out["note"] = ("hypervolume of each group's runs at equal KL (0 = no run above the SFT policy in every principle); "
+                   "first_overoptimized: per run, the principle whose gold peaks (and falls) at the smallest KL")
     return out
 
 

@@ -78,17 +78,57 @@ def principle_weights(objective: str) -> list[float]:
     return [float(x) for x in objective.removeprefix("weighted:").split(",")]
 
 
-def aggregate(values: torch.Tensor, objective: str, uwo_lambda: float = 0.1) -> torch.Tensor:
+def family_objective(weights: dict) -> str:
+    """The objective name of per-family principle weights (issue 22): ``family:*=0.25,...;unsafe=...``
+    -- ``*`` is every family not named. Families sorted, so equal weights make equal names."""
+    return "family:" + ";".join(f"{f}={','.join(f'{float(w):g}' for w in ws)}" for f, ws in sorted(weights.items()))
+
+
+def family_weights(objective: str) -> dict[str, list[float]]:
+    """The weights of a ``family:`` objective, by family."""
+    out = {}
+    for part in objective.removeprefix("family:").split(";"):
+        f, ws = part.split("=", 1)
+        out[f] = [float(x) for x in ws.split(",")]
+    return out
+
+
+def constrained_objective(maximize: int | None) -> str:
+    """The objective of a constrained run (issue 22): ``constrained:<i>`` maximizes member i, and
+    ``constrained:mean`` the members' mean; the Lagrange terms of the constrained members are added
+    by the RL loop (``orchestrator.math.pareto.lagrangian_reward``), since they carry state."""
+    return f"constrained:{'mean' if maximize is None else int(maximize)}"
+
+
+def aggregate(values: torch.Tensor, objective: str, uwo_lambda: float = 0.1, families=None) -> torch.Tensor:
     """``[b, k]`` member scores -> ``[b]`` reward.
 
     mean: (1/k) sum_i R_i;  wco (worst case): min_i R_i;  uwo (uncertainty weighted):
     mean - lambda * (1/k) sum_i (R_i - mean)^2  (Coste et al. 2023, eqs. 2-4);
-    ``weighted:w_1,...,w_k``: sum_i w_i R_i (per-principle proxies under fixed weights; issue 22)."""
+    ``weighted:w_1,...,w_k``: sum_i w_i R_i (per-principle proxies under fixed weights; issue 22);
+    ``family:f=w..;*=w..``: sum_i w_{f(x),i} R_i with the weights of each row's prompt family
+    (``families``: [b] family names; task-dependent weights);
+    ``constrained:i`` / ``constrained:mean``: the constrained run's objective term alone (member i,
+    or the mean) -- what its evaluations report as the proxy."""
     if objective.startswith("weighted:"):
         w = principle_weights(objective)
         if len(w) != values.shape[1]:
             raise ValueError(f"objective {objective!r}: {len(w)} weights for {values.shape[1]} members")
         return values @ torch.tensor(w, dtype=values.dtype)
+    if objective.startswith("family:"):
+        by = family_weights(objective)
+        if families is None or len(families) != values.shape[0]:
+            raise ValueError(f"objective {objective!r} needs each row's prompt family")
+        if any(len(w) != values.shape[1] for w in by.values()):
+            raise ValueError(f"objective {objective!r}: every family needs {values.shape[1]} weights")
+        missing = sorted({f for f in families if f not in by} - {"*"}) if "*" not in by else []
+        if missing:
+            raise ValueError(f"objective {objective!r}: no weights for families {missing} (and no '*')")
+        W = torch.tensor([by.get(f, by.get("*")) for f in families], dtype=values.dtype)
+        return (values * W).sum(1)
+    if objective.startswith("constrained:"):
+        which = objective.removeprefix("constrained:")
+        return values.mean(1) if which == "mean" else values[:, int(which)]
     if objective == "mean":
         return values.mean(1)
     if objective == "wco":

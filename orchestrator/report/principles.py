@@ -52,9 +52,27 @@ def principle_lines(bon: list[dict], has_png: bool) -> list[str]:
     return lines + [""]
 
 
+def describe(p: dict) -> str:
+    """A Pareto point's aggregation in a few characters: its weights, ``learned``, ``per-family`` or
+    its constraint (what it maximizes, the level)."""
+    a, w = p.get("aggregation", "fixed"), p.get("weights")
+    if a == "constrained":
+        c = p.get("constraints") or {}
+        return f"max {c.get('maximize')} s.t. c={c.get('level', 0):g}"
+    if a == "family":
+        return "per-family"
+    text = "/".join(f"{x:.2g}" for x in w) if isinstance(w, list) else str(w)
+    return f"learned {text}" if a == "learned" else text
+
+
+GROUP_STYLE = {"aggregation": ("o", "C0"), "constrained": ("s", "C3")}
+
+
 def plot_pareto(pareto: dict) -> bytes:
-    """2-D projections of the front: each pair of principles, every weighted run's gold gains at its
-    gold peak (grey), the non-dominated runs in colour with their weights, the reference at 0."""
+    """2-D projections of the front: each pair of principles, every run's gold gains at its gold peak
+    (circles: weighted aggregations, squares: constrained runs; grey off the front), the
+    non-dominated runs in colour with their aggregation; and, where both kinds ran, each kind's
+    hypervolume at equal KL (the last panel)."""
     import itertools
 
     import matplotlib
@@ -62,22 +80,33 @@ def plot_pareto(pareto: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from orchestrator.math.pareto import AGGREGATION_GROUPS
+
     prs = pareto["principles"]
     pairs = list(itertools.combinations(range(len(prs)), 2)) or [(0, 0)]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(3.8 * len(pairs), 3.5), squeeze=False)
+    comp = pareto.get("compare")
+    n = len(pairs) + (1 if comp else 0)
+    fig, axes = plt.subplots(1, n, figsize=(3.8 * n, 3.5), squeeze=False)
     pts = pareto["points"]
     for ax, (i, j) in zip(axes[0], pairs):
         for k, p in enumerate(pts):
             g = p["peak"]["gold"]
             on = k in pareto["front"]
-            ax.plot(g[prs[i]], g[prs[j]], "o", color="C0" if on else "0.7", ms=5 if on else 3)
-            if on and p.get("weights"):
-                ax.annotate("/".join(f"{w:g}" for w in p["weights"]), (g[prs[i]], g[prs[j]]), fontsize=5)
+            marker, colour = GROUP_STYLE.get(AGGREGATION_GROUPS.get(p.get("aggregation", "fixed"), ""), ("o", "C0"))
+            ax.plot(g[prs[i]], g[prs[j]], marker, color=colour if on else "0.7", ms=5 if on else 3)
+            if on:
+                ax.annotate(describe(p), (g[prs[i]], g[prs[j]]), fontsize=5)
         ax.axhline(0, color="k", lw=0.4)
         ax.axvline(0, color="k", lw=0.4)
         ax.set(xlabel=f"{prs[i]} gold gain", ylabel=f"{prs[j]} gold gain")
-    fig.suptitle(f"weighted runs at their gold peak; front in colour (hypervolume {pareto['hypervolume']:.4f})",
-                 fontsize=9)
+    if comp:
+        ax = axes[0][-1]
+        for g, hv in comp["hypervolume"].items():
+            marker, colour = GROUP_STYLE.get(g, ("o", "C1"))
+            ax.plot(comp["kl"], hv, marker + "-", color=colour, label=g)
+        ax.set(xlabel="KL (nats)", ylabel="hypervolume above SFT", title="at equal KL")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"runs at their gold peak; front in colour (hypervolume {pareto['hypervolume']:.4f})", fontsize=9)
     fig.tight_layout()
     data = _png(fig)
     plt.close(fig)
@@ -87,16 +116,36 @@ def plot_pareto(pareto: dict) -> bytes:
 def pareto_lines(pareto: dict, has_png: bool) -> list[str]:
     prs = pareto["principles"]
     lines = ["## The Pareto front of the principles", "",
-             f"Runs optimizing fixed weights of the per-principle proxies; gold gains over the SFT policy per "
-             f"principle at each run's overall gold peak. Non-dominated: {len(pareto['front'])} of "
-             f"{len(pareto['points'])}; hypervolume above the SFT policy {pareto['hypervolume']:.4f} at the peaks, "
-             f"{pareto['hypervolume_end']:.4f} at the runs' ends.", ""]
+             f"Runs optimizing aggregations of the per-principle proxies (fixed, learned and per-family weights) "
+             f"and constrained runs; gold gains over the SFT policy per principle at each run's overall gold peak. "
+             f"Non-dominated: {len(pareto['front'])} of {len(pareto['points'])}; hypervolume above the SFT policy "
+             f"{pareto['hypervolume']:.4f} at the peaks, {pareto['hypervolume_end']:.4f} at the runs' ends.", ""]
     if has_png:
         lines += ["![pareto](pareto.png)", ""]
-    lines += ["| run | weights | KL at peak | " + " | ".join(prs) + " | on the front |",
-              "|---|---|---|" + "---|" * len(prs) + "---|"]
+    lines += ["| run | aggregation | KL at peak | " + " | ".join(prs) + " | on the front | below SFT at the end |",
+              "|---|---|---|" + "---|" * len(prs) + "---|---|"]
     for k, p in enumerate(pareto["points"]):
         g = p["peak"]["gold"]
-        lines.append(f"| {p['trial']} | {p.get('weights')} | {p['peak']['kl']:.2f} | " +
-                     " | ".join(fmt(g[x]) for x in prs) + f" | {k in pareto['front']} |")
+        lines.append(f"| {p['trial']} | {describe(p)} | {p['peak']['kl']:.2f} | " +
+                     " | ".join(fmt(g[x]) for x in prs) + f" | {k in pareto['front']} | "
+                     f"{', '.join(p.get('degraded_end', [])) or '-'} |")
+    lines.append("")
+    comp = pareto.get("compare")
+    if comp:
+        lines += ["Aggregation vs constrained runs at equal KL (hypervolume of each kind's runs where their KL reaches "
+                  "it; runs counted in brackets), and the principle whose gold peaks first in each run:", "",
+                  "| KL | " + " | ".join(comp["hypervolume"]) + " |", "|---|" + "---|" * len(comp["hypervolume"])]
+        for i, kl in enumerate(comp["kl"]):
+            lines.append(f"| {kl:.3g} | " + " | ".join(f"{hv[i]:.4f} ({comp['runs'][g][i]})"
+                                                     for g, hv in comp["hypervolume"].items()) + " |")
+        lines += ["", "First to overoptimize: " + "; ".join(
+            f"{g}: " + ", ".join(f"{p} {c}" for p, c in counts.items() if c) for g, counts in
+            comp["first_overoptimized"].items()), ""]
+    for p in pareto["points"]:
+        lg = p.get("lagrange")
+        if lg:
+            lines.append(f"- {p['trial']}: thresholds " + ", ".join(
+                f"{n} {t:.3f} (SFT {r:.3f})" for n, t, r in zip(lg["names"], lg["threshold"], lg["reference"])) +
+                "; final multipliers " + ", ".join(f"{x:.3f}" for x in lg["final"]) +
+                "; steps violated " + ", ".join(f"{v:.0%}" if v is not None else "-" for v in lg["violated_fraction"]))
     return lines + [""]

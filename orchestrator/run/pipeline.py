@@ -779,8 +779,8 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         frontier["checks"]["sweep"] = sweep_checks(bon_main, rl_main)
         frontier["checks"]["all_pass"] = bool(frontier["checks"]["all_pass"] and frontier["checks"]["rl"]["all_pass"]
                                               and frontier["checks"]["sweep"]["all_pass"])
-    weighted = [e for e in rl if e.get("weights")]
-    if weighted:  # the per-principle runs' front (issue 22)
+    weighted = [e for e in rl if e.get("size") == "principles"]
+    if weighted:  # the per-principle runs' front (issue 22): weighted, per-family, learned, constrained
         from orchestrator.math.pareto import pareto_section
 
         frontier["pareto"] = pareto_section(weighted, list(cfg.proxy.principles))

@@ -35,6 +35,7 @@ from orchestrator.data.checkpoint import (
 from orchestrator.math import rl as R
 from orchestrator.math.algorithms import ALGORITHMS  # noqa: F401  (re-exported)
 from orchestrator.math.generalization import spearman
+from orchestrator.math.pareto import lagrangian_reward, multiplier_step
 from orchestrator.run.actor_group import fetch, put
 
 if TYPE_CHECKING:
@@ -56,6 +57,10 @@ class RunSpec:
     monitors: tuple[dict, ...] = ()
     """Proxies the run does not train on (other sizes of its label source): the monitor's independent
     judges, scoring each evaluation's samples (never the update's)."""
+    constraints: dict = field(default_factory=dict)
+    """Constrained RL (issue 22; ``orchestrator.run.pareto.constraint_spec``): ``maximize`` (a member
+    index, or None for the mean), ``constrained`` (member indices), ``level``, ``unit`` (``sd``, or
+    per constrained member its proxy point), ``lr`` (the multipliers' step). Empty = unconstrained."""
 
 
 class PhaseTimer:
@@ -123,6 +128,7 @@ class RLRun:
         self.history: list[dict] = []
         self.evals: list[dict] = []
         self.latent_ref = None  # the monitor's SFT-sample features (the step-0 evaluation), checkpointed
+        self.constraint: dict | None = None  # constrained RL's thresholds and multipliers, checkpointed
         self.pending: tuple | None = None
         self.last_checkpoint: Path | None = None  # saved by the latest step (run_rl's on_step sees it)
         self._perm: tuple[int, np.ndarray | None] = (-1, None)
@@ -295,10 +301,13 @@ class RLRun:
         mask = b.response_mask.float()
         ps = fetch(p_ref)
         pv = torch.tensor(ps.values)
+        fams = rows["family"]
+        if self.spec.constraints and self.constraint is None:  # the SFT policy's samples set the thresholds
+            self.constraint = self.constraint_state(pv)
         out = {"step": step,
                "kl": float(R.sequence_kl(b.logprobs, b.ref_logprobs, mask).mean()),
                "kl_k3": float(R.sequence_kl(b.logprobs, b.ref_logprobs, mask, "k3").mean()),
-               "proxy": float(R.aggregate(pv, self.spec.objective, self.cfg.uwo_lambda).mean()),
+               "proxy": float(R.aggregate(pv, self.spec.objective, self.cfg.uwo_lambda, fams).mean()),
                "tokens": float(mask.sum(1).mean()),
                # the policy's per-token entropy, estimated by the sampled tokens' mean surprisal (no extra pass)
                "entropy": float(-(b.logprobs * mask).sum() / mask.sum().clamp_min(1))}
@@ -307,7 +316,7 @@ class RLRun:
         # length and domain (issue 21): the objective's rank correlation with response length, and
         # every family's mean length (gold per family below) -- the stratified frontiers' raw points
         lens = mask.sum(1).numpy().astype(float)
-        obj = R.aggregate(pv, self.spec.objective, self.cfg.uwo_lambda).numpy()
+        obj = R.aggregate(pv, self.spec.objective, self.cfg.uwo_lambda, fams).numpy()
         rho = spearman(obj, lens)
         if rho is not None:
             out["proxy_length_spearman"] = rho
@@ -321,7 +330,8 @@ class RLRun:
             sub = list(range(0, len(rows["response"]), k))  # prompt (half the rows: half the judges' cost,
             srows = {c: [v[i] for i in sub] for c, v in rows.items()}  # which was 4-8% of the default's sweep)
             out["proxy_independent"] = float(np.mean(fetch(self.proxy.one("score_monitor", srows)).values))
-            out["proxy_monitored"] = float(R.aggregate(pv[sub], self.spec.objective, self.cfg.uwo_lambda).mean())
+            out["proxy_monitored"] = float(R.aggregate(pv[sub], self.spec.objective, self.cfg.uwo_lambda,
+                                                       [fams[i] for i in sub]).mean())
         out.update(self._latent_outlier(rows, step))
         if g_ref is not None:
             gs = fetch(g_ref)
@@ -335,6 +345,22 @@ class RLRun:
                 for f in families:
                     out[f"gold_family/{f}"] = float(g[fam == f].mean())
         return out
+
+    def constraint_state(self, pv: torch.Tensor) -> dict:
+        """Constrained RL's state from the SFT policy's evaluation scores ``pv`` [b, k]: per
+        constrained member its reference level (mean), s.d., threshold c_i = mean + level x unit
+        (the s.d., or the member's proxy point) and multiplier (0)."""
+        c = self.spec.constraints
+        sub = pv[:, c["constrained"]].double()
+        mean, sd = sub.mean(0).numpy(), sub.std(0, unbiased=False).clamp_min(1e-6).numpy()
+        unit = sd if c["unit"] == "sd" else np.asarray(c["unit"], float)
+        return {"names": list(c["names"]), "reference": mean.tolist(), "sd": sd.tolist(),
+                "threshold": (mean + c["level"] * unit).tolist(), "lam": [0.0] * len(c["constrained"])}
+
+    def family_of_rows(self, step: int, batch: RolloutBatch) -> list[str]:
+        """The prompt family of each row of ``step``'s batch (rows are the step's prompts in order)."""
+        idx = self.prompt_indices(step)
+        return [self.train_rows["family"][idx[int(i)]] for i in batch.prompt_index]
 
     # ---- checkpoints -------------------------------------------------------------------------
     @property
@@ -355,7 +381,8 @@ class RLRun:
                  "cursor": {"prompt_position": self.step * self.cfg.prompts_per_step},
                  "rng": {"note": "every draw is seeded by (seed, step); the learner's torch RNG is in "
                                  "learner.safetensors"},
-                 "history": self.history, "evals": self.evals}
+                 "history": self.history, "evals": self.evals,
+                 **({"constraint": self.constraint} if self.constraint is not None else {})}
         (tmp / "state.json").write_text(json.dumps(state, default=_jsonable))
         if self.latent_ref is not None:  # the monitor's SFT reference features
             from safetensors.torch import save_file
@@ -391,6 +418,7 @@ class RLRun:
             self.step = state["step"]
             self.kl.load_state_dict(state["kl_controller"])
             self.history, self.evals = state["history"], state["evals"]
+            self.constraint = state.get("constraint")
             if (d / "monitor.safetensors").exists():
                 from safetensors.torch import load_file
 
@@ -439,7 +467,13 @@ def rl_step(run: RLRun) -> dict:
                else {"logprobs": batch.logprobs})
     with T("shape"):
         members = torch.tensor(proxy.values, dtype=torch.float32)
-        score = R.aggregate(members, run.spec.objective, cfg.uwo_lambda)
+        fams = run.family_of_rows(step, batch) if run.spec.objective.startswith("family:") else None
+        score = R.aggregate(members, run.spec.objective, cfg.uwo_lambda, fams)
+        con = run.spec.constraints
+        if con:  # constrained RL: the normalized Lagrangian under the current multipliers
+            target, bound = score, members[:, con["constrained"]]
+            lam = torch.tensor(run.constraint["lam"], dtype=torch.float32)
+            score = lagrangian_reward(target, bound, lam)
         mask = batch.response_mask.float()
         kl_tok = R.KL_ESTIMATORS[cfg.kl_estimator](old["logprobs"], batch.ref_logprobs) * mask
         beta = run.kl.beta
@@ -465,6 +499,15 @@ def rl_step(run: RLRun) -> dict:
              "response/tokens": float(mask.sum(1).mean()), "async/staleness": staleness, **stats}
         for j, name in enumerate(proxy.members):
             m[f"proxy/{name}"] = float(members[:, j].mean())
+        if con:  # the multipliers this step used, each constraint's slack, then the multipliers' step
+            m["proxy/target"] = float(target.mean())
+            st, v = run.constraint, bound.double().mean(0).numpy()
+            for j, name in enumerate(st["names"]):
+                m[f"lagrange/{name}"] = st["lam"][j]
+                m[f"constraint/{name}"] = float(v[j] - st["threshold"][j])
+            sd = np.asarray(st["sd"])
+            st["lam"] = multiplier_step(np.asarray(st["lam"]), v / sd, np.asarray(st["threshold"]) / sd,
+                                        con["lr"]).tolist()
         if cfg.async_generation and cfg.algorithm == "ppo":
             m["async/behavior_kl"] = float(R.sequence_kl(batch.logprobs, old["logprobs"], mask).mean())
         if g_refs:
@@ -594,6 +637,15 @@ def summarize(run: RLRun) -> dict:
            "monitors": [m["name"] for m in run.spec.monitors],
            "gold_se": float(np.mean([e.get("gold_se", 0.0) for e in ev])) if ev else None,
            **run.spec.labels}
+    if run.constraint is not None:  # constrained RL: thresholds and the multipliers' course
+        st, hist = run.constraint, [m for m in run.history if any(k.startswith("lagrange/") for k in m)]
+        out["lagrange"] = {
+            **{k: st[k] for k in ("names", "reference", "sd", "threshold")}, "final": st["lam"],
+            "max": [max([m[f"lagrange/{n}"] for m in hist] + [0.0]) for n in st["names"]],
+            "violated_fraction": [float(np.mean([m[f"constraint/{n}"] < 0 for m in hist])) if hist else None
+                                  for n in st["names"]],
+            "unit": "sd" if run.spec.constraints["unit"] == "sd" else "proxy point",
+            "lr": run.spec.constraints["lr"]}
     from orchestrator.math.monitor import signals
 
     # the gold-free detectors' signals per evaluation (None where undefined) and gold's s.e. per

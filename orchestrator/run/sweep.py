@@ -27,7 +27,12 @@ from ray.tune.stopper import Stopper
 
 from orchestrator.config.members import ensemble_sets, lc_sizes, lc_tag, warm_name
 from orchestrator.config.schema import ConfigError, FrontierConfig, digest, to_dict
-from orchestrator.math.rl import weighted_objective
+from orchestrator.math.rl import (
+    constrained_objective,
+    family_objective,
+    weighted_objective,
+)
+from orchestrator.run.pareto import constraint_spec, proxy_points
 from orchestrator.run.stages import StageResult
 from orchestrator.run.wandb_logging import clear_stale_tmp, wandb_callbacks
 
@@ -68,12 +73,25 @@ def grid(cfg: FrontierConfig) -> list[dict]:
                 out.append({"name": f"principles-{z}-w{'-'.join(f'{x:g}' for x in w)}-kl0{tag(seed)}",
                             "sizes": [z] * len(w), "member_ids": [f"-{p}" for p in cfg.proxy.principles],
                             "objective": weighted_objective(w), "kl_coef": 0.0, "seed": seed, "tag": lab,
-                            "weights": list(w)})
+                            "weights": list(w), "aggregation": "fixed"})
+            k, ids = len(cfg.proxy.principles), [f"-{p}" for p in cfg.proxy.principles]
             if cfg.sweep.principle_learned:  # its weights come from the learned-weights stage (trial_specs)
-                k = len(cfg.proxy.principles)
                 out.append({"name": f"principles-{z}-learned-kl0{tag(seed)}", "sizes": [z] * k,
-                            "member_ids": [f"-{p}" for p in cfg.proxy.principles], "objective": "learned",
-                            "kl_coef": 0.0, "seed": seed, "tag": lab, "weights": "learned"})
+                            "member_ids": ids, "objective": "learned",
+                            "kl_coef": 0.0, "seed": seed, "tag": lab, "weights": "learned",
+                            "aggregation": "learned"})
+            if cfg.pareto.family_weights:  # task-dependent weights: each prompt family its own vector
+                fw = {f: list(w) for f, w in cfg.pareto.family_weights.items()}
+                out.append({"name": f"principles-{z}-family-kl0{tag(seed)}", "sizes": [z] * k, "member_ids": ids,
+                            "objective": family_objective(fw), "kl_coef": 0.0, "seed": seed, "tag": lab,
+                            "weights": {"family": fw}, "aggregation": "family"})
+            mx = cfg.pareto.constraint_maximize
+            for level in cfg.pareto.constraint_levels:  # constrained RL, one trial per constraint level
+                out.append({"name": f"principles-{z}-max-{mx}-c{level:g}-kl0{tag(seed)}", "sizes": [z] * k,
+                            "member_ids": ids, "kl_coef": 0.0, "seed": seed, "tag": lab,
+                            "objective": constrained_objective(None if mx == "mean" else cfg.proxy.principles.index(mx)),
+                            "constraints": {"maximize": mx, "level": float(level), "base": cfg.pareto.constraint_base},
+                            "aggregation": "constrained"})
         if cfg.monitor.disjoint_size:  # the disjoint-labels judge's run: half a's proxy, monitored by half b
             z = cfg.monitor.disjoint_size
             out.append({"name": f"proxy-{z}{lab}-half-a-kl0{tag(seed)}", "sizes": [z], "member_ids": ["-half-a"],
@@ -103,8 +121,10 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: di
         return [f"proxy-{s}{t['tag']}{m}" for s, m in zip(t["sizes"], t.get("member_ids", [""] * len(t["sizes"])))]
 
     def labels(t: dict) -> dict:
-        if "weights" in t:  # a fixed-weight aggregation of per-principle proxies: kept out of the size checks
-            return {"size": "principles", "member_size": t["sizes"][0], "weights": t["weights"], "seed": t["seed"],
+        if "weights" in t or "constraints" in t:  # an aggregation of per-principle proxies: out of the size checks
+            how = {"weights": t["weights"]} if "weights" in t else {"constraints": t["constraints"]}
+            return {"size": "principles", "member_size": t["sizes"][0], **how, "aggregation": t["aggregation"],
+                    "seed": t["seed"],
                     "labels": "ai" if t["tag"] else "gold"}
         if t.get("half"):  # not a run of the job's own proxies: kept out of the findings' checks
             return {"size": t["sizes"][0], "seed": t["seed"], "labels": ("ai" if t["tag"] else "gold") + "-half"}
@@ -126,7 +146,7 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: di
     tag_of = {n: str(p.meta.get("inputs", {}).get("tag", "")) for n, p in by_name.items()}
 
     def monitors(t: dict) -> tuple:  # the monitor's independent judges: proxies of its labels it does not train on
-        if "weights" in t:  # the per-principle runs: their members are the judges of each other
+        if "weights" in t or "constraints" in t:  # the per-principle runs: their members judge each other
             return ()
         if t.get("half"):  # half a's run: judged by half b alone, which saw none of its labels
             return tuple(members[n.replace("-half-a", "-half-b")] for n in names(t))
@@ -138,8 +158,10 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: di
     if missing:  # a principle whose gold tied on every pair has no proxy (stage_principle_proxies warned)
         log.warning("sweep: %d trial(s) without every member's proxy are left out: %s", len(missing), missing)
         trials = [t for t in trials if t["name"] not in missing]
+    points = proxy_points(cfg) if any("constraints" in t for t in trials) else None
     return [RunSpec(t["name"], tuple(members[n] for n in names(t)), t["objective"], t["kl_coef"],
-                    sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t), monitors=monitors(t))
+                    sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t), monitors=monitors(t),
+                    constraints=constraint_spec(cfg, t["constraints"], points) if "constraints" in t else {})
             for t in trials]
 
 
@@ -157,7 +179,8 @@ def trial_dir(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: StageR
                   **({"scaling": [m.get("scaling") for m in spec.members]}  # proxy.member_scaling temperature
                      if any(m.get("scaling") for m in spec.members) else {}),
                   # the monitor's independent judges: their scores are in the run's records
-                  **({"monitors": [m["stage"] for m in spec.monitors]} if spec.monitors else {})})[:16]
+                  **({"monitors": [m["stage"] for m in spec.monitors]} if spec.monitors else {}),
+                  **({"constraints": spec.constraints} if spec.constraints else {})})[:16]
     return run_dir / "rl" / f"{spec.name}-{key}"
 
 

@@ -1,0 +1,59 @@
+"""Constrained RL's specification from the config (issue 22): which per-principle proxy a
+constrained trial maximizes, which it constrains, and the constraints' unit -- the proxy's s.d. on
+SFT samples, or its own proxy point read from a finished run (Moskovitz et al. 2024: the proxy value
+at which that principle's gold peaks; here from its best-of-n curve).
+
+The thresholds themselves need the SFT policy's scores, so the RL loop sets them at its step-0
+evaluation (``orchestrator.run.rl_loop.RLRun.constraint_state``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.config.schema import ConfigError, FrontierConfig
+
+
+def principle_size(cfg: FrontierConfig) -> str:
+    """The size whose per-principle proxies the aggregation trials optimize."""
+    return (cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names)[0]
+
+
+def proxy_points(cfg: FrontierConfig) -> dict | None:
+    """``pareto.constraint_base: frontier``: per principle, its proxy's best-of-n gain at the n where
+    that principle's gold peaks (the empirical peak over the curve's n), from the finished run's
+    frontier.json -- {principle: {"proxy_point", "kl", "n", "peaked"}} (``peaked`` false: gold still
+    rose at the largest n, so the point is a lower bound). None with ``reference``."""
+    if cfg.pareto.constraint_base != "frontier":
+        return None
+    path = Path(cfg.pareto.constraint_frontier).expanduser()
+    path = path / "frontier.json" if path.is_dir() else path
+    key = "pareto.constraint_frontier"
+    try:
+        bon = json.loads(path.read_text())["bon"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{key}: {path} is not a finished run's frontier.json ({e.__class__.__name__}: {e})") from None
+    z, out = principle_size(cfg), {}
+    for pr in cfg.proxy.principles:
+        curve = next((c for c in bon if isinstance(c, dict) and c.get("proxy") == f"proxy-{z}-{pr}"
+                      and c.get("principle") == pr), None)
+        if curve is None or not curve.get("points"):
+            raise ConfigError(f"{key}: {path} has no best-of-n curve of proxy-{z}-{pr} (a run with "
+                              f"proxy.principles including {pr!r} and its size {z})")
+        pts = curve["points"]
+        i = int(np.argmax([p["gold"] for p in pts]))
+        out[pr] = {"proxy_point": float(pts[i]["proxy"]), "kl": float(pts[i]["kl"]), "n": int(pts[i]["n"]),
+                   "peaked": i < len(pts) - 1}
+    return out
+
+
+def constraint_spec(cfg: FrontierConfig, c: dict, points: dict | None) -> dict:
+    """A constrained trial's ``RunSpec.constraints`` (members in ``proxy.principles``' order)."""
+    pr = list(cfg.proxy.principles)
+    mx = None if c["maximize"] == "mean" else pr.index(c["maximize"])
+    idx = [i for i in range(len(pr)) if i != mx]
+    unit = "sd" if points is None else [points[pr[i]]["proxy_point"] for i in idx]
+    return {"maximize": mx, "constrained": idx, "names": [pr[i] for i in idx], "level": float(c["level"]),
+            "unit": unit, "lr": cfg.pareto.multiplier_lr}
