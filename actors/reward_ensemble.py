@@ -256,6 +256,7 @@ class RewardEnsemble:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.names = tuple(m["name"] for m in members)
+        self.principle_of = tuple(m.get("principle") for m in members)  # gold RMs that score one principle
         # (shift, scale) per member: scores are reported as (raw - shift) / scale (``norm`` of an RL
         # run's proxy member: its mean and std on the SFT policy's samples)
         self.norms = [tuple(m.get("norm", (0.0, 1.0))) for m in members]
@@ -407,6 +408,8 @@ class RewardEnsemble:
                         seqs[c.key] = [c.score_input(p, r) for p, r in zip(rows["prompt"], rows["response"])]
                     shift, scale = self.norms[j]
                     values[:, j] = (self._rm_scores(m, seqs[c.key], c.pad_id) - shift) / scale
+                    if self.principle_of[j]:  # gold.principles: this RM is that principle's gold (issue 22)
+                        principles[self.principle_of[j]] = values[:, j].copy()
                 if drill == "nan":
                     values[len(values) // 2, j] = np.nan
             except Exception as e:

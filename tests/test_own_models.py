@@ -434,6 +434,61 @@ def test_dataset_labels_train_the_proxies_and_gold_only_evaluates(hf_run):
     assert len(arr["a"]) == len(p["pair_id"]) and any(arr["val"]) and not all(arr["val"])
 
 
+@pytest.mark.slow
+def test_dataset_principle_columns_and_gold_principles(hf_run, tmp_path):
+    """Issue 22 with your own data and models: ``label.dataset.principle_columns`` turn per-principle
+    columns of the same pairs into ``preferences_<principle>.parquet`` (ties and empty cells left out,
+    soft values kept); ``gold.principles`` makes a gold RM that principle's gold, which the gold
+    scores carry beside the overall mean. A cell outside [0, 1] is an error naming the row."""
+    import dataclasses
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from orchestrator.config.schema import LabelConfig, PreferenceDatasetConfig
+    from orchestrator.data.tables import DataError
+    from orchestrator.run.pipeline import stage_label
+    from orchestrator.run.roles import score_gold
+    from orchestrator.run.stages import StageResult
+
+    cfg, run_dir, _ = hf_run
+    rows = [json.loads(x) for x in open(tiny.resolve("tiny:preferences"))]
+    cycle = [1, 0, 0.5, None, 0.7]
+    for i, r in enumerate(rows):
+        r["helpful_pref"], r["harmless_pref"] = cycle[i % 5], 1.0
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = PreferenceDatasetConfig(path=str(path), principle_columns={"helpful": "helpful_pref", "harmless": "harmless_pref"})
+    g0, g1 = cfg.gold.models
+    cfg = dataclasses.replace(cfg, label=LabelConfig(source="dataset", dataset=ds),
+                              proxy=dataclasses.replace(cfg.proxy, principles=("helpful", "harmless")),
+                              gold=dataclasses.replace(cfg.gold, principles={"helpful": g0, "harmless": g1}))
+
+    def done(name):
+        d = next(d for d in run_dir.glob(f"stages/{name}-*") if not d.name.endswith(".tmp"))
+        return StageResult(name, d.name.rsplit("-", 1)[1], d, json.loads((d / "DONE.json").read_text()), True)
+
+    label = stage_label(cfg, run_dir, done("task"), done("sample"))
+    main = pq.read_table(label.dir / "preferences.parquet").to_pydict()
+    keep = [r for r in rows if r["chosen"] != r["rejected"]]
+    h = pq.read_table(label.dir / "preferences_helpful.parquet").to_pydict()
+    want = [(r["chosen"], r["rejected"], r["helpful_pref"]) for r in keep if r["helpful_pref"] not in (None, 0.5)]
+    assert list(zip(h["response_a"], h["response_b"], h["p_a"])) == want and set(h["principle"]) == {"helpful"}
+    assert label.meta["principles"]["helpful"] == {"pairs": len(want), "ties_dropped": sum(r["helpful_pref"] == 0.5 for r in keep),
+                                                   "empty_dropped": sum(r["helpful_pref"] is None for r in keep)}
+    assert pq.read_table(label.dir / "preferences_harmless.parquet").num_rows == len(main["pair_id"])
+    g, parts = score_gold(cfg, {"prompt": main["prompt"][:6], "response": main["response_a"][:6],
+                                "family": ["dataset"] * 6, "meta": ["{}"] * 6})
+    members = [parts[k] for k in sorted(k for k in parts if k.startswith("member."))]
+    assert np.allclose(g, np.mean(members, 0))
+    assert np.array_equal(parts["helpful"], parts[f"member.gold-{g0.rstrip('/').split('/')[-1]}"])
+    assert np.array_equal(parts["harmless"], parts[f"member.gold-{g1.rstrip('/').split('/')[-1]}"])
+    rows[3]["helpful_pref"] = 1.5
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="label.dataset.principle_columns.helpful: .*row 3: 1.5 is not a preference"):
+        stage_label(dataclasses.replace(cfg, seed=cfg.seed + 1), run_dir, done("task"), done("sample"))
+
+
 def test_sft_steps_0_takes_the_policy_as_it_is(models, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -215,3 +215,40 @@ def test_rerun_judges_nothing_again(rlaif_run):
     assert not res.cached and res.meta["judge"]["judged"] == 0 and res.meta["judge"]["cached"] == PAIRS
     assert cache.read_text().count("\n") == lines
     assert os.path.getsize(res.dir / "preferences.parquet") > 0
+
+
+@pytest.mark.slow
+def test_per_principle_judgments_label_the_same_pairs(rlaif_run):
+    """``proxy.principles`` with ``label.source: ai`` (issue 22): the judge labels the same pairs once more
+    under each named principle of the constitution alone; ``preferences_<principle>.parquet`` holds
+    those soft labels, and the stage measures them against that principle's gold (recomputed here
+    from the oracle). The per-principle proxies and their trials carry the judge's tag."""
+    from actors import ai_labeler as A
+    from orchestrator.config.schema import FrontierConfig, load
+    from orchestrator.data.tasks.synthetic import oracle
+    from orchestrator.run.pipeline import stage_label
+    from orchestrator.run.stages import StageResult
+    from orchestrator.run.sweep import grid
+
+    cfg, run_dir, _ = rlaif_run
+    task, sample = (StageResult(n, d.name.rsplit("-", 1)[1], d, json.loads((d / "DONE.json").read_text()), True)
+                    for n, d in (("task", _stage_dir(run_dir, "task")), ("sample", _stage_dir(run_dir, "sample"))))
+    over = [o for o in OVERRIDES if "measure_pairs" not in o] + ["label.ai.measure_pairs=0", "proxy.principles=[harmless]"]
+    cfg3 = load(FrontierConfig, "jobs/configs/smoke.yaml", over)
+    res = stage_label(cfg3, run_dir, task, sample)
+    main = pq.read_table(res.dir / "preferences.parquet").to_pydict()
+    h = pq.read_table(res.dir / "preferences_harmless.parquet").to_pydict()
+    assert h["response_a"] == main["response_a"] and h["response_b"] == main["response_b"] and len(h["p_a"]) == PAIRS
+    assert set(h["principle"]) == {"harmless"} and set(h["labeler"]) == set(main["labeler"])
+    assert all(0 < p < 1 for p in h["p_a"])
+    assert res.meta["judge"]["judged"] + res.meta["judge"]["cached"] == 2 * PAIRS  # each pair once more
+    prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
+    meta = {p: (f, m) for p, f, m in zip(prompts["prompt_id"], prompts["family"], prompts["meta"])}
+    ga = np.array([oracle(*meta[p], r)["harmless"] for p, r in zip(h["prompt_id"], h["response_a"])])
+    gb = np.array([oracle(*meta[p], r)["harmless"] for p, r in zip(h["prompt_id"], h["response_b"])])
+    got = res.meta["principles"]["harmless"]["agreement_with_gold_principle"]
+    want = A.agreement(np.asarray(h["p_a"]), ga, gb)
+    assert got == want or (np.isnan(got) and np.isnan(want))
+    trial = next(t for t in grid(load(FrontierConfig, "jobs/configs/smoke.yaml", over + ["sweep.principle_weights=[[1]]"]))
+                 if t["name"].startswith("principles-"))
+    assert trial["tag"] == "-ai" and trial["member_ids"] == ["-harmless"]  # proxy-1x8-ai-harmless (principle_tag)

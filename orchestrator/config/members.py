@@ -71,3 +71,14 @@ def lc_sizes(cfg: FrontierConfig) -> tuple[str, ...]:
 def lc_tag(tag: str, mode: str) -> str:
     """The name tag of a length-controlled proxy: ``<labels tag>-lc-<mode>`` (``proxy-2x16-lc-head``)."""
     return f"{tag}-lc-{mode}"
+
+
+def principle_size(cfg: FrontierConfig) -> str:
+    """The size whose per-principle proxies the aggregation trials optimize (issue 22)."""
+    return (cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names)[0]
+
+
+def principle_tag(cfg: FrontierConfig, principle: str) -> str:
+    """The name tag of a per-principle proxy: ``<labels tag>-<principle>`` (``proxy-2x64-harmless``,
+    with the judge's labels ``proxy-2x64-ai-harmless``)."""
+    return ("-ai" if cfg.label.source == "ai" else "") + f"-{principle}"

@@ -6,12 +6,8 @@ per-family principle weights and constrained RL over the per-principle proxies
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from orchestrator.config.loading import _check
-
-if TYPE_CHECKING:
-    from orchestrator.config.schema import FrontierConfig
 
 CONSTRAINT_BASES = ("reference", "frontier")
 
@@ -58,8 +54,9 @@ class ParetoConfig:
         _check(self.multiplier_lr > 0, "multiplier_lr", f"{self.multiplier_lr} must be > 0")
 
 
-def check(cfg: FrontierConfig) -> None:
-    """The section against the rest of the config."""
+def check(cfg) -> None:
+    """The section against the rest of the config (``cfg``: the FrontierConfig, which imports this
+    module -- hence no annotation)."""
     from pathlib import Path
 
     p, pr = cfg.pareto, list(cfg.proxy.principles)
@@ -70,9 +67,9 @@ def check(cfg: FrontierConfig) -> None:
                    f"{list(w)}: one weight per principle of proxy.principles {pr}")
             _check(f == "*" or cfg.task.name != "synthetic" or f in cfg.task.families, f"pareto.family_weights.{f}",
                    f"{f!r} is not one of task.families {list(cfg.task.families)} (or '*')")
-        _check("*" in p.family_weights or cfg.task.name != "synthetic"
-               or set(cfg.task.families) <= set(p.family_weights), "pareto.family_weights",
-               "names no weights for some families: add them or '*'")
+        _check("*" in p.family_weights or (cfg.task.name == "synthetic" and set(cfg.task.families) <= set(p.family_weights)),
+               "pareto.family_weights", "names no weights for some families: add them or '*' (a dataset's "
+               "families are its domain column's values: '*' is needed)")
     if p.constraint_levels:
         _check(len(pr) >= 2, "pareto.constraint_levels", "constrained RL needs proxy.principles with >= 2 principles")
         _check(p.constraint_maximize == "mean" or p.constraint_maximize in pr, "pareto.constraint_maximize",

@@ -434,7 +434,7 @@ class ProxyConfig:
     def __post_init__(self):
         _check(len(self.sizes) >= 1, "sizes", "at least one proxy size is needed")
         for i, p in enumerate(self.principles):
-            _check(p in PRINCIPLES, f"principles[{i}]", f"{p!r} is not one of {', '.join(PRINCIPLES)}")
+            _check(bool(p) and "-" not in p and "/" not in p, f"principles[{i}]", f"{p!r}: a name without '-' or '/'")
         _check(len(set(self.principles)) == len(self.principles), "principles", f"{list(self.principles)} has duplicates")
         for i, z in enumerate(self.principle_sizes):
             _check(z in self.names, f"principle_sizes[{i}]", f"{z!r} is not one of the proxies {list(self.names)}")
@@ -758,9 +758,14 @@ class FrontierConfig:
         if self.monitor.disjoint_size:
             _check(self.monitor.disjoint_size in self.proxy.names, "monitor.disjoint_size",
                    f"{self.monitor.disjoint_size!r} is not one of the proxies {list(self.proxy.names)}")
-        if self.proxy.principles:  # per-principle gold exists for the synthetic oracle's gold labels
-            _check(self.task.name == "synthetic" and self.label.source == "gold", "proxy.principles",
-                   "per-principle labels come from the synthetic oracle: task.name synthetic, label.source gold")
+        for i, p in enumerate(self.proxy.principles):  # per-principle gold: the Pareto front's axes
+            if self.task.name == "synthetic" and not self.gold.models:
+                _check(p in PRINCIPLES, f"proxy.principles[{i}]", f"{p!r} is not one of the oracle's {', '.join(PRINCIPLES)}")
+            else:
+                _check(p in self.gold.principles, f"proxy.principles[{i}]",
+                       f"{p!r} has no gold of its own: name its gold RM in gold.principles")
+            _check(self.label.source != "dataset" or p in self.label.dataset.principle_columns, f"proxy.principles[{i}]",
+                   f"{p!r}: label.source dataset needs its labels' column in label.dataset.principle_columns")
         for i, w in enumerate(self.sweep.principle_weights):
             _check(len(w) == len(self.proxy.principles), f"sweep.principle_weights[{i}]",
                    f"{list(w)}: one weight per principle of proxy.principles {list(self.proxy.principles)}")

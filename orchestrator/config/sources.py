@@ -3,7 +3,7 @@ gold reward models, and the name a model reference goes by (re-exported by ``sch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.config.loading import _check
 
@@ -72,6 +72,11 @@ class PreferenceDatasetConfig(DataSource):
     """The preferred response."""
     rejected_column: str = "rejected"
     """The other response."""
+    principle_columns: dict[str, str] = field(default_factory=dict)
+    """Per-principle labels of the same pairs (``proxy.principles``; issue 22): {principle: column}, the
+    column holding, per row, the preference for ``chosen`` over ``rejected`` on that principle alone --
+    a number in [0, 1] (1: chosen is better, 0: rejected is, soft values allowed); 0.5 (a tie) and
+    empty cells leave the row out of that principle's labels."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,10 @@ class GoldConfig:
     """Sequence-classification RMs with a one-label head (local paths, hub ids or ``tiny:ARCH-LxW-rm``),
     each scored through its own tokenizer and template; gold = their mean. Empty = the synthetic
     task's oracle (a dataset task needs at least one)."""
+    principles: dict[str, str] = field(default_factory=dict)
+    """Per-principle gold (issue 22; the Pareto front's axes with your own models): {principle: one of
+    ``gold.models``} -- that RM scores that principle (the overall gold stays the members' mean).
+    Empty = no per-principle gold (the synthetic oracle has its own)."""
     dtype: str = "float32"
     """The gold RMs' weights in memory: ``float32``, or ``bfloat16`` / ``float16`` to halve a 7B gold's
     memory (scores are returned as float)."""
@@ -92,3 +101,7 @@ class GoldConfig:
         _check(len(set(self.models)) == len(self.models), "models", f"{list(self.models)} has duplicates")
         keys = [model_key(m) for m in self.models]
         _check(len(set(keys)) == len(keys), "models", f"{keys}: two models go by one name")
+        for p, ref in self.principles.items():
+            _check(model_key(ref) in keys, f"principles.{p}", f"{ref!r} is not one of gold.models {list(self.models)}")
+        _check(len(set(map(model_key, self.principles.values()))) == len(self.principles), "principles",
+               "one gold RM per principle")

@@ -240,3 +240,43 @@ def generalization_effects(frontier: dict) -> dict[str, float | None]:
                     a, b = r[part].get("acc"), k0[part].get("acc")
                     out[f"Fine-tune {p} on {f}, k={r['k']}: {what} - k=0's"] = None if a is None or b is None else a - b
     return out
+
+
+def pareto_effects(frontier: dict) -> dict[str, float | None]:
+    """Issue 22 as per-seed numbers (jobs.seeds pools each over seeds): the front's hypervolume at the
+    runs' gold peaks and ends; at each equal-KL level, the constrained runs' hypervolume minus the
+    aggregations'; per per-principle proxy, its best-of-n peak gold against its own principle's gold;
+    per run, its gold gain at the peak (all principles), the KL there, the principles below the SFT
+    policy at its end, and for constrained runs the share of steps violating a constraint; the
+    learned weights; per kind of run, how often each principle overoptimized first."""
+    pa = frontier.get("pareto")
+    if not pa:
+        return {}
+    out: dict[str, float | None] = {"Pareto: hypervolume at the runs' gold peaks": pa["hypervolume"],
+                                    "Pareto: hypervolume at the runs' ends": pa["hypervolume_end"]}
+    comp = pa.get("compare")
+    if comp and {"aggregation", "constrained"} <= set(comp["hypervolume"]):
+        n = len(comp["kl"])
+        for i in range(n):
+            out[f"Pareto at equal KL ({i + 1}/{n} of the common range): hypervolume, constrained - aggregation"] = (
+                comp["hypervolume"]["constrained"][i] - comp["hypervolume"]["aggregation"][i])
+        for g, counts in comp["first_overoptimized"].items():
+            for p, c in counts.items():
+                out[f"First to overoptimize ({g} runs): {p}"] = float(c)
+    for e in frontier.get("bon", []):
+        if e.get("kind") == "principle":
+            out[f"BoN {e['proxy']} vs {e['principle']} gold: peak gold"] = max(q["gold"] for q in e["points"])
+    by = {e.get("trial"): e for e in frontier.get("rl", [])}
+    for p in pa["points"]:
+        t = p["trial"]
+        out[f"RL {t}: gold gain at its peak"] = max(q["gold"] for q in by[t]["points"]) if t in by else None
+        out[f"RL {t}: KL at its gold peak"] = p["peak"]["kl"]
+        out[f"RL {t}: principles below SFT at the end"] = float(len(p.get("degraded_end", [])))
+        lg = p.get("lagrange")
+        if lg and lg["violated_fraction"] and None not in lg["violated_fraction"]:
+            out[f"RL {t}: share of steps violating a constraint (mean)"] = float(np.mean(lg["violated_fraction"]))
+    learned = pa.get("learned")
+    if learned:
+        for pr, w in zip(learned["principles"], learned["weights"]):
+            out[f"Learned weight: {pr}"] = w
+    return out

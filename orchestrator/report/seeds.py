@@ -36,6 +36,7 @@ from orchestrator.report.pooled import (  # noqa: F401  (re-exported: jobs.seeds
     _monitor_runs,
     ensemble_effects,
     generalization_effects,
+    pareto_effects,
     pool_active,
     pool_calibration,
     pool_monitor,
@@ -243,7 +244,8 @@ def aggregate(runs: list[dict]) -> dict:
     per_effects = {str(r["seed"]): {**_trend_effects(r["frontier"]["checks"]),
                                     **_rl_effects(r["frontier"]["checks"].get("rl") or {}),
                                     **ensemble_effects(r["frontier"]),
-                                    **generalization_effects(r["frontier"])} for r in runs}
+                                    **generalization_effects(r["frontier"]),
+                                    **pareto_effects(r["frontier"])} for r in runs}
     effects = {}
     for label in dict.fromkeys(k for e in per_effects.values() for k in e):
         vals = {s: e.get(label) for s, e in per_effects.items()}

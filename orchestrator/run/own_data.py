@@ -137,6 +137,18 @@ def dataset_labels(cfg: FrontierConfig, out: Path) -> dict:
              "response_b": [t["rejected"][i] for i in keep], "p_a": [1.0] * len(keep),
              "labeler": ["dataset"] * len(keep), "principle": ["dataset"] * len(keep), "rationale": [""] * len(keep)}
     D.write_table(pairs, out / "preferences.parquet")
+    per_principle = {}
+    if cfg.proxy.principles:  # issue 22: each principle's labels of the same pairs, from its column
+        cols = DS.read_preference_columns(d.path, d.split, {p: d.principle_columns[p] for p in cfg.proxy.principles},
+                                          "label.dataset", d.subset)
+        for pr, vals in cols.items():
+            rows = [n for n, i in enumerate(keep) if vals[i] is not None and vals[i] != 0.5]  # ties, empty cells out
+            D.write_table({"pair_id": list(range(len(rows))), **{k: [pairs[k][n] for n in rows] for k in
+                           ("prompt_id", "prompt", "response_a", "response_b")},
+                           "p_a": [vals[keep[n]] for n in rows], "labeler": ["dataset"] * len(rows),
+                           "principle": [pr] * len(rows), "rationale": [""] * len(rows)}, out / f"preferences_{pr}.parquet")
+            per_principle[pr] = {"pairs": len(rows), "ties_dropped": sum(vals[i] == 0.5 for i in keep),
+                                 "empty_dropped": sum(vals[i] is None for i in keep)}
     both = {"prompt": pairs["prompt"] * 2, "response": pairs["response_a"] + pairs["response_b"],
             "family": ["dataset"] * (2 * len(keep)), "meta": ["{}"] * (2 * len(keep))}
     g, _ = score_gold(cfg, both)
@@ -145,4 +157,4 @@ def dataset_labels(cfg: FrontierConfig, out: Path) -> dict:
     log.info("label: %d pairs from %s (%d with chosen == rejected dropped); gold agrees with %.1f%% of them",
              len(keep), d.path, len(t["prompt"]) - len(keep), 100 * agree)
     return {"pairs": len(keep), "identical_dropped": len(t["prompt"]) - len(keep), "prompts": len(pid),
-            "gold_agreement": agree}
+            "gold_agreement": agree, **({"principles": per_principle} if per_principle else {})}

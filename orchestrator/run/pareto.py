@@ -13,12 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.config.members import principle_size, principle_tag
 from orchestrator.config.schema import ConfigError, FrontierConfig
-
-
-def principle_size(cfg: FrontierConfig) -> str:
-    """The size whose per-principle proxies the aggregation trials optimize."""
-    return (cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names)[0]
 
 
 def proxy_points(cfg: FrontierConfig) -> dict | None:
@@ -37,10 +33,11 @@ def proxy_points(cfg: FrontierConfig) -> dict | None:
         raise ConfigError(f"{key}: {path} is not a finished run's frontier.json ({e.__class__.__name__}: {e})") from None
     z, out = principle_size(cfg), {}
     for pr in cfg.proxy.principles:
-        curve = next((c for c in bon if isinstance(c, dict) and c.get("proxy") == f"proxy-{z}-{pr}"
+        name = f"proxy-{z}{principle_tag(cfg, pr)}"
+        curve = next((c for c in bon if isinstance(c, dict) and c.get("proxy") == name
                       and c.get("principle") == pr), None)
         if curve is None or not curve.get("points"):
-            raise ConfigError(f"{key}: {path} has no best-of-n curve of proxy-{z}-{pr} (a run with "
+            raise ConfigError(f"{key}: {path} has no best-of-n curve of {name} (a run with "
                               f"proxy.principles including {pr!r} and its size {z})")
         pts = curve["points"]
         i = int(np.argmax([p["gold"] for p in pts]))

@@ -22,6 +22,7 @@ import ray
 from actors.policy_learner import PolicyLearner
 from actors.reward_ensemble import RewardEnsemble
 from actors.rollout_generator import RolloutGenerator
+from orchestrator.config.members import principle_size, principle_tag
 from orchestrator.config.schema import (
     PRINCIPLES,
     FrontierConfig,
@@ -254,6 +255,8 @@ def stage_label(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: S
     if cfg.label.source != "dataset":
         label.pop("dataset")  # added with dataset labels: other sources keep their cache keys
     else:
+        if not cfg.label.dataset.principle_columns:  # added with issue 22: keys of runs without it stay
+            label["dataset"].pop("principle_columns")
         from orchestrator.data.tasks.dataset import fingerprint
 
         label["data"] = fingerprint(cfg.label.dataset.path, cfg.label.dataset.split, cfg.label.dataset.subset)
@@ -515,7 +518,7 @@ def stage_principle_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResul
     on that principle's labels of the same pairs (``preferences_<principle>.parquet``), otherwise as
     the job's own -- ``proxy-<size>-<principle>``. A principle whose gold ties on every pair (no
     labels) is left out with a warning."""
-    sizes = cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names
+    sizes = cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names  # (principle_size: the first)
     counts = label.meta.get("principles") or {}
     out = []
     for pr in cfg.proxy.principles:
@@ -524,7 +527,7 @@ def stage_principle_proxies(cfg: FrontierConfig, run_dir: Path, task: StageResul
                         (counts.get(pr) or {}).get("pairs", 0))
             continue
         out += _train_proxies(cfg, run_dir, task, sample, label, lms, progress, f"preferences_{pr}.parquet",
-                              f"-{pr}", [(s, 0) for s in sizes])
+                              principle_tag(cfg, pr), [(s, 0) for s in sizes])
     return out
 
 
@@ -536,8 +539,8 @@ def stage_learned_weights(cfg: FrontierConfig, run_dir: Path, task: StageResult,
     pool, as the RL run scales it), with a 90% bootstrap-by-prompt interval: ``learned.json``."""
     from orchestrator.math.pareto import learn_principle_weights
 
-    z = (cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names)[0]
-    names = [f"proxy-{z}-{pr}" for pr in cfg.proxy.principles]
+    z = principle_size(cfg)
+    names = [f"proxy-{z}{principle_tag(cfg, pr)}" for pr in cfg.proxy.principles]
     by = {proxy_name(p): p for p in principled}
     missing = [n for n in names if n not in by]
     if missing:
@@ -642,7 +645,7 @@ def stage_bon(cfg: FrontierConfig, run_dir: Path, task: StageResult, sample: Sta
                                   "scaling": cfg.proxy.member_scaling}
         by_principle: dict[str, list[str]] = {}
         for p in principled:
-            by_principle.setdefault(str(p.meta["inputs"]["tag"]).removeprefix("-"), []).append(add_scores(p))
+            by_principle.setdefault(str(p.meta["inputs"]["tag"]).rsplit("-", 1)[1], []).append(add_scores(p))
         D.write_table(samples, out / "bon_scores.parquet")
         result = bon_summary(samples, names, cfg.sample.bon_responses_per_prompt, cfg.n_max, cfg.bon.bootstrap,
                              stream(cfg.seed, "bon/bootstrap"))

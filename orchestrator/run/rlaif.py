@@ -63,6 +63,11 @@ def label_with_judge(cfg: FrontierConfig, run_dir: Path, out: Path, rows: dict, 
     few_shot = shots[: ai.few_shot]
     if ai.few_shot > len(shots):
         raise ConfigError(f"label.ai.few_shot: {ai.few_shot} examples asked, the constitution has {len(shots)}")
+    by_name = {p["name"]: p for p in principles}
+    for i, pr in enumerate(cfg.proxy.principles):  # per-principle judgments need that principle's text
+        if pr not in by_name:
+            raise ConfigError(f"proxy.principles[{i}]: {pr!r}: the judge's constitution "
+                              f"({ai.constitution or 'jobs/configs/constitution.yaml'}) has no principle of that name")
     rng = np.random.default_rng(seed)
     pairs = select_pairs(samples["prompt_id"], gold, ai.prompts, ai.pairs_per_prompt, rng)
     if not pairs:
@@ -77,18 +82,22 @@ def label_with_judge(cfg: FrontierConfig, run_dir: Path, out: Path, rows: dict, 
     cache = run_dir / "judge_cache" / f"{ai.judge.replace('/', '_')}.jsonl"
     grp = ActorGroup(A.AILabeler, cfg.cluster.labeler, ai.judge, ai.backend, ai.base_url, name="labeler",
                      batch_size=ai.batch_size, cache_path=str(cache), cot_tokens=ai.cot_tokens, seed=seed)
-    try:
+    def judge(texts: list[str], desc: str) -> dict:  # every pair under its principle's text, in chunks
         chunk = max(ai.batch_size * 4, 64)
         res = {k: [] for k in ("p_a", "p_a_ab", "p_a_ba", "rationale")}
-        t0 = time.perf_counter()
-        refs = [grp.one("label_direct", {k: v[s: s + chunk] for k, v in cols.items()}, p_text[s: s + chunk],
+        refs = [grp.one("label_direct", {k: v[s: s + chunk] for k, v in cols.items()}, texts[s: s + chunk],
                         ai.mitigate) if ai.direct else
-                grp.one("label", {k: v[s: s + chunk] for k, v in cols.items()}, p_text[s: s + chunk], ai.cot,
+                grp.one("label", {k: v[s: s + chunk] for k, v in cols.items()}, texts[s: s + chunk], ai.cot,
                         ai.mitigate, few_shot) for s in range(0, len(pairs), chunk)]
-        for r in tqdm(refs, desc="judge pairs", disable=not progress, leave=False):
+        for r in tqdm(refs, desc=desc, disable=not progress, leave=False):
             got = ray.get(r)
             for k in res:
                 res[k] += got[k]
+        return res
+
+    try:
+        t0 = time.perf_counter()
+        res = judge(p_text, "judge pairs")
         secs = time.perf_counter() - t0
         info = ray.get(grp.one("info"))
         meta = {"pairs": len(pairs), "judge": info, "template": A.TEMPLATE_VERSION,
@@ -97,6 +106,8 @@ def label_with_judge(cfg: FrontierConfig, run_dir: Path, out: Path, rows: dict, 
         meta["length_bias"] = length_bias(np.asarray(res["p_a"]), ga, gb, cols)
         if ai.measure_pairs:
             meta.update(measure_extra(grp, cols, p_text, ga, gb, ai, few_shot, rng))
+        per_principle = {pr: judge([by_name[pr]["text"]] * len(pairs), f"judge pairs: {pr}")
+                         for pr in cfg.proxy.principles}  # issue 22: the same pairs, judged by each principle alone
     finally:
         grp.shutdown()
     # the labeler column names the judge, the template version and the mode of judging
@@ -117,6 +128,14 @@ def label_with_judge(cfg: FrontierConfig, run_dir: Path, out: Path, rows: dict, 
             tab["rationale"].append(rat)
     meta["labeler"] = labeler
     D.write_table(prefs, out / "preferences.parquet")
+    if per_principle:
+        meta["principles"] = {}
+    for pr, r in per_principle.items():  # the per-principle proxies' labels, and the judge against that principle's gold
+        D.write_table({**prefs, "p_a": [float(x) for x in r["p_a"]], "principle": [pr] * len(pairs),
+                       "rationale": list(r["rationale"])}, out / f"preferences_{pr}.parquet")
+        gp = gold_principles[pr]
+        meta["principles"][pr] = {"pairs": len(pairs), "agreement_with_gold_principle": A.agreement(
+            np.asarray(r["p_a"]), gp[[i for i, _ in pairs]], gp[[j for _, j in pairs]])}
     if ai.compare_gold:
         D.write_table(gold_prefs, out / "preferences_gold.parquet")
     log.info("judge %s: %d pairs, agreement with gold %.3f, position bias %.3f, ECE %.3f (%.1f pairs/s)",

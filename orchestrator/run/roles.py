@@ -23,8 +23,9 @@ def gold_members(cfg: FrontierConfig) -> list[dict]:
     one-label head, its own tokenizer and template)."""
     if not cfg.gold.models:
         return [{"name": "oracle", "kind": "oracle"}]
-    return [{"name": f"gold-{model_key(m)}", "kind": "hf", "path": m, "head": "trained", "dtype": cfg.gold.dtype}
-            for m in cfg.gold.models]
+    of = {model_key(ref): p for p, ref in cfg.gold.principles.items()}
+    return [{"name": f"gold-{model_key(m)}", "kind": "hf", "path": m, "head": "trained", "dtype": cfg.gold.dtype,
+             **({"principle": of[model_key(m)]} if model_key(m) in of else {})} for m in cfg.gold.models]
 
 
 def gold_key(cfg: FrontierConfig) -> dict:
@@ -32,7 +33,8 @@ def gold_key(cfg: FrontierConfig) -> dict:
     if not cfg.gold.models:
         return {}
     return {"gold": list(cfg.gold.models), "template": cfg.task.dataset.chat_template,
-            **({"dtype": cfg.gold.dtype} if cfg.gold.dtype != "float32" else {})}
+            **({"dtype": cfg.gold.dtype} if cfg.gold.dtype != "float32" else {}),
+            **({"gold_principles": dict(sorted(cfg.gold.principles.items()))} if cfg.gold.principles else {})}
 
 
 def score_gold(cfg: FrontierConfig, rows: dict) -> tuple[np.ndarray, dict]:

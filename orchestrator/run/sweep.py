@@ -25,7 +25,13 @@ import ray
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
-from orchestrator.config.members import ensemble_sets, lc_sizes, lc_tag, warm_name
+from orchestrator.config.members import (
+    ensemble_sets,
+    lc_sizes,
+    lc_tag,
+    principle_size,
+    warm_name,
+)
 from orchestrator.config.schema import ConfigError, FrontierConfig, digest, to_dict
 from orchestrator.math.rl import (
     constrained_objective,
@@ -68,7 +74,7 @@ def grid(cfg: FrontierConfig) -> list[dict]:
                      "member_ids": [f"-lc-{mode}"], "objective": cfg.rl.objective, "kl_coef": 0.0, "seed": seed,
                      "tag": lab, "source": f"length-{mode}"} for z in lc_sizes(cfg)]
         if cfg.proxy.principles:  # fixed-weight aggregations of the per-principle proxies (issue 22)
-            z = (cfg.proxy.principle_sizes or cfg.rl.sizes or cfg.proxy.names)[0]
+            z = principle_size(cfg)
             for w in cfg.principle_weight_vectors():
                 out.append({"name": f"principles-{z}-w{'-'.join(f'{x:g}' for x in w)}-kl0{tag(seed)}",
                             "sizes": [z] * len(w), "member_ids": [f"-{p}" for p in cfg.proxy.principles],

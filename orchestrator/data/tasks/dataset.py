@@ -82,5 +82,31 @@ def read_columns(path: str, split: str, columns: dict[str, str], key: str, subse
     return out
 
 
+def read_preference_columns(path: str, split: str, columns: dict[str, str], key: str,
+                            subset: str = "") -> dict[str, list[float | None]]:
+    """``{name: column}`` of per-row preferences in [0, 1] (empty cells: None) -> ``{name: [...]}``;
+    a missing column, or a cell that is not a number in [0, 1], is a ``DataError`` naming the key,
+    the column and the row (``label.dataset.principle_columns``; issue 22)."""
+    import math
+
+    ds = _load(path, split, f"{key}.path", subset)
+    out = {}
+    for name, col in columns.items():
+        if col not in ds.column_names:
+            raise DataError(f"{key}.principle_columns.{name}: {path} has no column {col!r} (columns: "
+                            f"{', '.join(ds.column_names)})")
+        vals = []
+        for i, v in enumerate(ds[col]):
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                vals.append(None)
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise DataError(f"{key}.principle_columns.{name}: {path}: column {col!r}, row {i}: {v!r} is not a "
+                                "preference in [0, 1] (1: chosen better on this principle, 0: rejected; empty: none)")
+            vals.append(float(v))
+        out[name] = vals
+    return out
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
