@@ -162,16 +162,29 @@ def test_family_and_constrained_aggregates_by_hand():
 
 def test_compare_at_equal_kl_by_hand():
     # two aggregation runs and one constrained run over principles (x, y); KL per evaluation
-    agg = [("fixed", np.array([0.0, 1.0, 2.0]), np.array([[0, 0], [0.4, 0.2], [0.2, 0.1]])),
-           ("family", np.array([0.0, 2.0]), np.array([[0, 0], [0.2, 0.6]]))]
-    con = [("constrained", np.array([0.0, 0.5, 1.0]), np.array([[0, 0], [0.1, 0.1], [0.3, 0.3]]))]
+    run = lambda a, kl, G: (a, np.array(kl, float), np.array(G, float), np.array(G, float).sum(1))  # noqa: E731
+    agg = [run("fixed", [0.0, 1.0, 2.0], [[0, 0], [0.4, 0.2], [0.2, 0.1]]),  # overall gold peaks at KL 1
+           run("family", [0.0, 2.0], [[0, 0], [0.2, 0.6]])]  # at KL 2
+    con = [run("constrained", [0.0, 0.5, 1.0], [[0, 0], [0.1, 0.1], [0.3, 0.3]])]  # at KL 1
     out = PA.compare_at_kl(agg + con, ["x", "y"], levels=2)
+    # levels: 1/2 and 1 x the median peak KL (1), within the common reach (1)
     assert out["reach"] == {"aggregation": 2.0, "constrained": 1.0} and out["kl"] == [0.5, 1.0]
+    assert out["median_peak_kl"] == 1.0
+    # above the nadir of all three points at KL 1 -- (0.4, 0.2), (0.1, 0.3), (0.3, 0.3): (0.1, 0.2) --
+    # each aggregation point is on the nadir in one principle (no area); the constrained one 0.2 x 0.1
+    assert out["nadir"][1] == pytest.approx({"x": 0.1, "y": 0.2})
+    assert out["hypervolume_nadir"]["aggregation"][1] == pytest.approx(0.0)
+    assert out["hypervolume_nadir"]["constrained"][1] == pytest.approx(0.02)
+    assert PA.kl_levels([0.1, 0.2, 0.3], 1.0, 4) == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert PA.kl_levels([0.1, 0.2, 0.3], 0.15, 4) == pytest.approx([0.0375, 0.075, 0.1125, 0.15])  # one fits: even
     # at KL 0.5: fixed (0.2, 0.1), family halfway (0.05, 0.15): front area 0.2*0.1 + 0.05*0.05;
     # constrained (0.1, 0.1) -> 0.01. At KL 1: fixed (0.4, 0.2), family (0.1, 0.3): 0.4*0.2 + 0.1*0.1
     assert out["hypervolume"]["aggregation"] == pytest.approx([0.02 + 0.0025, 0.08 + 0.01])
     assert out["hypervolume"]["constrained"] == pytest.approx([0.01, 0.09])
     assert out["runs"] == {"aggregation": [2, 2], "constrained": [1, 1]}
+    assert out["gold_mean"]["aggregation"][0] == pytest.approx({"x": 0.125, "y": 0.125})
+    assert out["gold_sum"]["aggregation"] == pytest.approx([0.25, 0.5]) and out["gold_sum"]["constrained"] == [0.2, 0.6]
+    assert out["below_reference"]["constrained"] == [0.0, 0.0]
     # fixed: x and y both peak at KL 1 and fall -> x first (ties by name); family and constrained never fall
     assert out["first_overoptimized"]["aggregation"] == {"x": 1, "y": 0, "none": 1}
     assert out["first_overoptimized"]["constrained"] == {"x": 0, "y": 0, "none": 1}
@@ -228,14 +241,25 @@ def test_family_and_constrained_runs_on_the_pareto_smoke_sweep(pareto_smoke_run)
         if level > 0:  # above the reference, the constraints bind from the first step
             assert all(x > 0 for x in lg["final"]) and lg["violated_fraction"][0] > 0
     comp = fr["pareto"]["compare"]
-    assert set(comp["hypervolume"]) == {"aggregation", "constrained"} and len(comp["kl"]) == 4
+    assert set(comp["hypervolume"]) == {"aggregation", "constrained"} and 2 <= len(comp["kl"]) <= 4
+    runs = [e for e in fr["rl"] if e.get("size") == "principles"]
+    peaks = [e["points"][int(np.argmax([q["gold"] for q in e["points"]]))]["kl"] for e in runs]
+    assert comp["kl"] == pytest.approx(PA.kl_levels(peaks, min(comp["reach"].values()), 4))
     for g, kinds in (("aggregation", ("fixed", "learned", "family")), ("constrained", ("constrained",))):
         reach = [max(p["kl"] for p in e["points"]) for e in fr["rl"] if e.get("aggregation") in kinds]
         assert len(reach) == (5 if g == "aggregation" else 2)
         assert comp["runs"][g] == [sum(r >= k for r in reach) for k in comp["kl"]]  # a run counts where it reaches
-    assert comp["kl"][-1] == pytest.approx(min(comp["reach"].values()))
     report = (run_dir / "report.md").read_text()
     assert "Aggregation vs constrained runs at equal KL" in report and "max mean s.t. c=0.5" in report
+    from orchestrator.report.pooled import pareto_effects  # jobs.seeds' numbers
+
+    eff = pareto_effects(fr)
+    assert eff["Pareto: hypervolume at the runs' gold peaks"] == fr["pareto"]["hypervolume"]
+    assert eff["RL principles-1x8-max-mean-c0.5-kl0: share of steps violating a constraint (mean)"] == pytest.approx(
+        np.mean(by["principles-1x8-max-mean-c0.5-kl0"]["lagrange"]["violated_fraction"]))
+    at = [k for k in eff if k.startswith("Pareto at equal KL") and k.endswith("hypervolume, constrained - aggregation")]
+    assert eff[at[-1]] == pytest.approx(comp["hypervolume"]["constrained"][-1] - comp["hypervolume"]["aggregation"][-1])
+    assert len(at) == len(comp["kl"])
 
 
 def _history(run_dir, trial: str) -> list[dict]:
@@ -270,6 +294,19 @@ def test_constrained_run_checkpoints_its_multipliers_and_resumes_exactly(pareto_
     proxies = [res("proxy", d, m) for d, m in done if d.name.startswith("proxy-")]
     spec = {s.name: s for s in trial_specs(cfg, proxies, learned=[0.5, 0.5])}["principles-1x8-max-mean-c0.5-kl0"]
     assert spec.constraints["constrained"] == [0, 1] and spec.constraints["maximize"] is None
+    # constraint_base frontier, read from this very run: each unit is the proxy's best-of-n gain at its
+    # principle's gold peak, in the RL run's units (divided by the member's s.d. on the SFT pool)
+    from orchestrator.config.schema import FrontierConfig, load
+
+    cfg_f = load(FrontierConfig, "jobs/configs/pareto-smoke.yaml",
+                 ["pareto.constraint_base=frontier", f"pareto.constraint_frontier={run_dir}"])
+    spec_f = {s.name: s for s in trial_specs(cfg_f, proxies, learned=[0.5, 0.5])}["principles-1x8-max-mean-c0.5-kl0"]
+    bon = {e["proxy"]: e for e in json.loads((run_dir / "frontier.json").read_text())["bon"]}
+    want = []
+    for pr, m in zip(("harmless", "format"), spec_f.members):
+        pts = bon[f"proxy-1x8-{pr}"]["points"]
+        want.append(pts[int(np.argmax([q["gold"] for q in pts]))]["proxy"] / m["norm"][1])
+    assert spec_f.constraints["unit"] == pytest.approx(want) and spec_f.members == spec.members
     rl = dataclasses.replace(cfg.rl, steps=4, checkpoint_every=2)
     train_rows, eval_rows = P.rl_rows(cfg, task)
     slot = Slot(cfg.cluster.rl, str(sft.dir / "policy"), str(task.dir / "tokenizer"), list(spec.members), cfg.seed,
@@ -321,6 +358,8 @@ def test_constraint_thresholds_from_a_finished_frontier(tmp_path):
                    "format": {"proxy_point": 0.7, "kl": 2.0, "n": 4, "peaked": False}}  # still rising: a bound
     spec = constraint_spec(cfg, {"maximize": "harmless", "level": 1.0}, pts)
     assert spec["maximize"] == 0 and spec["constrained"] == [1] and spec["unit"] == [0.7] and spec["names"] == ["format"]
+    # in an RL run's units: members are scored divided by their s.d. on the SFT pool (rl.normalize_proxies)
+    assert constraint_spec(cfg, {"maximize": "harmless", "level": 1.0}, pts, [5.0, 2.0])["unit"] == [0.35]
     (fr / "frontier.json").write_text(json.dumps({"bon": [curve("harmless", [0, 1], [0, 1])]}))
     with pytest.raises(ConfigError, match="pareto.constraint_frontier: .* no best-of-n curve of proxy-1x8-format"):
         proxy_points(cfg)

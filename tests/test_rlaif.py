@@ -241,7 +241,8 @@ def test_per_principle_judgments_label_the_same_pairs(rlaif_run):
     assert h["response_a"] == main["response_a"] and h["response_b"] == main["response_b"] and len(h["p_a"]) == PAIRS
     assert set(h["principle"]) == {"harmless"} and set(h["labeler"]) == set(main["labeler"])
     assert all(0 < p < 1 for p in h["p_a"])
-    assert res.meta["judge"]["judged"] + res.meta["judge"]["cached"] == 2 * PAIRS  # each pair once more
+    assert res.meta["judge"]["judged"] + res.meta["judge"]["cached"] == PAIRS  # the overall labels (all cached)
+    assert sum(res.meta["principles_judge"].values()) == PAIRS  # and each pair once more, under harmless alone
     prompts = pq.read_table(task.dir / "prompts.parquet").to_pydict()
     meta = {p: (f, m) for p, f, m in zip(prompts["prompt_id"], prompts["family"], prompts["meta"])}
     ga = np.array([oracle(*meta[p], r)["harmless"] for p, r in zip(h["prompt_id"], h["response_a"])])

@@ -125,14 +125,23 @@ def pareto_section(runs: list[dict], principles: list[str], levels: int = 4) -> 
         row["degraded_end"] = [pr for pr in principles if (row["end"]["gold"][pr] or 0.0) < 0]
         pts.append(row)
         series.append((row["aggregation"], np.array([q["kl"] for q in p], float),
-                       np.array([[q["gold_principles"].get(pr, np.nan) for pr in principles] for q in p], float)))
+                       np.array([[q["gold_principles"].get(pr, np.nan) for pr in principles] for q in p], float),
+                       np.array(g, float)))
     out = {"principles": list(principles), "reference": {pr: 0.0 for pr in principles},
            "reference_is": "the SFT policy (gold gains are relative to it)", "points": pts}
+    Gs = {at: np.array([[r[at]["gold"][pr] for pr in principles] for r in pts], float).reshape(len(pts), len(principles))
+          for at in ("peak", "end")}
+    both = np.concatenate(list(Gs.values()))
+    ok = both[np.all(np.isfinite(both), axis=1)]
+    nadir = ok.min(axis=0) if len(ok) else np.zeros(len(principles))
+    out["nadir"] = {pr: float(v) for pr, v in zip(principles, nadir)}
     for at, key in (("peak", ""), ("end", "_end")):
-        G = np.array([[r[at]["gold"][pr] for pr in principles] for r in pts], float).reshape(len(pts), len(principles))
-        out["front" + key], out["hypervolume" + key] = front_and_hypervolume(G)
-    out["hypervolume_at"] = "each run's overall gold peak (front, hypervolume) and its last evaluation (_end)"
-    if len({AGGREGATION_GROUPS.get(a, a) for a, _, _ in series}) == 2:
+        out["front" + key], out["hypervolume" + key] = front_and_hypervolume(Gs[at])
+        f = out["front" + key]
+        out["hypervolume_nadir" + key] = hypervolume(Gs[at][f], nadir) if f else 0.0
+    out["hypervolume_at"] = ("each run's overall gold peak (front, hypervolume) and its last evaluation (_end); above "
+                             "the SFT policy (hypervolume) and above the nadir of all these points (hypervolume_nadir)")
+    if len({AGGREGATION_GROUPS.get(a, a) for a, *_ in series}) == 2:
         out["compare"] = compare_at_kl(series, principles, levels)
     return out
 
@@ -173,26 +182,49 @@ def first_overoptimized(kl: np.ndarray, G: np.ndarray, principles: list[str]) ->
     return (min(have, key=lambda p: (have[p], p)) if have else None), peaks
 
 
-def compare_at_kl(series: list[tuple[str, np.ndarray, np.ndarray]], principles: list[str], levels: int = 4) -> dict:
-    """Aggregation (fixed, learned, per-family weights) vs constrained runs at equal KL: at ``levels``
-    KLs evenly up to the largest both groups reach, each group's hypervolume (above the SFT policy)
-    of its runs' per-principle gold there (a run counts at the KLs it reaches); and which principle
-    overoptimizes first in each run (``first_overoptimized``), counted per group.
-    ``series``: (aggregation, kl [t], gold per principle [t, d]) per run."""
+def kl_levels(peaks: list[float], top: float, levels: int) -> list[float]:
+    """The KLs two kinds of runs are compared at: 1/2, 1, 2, 4, ... times the median KL of the runs'
+    gold peaks (where the comparison matters: past them every run degrades), those up to ``top`` (the
+    largest KL both kinds reach); evenly up to ``top`` when the peaks give fewer than two."""
+    m = float(np.median(peaks)) if len(peaks) else 0.0
+    out = [m * 2.0 ** (k - 1) for k in range(levels)] if m > 0 else []
+    out = [x for x in out if x <= top]
+    return out if len(out) >= 2 else [top * k / levels for k in range(1, levels + 1)]
+
+
+def compare_at_kl(series: list[tuple], principles: list[str], levels: int = 4) -> dict:
+    """Aggregation (fixed, learned, per-family weights) vs constrained runs at equal KL (``kl_levels``):
+    at each KL, each kind's runs that reach it (linear between evaluations) and their per-principle
+    gold there: the hypervolume above the SFT policy (``hypervolume``; 0 as soon as every run has
+    one principle at or below it) and above the nadir of both kinds' points at that KL
+    (``hypervolume_nadir``, the usual reference of multi-objective comparisons), the mean gain per
+    principle (``gold_mean``), the mean summed gain (``gold_sum``) and the mean number of principles
+    below the SFT policy (``below_reference``); and which principle overoptimizes first in each run
+    (``first_overoptimized``), counted per kind.
+    ``series``: (aggregation, kl [t], gold per principle [t, d], overall gold [t]) per run."""
     groups: dict[str, list] = {}
-    for a, kl, G in series:
+    for a, kl, G, _ in series:
         groups.setdefault(AGGREGATION_GROUPS.get(a, a), []).append((kl, G))
     reach = {g: max(float(np.nanmax(kl)) for kl, _ in rs) for g, rs in groups.items()}
-    top = min(reach.values())
-    out = {"kl": [], "hypervolume": {g: [] for g in groups}, "runs": {g: [] for g in groups}, "reach": reach}
-    for k in range(1, levels + 1):
-        level = top * k / levels
-        out["kl"].append(level)
-        for g, rs in groups.items():
-            at = [x for x in (gold_at_kl(kl, G, level) for kl, G in rs) if x is not None]
-            G = np.array(at, float).reshape(len(at), len(principles))
-            out["hypervolume"][g].append(front_and_hypervolume(G)[1])
-            out["runs"][g].append(len(at))
+    peaks = [float(kl[int(np.nanargmax(g))]) for _, kl, _, g in series if np.isfinite(g).any()]
+    out = {"kl": kl_levels(peaks, min(reach.values()), levels), "reach": reach,
+           "median_peak_kl": float(np.median(peaks)) if peaks else None, "nadir": [],
+           **{k: {g: [] for g in groups} for k in
+              ("hypervolume", "hypervolume_nadir", "runs", "gold_mean", "gold_sum", "below_reference")}}
+    for level in out["kl"]:
+        at = {g: np.array([x for x in (gold_at_kl(kl, G, level) for kl, G in rs) if x is not None], float)
+              .reshape(-1, len(principles)) for g, rs in groups.items()}
+        both = np.concatenate(list(at.values()))
+        nadir = np.nanmin(both, axis=0) if len(both) else np.zeros(len(principles))
+        out["nadir"].append({p: float(v) for p, v in zip(principles, nadir)})
+        for g, G in at.items():
+            front, hv = front_and_hypervolume(G)
+            out["hypervolume"][g].append(hv)
+            out["hypervolume_nadir"][g].append(hypervolume(G[front], nadir) if front else 0.0)
+            out["runs"][g].append(len(G))
+            out["gold_mean"][g].append({p: float(G[:, j].mean()) if len(G) else None for j, p in enumerate(principles)})
+            out["gold_sum"][g].append(float(G.sum(1).mean()) if len(G) else None)
+            out["below_reference"][g].append(float((G < 0).sum(1).mean()) if len(G) else None)
     out["first_overoptimized"] = {}
     for g, rs in groups.items():
         counts = {pr: 0 for pr in principles}
@@ -201,8 +233,10 @@ def compare_at_kl(series: list[tuple[str, np.ndarray, np.ndarray]], principles: 
             first, _ = first_overoptimized(kl, G, principles)
             counts[first or "none"] += 1
         out["first_overoptimized"][g] = counts
-    out["note"] = ("hypervolume of each group's runs at equal KL (0 = no run above the SFT policy in every principle); "
-                   "first_overoptimized: per run, the principle whose gold peaks (and falls) at the smallest KL")
+    out["note"] = ("each kind's runs at equal KL (1/2, 1, 2, 4 x the median KL of the runs' gold peaks, up to the "
+                   "largest KL both kinds reach); hypervolume above the SFT policy (0 = no run above it in every "
+                   "principle) and above the nadir of both kinds' points there; first_overoptimized: per run, the "
+                   "principle whose gold peaks (and falls) at the smallest KL")
     return out
 
 

@@ -253,13 +253,22 @@ def pareto_effects(frontier: dict) -> dict[str, float | None]:
     if not pa:
         return {}
     out: dict[str, float | None] = {"Pareto: hypervolume at the runs' gold peaks": pa["hypervolume"],
-                                    "Pareto: hypervolume at the runs' ends": pa["hypervolume_end"]}
+                                    "Pareto: hypervolume at the runs' ends": pa["hypervolume_end"],
+                                    "Pareto: hypervolume above the nadir, at the peaks": pa.get("hypervolume_nadir"),
+                                    "Pareto: hypervolume above the nadir, at the ends": pa.get("hypervolume_nadir_end")}
     comp = pa.get("compare")
     if comp and {"aggregation", "constrained"} <= set(comp["hypervolume"]):
         n = len(comp["kl"])
         for i in range(n):
-            out[f"Pareto at equal KL ({i + 1}/{n} of the common range): hypervolume, constrained - aggregation"] = (
+            m = comp.get("median_peak_kl")
+            at = (f"Pareto at equal KL = {comp['kl'][i] / m:.2g} x the median gold-peak KL" if m else
+                  f"Pareto at equal KL ({i + 1}/{n} of the common range)")
+            out[f"{at}: hypervolume, constrained - aggregation"] = (
                 comp["hypervolume"]["constrained"][i] - comp["hypervolume"]["aggregation"][i])
+            for k, what in (("hypervolume_nadir", "hypervolume above the nadir"), ("gold_sum", "mean summed gold gain"),
+                            ("below_reference", "mean principles below SFT")):
+                a, b = (comp.get(k, {}).get(g, [None] * n)[i] for g in ("constrained", "aggregation"))
+                out[f"{at}: {what}, constrained - aggregation"] = None if a is None or b is None else a - b
         for g, counts in comp["first_overoptimized"].items():
             for p, c in counts.items():
                 out[f"First to overoptimize ({g} runs): {p}"] = float(c)

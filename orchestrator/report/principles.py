@@ -119,7 +119,9 @@ def pareto_lines(pareto: dict, has_png: bool) -> list[str]:
              f"Runs optimizing aggregations of the per-principle proxies (fixed, learned and per-family weights) "
              f"and constrained runs; gold gains over the SFT policy per principle at each run's overall gold peak. "
              f"Non-dominated: {len(pareto['front'])} of {len(pareto['points'])}; hypervolume above the SFT policy "
-             f"{pareto['hypervolume']:.4f} at the peaks, {pareto['hypervolume_end']:.4f} at the runs' ends.", ""]
+             f"{pareto['hypervolume']:.4g} at the peaks, {pareto['hypervolume_end']:.4g} at the runs' ends; above the "
+             f"nadir of these points {pareto.get('hypervolume_nadir', float('nan')):.4g} and "
+             f"{pareto.get('hypervolume_nadir_end', float('nan')):.4g}.", ""]
     if has_png:
         lines += ["![pareto](pareto.png)", ""]
     lines += ["| run | aggregation | KL at peak | " + " | ".join(prs) + " | on the front | below SFT at the end |",
@@ -132,12 +134,19 @@ def pareto_lines(pareto: dict, has_png: bool) -> list[str]:
     lines.append("")
     comp = pareto.get("compare")
     if comp:
-        lines += ["Aggregation vs constrained runs at equal KL (hypervolume of each kind's runs where their KL reaches "
-                  "it; runs counted in brackets), and the principle whose gold peaks first in each run:", "",
-                  "| KL | " + " | ".join(comp["hypervolume"]) + " |", "|---|" + "---|" * len(comp["hypervolume"])]
+        gs = list(comp["hypervolume"])
+        lines += ["Aggregation vs constrained runs at equal KL (1/2, 1, 2, 4 x the median KL of the runs' gold peaks), "
+                  "each kind's runs where their KL reaches it (counted in brackets): the hypervolume of their gold "
+                  "gains above the SFT policy and above the nadir of both kinds' points there, their mean summed gain "
+                  "and their mean number of principles below the SFT policy; and the principle whose gold peaks first "
+                  "in each run:", "",
+                  "| KL | " + " | ".join(f"{g}: hypervolume (SFT / nadir) | summed gain | below SFT" for g in gs) + " |",
+                  "|---|" + "---|---|---|" * len(gs)]
         for i, kl in enumerate(comp["kl"]):
-            lines.append(f"| {kl:.3g} | " + " | ".join(f"{hv[i]:.4f} ({comp['runs'][g][i]})"
-                                                     for g, hv in comp["hypervolume"].items()) + " |")
+            lines.append(f"| {kl:.3g} | " + " | ".join(
+                f"{comp['hypervolume'][g][i]:.3g} / {comp.get('hypervolume_nadir', {}).get(g, [float('nan')] * (i + 1))[i]:.3g}"
+                f" ({comp['runs'][g][i]}) | {fmt(comp['gold_sum'][g][i])} | "
+                f"{fmt(comp['below_reference'][g][i], 2)}" for g in gs) + " |")
         lines += ["", "First to overoptimize: " + "; ".join(
             f"{g}: " + ", ".join(f"{p} {c}" for p, c in counts.items() if c) for g, counts in
             comp["first_overoptimized"].items()), ""]

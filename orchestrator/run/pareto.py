@@ -46,11 +46,14 @@ def proxy_points(cfg: FrontierConfig) -> dict | None:
     return out
 
 
-def constraint_spec(cfg: FrontierConfig, c: dict, points: dict | None) -> dict:
-    """A constrained trial's ``RunSpec.constraints`` (members in ``proxy.principles``' order)."""
+def constraint_spec(cfg: FrontierConfig, c: dict, points: dict | None, scales: list[float] | None = None) -> dict:
+    """A constrained trial's ``RunSpec.constraints`` (members in ``proxy.principles``' order).
+    ``scales``: each member's score scale in the RL run (``rl.normalize_proxies`` divides scores by
+    their s.d. on the SFT pool): a proxy point, read in raw best-of-n units, is divided by it."""
     pr = list(cfg.proxy.principles)
     mx = None if c["maximize"] == "mean" else pr.index(c["maximize"])
     idx = [i for i in range(len(pr)) if i != mx]
-    unit = "sd" if points is None else [points[pr[i]]["proxy_point"] for i in idx]
+    sc = scales or [1.0] * len(pr)
+    unit = "sd" if points is None else [points[pr[i]]["proxy_point"] / sc[i] for i in idx]
     return {"maximize": mx, "constrained": idx, "names": [pr[i] for i in idx], "level": float(c["level"]),
             "unit": unit, "lr": cfg.pareto.multiplier_lr}

@@ -108,6 +108,9 @@ def label_with_judge(cfg: FrontierConfig, run_dir: Path, out: Path, rows: dict, 
             meta.update(measure_extra(grp, cols, p_text, ga, gb, ai, few_shot, rng))
         per_principle = {pr: judge([by_name[pr]["text"]] * len(pairs), f"judge pairs: {pr}")
                          for pr in cfg.proxy.principles}  # issue 22: the same pairs, judged by each principle alone
+        if per_principle:  # what those judgments cost (the judge's cache answers the ones it has seen)
+            after = ray.get(grp.one("info"))
+            meta["principles_judge"] = {k: after[k] - info[k] for k in ("judged", "cached")}
     finally:
         grp.shutdown()
     # the labeler column names the judge, the template version and the mode of judging

@@ -167,7 +167,9 @@ def trial_specs(cfg: FrontierConfig, proxies: list[StageResult], calibration: di
     points = proxy_points(cfg) if any("constraints" in t for t in trials) else None
     return [RunSpec(t["name"], tuple(members[n] for n in names(t)), t["objective"], t["kl_coef"],
                     sum(by_name[n].meta["params"] for n in names(t)), labels=labels(t), monitors=monitors(t),
-                    constraints=constraint_spec(cfg, t["constraints"], points) if "constraints" in t else {})
+                    constraints=constraint_spec(cfg, t["constraints"], points,
+                                                [members[n].get("norm", (0.0, 1.0))[1] for n in names(t)])
+                    if "constraints" in t else {})
             for t in trials]
 
 
