@@ -167,7 +167,7 @@ def test_compare_at_equal_kl_by_hand():
            run("family", [0.0, 2.0], [[0, 0], [0.2, 0.6]])]  # at KL 2
     con = [run("constrained", [0.0, 0.5, 1.0], [[0, 0], [0.1, 0.1], [0.3, 0.3]])]  # at KL 1
     out = PA.compare_at_kl(agg + con, ["x", "y"], levels=2)
-    # levels: 1/2 and 1 x the median peak KL (1), within the common reach (1)
+    # levels: from half the median peak KL (1) to the common reach (1), log-spaced
     assert out["reach"] == {"aggregation": 2.0, "constrained": 1.0} and out["kl"] == [0.5, 1.0]
     assert out["median_peak_kl"] == 1.0
     # above the nadir of all three points at KL 1 -- (0.4, 0.2), (0.1, 0.3), (0.3, 0.3): (0.1, 0.2) --
@@ -175,8 +175,8 @@ def test_compare_at_equal_kl_by_hand():
     assert out["nadir"][1] == pytest.approx({"x": 0.1, "y": 0.2})
     assert out["hypervolume_nadir"]["aggregation"][1] == pytest.approx(0.0)
     assert out["hypervolume_nadir"]["constrained"][1] == pytest.approx(0.02)
-    assert PA.kl_levels([0.1, 0.2, 0.3], 1.0, 4) == pytest.approx([0.1, 0.2, 0.4, 0.8])
-    assert PA.kl_levels([0.1, 0.2, 0.3], 0.15, 4) == pytest.approx([0.0375, 0.075, 0.1125, 0.15])  # one fits: even
+    assert PA.kl_levels([0.1, 0.2, 0.3], 10.0, 3) == pytest.approx([0.1, 1.0, 10.0])
+    assert PA.kl_levels([4.0, 4.0], 1.0, 4) == pytest.approx([0.25, 0.5, 0.75, 1.0])  # peaks past the reach: even
     # at KL 0.5: fixed (0.2, 0.1), family halfway (0.05, 0.15): front area 0.2*0.1 + 0.05*0.05;
     # constrained (0.1, 0.1) -> 0.01. At KL 1: fixed (0.4, 0.2), family (0.1, 0.3): 0.4*0.2 + 0.1*0.1
     assert out["hypervolume"]["aggregation"] == pytest.approx([0.02 + 0.0025, 0.08 + 0.01])

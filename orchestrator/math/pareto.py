@@ -183,13 +183,14 @@ def first_overoptimized(kl: np.ndarray, G: np.ndarray, principles: list[str]) ->
 
 
 def kl_levels(peaks: list[float], top: float, levels: int) -> list[float]:
-    """The KLs two kinds of runs are compared at: 1/2, 1, 2, 4, ... times the median KL of the runs'
-    gold peaks (where the comparison matters: past them every run degrades), those up to ``top`` (the
-    largest KL both kinds reach); evenly up to ``top`` when the peaks give fewer than two."""
-    m = float(np.median(peaks)) if len(peaks) else 0.0
-    out = [m * 2.0 ** (k - 1) for k in range(levels)] if m > 0 else []
-    out = [x for x in out if x <= top]
-    return out if len(out) >= 2 else [top * k / levels for k in range(1, levels + 1)]
+    """The KLs two kinds of runs are compared at: ``levels`` log-spaced from half the median KL of the
+    runs' gold peaks (where the runs are at their best; past it they degrade) to ``top``, the largest
+    KL both kinds reach (where they have overoptimized) -- runs here peak within a few tenths of a nat
+    and end tens of nats away; evenly up to ``top`` when the peaks are not below it."""
+    lo = 0.5 * float(np.median(peaks)) if len(peaks) else 0.0
+    if not 0 < lo < top:
+        return [top * k / levels for k in range(1, levels + 1)]
+    return [float(x) for x in np.geomspace(lo, top, levels)]
 
 
 def compare_at_kl(series: list[tuple], principles: list[str], levels: int = 4) -> dict:
@@ -233,7 +234,7 @@ def compare_at_kl(series: list[tuple], principles: list[str], levels: int = 4) -
             first, _ = first_overoptimized(kl, G, principles)
             counts[first or "none"] += 1
         out["first_overoptimized"][g] = counts
-    out["note"] = ("each kind's runs at equal KL (1/2, 1, 2, 4 x the median KL of the runs' gold peaks, up to the "
+    out["note"] = ("each kind's runs at equal KL (log-spaced from half the median KL of the runs' gold peaks to the "
                    "largest KL both kinds reach); hypervolume above the SFT policy (0 = no run above it in every "
                    "principle) and above the nadir of both kinds' points there; first_overoptimized: per run, the "
                    "principle whose gold peaks (and falls) at the smallest KL")

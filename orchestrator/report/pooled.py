@@ -260,9 +260,7 @@ def pareto_effects(frontier: dict) -> dict[str, float | None]:
     if comp and {"aggregation", "constrained"} <= set(comp["hypervolume"]):
         n = len(comp["kl"])
         for i in range(n):
-            m = comp.get("median_peak_kl")
-            at = (f"Pareto at equal KL = {comp['kl'][i] / m:.2g} x the median gold-peak KL" if m else
-                  f"Pareto at equal KL ({i + 1}/{n} of the common range)")
+            at = f"Pareto at equal KL, level {i + 1} of {n} (half the median gold-peak KL ... the common reach)"
             out[f"{at}: hypervolume, constrained - aggregation"] = (
                 comp["hypervolume"]["constrained"][i] - comp["hypervolume"]["aggregation"][i])
             for k, what in (("hypervolume_nadir", "hypervolume above the nadir"), ("gold_sum", "mean summed gold gain"),

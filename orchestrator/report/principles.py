@@ -135,7 +135,8 @@ def pareto_lines(pareto: dict, has_png: bool) -> list[str]:
     comp = pareto.get("compare")
     if comp:
         gs = list(comp["hypervolume"])
-        lines += ["Aggregation vs constrained runs at equal KL (1/2, 1, 2, 4 x the median KL of the runs' gold peaks), "
+        lines += ["Aggregation vs constrained runs at equal KL (log-spaced from half the median KL of the runs' gold peaks "
+                  "to the largest KL both kinds reach), "
                   "each kind's runs where their KL reaches it (counted in brackets): the hypervolume of their gold "
                   "gains above the SFT policy and above the nadir of both kinds' points there, their mean summed gain "
                   "and their mean number of principles below the SFT policy; and the principle whose gold peaks first "
