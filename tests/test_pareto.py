@@ -304,8 +304,12 @@ def test_constrained_run_checkpoints_its_multipliers_and_resumes_exactly(pareto_
     bon = {e["proxy"]: e for e in json.loads((run_dir / "frontier.json").read_text())["bon"]}
     want = []
     for pr, m in zip(("harmless", "format"), spec_f.members):
-        pts = bon[f"proxy-1x8-{pr}"]["points"]
-        want.append(pts[int(np.argmax([q["gold"] for q in pts]))]["proxy"] / m["norm"][1])
+        c = bon[f"proxy-1x8-{pr}"]
+        k = (c.get("fit") or {}).get("kl_peak")
+        pts = c["points"]
+        raw = (np.interp(k, [q["kl"] for q in pts], [q["proxy"] for q in pts]) if k and np.isfinite(k) and k > 0
+               else pts[int(np.argmax([q["gold"] for q in pts]))]["proxy"])
+        want.append(raw / m["norm"][1])
     assert spec_f.constraints["unit"] == pytest.approx(want) and spec_f.members == spec.members
     rl = dataclasses.replace(cfg.rl, steps=4, checkpoint_every=2)
     train_rows, eval_rows = P.rl_rows(cfg, task)
@@ -353,9 +357,19 @@ def test_constraint_thresholds_from_a_finished_frontier(tmp_path):
     over = ["proxy.principles=[harmless,format]", "pareto.constraint_levels=[1]", "pareto.constraint_maximize=harmless",
             "pareto.constraint_base=frontier", f"pareto.constraint_frontier={fr}"]
     cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", over)
+    pts = proxy_points(cfg)  # no fits: the n of the highest measured gold
+    assert pts == {"harmless": {"proxy_point": 0.5, "kl": 1.0, "source": "empirical", "peaked": True},
+                   "format": {"proxy_point": 0.7, "kl": 2.0, "source": "empirical", "peaked": False}}  # a bound
+    fitted = [{**curve("harmless", [0, 0.3, 0.2], [0, 0.5, 0.9]), "fit": {"kl_peak": 1.5}},
+              {**curve("format", [0, 0.1, 0.4], [0, 0.2, 0.7]), "fit": {"kl_peak": 3.0}}]
+    (fr / "frontier.json").write_text(json.dumps({"bon": fitted}))
+    # the Gao fit's peak: the proxy interpolated there (harmless: halfway from 0.5 to 0.9); past the
+    # largest n (format): the last measured point, a bound
+    assert proxy_points(cfg) == {"harmless": {"proxy_point": pytest.approx(0.7), "kl": 1.5, "source": "fit", "peaked": True},
+                                 "format": {"proxy_point": 0.7, "kl": 2.0, "source": "fit", "peaked": False}}
+    (fr / "frontier.json").write_text(json.dumps({"bon": [
+        curve("harmless", [0, 0.3, 0.2], [0, 0.5, 0.9]), curve("format", [0, 0.1, 0.4], [0, 0.2, 0.7])]}))
     pts = proxy_points(cfg)
-    assert pts == {"harmless": {"proxy_point": 0.5, "kl": 1.0, "n": 2, "peaked": True},
-                   "format": {"proxy_point": 0.7, "kl": 2.0, "n": 4, "peaked": False}}  # still rising: a bound
     spec = constraint_spec(cfg, {"maximize": "harmless", "level": 1.0}, pts)
     assert spec["maximize"] == 0 and spec["constrained"] == [1] and spec["unit"] == [0.7] and spec["names"] == ["format"]
     # in an RL run's units: members are scored divided by their s.d. on the SFT pool (rl.normalize_proxies)

@@ -26,7 +26,8 @@ class ParetoConfig:
     subject to every other principle's proxy r_i >= c_i, with c_i = reference_i + level x unit_i:
     reference_i is r_i's mean on the SFT policy's evaluation samples (the run's step-0 evaluation)
     and unit_i its standard deviation there (``constraint_base: reference``) or r_i's best-of-n gain
-    at its own principle's gold peak in a finished run (``frontier``: level 1 is that proxy point).
+    at its own principle's gold peak in a finished run -- the peak KL of that curve's Gao fit
+    (``frontier``: level 1 is that proxy point).
     Level 0 = no principle's proxy falls below the SFT policy. Empty = off."""
     constraint_maximize: str = "mean"
     """What the constrained runs maximize: one of ``proxy.principles`` (the others are constrained)

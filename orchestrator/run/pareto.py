@@ -18,10 +18,13 @@ from orchestrator.config.schema import ConfigError, FrontierConfig
 
 
 def proxy_points(cfg: FrontierConfig) -> dict | None:
-    """``pareto.constraint_base: frontier``: per principle, its proxy's best-of-n gain at the n where
-    that principle's gold peaks (the empirical peak over the curve's n), from the finished run's
-    frontier.json -- {principle: {"proxy_point", "kl", "n", "peaked"}} (``peaked`` false: gold still
-    rose at the largest n, so the point is a lower bound). None with ``reference``."""
+    """``pareto.constraint_base: frontier``: per principle, its proxy's best-of-n gain where that
+    principle's gold peaks, from the finished run's frontier.json: at the peak KL of the curve's Gao
+    fit (gold = d (alpha - beta d), d = sqrt(KL); the proxy's gain interpolated there between the
+    measured n), or, without a fitted peak, at the n of the highest measured gold --
+    {principle: {"proxy_point", "kl", "source": "fit" | "empirical", "peaked"}} (``peaked`` false:
+    the peak lies past the largest n, so the point is the last measured one, a lower bound). None
+    with ``reference``."""
     if cfg.pareto.constraint_base != "frontier":
         return None
     path = Path(cfg.pareto.constraint_frontier).expanduser()
@@ -40,9 +43,15 @@ def proxy_points(cfg: FrontierConfig) -> dict | None:
             raise ConfigError(f"{key}: {path} has no best-of-n curve of {name} (a run with "
                               f"proxy.principles including {pr!r} and its size {z})")
         pts = curve["points"]
-        i = int(np.argmax([p["gold"] for p in pts]))
-        out[pr] = {"proxy_point": float(pts[i]["proxy"]), "kl": float(pts[i]["kl"]), "n": int(pts[i]["n"]),
-                   "peaked": i < len(pts) - 1}
+        kl, prox = np.array([p["kl"] for p in pts], float), np.array([p["proxy"] for p in pts], float)
+        k = (curve.get("fit") or {}).get("kl_peak")
+        if k is not None and np.isfinite(k) and k > 0:
+            out[pr] = {"proxy_point": float(np.interp(k, kl, prox)), "kl": float(min(k, kl.max())), "source": "fit",
+                       "peaked": bool(k <= kl.max())}
+        else:
+            i = int(np.argmax([p["gold"] for p in pts]))
+            out[pr] = {"proxy_point": float(prox[i]), "kl": float(kl[i]), "source": "empirical",
+                       "peaked": i < len(pts) - 1}
     return out
 
 
