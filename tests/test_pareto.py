@@ -217,6 +217,9 @@ def test_family_and_constrained_runs_on_the_pareto_smoke_sweep(pareto_smoke_run)
     by = {e["trial"]: e for e in fr["rl"]}
     fam = by["principles-1x8-family-kl0"]
     assert fam["objective"] == "family:*=0.5,0.5;list=0,1;unsafe=1,0" and fam["aggregation"] == "family"
+    pt = next(p for p in fr["pareto"]["points"] if p["trial"] == "principles-1x8-family-kl0")
+    q = next(x for x in fam["points"] if x["step"] == pt["peak"]["step"])  # each principle's proxy, by principle
+    assert pt["peak"]["proxy"] == {pr: q["proxy_members"][f"proxy-1x8-{pr}"] for pr in ("harmless", "format")}
     for level in (0.0, 0.5):
         e = by[f"principles-1x8-max-mean-c{level:g}-kl0"]
         lg = e["lagrange"]

@@ -119,9 +119,13 @@ def pareto_section(runs: list[dict], principles: list[str], levels: int = 4) -> 
         i = int(np.nanargmax(g)) if np.isfinite(g).any() else len(p) - 1
         row = {"trial": e.get("trial", e.get("proxy")), "aggregation": e.get("aggregation", "fixed")}
         row.update({k: e[k] for k in ("weights", "constraints", "lagrange") if k in e})
+        names = list(e.get("members") or [])  # the per-principle proxies, in the principles' order
         for at, q in (("peak", p[i]), ("end", p[-1])):
+            pm = q.get("proxy_members") or {}
+            proxy = ({pr: pm.get(n) for pr, n in zip(principles, names)} if len(names) == len(principles)
+                     else dict(pm))  # each principle's proxy change (by member name if they do not line up)
             row[at] = {"step": q["step"], "kl": q["kl"], "gold": {pr: q["gold_principles"].get(pr) for pr in principles},
-                       "proxy": {pr: v for pr, v in (q.get("proxy_members") or {}).items()}}
+                       "proxy": proxy}
         row["degraded_end"] = [pr for pr in principles if (row["end"]["gold"][pr] or 0.0) < 0]
         pts.append(row)
         series.append((row["aggregation"], np.array([q["kl"] for q in p], float),
