@@ -34,12 +34,15 @@ def smoke_run(ray_session, tmp_path_factory):
 
 EXTENDED = ["proxy.holdout_families=[capital]", "generalization.length_controls=[regress,head]",
             "generalization.length_control_sizes=[1x8]", "generalization.finetune_budgets=[0,20,60]"]
-"""Issue 21 on the smoke profile: a held-out family, length-controlled proxies, fine-tuning budgets."""
+"""Issue 21's options (a held-out family, length-controlled proxies, fine-tuning budgets) added to
+``jobs/configs/pareto-smoke.yaml`` (issue 22's smoke sweep): one run for both issues' e2e tests."""
 
 
 @pytest.fixture(scope="session")
 def extended_smoke_run(smoke_run, tmp_path_factory):
-    """The smoke run's stages reused, then ``EXTENDED``'s options in one more run."""
+    """The smoke run's stages reused, then ``jobs/configs/pareto-smoke.yaml`` (the smoke profile plus
+    per-principle proxies and their fixed, learned, per-family and constrained trials) with
+    ``EXTENDED``'s options, in one more run."""
     import shutil
 
     from orchestrator.config.schema import FrontierConfig, load
@@ -48,28 +51,12 @@ def extended_smoke_run(smoke_run, tmp_path_factory):
     _, run0, _ = smoke_run
     run_dir = tmp_path_factory.mktemp("smoke-extended")
     shutil.copytree(run0 / "stages", run_dir / "stages")
-    cfg = load(FrontierConfig, "jobs/configs/smoke.yaml", EXTENDED)
-    return cfg, run_dir, run_frontier(cfg, run_dir, progress=False)
-
-
-@pytest.fixture(scope="session")
-def pareto_smoke_run(smoke_run, tmp_path_factory):
-    """``jobs/configs/pareto-smoke.yaml`` (issue 22: per-principle proxies; fixed, learned, per-family
-    and constrained trials), the smoke run's stages reused (the profile is the smoke profile plus these)."""
-    import shutil
-
-    from orchestrator.config.schema import FrontierConfig, load
-    from orchestrator.run.pipeline import run_frontier
-
-    _, run0, _ = smoke_run
-    run_dir = tmp_path_factory.mktemp("smoke-pareto")
-    shutil.copytree(run0 / "stages", run_dir / "stages")
-    cfg = load(FrontierConfig, "jobs/configs/pareto-smoke.yaml")
+    cfg = load(FrontierConfig, "jobs/configs/pareto-smoke.yaml", EXTENDED)
     return cfg, run_dir, run_frontier(cfg, run_dir, progress=False)
 
 
 # fixtures that run a pipeline (minutes): a test using one belongs to the slow tier
-SLOW_FIXTURES = ("smoke_run", "extended_smoke_run", "pareto_smoke_run")
+SLOW_FIXTURES = ("smoke_run", "extended_smoke_run")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -73,7 +73,7 @@ def test_lagrangian_reward_by_hand():
 
 
 @pytest.mark.slow
-def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(pareto_smoke_run):
+def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(extended_smoke_run):
     """``proxy.principles``: the same pairs labelled by each principle's gold alone (ties dropped), a
     proxy per principle trained on them, and its best-of-n curve measured against that principle's
     gold (recomputed here from the pool)."""
@@ -84,7 +84,7 @@ def test_per_principle_labels_proxies_and_frontiers_on_the_smoke_run(pareto_smok
     from orchestrator.data.tasks.synthetic import oracle
     from orchestrator.math.bon import bon_curves, pool_matrix
 
-    cfg, tmp_path, fr = pareto_smoke_run  # per-principle proxies; fixed, learned, per-family, constrained runs
+    cfg, tmp_path, fr = extended_smoke_run  # per-principle proxies; fixed, learned, per-family, constrained runs
     label_dir = next(d for d in (tmp_path / "stages").glob("label-*")
                      if "principles" in json.loads((d / "DONE.json").read_text())["inputs"])
     prompts = pq.read_table(next((tmp_path / "stages").glob("task-*")) / "prompts.parquet").to_pydict()
@@ -207,13 +207,13 @@ def test_logistic_weights_by_hand_and_recovered():
 
 
 @pytest.mark.slow
-def test_family_and_constrained_runs_on_the_pareto_smoke_sweep(pareto_smoke_run):
+def test_family_and_constrained_runs_on_the_pareto_smoke_sweep(extended_smoke_run):
     """``pareto.family_weights`` and ``pareto.constraint_levels`` on jobs/configs/pareto-smoke.yaml: the
     per-family trial names its weights in its objective; each constrained trial sets its thresholds from the
     SFT policy's samples (level 0: the reference level itself), moves its multipliers by the
     projected step on every step's slack, and logs the Lagrangian it optimized; the front compares
     the two kinds of aggregation at equal KL."""
-    cfg, run_dir, fr = pareto_smoke_run
+    cfg, run_dir, fr = extended_smoke_run
     by = {e["trial"]: e for e in fr["rl"]}
     fam = by["principles-1x8-family-kl0"]
     assert fam["objective"] == "family:*=0.5,0.5;list=0,1;unsafe=1,0" and fam["aggregation"] == "family"
@@ -274,7 +274,7 @@ def _history(run_dir, trial: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_constrained_run_checkpoints_its_multipliers_and_resumes_exactly(pareto_smoke_run, tmp_path):
+def test_constrained_run_checkpoints_its_multipliers_and_resumes_exactly(extended_smoke_run, tmp_path):
     """A constrained run cut after its step-2 checkpoint and resumed restores its thresholds and
     multipliers from the checkpoint (not from a new step-0 evaluation, not from zero) and continues
     exactly as the uninterrupted run: the same multipliers, slacks and metrics, step by step."""
@@ -287,7 +287,7 @@ def test_constrained_run_checkpoints_its_multipliers_and_resumes_exactly(pareto_
     from orchestrator.run.stages import StageResult
     from orchestrator.run.sweep import trial_specs
 
-    cfg, run_dir, _ = pareto_smoke_run
+    cfg, run_dir, _ = extended_smoke_run
     done = [(d, json.loads((d / "DONE.json").read_text())) for d in sorted(run_dir.glob("stages/*-*"))
             if (d / "DONE.json").is_file()]
     res = lambda kind, d, m: StageResult(kind, d.name.rsplit("-", 1)[1], d, m, True)  # noqa: E731
@@ -300,9 +300,10 @@ def test_constrained_run_checkpoints_its_multipliers_and_resumes_exactly(pareto_
     # constraint_base frontier, read from this very run: each unit is the proxy's best-of-n gain at its
     # principle's gold peak, in the RL run's units (divided by the member's s.d. on the SFT pool)
     from orchestrator.config.schema import FrontierConfig, load
+    from tests.conftest import EXTENDED
 
     cfg_f = load(FrontierConfig, "jobs/configs/pareto-smoke.yaml",
-                 ["pareto.constraint_base=frontier", f"pareto.constraint_frontier={run_dir}"])
+                 [*EXTENDED, "pareto.constraint_base=frontier", f"pareto.constraint_frontier={run_dir}"])
     spec_f = {s.name: s for s in trial_specs(cfg_f, proxies, learned=[0.5, 0.5])}["principles-1x8-max-mean-c0.5-kl0"]
     bon = {e["proxy"]: e for e in json.loads((run_dir / "frontier.json").read_text())["bon"]}
     want = []
