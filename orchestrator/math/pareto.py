@@ -140,9 +140,8 @@ def pareto_section(runs: list[dict], principles: list[str], levels: int = 4) -> 
     nadir = ok.min(axis=0) if len(ok) else np.zeros(len(principles))
     out["nadir"] = {pr: float(v) for pr, v in zip(principles, nadir)}
     for at, key in (("peak", ""), ("end", "_end")):
-        out["front" + key], out["hypervolume" + key] = front_and_hypervolume(Gs[at])
-        f = out["front" + key]
-        out["hypervolume_nadir" + key] = hypervolume(Gs[at][f], nadir) if f else 0.0
+        out["front" + key], out["hypervolume" + key], out["hypervolume_nadir" + key] = front_and_hypervolume(
+            Gs[at], nadir)
     out["hypervolume_at"] = ("each run's overall gold peak (front, hypervolume) and its last evaluation (_end); above "
                              "the SFT policy (hypervolume) and above the nadir of all these points (hypervolume_nadir)")
     if len({AGGREGATION_GROUPS.get(a, a) for a, *_ in series}) == 2:
@@ -150,12 +149,14 @@ def pareto_section(runs: list[dict], principles: list[str], levels: int = 4) -> 
     return out
 
 
-def front_and_hypervolume(G: np.ndarray) -> tuple[list[int], float]:
-    """The non-dominated rows of ``G`` [n, d] among the finite ones, and their hypervolume above 0."""
+def front_and_hypervolume(G: np.ndarray, nadir: np.ndarray | None = None) -> tuple:
+    """The non-dominated rows of ``G`` [n, d] among the finite ones and their hypervolume above 0
+    (the SFT policy); with ``nadir``, also their hypervolume above it: (front, hv[, hv_nadir])."""
     ok = np.all(np.isfinite(G), axis=1) if len(G) else np.zeros(0, bool)
     idx = [int(j) for j in np.flatnonzero(ok)]
     front = [idx[j] for j in non_dominated(G[idx])] if idx else []
-    return front, (hypervolume(G[front], np.zeros(G.shape[1])) if front else 0.0)
+    hv = lambda ref: hypervolume(G[front], ref) if front else 0.0  # noqa: E731
+    return (front, hv(np.zeros(G.shape[1]))) if nadir is None else (front, hv(np.zeros(G.shape[1])), hv(nadir))
 
 
 def gold_at_kl(kl: np.ndarray, G: np.ndarray, level: float) -> np.ndarray | None:
@@ -223,9 +224,9 @@ def compare_at_kl(series: list[tuple], principles: list[str], levels: int = 4) -
         nadir = np.nanmin(both, axis=0) if len(both) else np.zeros(len(principles))
         out["nadir"].append({p: float(v) for p, v in zip(principles, nadir)})
         for g, G in at.items():
-            front, hv = front_and_hypervolume(G)
+            _, hv, hv_nadir = front_and_hypervolume(G, nadir)
             out["hypervolume"][g].append(hv)
-            out["hypervolume_nadir"][g].append(hypervolume(G[front], nadir) if front else 0.0)
+            out["hypervolume_nadir"][g].append(hv_nadir)
             out["runs"][g].append(len(G))
             out["gold_mean"][g].append({p: float(G[:, j].mean()) if len(G) else None for j, p in enumerate(principles)})
             out["gold_sum"][g].append(float(G.sum(1).mean()) if len(G) else None)
