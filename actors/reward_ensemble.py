@@ -208,7 +208,7 @@ class RewardEnsemble:
             self.threads = max(1, int(num_cpus))
             torch.set_num_threads(self.threads)
         self.tokenizer_dir, self.chat_template = tokenizer_dir, chat_template
-        self.batch_tokens = batch_tokens  # most padded tokens per forward pass (0: 1024 rows to score)
+        self.batch_tokens = batch_tokens  # tokens per scoring pass (0: models.SCORE_TOKENS)
         self.device = role_device(device)
         self.dtype = dtype  # bfloat16: forward passes under autocast (fp32 master weights for training)
         self._calls: dict[str, int] = {}
@@ -305,26 +305,28 @@ class RewardEnsemble:
 
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _rm_scores(self, model, seqs: list[list[int]], pad_id: int, batch: int = 1024) -> np.ndarray:
+    def _rm_scores(self, model, seqs: list[list[int]], pad_id: int) -> np.ndarray:
+        """The model's scores of token sequences, batch-invariant: every pass has a shape fixed by
+        its rows' length bucket (``models.invariant_chunks``), so a sequence's score does not depend
+        on the other sequences scored with it -- the run's in-process scores and the reward service's
+        (``orchestrator.run.rm_server``) agree bit for bit however requests are batched."""
         with autocast(self.device, self.dtype):
-            return self._rm_scores_in(model, seqs, pad_id, batch)
+            return self._rm_scores_in(model, seqs, pad_id)
 
-    def _rm_scores_in(self, model, seqs: list[list[int]], pad_id: int, batch: int) -> np.ndarray:
+    def _rm_scores_in(self, model, seqs: list[list[int]], pad_id: int) -> np.ndarray:
+        from orchestrator.nn.codec import max_positions
+
         res = np.empty(len(seqs), np.float64)
-        if self.batch_tokens:  # length-bounded batches: memory set in tokens, not rows
-            for idx in _hf().token_chunks([len(s) for s in seqs], self.batch_tokens, batch):
-                ids, mask = _hf().pad_right([seqs[j] for j in idx], pad_id)
-                res[idx] = model(input_ids=ids.to(self.device),
-                                 attention_mask=mask.to(self.device)).logits[:, 0].float().cpu().numpy()
-            return res
-        out = []
-        order = np.argsort([len(s) for s in seqs])  # similar lengths together: less padding
-        for i in range(0, len(seqs), batch):
-            idx = order[i: i + batch]
-            ids, mask = _hf().pad_right([seqs[j] for j in idx], pad_id)
-            out.append(model(input_ids=ids.to(self.device),
-                             attention_mask=mask.to(self.device)).logits[:, 0].float().cpu().numpy())
-        res[order] = np.concatenate(out) if out else np.zeros(0)
+        budget = self.batch_tokens or _hf().SCORE_TOKENS
+        for idx, t, rows in _hf().invariant_chunks([len(s) for s in seqs], budget, max_positions(model.config)):
+            batch = [seqs[j] for j in idx] + [seqs[idx[-1]]] * (rows - len(idx))
+            ids = torch.full((rows, t), pad_id, dtype=torch.long)
+            mask = torch.zeros((rows, t), dtype=torch.long)
+            for i, s in enumerate(batch):
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+            res[idx] = model(input_ids=ids.to(self.device),
+                             attention_mask=mask.to(self.device)).logits[: len(idx), 0].float().cpu().numpy()
         return res
 
     def _bt_backward(self, model, useqs: list[list[int]], pad_id: int, loss_of, heads: int = 1) -> torch.Tensor:
@@ -389,6 +391,17 @@ class RewardEnsemble:
         Returns ``Scores`` with values ``[b, k]``; the oracle also fills per-principle scores.
         ``sealed``: wrap the numbers so they can only be read inside ``metrics_scope()`` (the RL
         loop scores gold this way: the information barrier is enforced, not just promised)."""
+        # the role's threads, whoever calls (a colocated trial's process runs every role): a GEMM's
+        # rounding depends on how many threads split it, and the reward service scores with these
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            out = self._score(rows)
+        finally:
+            torch.set_num_threads(prev)
+        return seal(out) if sealed else out
+
+    def _score(self, rows: dict[str, list]) -> Scores:
         b = len(rows["response"])
         values = np.zeros((b, len(self.members)))
         principles: dict[str, np.ndarray] = {}
@@ -418,8 +431,7 @@ class RewardEnsemble:
             if len(bad):
                 raise RewardMemberError(f"{self.role} member {name!r} failed: gave {len(bad)} non-finite "
                                         f"score(s), first on row {int(bad[0])}")
-        out = Scores(values=values, members=self.names, principles=principles)
-        return seal(out) if sealed else out
+        return Scores(values=values, members=self.names, principles=principles)
 
     def score_rollouts(self, batch, src: dict[str, list], sealed: bool = False) -> Scores:
         """``score`` of a ``RolloutBatch`` straight from a generator (Ray hands the batch over

@@ -1,4 +1,4 @@
-"""``python -m jobs.bench {frontier,rl,label,sync,gpu}``: benchmarks (``orchestrator/run/bench.py`` says what each
+"""``python -m jobs.bench {frontier,rl,label,sync,serve,gpu}``: benchmarks (``orchestrator/run/bench.py`` says what each
 measures, ``orchestrator/run/bench_gpu.py`` the GPU profile; ``--help`` prints it)."""
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orchestrator.config.loading import _check
+from orchestrator.config.serve import ServeConfig
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,11 @@ class TrialResources:
     ``broadcast`` (a process group of the learner and the generators: NCCL device to device when
     all of them hold GPUs, else gloo; ``orchestrator.nn.broadcast``). The same weights bit for bit.
     Not with ``colocate`` (one process: nothing to send)."""
+    reward_service: str = "actor"
+    """Where the run's proxy and gold score: ``actor`` (the slot's ensemble actors) or ``serve``
+    (the reward service, ``orchestrator.run.rm_server``, deployed by the sweep: scoring scales apart from the
+    learner, its replicas from ``cluster.serve.models``). The same scores bit for bit, so the same
+    run; the slot's proxy actor stays for the monitor's latent features."""
     generator_restarts: int = 3
     """Times Ray restarts a RolloutGenerator whose process died (killed, OOM, its node lost) within
     a run: the run re-pushes the policy's weights and retries the step, so the results equal an
@@ -131,6 +137,8 @@ class TrialResources:
     death fails the run, which Tune retries from its last checkpoint (``sweep.max_failures``)."""
 
     def __post_init__(self):
+        _check(self.reward_service in ("actor", "serve"), "reward_service",
+               f"{self.reward_service!r} must be actor or serve")
         _check(self.generator_restarts >= 0, "generator_restarts", f"{self.generator_restarts} must be >= 0")
         _check(self.weight_sync in ("object_store", "broadcast"), "weight_sync",
                f"{self.weight_sync!r} must be object_store or broadcast")
@@ -193,6 +201,9 @@ class ClusterConfig:
     """The AILabeler (RLAIF judge) replicas, when ``label.source: ai``."""
     rl: TrialResources = field(default_factory=TrialResources)
     """The actors of one RL run (its own placement group)."""
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    """The reward service (``python -m jobs.serve``): HTTP address, batching, load shedding,
+    replicas per model."""
 
     def __post_init__(self):
         _check(self.num_cpus >= 0, "num_cpus", "must be >= 0 (0 = all)")

@@ -98,6 +98,43 @@ def set_threads(num_cpus: float) -> int:
     return n
 
 
+SCORE_TOKENS = 512
+"""Tokens (rows x padded length) of one batch-invariant scoring pass when a role sets no
+``batch_tokens``."""
+
+
+def score_bucket(length: int, max_len: int = 0) -> int:
+    """The padded length a sequence of ``length`` tokens is scored at: the next multiple of 16 up to
+    256 tokens, of 64 beyond (at most 1/8 of the tokens are padding past 128), capped at the model's
+    ``max_len`` (0 = no cap)."""
+    step = 16 if length <= 256 else 64
+    b = -(-max(length, 1) // step) * step
+    return max(length, min(b, max_len)) if max_len else b
+
+
+def invariant_chunks(lengths: list[int], budget: int, max_len: int = 0) -> list[tuple[list[int], int, int]]:
+    """Batch-invariant scoring passes: ``(indices, padded length T, rows R)`` per pass, where T is
+    the bucket of every sequence in it (``score_bucket``) and R = max(1, budget // T) rows depends on
+    T alone -- a pass is always of shape [R, T], the last one per bucket filled up with copies.
+
+    Why: a GEMM's rounding depends on its shape (the kernel's blocking, a GEMV path for one row), so
+    padding a row to its batch's longest sequence, or scoring it among more or fewer rows, changes
+    its score in the last bits (~5% of rows, up to ~7e-7, measured on the default's proxies). With
+    the shape a function of the row's own length, a row's score is the same whichever rows it is
+    scored with: in a run's best-of-n pool, an RL chunk, or a served request batched with other
+    clients' (issue 23: the service returns exactly what the run computed; cf. SGLang #2427 and
+    He and Thinking Machines Lab 2025, "Defeating nondeterminism in LLM inference", on batch invariance)."""
+    by: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by.setdefault(score_bucket(n, max_len), []).append(i)
+    out = []
+    for t in sorted(by):
+        rows = max(1, budget // t)
+        idx = by[t]
+        out += [(idx[k: k + rows], t, rows) for k in range(0, len(idx), rows)]
+    return out
+
+
 def token_chunks(lengths: list[int], budget: int, max_rows: int) -> list[list[int]]:
     """Indices into ``lengths`` sorted by length and cut into chunks of at most ``max_rows`` rows
     whose padded size (rows x longest) stays within ``budget`` tokens (0 = rows only); a row longer

@@ -10,6 +10,9 @@ the Ray-actor version against the same loop with every role in this process, and
 installed -- TRL's RLOO trainer on the same model, reward model, prompts and batch, side by side.
 
 ``python -m jobs.bench sync``: the learner -> generators weight sync, object store vs broadcast.
+
+``python -m jobs.bench serve``: the reward service under 1, 8 and 64 concurrent clients on loopback
+(``orchestrator/run/bench_serve.py``).
 """
 
 from __future__ import annotations
@@ -382,8 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--batch-size", type=int, default=16)
     lb.add_argument("--cot-tokens", type=int, default=48)
     lb.add_argument("--seed", type=int, default=0)
+    from orchestrator.run.bench_serve import add_parser, bench_serve
+
+    add_parser(sub)
     args = p.parse_args(argv)
-    result = {"frontier": bench_frontier, "rl": bench_rl, "label": bench_label, "sync": bench_sync}[args.what](args)
+    result = {"frontier": bench_frontier, "rl": bench_rl, "label": bench_label, "sync": bench_sync,
+              "serve": bench_serve}[args.what](args)
     print(json.dumps(result))
     return 0 if result.get("rc", 0) == 0 else 1
 

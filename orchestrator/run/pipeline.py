@@ -486,5 +486,9 @@ def run_frontier(cfg: FrontierConfig, run_dir: Path, progress: bool = True) -> d
         from orchestrator.math.monitor import monitor_section
 
         frontier["monitor"] = monitor_section(cfg.monitor.rules(), monitored)
+    from orchestrator.run.service import write_manifest
+
+    # what `python -m jobs.serve` serves (issue 23): written before frontier.json marks the run finished
+    write_manifest(cfg, run_dir, task, proxies + members + principled + halves, calibration)
     write_report(run_dir, frontier, {"timings": timings, "calibration": calibration})
     return frontier

@@ -23,10 +23,12 @@ class Slot:
 
     def __init__(self, resources: TrialResources, policy_dir: str, tokenizer_dir: str, members: list[dict],
                  seed: int, gold: bool | list = True, local: bool = False, name: str = "rl", pg: tuple | None = None,
-                 chat_template: str = "auto"):
+                 chat_template: str = "auto", reward_app: str = ""):
         """pg: ``(placement_group, first bundle index)`` to place the role actors into an existing
         group (a Tune trial's own) instead of creating one. ``gold``: False (no gold ensemble), True
-        (the task's oracle) or the gold ensemble's member dicts (gold RMs)."""
+        (the task's oracle) or the gold ensemble's member dicts (gold RMs). ``reward_app``: the
+        reward service's Serve application that scores for the proxy and gold roles
+        (``cluster.rl.reward_service: serve``; ``service_client.ServiceScorer``)."""
         self.local, self.pg = local, None
         placement: dict = {}
         if not local:
@@ -75,6 +77,12 @@ class Slot:
         self.gold = (ActorGroup(RewardEnsemble, resources.gold, "gold", gold_members,
                                 placement=placement.get("gold"), local=local, chat_template=chat_template)
                      if gold else None)
+        if reward_app:  # scoring through the service; the actors keep the rest (the monitor's features)
+            from orchestrator.run.service_client import ServiceScorer
+
+            self.proxy = ServiceScorer(reward_app, self.proxy, list(members), self.local)
+            if self.gold is not None:
+                self.gold = ServiceScorer(reward_app, self.gold, gold_members, self.local)
         self.members = list(members)
 
     def open_weight_group(self) -> None:

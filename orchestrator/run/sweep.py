@@ -221,11 +221,12 @@ def _rl_trial(spec, out: Path, ctx: dict) -> None:
     if res.colocate:
         set_threads(res.num_cpus)
         slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, ctx.get("gold", True), local=True,
-                    chat_template=ctx.get("template", "auto"))
+                    chat_template=ctx.get("template", "auto"), reward_app=ctx.get("reward_app", ""))
     else:
         pg = ray.util.get_current_placement_group()
         slot = Slot(res, ctx["policy"], ctx["tokenizer"], list(spec.members), seed, ctx.get("gold", True), pg=(pg, 0),
-                    chat_template=ctx.get("template", "auto"))  # empty head: not in the group
+                    chat_template=ctx.get("template", "auto"),  # empty head: not in the group
+                    reward_app=ctx.get("reward_app", ""))
     pending: list = []  # checkpoints waiting for the evaluation of their weights
 
     slow = os.environ.get("RLHF_FRONTIER_SLOW_TRIAL", "").rsplit(":", 1)  # "trial-name:seconds" per step:
@@ -332,6 +333,10 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
                "policy": str(sft.dir / "policy"), "tokenizer": tokenizer_dir(task),
                "gold": gold_members(cfg) if cfg.gold.models else True, "template": cfg.task.dataset.chat_template,
                "train_rows": train_rows, "eval_rows": eval_rows, "seed": cfg.seed}
+        if cfg.cluster.rl.reward_service == "serve":  # proxy and gold score on the reward service
+            from orchestrator.run.service_client import deploy_for_rl
+
+            ctx["reward_app"] = deploy_for_rl(cfg, run_dir, task, proxies, calibration)
         trainable = tune.with_resources(tune.with_parameters(rl_trial, ctx=ctx), trial_resources(cfg))
         # the experiment's state is tiny: snapshot it every 2 s (Tune's default starts at 10 s), so a
         # driver killed early still leaves a restorable experiment
@@ -374,7 +379,13 @@ def stage_sweep(cfg: FrontierConfig, run_dir: Path, task: StageResult, sft: Stag
                     callbacks=[SweepProgress(len(todo), cfg.rl.steps, progress), *wandb_callbacks(cfg, run_dir)],
                     verbose=0,  # SweepProgress shows the sweep: a bar on a terminal, a log line every 30 s
                     log_to_file=True))
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            if ctx.get("reward_app"):
+                from orchestrator.run.service_client import undeploy
+
+                undeploy(ctx["reward_app"])
         fatal = [json.loads((d / "FATAL.json").read_text()) for d in dirs if (d / "FATAL.json").is_file()]
         if fatal:
             # set the stopped experiment aside: a rerun after the fix builds a fresh one, and every
