@@ -64,9 +64,10 @@ class ServeConfig:
     batch_wait_ms: float = 5.0
     """How long a model's batch waits for more requests before it runs."""
     max_ongoing_requests: int = 16
-    """Requests the HTTP entry point works on at once (per replica)."""
+    """Score requests the HTTP entry point works on at once (per entry replica)."""
     max_queued_requests: int = 64
-    """Requests waiting beyond those; more are refused at once with 503 and ``Retry-After``."""
+    """Score requests waiting beyond those (per entry replica); more are refused at once with 503
+    and ``Retry-After``."""
     retry_after_s: int = 1
     """The ``Retry-After`` of a 503 (seconds)."""
     max_rows: int = 1024

@@ -12,8 +12,9 @@ the HTTP request (``orchestrator.run.service``), fans it out and aggregates:
 * ``GET /v1/models`` -- name, role, parameters, calibration, normalization of each model
 * ``GET /healthz``
 
-Overload sheds at once: more than ``max_queued_requests`` waiting -> 503 with ``Retry-After``
-(Serve's backpressure, or a model's queue full). Binds to 127.0.0.1 unless the config says
+Overload sheds at once: more than ``max_queued_requests`` waiting beyond the
+``max_ongoing_requests`` at work -> 503 with ``Retry-After`` (per entry replica; Serve's own
+backpressure is a second line). Binds to 127.0.0.1 unless the config says
 otherwise; elsewhere a bearer token is required (only its SHA-256 reaches the replicas).
 
 ``serve run orchestrator.run.rm_server:app run_dir=RUN`` accepts it too (``--host`` / ``--port`` are then
@@ -98,6 +99,11 @@ class RewardService:
         self.prompts = prompt_table(manifest)
         self.kind = {e["name"]: e["member"]["kind"] for e in manifest["models"]}
         self._parameters: dict | None = None
+        # admission: max_ongoing score requests work at once, max_queued more wait, the rest get 503
+        # at once. Done here, not by Serve's router: a router that finds every replica at capacity
+        # retries with a backoff, and at 64 clients that cut throughput from 82 to 8 requests/s
+        self._working = asyncio.Semaphore(limits["max_ongoing"])
+        self._inside = 0
 
     def _authorized(self, request: Request) -> bool:
         if not self.token:
@@ -130,8 +136,6 @@ class RewardService:
         return out
 
     async def __call__(self, request: Request) -> JSONResponse:
-        from ray.serve.exceptions import BackPressureError
-
         path = request.url.path.rstrip("/") or "/"
         routes = {"/healthz": "GET", "/v1/models": "GET", "/v1/score": "POST"}
         if path not in routes:
@@ -148,13 +152,19 @@ class RewardService:
                     got = await asyncio.gather(*[self.models[m].parameters.remote() for m in self.models])
                     self._parameters = dict(zip(self.models, got))
                 return JSONResponse(models_listing(self.man, self._parameters))
-            req = parse_score(await request.body(), self.man, self.prompts, self.limits["max_rows"],
-                              self.limits["max_chars"])
-            return JSONResponse(answer(await self.score_rows(req.rows, req.models), req, self.man))
+            if self._inside >= self.limits["max_ongoing"] + self.limits["max_queued"]:
+                return _error(503, f"overloaded: {self._inside} requests in progress or waiting; retry later",
+                              self.limits["retry_after_s"])
+            self._inside += 1
+            try:
+                async with self._working:
+                    req = parse_score(await request.body(), self.man, self.prompts, self.limits["max_rows"],
+                                      self.limits["max_chars"])
+                    return JSONResponse(answer(await self.score_rows(req.rows, req.models), req, self.man))
+            finally:
+                self._inside -= 1
         except RequestError as e:
             return _error(e.status, e.message)
-        except BackPressureError:
-            return _error(503, "overloaded: a model's queue is full; retry later", self.limits["retry_after_s"])
 
 
 def build_app(man: dict, cfg, token: str = "", roles: dict | None = None):
@@ -163,22 +173,26 @@ def build_app(man: dict, cfg, token: str = "", roles: dict | None = None):
     role's scoring settings (dtype, batch_tokens, threads) where they are not the manifest's (an RL
     run's roles are ``cluster.rl``'s)."""
     models = {}
+    pieces = max(cfg.max_batch_rows, cfg.max_ongoing_requests * -(-cfg.max_rows // cfg.max_batch_rows) + 8)
     for e in man["models"]:
         s = cfg.model(e["name"])
         role = (roles or man["roles"])[e["role"]]
-        # no queue limit of its own: the entry bounds what is in flight (its max_ongoing_requests x the
-        # pieces of a request); a model limit would count one request's simultaneous pieces as a queue
-        d = RewardModelServer.options(name=f"model-{e['name']}", max_ongoing_requests=max(cfg.max_batch_rows, 8),
-                                      **s.deployment_options())
+        # room for every piece the entry can have in flight (its working requests x a request's pieces):
+        # no queue limit of its own (it would count one request's simultaneous pieces as a queue), and
+        # a router never backs off from a model at capacity
+        d = RewardModelServer.options(name=f"model-{e['name']}", max_ongoing_requests=pieces, **s.deployment_options())
         models[e["name"]] = d.bind(e["role"], e["member"], man["tokenizer"], role["threads"], man["chat_template"],
                                    role["batch_tokens"], role["dtype"], "cuda" if s.num_gpus else "cpu",
                                    cfg.max_batch_rows, cfg.batch_wait_ms / 1000)
-    entry = RewardService.options(name="entry", max_ongoing_requests=cfg.max_ongoing_requests,
+    # the entry admits (and sheds) itself; Serve's own queue and 503 are the second line
+    entry = RewardService.options(name="entry",
+                                  max_ongoing_requests=cfg.max_ongoing_requests + cfg.max_queued_requests + 8,
                                   max_queued_requests=cfg.max_queued_requests,
                                   backpressure_config={"status_code": 503, "retry_after_s": cfg.retry_after_s},
                                   **cfg.entry.deployment_options())
     limits = {"max_rows": cfg.max_rows, "max_chars": cfg.max_chars, "max_batch_rows": cfg.max_batch_rows,
-              "retry_after_s": cfg.retry_after_s}
+              "retry_after_s": cfg.retry_after_s, "max_ongoing": cfg.max_ongoing_requests,
+              "max_queued": cfg.max_queued_requests}
     return entry.bind(man, models, limits, hashlib.sha256(token.encode()).hexdigest() if token else "")
 
 
