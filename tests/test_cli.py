@@ -25,7 +25,8 @@ def test_help(job):
 
 
 @pytest.mark.parametrize("job, needle", [("jobs.seeds", "--seeds"), ("jobs.sweep", "--list"),
-                                         ("jobs.bench", "frontier"), ("jobs.bon_power", "--bootstrap")])
+                                         ("jobs.bench", "frontier"), ("jobs.bon_power", "--bootstrap"),
+                                         ("jobs.serve", "--port")])
 def test_every_job_has_help(job, needle):
     r = run(job, "--help")
     assert r.returncode == 0 and needle in r.stdout, r.stdout + r.stderr

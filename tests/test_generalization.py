@@ -263,10 +263,10 @@ def test_generalization_section_on_the_smoke_run(smoke_run, extended_smoke_run):
     assert d["per_family"]["capital"]["held_out"] is True
     # fine-tuning: the largest proxy, one row per budget; k = 0 trains nothing
     rows = g["finetune"]["proxy-2x32"]["capital"]
-    assert [r["k"] for r in rows] == [0, 20, 60]
+    assert [r["k"] for r in rows] == [0, 20]
     assert rows[0]["steps"] == 0 and all(r["steps"] > 0 for r in rows[1:])
-    assert [r["pairs_used"] for r in rows] == [0, 20, 60]
-    assert rows[0]["original"]["pairs"] == rows[2]["original"]["pairs"] > 0
+    assert [r["pairs_used"] for r in rows] == [0, 20]
+    assert rows[0]["original"]["pairs"] == rows[1]["original"]["pairs"] > 0
     # jobs.seeds' per-seed numbers: differences of the section's own entries
     from orchestrator.report.pooled import generalization_effects
 

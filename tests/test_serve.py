@@ -328,57 +328,45 @@ def test_bad_http_requests_answer_4xx_and_the_service_goes_on(served):
 
 
 @pytest.mark.slow
-def test_overload_answers_503_with_retry_after_then_serves(served, ray_session):
-    """A queue of one request: 48 concurrent requests of the whole pool -- the excess is refused at
-    once (503, Retry-After), none fails otherwise or hangs, and the service answers normally after."""
-
-    from orchestrator.config.serve import ModelServing, ServeConfig
-    from orchestrator.run import rm_server
-
-    _, man, run_dir = served
-    one = {**man, "models": [e for e in man["models"] if e["role"] == "proxy"][:1]}
-    name = one["models"][0]["name"]
-    cfg = ServeConfig(port=_free_port(), max_ongoing_requests=1, max_queued_requests=1, retry_after_s=2,
-                      models={"*": ModelServing(num_cpus=0.05)}, entry=ModelServing(num_cpus=0.05))
-    url = rm_server.start(one, cfg)  # in this process's Ray
-    try:
-        rows = _pool_rows(run_dir, man)
-        body = {"prompts": rows["prompt"][:256], "responses": rows["response"][:256], "models": [name]}
-        with ThreadPoolExecutor(48) as pool:
-            answers = list(pool.map(lambda _: _call(url, "/v1/score", body, timeout=60), range(48)))
-        codes = [a[0] for a in answers]
-        assert set(codes) <= {200, 503} and codes.count(503) >= 10 and codes.count(200) >= 1, codes
-        assert all(a[2].get("retry-after") == "2" for a in answers if a[0] == 503)
-        ok = [a[1]["scores"][name] for a in answers if a[0] == 200]
-        assert all(o == ok[0] for o in ok)  # the same rows, the same scores
-        st, payload, _ = _call(url, "/v1/score", body)
-        assert st == 200 and payload["scores"][name] == ok[0]
-    finally:
-        rm_server.stop()
-
-
-@pytest.mark.slow
-def test_a_token_is_required_and_replicas_follow_the_config(served, ray_session):
+def test_token_replicas_and_overload_answered_with_503_then_served(served, ray_session):
+    """One deployment in this process's Ray (a proxy and the oracle) with a token, two oracle
+    replicas, an autoscaling entry and a queue of one: requests without the token get 401 (health
+    stays open); 48 concurrent requests of the whole pool -- the excess is refused at once (503,
+    Retry-After), none fails otherwise or hangs -- and the service answers normally after."""
     from ray import serve
 
     from orchestrator.config.serve import ModelServing, ServeConfig
     from orchestrator.run import rm_server
 
-    _, man, _ = served
-    one = {**man, "models": [e for e in man["models"] if e["role"] == "gold"]}
-    cfg = ServeConfig(port=_free_port(), models={"*": ModelServing(replicas=2, num_cpus=0.05)},
+    _, man, run_dir = served
+    one = {**man, "models": [e for e in man["models"] if e["role"] == "proxy"][:1] +
+           [e for e in man["models"] if e["role"] == "gold"]}
+    name = one["models"][0]["name"]
+    cfg = ServeConfig(port=_free_port(), max_ongoing_requests=1, max_queued_requests=1, retry_after_s=2,
+                      models={"*": ModelServing(num_cpus=0.05), "oracle": ModelServing(replicas=2, num_cpus=0.05)},
                       entry=ModelServing(1, 3, 2.0, 0.05))  # the entry autoscales from one replica
     url = rm_server.start(one, cfg, token="s3cret")
     try:
         deployments = serve.status().applications[rm_server.APP].deployments
         assert deployments["model-oracle"].replica_states.get("RUNNING") == 2
         assert deployments["entry"].replica_states.get("RUNNING") == 1
-        body = {"prompts": [next(iter(S.prompt_table(man)))], "responses": ["paris"]}
+        body = {"prompts": [next(iter(S.prompt_table(man)))], "responses": ["paris"], "models": ["oracle"]}
         assert _call(url, "/v1/score", body)[0] == 401
         assert _call(url, "/v1/score", body, token="wrong")[0] == 401
         assert _call(url, "/healthz")[0] == 200  # health stays open
         st, payload, _ = _call(url, "/v1/score", body, token="s3cret")
         assert st == 200 and list(payload["scores"]) == ["oracle"] and payload["aggregate"] is None
+        rows = _pool_rows(run_dir, man)
+        body = {"prompts": rows["prompt"], "responses": rows["response"], "models": [name]}
+        with ThreadPoolExecutor(48) as pool:
+            answers = list(pool.map(lambda _: _call(url, "/v1/score", body, token="s3cret", timeout=60), range(48)))
+        codes = [a[0] for a in answers]
+        assert set(codes) <= {200, 503} and codes.count(503) >= 10 and codes.count(200) >= 1, codes
+        assert all(a[2].get("retry-after") == "2" for a in answers if a[0] == 503)
+        ok = [a[1]["scores"][name] for a in answers if a[0] == 200]
+        assert all(o == ok[0] for o in ok)  # the same rows, the same scores
+        st, payload, _ = _call(url, "/v1/score", body, token="s3cret")
+        assert st == 200 and payload["scores"][name] == ok[0]
     finally:
         rm_server.stop()
 
@@ -424,7 +412,9 @@ def test_rl_scoring_through_the_service_gives_the_same_run_and_keeps_gold_sealed
         shas = {m: _sha(_learner_file(tmp_path / m)) for m in runs}
         assert shas["actor"] == shas["serve"] == shas["serve-no-gold"], shas
         assert _stable(runs["actor"].history) == _stable(runs["serve"].history)
-        same = lambda x, y: x == y or (isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y))  # noqa: E731
+        def same(x, y) -> bool:
+            return x == y or (isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y))
+
         diff = {k for a, b in zip(runs["actor"].evals, runs["serve"].evals) for k in set(a) | set(b)
                 if not same(a.get(k), b.get(k))}
         assert len(runs["actor"].evals) == len(runs["serve"].evals) > 1 and not diff, diff
