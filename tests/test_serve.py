@@ -19,6 +19,7 @@ import pytest
 
 from orchestrator.nn import tiny
 from orchestrator.run import service as S
+from orchestrator.run.bench_serve import pool_rows
 
 WORDS = "the a cat dog runs fast slow blue red green house tree river stone light dark one two".split()
 
@@ -218,17 +219,6 @@ def _call(url: str, path: str, body=None, token: str = "", timeout: float = 120)
         return e.code, payload, {k.lower(): v for k, v in e.headers.items()}
 
 
-def _pool_rows(run_dir: Path, man: dict) -> dict:
-    """The smoke run's best-of-n pool: prompts and responses as the run scored them."""
-    import pyarrow.parquet as pq
-
-    prompts = pq.read_table(man["prompts"]).to_pydict()
-    text = dict(zip(prompts["prompt_id"], prompts["prompt"]))
-    sample = next(p for p in (run_dir / "stages").glob("sample-*") if (p / "DONE.json").is_file())
-    pool = pq.read_table(sample / "samples_bon.parquet").to_pydict()
-    return {"prompt": [text[i] for i in pool["prompt_id"]], "response": pool["response"]}
-
-
 @pytest.fixture(scope="module")
 def served(smoke_run):
     """``python -m jobs.serve --run-dir RUN --port PORT`` on the smoke run, as a user starts it (its
@@ -279,7 +269,7 @@ def test_served_scores_equal_the_runs_bit_for_bit(served):
     for size in smoke_cfg.proxy.sizes:  # the sweep's proxies: their held-out calibration
         cal = by[f"proxy-{size}"]["calibration"]
         assert 0 <= cal["acc"] <= 1 and cal["pairs"] > 0 and cal["tau"] > 0
-    rows = _pool_rows(run_dir, man)
+    rows = pool_rows(run_dir, man)
     n = len(rows["response"])
     rng = random.Random(0)
     cuts = sorted(rng.sample(range(1, n), 11))
@@ -356,7 +346,7 @@ def test_token_replicas_and_overload_answered_with_503_then_served(served, ray_s
         assert _call(url, "/healthz")[0] == 200  # health stays open
         st, payload, _ = _call(url, "/v1/score", body, token="s3cret")
         assert st == 200 and list(payload["scores"]) == ["oracle"] and payload["aggregate"] is None
-        rows = _pool_rows(run_dir, man)
+        rows = pool_rows(run_dir, man)
         body = {"prompts": rows["prompt"], "responses": rows["response"], "models": [name]}
         with ThreadPoolExecutor(48) as pool:
             answers = list(pool.map(lambda _: _call(url, "/v1/score", body, token="s3cret", timeout=60), range(48)))
