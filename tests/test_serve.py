@@ -219,10 +219,14 @@ def _call(url: str, path: str, body=None, token: str = "", timeout: float = 120)
         return e.code, payload, {k.lower(): v for k, v in e.headers.items()}
 
 
+TOKEN = "s3cret-for-tests"
+
+
 @pytest.fixture(scope="module")
 def served(smoke_run):
     """``python -m jobs.serve --run-dir RUN --port PORT`` on the smoke run, as a user starts it (its
-    own Ray), every proxy and the oracle; stopped with SIGTERM, which must exit 0."""
+    own Ray): every proxy and the oracle, a token from the environment, 2 requests at work and 2
+    waiting (the overload test fills that); stopped with SIGTERM, which must exit 0."""
     import select
     import signal
 
@@ -230,8 +234,11 @@ def served(smoke_run):
     man = S.load_manifest(run_dir)
     port = _free_port()
     cmd = [sys.executable, "-m", "jobs.serve", "--run-dir", str(run_dir), "--port", str(port),
-           'cluster.serve.models={"*": {num_cpus: 0.05}}', "cluster.serve.entry={num_cpus: 0.05}"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+           'cluster.serve.models={"*": {num_cpus: 0.05}}', "cluster.serve.entry={num_cpus: 0.05}",
+           "cluster.serve.max_ongoing_requests=2", "cluster.serve.max_queued_requests=2",
+           "cluster.serve.retry_after_s=1"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         env={**os.environ, "RLHF_FRONTIER_SERVE_TOKEN": TOKEN})
     line = ""
     ready, _, _ = select.select([p.stdout], [], [], 240)
     if ready:
@@ -244,6 +251,18 @@ def served(smoke_run):
     yield url, man, run_dir
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=120) == 0
+
+
+def _patient(url: str, path: str, body) -> tuple:
+    """A polite client: on 503 it waits ``Retry-After`` seconds and asks again (at most 60 times)."""
+    import time
+
+    for _ in range(60):
+        st, payload, headers = _call(url, path, body, token=TOKEN)
+        if st != 503:
+            return st, payload, headers
+        time.sleep(float(headers["retry-after"]))
+    raise AssertionError("still 503 after 60 tries")
 
 
 @pytest.mark.slow
@@ -259,7 +278,7 @@ def test_served_scores_equal_the_runs_bit_for_bit(served):
     url, man, run_dir = served
     smoke_cfg = load_cfg(run_dir)
     assert _call(url, "/healthz")[:2] == (200, {"status": "ok", "models": len(man["models"])})
-    st, listing, _ = _call(url, "/v1/models")
+    st, listing, _ = _call(url, "/v1/models", token=TOKEN)
     by = {m["name"]: m for m in listing["data"]}
     assert st == 200 and set(by) == {e["name"] for e in man["models"]} and by["oracle"]["role"] == "gold"
     proxies = [e for e in man["models"] if e["role"] == "proxy"]
@@ -277,8 +296,8 @@ def test_served_scores_equal_the_runs_bit_for_bit(served):
 
     def ask(piece):
         a, b = piece
-        return _call(url, "/v1/score", {"prompts": rows["prompt"][a:b], "responses": rows["response"][a:b],
-                                        "aggregate": "uwo"})
+        return _patient(url, "/v1/score", {"prompts": rows["prompt"][a:b], "responses": rows["response"][a:b],
+                                           "aggregate": "uwo"})
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, pieces))
@@ -303,68 +322,48 @@ def test_served_scores_equal_the_runs_bit_for_bit(served):
 
 
 @pytest.mark.slow
-def test_bad_http_requests_answer_4xx_and_the_service_goes_on(served):
+def test_bad_http_requests_and_a_missing_token_answer_4xx_and_the_service_goes_on(served):
     url, man, _ = served
     good = {"prompts": ["what is 1 plus 2 ?"], "responses": ["3"], "models": [man["models"][0]["name"]]}
     cases = [(b"{oops", 400), ({**good, "prompts": [1]}, 400), ({**good, "responses": ["a", "b"]}, 400),
              ({**good, "prompts": [], "responses": []}, 400), ({**good, "responses": ["x" * 9000]}, 400),
              ({**good, "models": ["nope"]}, 404)]
     for body, status in cases:
-        st, payload, _ = _call(url, "/v1/score", body)
+        st, payload, _ = _call(url, "/v1/score", body, token=TOKEN)
         assert st == status and "\n" not in payload["error"]["message"], (body, st, payload)
-    assert _call(url, "/v1/nothing")[0] == 404 and _call(url, "/v1/score")[0] == 405  # GET on a POST route
-    st, payload, _ = _call(url, "/v1/score", good)
+    assert _call(url, "/v1/nothing")[0] == 404 and _call(url, "/v1/score", token=TOKEN)[0] == 405  # a GET
+    assert _call(url, "/v1/score", good)[0] == 401 and _call(url, "/v1/score", good, token="wrong")[0] == 401
+    assert _call(url, "/v1/models")[0] == 401 and _call(url, "/healthz")[0] == 200  # health stays open
+    st, payload, _ = _patient(url, "/v1/score", good)
     assert st == 200 and len(payload["scores"][good["models"][0]]) == 1
+    only_gold = {"prompts": [next(iter(S.prompt_table(man)))], "responses": ["paris"], "models": ["oracle"]}
+    st, payload, _ = _patient(url, "/v1/score", only_gold)
+    assert st == 200 and list(payload["scores"]) == ["oracle"] and payload["aggregate"] is None
 
 
 @pytest.mark.slow
-def test_token_replicas_and_overload_answered_with_503_then_served(served, ray_session):
-    """One deployment in this process's Ray (a proxy and the oracle) with a token, two oracle
-    replicas, an autoscaling entry and a queue of one: requests without the token get 401 (health
-    stays open); 48 concurrent requests of the whole pool -- the excess is refused at once (503,
-    Retry-After), none fails otherwise or hangs -- and the service answers normally after."""
-    from ray import serve
-
-    from orchestrator.config.serve import ModelServing, ServeConfig
-    from orchestrator.run import rm_server
-
-    _, man, run_dir = served
-    one = {**man, "models": [e for e in man["models"] if e["role"] == "proxy"][:1] +
-           [e for e in man["models"] if e["role"] == "gold"]}
-    name = one["models"][0]["name"]
-    cfg = ServeConfig(port=_free_port(), max_ongoing_requests=1, max_queued_requests=1, retry_after_s=2,
-                      models={"*": ModelServing(num_cpus=0.05), "oracle": ModelServing(replicas=2, num_cpus=0.05)},
-                      entry=ModelServing(1, 3, 2.0, 0.05))  # the entry autoscales from one replica
-    url = rm_server.start(one, cfg, token="s3cret")
-    try:
-        deployments = serve.status().applications[rm_server.APP].deployments
-        assert deployments["model-oracle"].replica_states.get("RUNNING") == 2
-        assert deployments["entry"].replica_states.get("RUNNING") == 1
-        body = {"prompts": [next(iter(S.prompt_table(man)))], "responses": ["paris"], "models": ["oracle"]}
-        assert _call(url, "/v1/score", body)[0] == 401
-        assert _call(url, "/v1/score", body, token="wrong")[0] == 401
-        assert _call(url, "/healthz")[0] == 200  # health stays open
-        st, payload, _ = _call(url, "/v1/score", body, token="s3cret")
-        assert st == 200 and list(payload["scores"]) == ["oracle"] and payload["aggregate"] is None
-        rows = pool_rows(run_dir, man)
-        body = {"prompts": rows["prompt"], "responses": rows["response"], "models": [name]}
-        with ThreadPoolExecutor(48) as pool:
-            answers = list(pool.map(lambda _: _call(url, "/v1/score", body, token="s3cret", timeout=60), range(48)))
-        codes = [a[0] for a in answers]
-        assert set(codes) <= {200, 503} and codes.count(503) >= 10 and codes.count(200) >= 1, codes
-        assert all(a[2].get("retry-after") == "2" for a in answers if a[0] == 503)
-        ok = [a[1]["scores"][name] for a in answers if a[0] == 200]
-        assert all(o == ok[0] for o in ok)  # the same rows, the same scores
-        st, payload, _ = _call(url, "/v1/score", body, token="s3cret")
-        assert st == 200 and payload["scores"][name] == ok[0]
-    finally:
-        rm_server.stop()
+def test_overload_answers_503_with_retry_after_then_serves(served):
+    """2 at work, 2 waiting: 48 concurrent requests of the whole pool -- the excess is refused at once
+    (503, Retry-After), none fails otherwise or hangs -- and the service answers normally after."""
+    url, man, run_dir = served
+    name = man["models"][0]["name"]
+    rows = pool_rows(run_dir, man)
+    body = {"prompts": rows["prompt"], "responses": rows["response"], "models": [name]}
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(lambda _: _call(url, "/v1/score", body, token=TOKEN, timeout=60), range(48)))
+    codes = [a[0] for a in answers]
+    assert set(codes) <= {200, 503} and codes.count(503) >= 10 and codes.count(200) >= 1, codes
+    assert all(a[2].get("retry-after") == "1" for a in answers if a[0] == 503)
+    ok = [a[1]["scores"][name] for a in answers if a[0] == 200]
+    assert all(o == ok[0] for o in ok)  # the same rows, the same scores
+    st, payload, _ = _patient(url, "/v1/score", body)
+    assert st == 200 and payload["scores"][name] == ok[0]
 
 
 @pytest.mark.slow
 def test_rl_scoring_through_the_service_gives_the_same_run_and_keeps_gold_sealed(smoke_run, tmp_path):
     """``cluster.rl.reward_service: serve``: an RL run (the WCO ensemble's: three proxies, and the
-    oracle) scored by the deployed service ends with the same learner weights and the same metrics
+    oracle; 2 steps) scored by the deployed service ends with the same learner weights and the same metrics
     as in-process scoring; without gold it updates identically (the barrier), and the service's
     gold comes back sealed."""
     import dataclasses
@@ -386,9 +385,18 @@ def test_rl_scoring_through_the_service_gives_the_same_run_and_keeps_gold_sealed
     proxies = [_stage(run_dir, "proxy", s) for s in cfg.proxy.sizes]
     spec = next(s for s in trial_specs(cfg, proxies) if len(s.members) > 1)
     train_rows, eval_rows = P.rl_rows(cfg, task)
-    rl = dataclasses.replace(cfg.rl, steps=4)
+    rl = dataclasses.replace(cfg.rl, steps=2)  # evaluations at steps 0 and 2, a checkpoint at 2
     policy, tok = str(sft.dir / "policy"), str(task.dir / "tokenizer")
-    app = deploy_for_rl(cfg, run_dir, task, proxies, None)
+    from ray import serve
+
+    from orchestrator.config.serve import ModelServing
+
+    # the serving settings come from the config: here the oracle on two replicas
+    two = {"*": ModelServing(num_cpus=0.05), "oracle": ModelServing(replicas=2, num_cpus=0.05)}
+    cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(
+        cfg.cluster, serve=dataclasses.replace(cfg.cluster.serve, models=two)))
+    app = deploy_for_rl(cfg, run_dir, task, proxies, None, [m["name"] for m in spec.members] + ["oracle"])
+    assert serve.status().applications[app].deployments["model-oracle"].replica_states.get("RUNNING") == 2
     runs, slots = {}, []
     try:
         for mode in ("actor", "serve", "serve-no-gold"):

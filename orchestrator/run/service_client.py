@@ -91,11 +91,11 @@ class ServiceScorer:
         self.group.shutdown()
 
 
-def deploy_for_rl(cfg, run_dir, task, proxies: list, calibration: dict | None) -> str:
+def deploy_for_rl(cfg, run_dir, task, proxies: list, calibration: dict | None, names: list[str] | None = None) -> str:
     """Deploy the run's models as the RL runs' reward service (no HTTP: handles only); returns the
-    Serve application's name. Each role scores as the runs' own ensembles would: ``cluster.rl``'s
-    dtype, batch_tokens and torch threads (``RewardEnsemble.score`` sets its role's threads whichever
-    process calls it)."""
+    Serve application's name (``names``: only these models; default every model of the run). Each
+    role scores as the runs' own ensembles would: ``cluster.rl``'s dtype, batch_tokens and torch
+    threads (``RewardEnsemble.score`` sets its role's threads whichever process calls it)."""
     from pathlib import Path
 
     from ray import serve
@@ -106,6 +106,8 @@ def deploy_for_rl(cfg, run_dir, task, proxies: list, calibration: dict | None) -
 
     res = cfg.cluster.rl
     man = absolute(manifest(cfg, Path(run_dir), task, proxies, calibration), Path(run_dir))
+    if names is not None:
+        man["models"] = [e for e in man["models"] if e["name"] in names]
     roles = {r: {"dtype": getattr(res, r).dtype, "batch_tokens": getattr(res, r).batch_tokens,
                  "threads": max(1, int(getattr(res, r).num_cpus))} for r in ("proxy", "gold")}
     app = f"rewards-rl-{config_digest(cfg)[:10]}"
