@@ -55,6 +55,19 @@ def extended_smoke_run(smoke_run, tmp_path_factory):
     return cfg, run_dir, run_frontier(cfg, run_dir, progress=False)
 
 
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """``tiny:`` references (``orchestrator.nn.tiny``) built into the module's own cache directory
+    (nothing shared): a function from reference to local path."""
+    from orchestrator.nn import tiny
+
+    cache = tmp_path_factory.mktemp("xdg")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(cache))
+    yield lambda ref: tiny.resolve(ref)
+    mp.undo()
+
+
 # fixtures that run a pipeline (minutes): a test using one belongs to the slow tier
 SLOW_FIXTURES = ("smoke_run", "extended_smoke_run")
 

@@ -14,13 +14,9 @@ ARCHS = ("gpt2", "llama", "qwen2", "gpt_neox")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_models):
     """``tiny:`` references built into this module's own cache directory (nothing shared)."""
-    cache = tmp_path_factory.mktemp("xdg")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XDG_CACHE_HOME", str(cache))
-    yield lambda ref: tiny.resolve(ref)
-    mp.undo()
+    return tiny_models
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -17,20 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.nn import tiny
 from orchestrator.run import service as S
 from orchestrator.run.bench_serve import pool_rows
 
 WORDS = "the a cat dog runs fast slow blue red green house tree river stone light dark one two".split()
-
-
-@pytest.fixture(scope="module")
-def rms(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xdg")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XDG_CACHE_HOME", str(cache))
-    yield lambda ref: tiny.resolve(ref)
-    mp.undo()
 
 
 def _texts(n: int, seed: int) -> dict:
@@ -54,12 +44,12 @@ def test_invariant_chunks_fix_each_pass_shape_by_its_bucket():
 
 
 @pytest.mark.parametrize("arch,batch_tokens", [("gpt2", 0), ("llama", 96)])
-def test_a_rows_score_does_not_depend_on_what_it_is_scored_with(rms, arch, batch_tokens):
+def test_a_rows_score_does_not_depend_on_what_it_is_scored_with(tiny_models, arch, batch_tokens):
     """Any subset, order or mix with other rows gives every row the same score, bit for bit --
     what lets the service batch concurrent clients and still return the run's numbers."""
     from actors.reward_ensemble import RewardEnsemble
 
-    path = rms(f"tiny:{arch}-2x32-rm")
+    path = tiny_models(f"tiny:{arch}-2x32-rm")
     ens = RewardEnsemble("gold", [{"name": "rm", "kind": "hf", "path": path, "head": "trained"}],
                          batch_tokens=batch_tokens)
     rows = _texts(300, 1)
