@@ -44,6 +44,15 @@ def _length_bucketed(items: list, size: int, length: dict, rng: random.Random, p
     return batches
 
 
+def rollout_rows(batch, src: dict[str, list]) -> dict[str, list]:
+    """The rows a ``RolloutBatch`` scores as: row i is prompt ``src[...][batch.prompt_index[i]]``
+    (with its other columns) and response ``batch.texts[i]``."""
+    idx = [int(i) for i in batch.prompt_index]
+    rows = {k: [src[k][i] for i in idx] for k in src}
+    rows["response"] = batch.texts
+    return rows
+
+
 class RewardMemberError(RuntimeError):
     """A member of a reward ensemble failed (raised, or gave non-finite scores); names the member."""
 
@@ -319,12 +328,7 @@ class RewardEnsemble:
         res = np.empty(len(seqs), np.float64)
         budget = self.batch_tokens or _hf().SCORE_TOKENS
         for idx, t, rows in _hf().invariant_chunks([len(s) for s in seqs], budget, max_positions(model.config)):
-            batch = [seqs[j] for j in idx] + [seqs[idx[-1]]] * (rows - len(idx))
-            ids = torch.full((rows, t), pad_id, dtype=torch.long)
-            mask = torch.zeros((rows, t), dtype=torch.long)
-            for i, s in enumerate(batch):
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, : len(s)] = 1
+            ids, mask = _hf().pad_right([seqs[j] for j in idx] + [seqs[idx[-1]]] * (rows - len(idx)), pad_id, t)
             res[idx] = model(input_ids=ids.to(self.device),
                              attention_mask=mask.to(self.device)).logits[: len(idx), 0].float().cpu().numpy()
         return res
@@ -438,10 +442,7 @@ class RewardEnsemble:
         without the driver): row i is prompt ``src[...][batch.prompt_index[i]]`` and response
         ``batch.texts[i]``. The RL loop chains this onto each generation chunk, so scoring chunk j
         overlaps generating chunk j+1."""
-        idx = [int(i) for i in batch.prompt_index]
-        rows = {k: [src[k][i] for i in idx] for k in src}
-        rows["response"] = batch.texts
-        return self.score(rows, sealed)
+        return self.score(rollout_rows(batch, src), sealed)
 
     # ----------------------------------------------------------------------------------------
     def train(self, data: dict, epochs: int, prompts_per_step: int, lr: float, seed: int,

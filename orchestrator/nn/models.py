@@ -75,9 +75,10 @@ def encode_pair(tok: PreTrainedTokenizerFast, prompt: str, response: str) -> lis
     return encode_prompt(tok, prompt) + tok.encode(response, add_special_tokens=False) + [tok.eos_token_id]
 
 
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to ``[b, t]`` ids and a ``[b, t]`` attention mask."""
-    t = max(len(s) for s in seqs)
+def pad_right(seqs: list[list[int]], pad_id: int, length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to ``[b, t]`` ids and a ``[b, t]`` attention mask; t = the longest sequence, or
+    ``length`` when that is longer (a fixed-shape pass)."""
+    t = max(length, max(len(s) for s in seqs))
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), t), dtype=torch.long)
     for i, s in enumerate(seqs):

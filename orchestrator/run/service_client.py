@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import ray
 
+from actors.reward_ensemble import rollout_rows
 from orchestrator.data.batch import Scores, seal
 from orchestrator.run.actor_group import Ready
 
@@ -18,13 +19,7 @@ SCORING = ("score", "score_rollouts")
 
 
 def _rows(method: str, args: tuple) -> dict:
-    if method == "score_rollouts":  # as RewardEnsemble.score_rollouts builds them
-        batch, src = args
-        idx = [int(i) for i in batch.prompt_index]
-        rows = {k: [src[k][i] for i in idx] for k in src}
-        rows["response"] = list(batch.texts)
-        return rows
-    return args[0]
+    return rollout_rows(*args) if method == "score_rollouts" else args[0]
 
 
 def score_via_service(app: str, names: list[str], method: str, *args, sealed: bool = False) -> Scores:
