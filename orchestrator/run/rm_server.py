@@ -206,9 +206,7 @@ def service_config(run_dir: str, overrides: list[str] = ()):
     bad = [o for o in overrides if not o.startswith("cluster.")]
     if bad:
         raise ConfigError(f"{bad[0]}: a served run's settings are fixed; only cluster.* keys can change")
-    from pathlib import Path
-
-    cfg = load(FrontierConfig, Path(run_dir) / "config.yaml", list(overrides))
+    cfg = load(FrontierConfig, os.path.join(run_dir, "config.yaml"), list(overrides))
     s = cfg.cluster.serve
     token = os.environ.get(s.token_env, "")
     if not s.loopback and not token:
